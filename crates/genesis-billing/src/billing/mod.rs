@@ -1,0 +1,161 @@
+//! The billing domain: provisioning, takedown, payment collection, the price catalog in Stripe, import.
+//!
+//! `BillingService` owns the store, the Stripe client and the catalog; every entry point of the CLI and the
+//! HTTP service goes through it.
+
+mod import;
+mod payment;
+mod prices;
+mod provision;
+mod takedown;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::RwLock;
+
+use crate::business::InvalidInput;
+use crate::catalog::{Catalog, Entry};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+use crate::stripe::{Price, StripeClient, StripeError};
+
+pub use import::{ImportError, ImportReport, MAX_IMPORT_BYTES};
+pub use payment::CheckoutOutcome;
+pub use prices::{PriceStatus, PriceSyncLine};
+pub use provision::ResumeReport;
+pub use takedown::TakedownSummary;
+
+/// A domain failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Stripe(#[from] StripeError),
+    #[error("no business {0}")]
+    NotFound(String),
+    #[error("payments are disabled")]
+    PaymentsDisabled,
+    #[error("no active Stripe price with lookup key {0}; run `genesis-billing prices sync`")]
+    PriceUnresolved(String),
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The billing control plane.
+pub struct BillingService {
+    store: Store,
+    stripe: Option<StripeClient>,
+    catalog: Catalog,
+    /// Prices by lookup key, resolved once: the happy path then costs two Stripe writes and no reads.
+    prices: RwLock<HashMap<String, Price>>,
+    rollout_percent: u8,
+    metrics: Arc<Metrics>,
+    public_url: String,
+    /// How long a worker may hold a business before another may take over its work.
+    lease: Duration,
+}
+
+impl BillingService {
+    pub fn new(
+        store: Store,
+        stripe: Option<StripeClient>,
+        catalog: Catalog,
+        rollout_percent: u8,
+        metrics: Arc<Metrics>,
+        public_url: String,
+    ) -> Self {
+        Self {
+            store,
+            stripe,
+            catalog,
+            prices: RwLock::new(HashMap::new()),
+            rollout_percent,
+            metrics,
+            public_url,
+            lease: Duration::from_secs(120),
+        }
+    }
+
+    /// Overrides the work lease (tests and multi-replica deployments).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn payments_enabled(&self) -> bool {
+        self.stripe.is_some()
+    }
+
+    /// The Stripe client, or `PaymentsDisabled`.
+    pub fn stripe(&self) -> Result<&StripeClient, BillingError> {
+        self.stripe.as_ref().ok_or(BillingError::PaymentsDisabled)
+    }
+
+    /// Resolves every catalog lookup key to its active Stripe price and caches the result.
+    /// Returns the lookup keys that did not resolve.
+    pub async fn resolve_prices(&self) -> Result<Vec<String>, BillingError> {
+        let stripe = self.stripe()?;
+        let keys = self.catalog.lookup_keys();
+        let found = stripe.prices_by_lookup_keys(&keys).await?;
+        let mut cache = self.prices.write().await;
+        for p in found {
+            if let Some(k) = p.lookup_key.clone() {
+                cache.insert(k, p);
+            }
+        }
+        Ok(keys.into_iter().filter(|k| !cache.contains_key(*k)).map(str::to_owned).collect())
+    }
+
+    /// The Stripe price of a catalog entry, from the cache or resolved once.
+    async fn price_for(&self, entry: &Entry) -> Result<Price, BillingError> {
+        if let Some(p) = self.prices.read().await.get(&entry.lookup_key) {
+            return Ok(p.clone());
+        }
+        self.resolve_prices().await?;
+        self.prices
+            .read()
+            .await
+            .get(&entry.lookup_key)
+            .cloned()
+            .ok_or_else(|| BillingError::PriceUnresolved(entry.lookup_key.clone()))
+    }
+
+    /// Recomputes the MRR and subscription-status gauges from the records.
+    pub async fn refresh_gauges(&self) -> Result<(), BillingError> {
+        let all = self.store.list_businesses(&crate::store::BusinessFilter::default()).await?;
+        let mrr = crate::revenue::live_mrr(&all);
+        let values: Vec<(Vec<String>, f64)> = mrr
+            .iter()
+            .map(|l| (vec![l.business_type.clone(), l.currency.clone()], l.active_cents as f64 / 100.0))
+            .collect();
+        self.metrics.replace_gauge("genesis_billing_mrr_usd", &values);
+        let mut by_status: HashMap<String, f64> = HashMap::new();
+        for b in all.iter().filter(|b| b.status == crate::business::Lifecycle::Active) {
+            if let Some(s) = &b.subscription_status {
+                *by_status.entry(s.clone()).or_default() += 1.0;
+            }
+        }
+        let values: Vec<(Vec<String>, f64)> = by_status.into_iter().map(|(s, n)| (vec![s], n)).collect();
+        self.metrics.replace_gauge("genesis_billing_subscriptions", &values);
+        Ok(())
+    }
+}

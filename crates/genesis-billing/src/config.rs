@@ -1,0 +1,518 @@
+//! Settings from flags, a TOML config file and the environment (SPEC §4), validated once at start-up.
+//!
+//! Precedence for every setting: command-line flag, then config file, then environment, then default.
+//! Secrets are wrapped in `SecretString` the moment they are read and never appear in an error.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::stripe::RetryPolicy;
+
+/// A configuration problem; start-up stops with exit status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{source_name} is not a Stripe secret key: expected a value starting with sk_test_, rk_test_, sk_live_ or rk_live_")]
+    InvalidStripeKey { source_name: String },
+    #[error("set either {0} or {0}_FILE, not both")]
+    BothValueAndFile(String),
+    #[error("cannot read {var} file {path}: {reason}")]
+    SecretFile { var: String, path: String, reason: String },
+    #[error("{var} is empty")]
+    Empty { var: String },
+    #[error("invalid {name}: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("cannot read config file {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("a live Stripe key is only ever sent over HTTPS, but the Stripe API base is {0}")]
+    LiveKeyOverHttp(String),
+    #[error("ENABLE_PAYMENTS is true but no Stripe key is configured (STRIPE_API_KEY, STRIPE_SECRET_KEY or STRIPE_TEST_KEY)")]
+    PaymentsWithoutKey,
+}
+
+fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { name: name.to_owned(), reason: reason.into() }
+}
+
+/// Test or live mode, decided by the key's prefix only (SPEC §8 defect 1: never by a substring).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripeMode {
+    Test,
+    Live,
+}
+
+impl StripeMode {
+    /// The mode of a key, or `None` for anything that is not a Stripe secret or restricted key.
+    pub fn of_key(key: &str) -> Option<Self> {
+        let valid_tail = |rest: &str| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        for (prefix, mode) in [("sk_test_", Self::Test), ("rk_test_", Self::Test), ("sk_live_", Self::Live), ("rk_live_", Self::Live)] {
+            if let Some(rest) = key.strip_prefix(prefix) {
+                return (valid_tail(rest) && key.len() <= 255).then_some(mode);
+            }
+        }
+        None
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Test => "test",
+            Self::Live => "live",
+        }
+    }
+}
+
+/// A database URL whose password never shows in `Debug` or `Display`.
+#[derive(Clone)]
+pub struct DatabaseUrl(SecretString);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(SecretString::from(url.into()))
+    }
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+    pub fn is_postgres(&self) -> bool {
+        let u = self.expose();
+        u.starts_with("postgres://") || u.starts_with("postgresql://")
+    }
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let url = self.expose();
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url.to_owned();
+        };
+        match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+                format!("{scheme}://{masked}@{host}")
+            }
+            None => url.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// How to reach Stripe, present only when payments are enabled.
+#[derive(Debug, Clone)]
+pub struct StripeSettings {
+    pub key: SecretString,
+    pub mode: StripeMode,
+    pub api_base: String,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    pub rate_limit_per_second: u32,
+}
+
+/// Every validated setting.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: DatabaseUrl,
+    /// `None` when payments are disabled (no key, or `ENABLE_PAYMENTS=false`).
+    pub stripe: Option<StripeSettings>,
+    /// Mode of the configured key even when payments are switched off (reported by `/health`).
+    pub key_mode: Option<StripeMode>,
+    pub rollout_percent: u8,
+    pub catalog_path: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub admin_tokens: Vec<SecretString>,
+    pub webhook_secrets: Vec<SecretString>,
+    /// Base URL for Checkout success and cancel pages.
+    pub public_url: String,
+}
+
+/// Settings given as command-line flags (all optional).
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub config_file: Option<PathBuf>,
+    pub stripe_key: Option<SecretString>,
+    pub stripe_api_base: Option<String>,
+    pub database_url: Option<String>,
+    pub catalog: Option<PathBuf>,
+    pub listen: Option<String>,
+}
+
+/// The TOML config file. Unknown keys are rejected so a typo does not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    stripe_key: Option<String>,
+    stripe_api_base: Option<String>,
+    database_url: Option<String>,
+    enable_payments: Option<bool>,
+    billing_rollout_percent: Option<u8>,
+    catalog: Option<PathBuf>,
+    listen: Option<String>,
+    admin_tokens: Option<Vec<String>>,
+    webhook_secrets: Option<Vec<String>>,
+    public_url: Option<String>,
+    stripe_timeout_secs: Option<u64>,
+    stripe_max_attempts: Option<u32>,
+    stripe_retry_base_ms: Option<u64>,
+    stripe_rate_limit: Option<u32>,
+}
+
+/// Where environment variables come from; tests pass a map instead of touching the process environment.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+}
+
+/// Reads `NAME` or the file named by `NAME_FILE`, wrapped as a secret at once.
+fn secret_var(env: &dyn Env, name: &str) -> Result<Option<SecretString>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    match (env.var(name), env.var(&file_var)) {
+        (Some(_), Some(_)) => Err(ConfigError::BothValueAndFile(name.to_owned())),
+        (Some(v), None) => {
+            let v = SecretString::from(v);
+            if v.expose_secret().trim().is_empty() {
+                return Err(ConfigError::Empty { var: name.to_owned() });
+            }
+            Ok(Some(v))
+        }
+        (None, Some(path)) => {
+            let content = std::fs::read_to_string(&path).map_err(|e| ConfigError::SecretFile {
+                var: file_var.clone(),
+                path: path.clone(),
+                reason: e.kind().to_string(),
+            })?;
+            let v = SecretString::from(content.trim().to_owned());
+            drop(content);
+            if v.expose_secret().is_empty() {
+                return Err(ConfigError::Empty { var: file_var });
+            }
+            Ok(Some(v))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Splits a comma-separated secret list without ever copying it into a plain `String` that outlives us.
+fn split_secrets(v: &SecretString) -> Vec<SecretString> {
+    v.expose_secret()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| SecretString::from(s.to_owned()))
+        .collect()
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(name, "expected true or false")),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError> {
+    v.trim().parse().map_err(|_| invalid(name, format!("expected a number, got {v:?}")))
+}
+
+impl Settings {
+    /// Builds settings from flags, the config file (flag `--config` or `GENESIS_BILLING_CONFIG`) and `env`.
+    pub fn load(flags: &Flags, env: &dyn Env) -> Result<Self, ConfigError> {
+        let file_path = flags.config_file.clone().or_else(|| env.var("GENESIS_BILLING_CONFIG").map(PathBuf::from));
+        let file = match &file_path {
+            Some(p) => read_file_config(p)?,
+            None => FileConfig::default(),
+        };
+
+        // The key: flag, config file, then the three variables in order; first one set wins.
+        let mut key_source = None;
+        let mut key = None;
+        if let Some(k) = &flags.stripe_key {
+            key = Some(k.clone());
+            key_source = Some("--stripe-key".to_owned());
+        } else if let Some(k) = file.stripe_key.clone() {
+            key = Some(SecretString::from(k));
+            key_source = Some("stripe_key in the config file".to_owned());
+        } else {
+            for name in ["STRIPE_API_KEY", "STRIPE_SECRET_KEY", "STRIPE_TEST_KEY"] {
+                if let Some(k) = secret_var(env, name)? {
+                    key = Some(k);
+                    key_source = Some(name.to_owned());
+                    break;
+                }
+            }
+        }
+        let key = key.map(|k| SecretString::from(k.expose_secret().trim().to_owned()));
+        let key_mode = match (&key, &key_source) {
+            (Some(k), Some(source)) => Some(
+                StripeMode::of_key(k.expose_secret())
+                    .ok_or_else(|| ConfigError::InvalidStripeKey { source_name: source.clone() })?,
+            ),
+            _ => None,
+        };
+
+        let enable_payments = match env.var("ENABLE_PAYMENTS") {
+            Some(v) => Some(parse_bool("ENABLE_PAYMENTS", &v)?),
+            None => file.enable_payments,
+        };
+        let payments_on = match (enable_payments, &key) {
+            (Some(true), None) => return Err(ConfigError::PaymentsWithoutKey),
+            (Some(false), _) | (None, None) => false,
+            (_, Some(_)) => true,
+        };
+
+        let api_base = flags
+            .stripe_api_base
+            .clone()
+            .or(file.stripe_api_base.clone())
+            .or_else(|| env.var("STRIPE_API_BASE"))
+            .unwrap_or_else(|| "https://api.stripe.com".to_owned());
+        let api_base = api_base.trim().trim_end_matches('/').to_owned();
+        if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
+            return Err(invalid("STRIPE_API_BASE", "expected an http:// or https:// URL"));
+        }
+        if key_mode == Some(StripeMode::Live) && !api_base.starts_with("https://") {
+            return Err(ConfigError::LiveKeyOverHttp(api_base));
+        }
+
+        let num_env = |name: &str| env.var(name);
+        let timeout_secs = match num_env("GENESIS_BILLING_STRIPE_TIMEOUT_SECS") {
+            Some(v) => parse_num("GENESIS_BILLING_STRIPE_TIMEOUT_SECS", &v)?,
+            None => file.stripe_timeout_secs.unwrap_or(20),
+        };
+        let max_attempts: u32 = match num_env("GENESIS_BILLING_STRIPE_MAX_ATTEMPTS") {
+            Some(v) => parse_num("GENESIS_BILLING_STRIPE_MAX_ATTEMPTS", &v)?,
+            None => file.stripe_max_attempts.unwrap_or(3),
+        };
+        let retry_base_ms = match num_env("GENESIS_BILLING_STRIPE_RETRY_BASE_MS") {
+            Some(v) => parse_num("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", &v)?,
+            None => file.stripe_retry_base_ms.unwrap_or(1000),
+        };
+        let default_rate = match key_mode {
+            Some(StripeMode::Live) => 90,
+            _ => 25,
+        };
+        let rate_limit = match num_env("GENESIS_BILLING_STRIPE_RATE_LIMIT") {
+            Some(v) => parse_num("GENESIS_BILLING_STRIPE_RATE_LIMIT", &v)?,
+            None => file.stripe_rate_limit.unwrap_or(default_rate),
+        };
+        if !(1..=10).contains(&max_attempts) {
+            return Err(invalid("GENESIS_BILLING_STRIPE_MAX_ATTEMPTS", "expected 1 to 10"));
+        }
+        if !(1..=300).contains(&timeout_secs) {
+            return Err(invalid("GENESIS_BILLING_STRIPE_TIMEOUT_SECS", "expected 1 to 300"));
+        }
+
+        let stripe = match (payments_on, key, key_mode) {
+            (true, Some(key), Some(mode)) => Some(StripeSettings {
+                key,
+                mode,
+                api_base,
+                timeout: Duration::from_secs(timeout_secs),
+                retry: RetryPolicy {
+                    max_attempts,
+                    base_delay: Duration::from_millis(retry_base_ms),
+                    ..RetryPolicy::default()
+                },
+                rate_limit_per_second: rate_limit,
+            }),
+            _ => None,
+        };
+
+        let rollout_percent = match env.var("BILLING_ROLLOUT_PERCENT") {
+            Some(v) => parse_num::<u8>("BILLING_ROLLOUT_PERCENT", &v)?,
+            None => file.billing_rollout_percent.unwrap_or(100),
+        };
+        if rollout_percent > 100 {
+            return Err(invalid("BILLING_ROLLOUT_PERCENT", "expected 0 to 100"));
+        }
+
+        let database_url = flags
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .or_else(|| env.var("DATABASE_URL"))
+            .unwrap_or_else(|| "sqlite://genesis-billing.db".to_owned());
+        let database_url = DatabaseUrl::new(database_url);
+        if !(database_url.expose().starts_with("sqlite:") || database_url.is_postgres()) {
+            return Err(invalid("DATABASE_URL", "expected sqlite://PATH or postgres://…"));
+        }
+
+        let listen = flags
+            .listen
+            .clone()
+            .or(file.listen)
+            .or_else(|| env.var("GENESIS_BILLING_LISTEN"))
+            .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        let listen = listen.parse().map_err(|_| invalid("GENESIS_BILLING_LISTEN", "expected HOST:PORT"))?;
+
+        let admin_tokens = match file.admin_tokens {
+            Some(tokens) => tokens.into_iter().map(SecretString::from).collect(),
+            None => secret_var(env, "GENESIS_ADMIN_TOKEN")?.map(|v| split_secrets(&v)).unwrap_or_default(),
+        };
+        let webhook_secrets = match file.webhook_secrets {
+            Some(s) => s.into_iter().map(SecretString::from).collect(),
+            None => secret_var(env, "STRIPE_WEBHOOK_SECRET")?.map(|v| split_secrets(&v)).unwrap_or_default(),
+        };
+
+        Ok(Self {
+            database_url,
+            stripe,
+            key_mode,
+            rollout_percent,
+            catalog_path: flags.catalog.clone().or(file.catalog).or_else(|| env.var("GENESIS_BILLING_CATALOG").map(PathBuf::from)),
+            listen,
+            admin_tokens,
+            webhook_secrets,
+            public_url: file.public_url.or_else(|| env.var("GENESIS_BILLING_PUBLIC_URL")).unwrap_or_else(|| "https://example.com".to_owned()),
+        })
+    }
+
+    /// `test`, `live` or `disabled`, as `/health` reports it.
+    pub fn stripe_mode_label(&self) -> &'static str {
+        self.stripe.as_ref().map(|s| s.mode.as_str()).unwrap_or("disabled")
+    }
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        reason: e.kind().to_string(),
+    })?;
+    // toml's error text quotes the offending line, which may hold a secret: keep only its position.
+    toml::from_str(&text).map_err(|e| ConfigError::File {
+        path: path.display().to_string(),
+        reason: match e.span() {
+            Some(span) => format!("invalid TOML near byte {}: {}", span.start, e.message().lines().next().unwrap_or("")),
+            None => "invalid TOML".to_owned(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "sk_test_SECRETSECRET123";
+
+    fn load(env: &dyn Env) -> Result<Settings, ConfigError> {
+        Settings::load(&Flags::default(), env)
+    }
+
+    #[test]
+    fn mode_is_decided_by_prefix_only() {
+        assert_eq!(StripeMode::of_key("sk_test_abc"), Some(StripeMode::Test));
+        assert_eq!(StripeMode::of_key("rk_test_abc"), Some(StripeMode::Test));
+        assert_eq!(StripeMode::of_key("sk_live_abc"), Some(StripeMode::Live));
+        assert_eq!(StripeMode::of_key("rk_live_abc"), Some(StripeMode::Live));
+        assert_eq!(StripeMode::of_key("sk_live_testtesttest"), Some(StripeMode::Live));
+        assert_eq!(StripeMode::of_key("pk_test_abc"), None);
+        assert_eq!(StripeMode::of_key("my_test_key"), None);
+        assert_eq!(StripeMode::of_key("sk_test_"), None);
+        assert_eq!(StripeMode::of_key("sk_test_a b"), None);
+    }
+
+    #[test]
+    fn the_first_key_variable_set_wins() {
+        let s = load(&[("STRIPE_SECRET_KEY", "sk_live_second"), ("STRIPE_TEST_KEY", "sk_test_third")]).unwrap();
+        assert_eq!(s.stripe.unwrap().mode, StripeMode::Live);
+    }
+
+    #[test]
+    fn an_invalid_key_is_refused_without_echoing_it() {
+        let err = load(&[("STRIPE_API_KEY", "pk_test_SECRETSECRET")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("STRIPE_API_KEY"), "{msg}");
+        assert!(!msg.contains("SECRETSECRET"), "{msg}");
+    }
+
+    #[test]
+    fn a_key_and_its_file_together_are_a_configuration_error() {
+        let err = load(&[("STRIPE_API_KEY", KEY), ("STRIPE_API_KEY_FILE", "/nonexistent")]).unwrap_err();
+        assert!(matches!(err, ConfigError::BothValueAndFile(_)), "{err}");
+    }
+
+    #[test]
+    fn a_key_is_read_from_a_file_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, format!("{KEY}\n")).unwrap();
+        let s = load(&[("STRIPE_API_KEY_FILE", path.to_str().unwrap())]).unwrap();
+        assert_eq!(s.stripe.unwrap().key.expose_secret(), KEY);
+    }
+
+    #[test]
+    fn a_live_key_over_plain_http_is_refused() {
+        let err = load(&[("STRIPE_API_KEY", "sk_live_abc"), ("STRIPE_API_BASE", "http://127.0.0.1:1")]).unwrap_err();
+        assert!(matches!(err, ConfigError::LiveKeyOverHttp(_)));
+    }
+
+    #[test]
+    fn the_kill_switch_disables_stripe_but_keeps_the_mode_known() {
+        let s = load(&[("STRIPE_API_KEY", KEY), ("ENABLE_PAYMENTS", "false")]).unwrap();
+        assert!(s.stripe.is_none());
+        assert_eq!(s.key_mode, Some(StripeMode::Test));
+        assert_eq!(s.stripe_mode_label(), "disabled");
+    }
+
+    #[test]
+    fn payments_without_a_key_are_disabled_unless_explicitly_enabled() {
+        assert!(load(&[]).unwrap().stripe.is_none());
+        assert!(matches!(load(&[("ENABLE_PAYMENTS", "true")]).unwrap_err(), ConfigError::PaymentsWithoutKey));
+    }
+
+    #[test]
+    fn rollout_percent_must_be_between_0_and_100() {
+        assert_eq!(load(&[("BILLING_ROLLOUT_PERCENT", "40")]).unwrap().rollout_percent, 40);
+        assert!(load(&[("BILLING_ROLLOUT_PERCENT", "101")]).is_err());
+        assert!(load(&[("BILLING_ROLLOUT_PERCENT", "-1")]).is_err());
+        assert!(load(&[("BILLING_ROLLOUT_PERCENT", "lots")]).is_err());
+    }
+
+    #[test]
+    fn the_default_rate_limit_follows_the_mode() {
+        assert_eq!(load(&[("STRIPE_API_KEY", KEY)]).unwrap().stripe.unwrap().rate_limit_per_second, 25);
+        assert_eq!(load(&[("STRIPE_API_KEY", "sk_live_x")]).unwrap().stripe.unwrap().rate_limit_per_second, 90);
+    }
+
+    #[test]
+    fn a_database_url_hides_its_password() {
+        let url = DatabaseUrl::new("postgres://billing:hunter2@db:5432/billing");
+        assert_eq!(format!("{url:?}"), "DatabaseUrl(postgres://billing:***@db:5432/billing)");
+        assert_eq!(url.to_string(), "postgres://billing:***@db:5432/billing");
+        assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_config_file_error_does_not_quote_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "stripe_key = \"sk_test_SECRETSECRET\nunterminated").unwrap();
+        let flags = Flags { config_file: Some(path), ..Flags::default() };
+        let msg = Settings::load(&flags, &[]).unwrap_err().to_string();
+        assert!(!msg.contains("SECRETSECRET"), "{msg}");
+    }
+}

@@ -1,0 +1,510 @@
+//! Durable records behind one storage interface. All SQL lives here.
+//!
+//! Queries are runtime-checked (`sqlx::query`) through sqlx's `Any` driver with `$n` placeholders, which
+//! SQLite and PostgreSQL both accept, so the domain code never knows which backend it runs on.
+
+mod migrate;
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor as _, Row};
+
+use crate::business::{Billing, Business, Lifecycle};
+use crate::config::DatabaseUrl;
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("corrupt record {id}: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("duplicate: {0}")]
+    Duplicate(String),
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+/// Which database the store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// The state of one Stripe write in the intent log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intent {
+    pub state: String,
+    pub attempts: i64,
+    pub result_id: Option<String>,
+    pub created_at: i64,
+}
+
+/// Filters for listing businesses.
+#[derive(Debug, Clone, Default)]
+pub struct BusinessFilter {
+    pub status: Option<Lifecycle>,
+    pub billing: Option<Billing>,
+    pub limit: i64,
+    /// Business id of the last row of the previous page.
+    pub after: Option<String>,
+}
+
+/// The billing outcome of a created subscription.
+#[derive(Debug, Clone)]
+pub struct SubscriptionRecord<'a> {
+    pub subscription_id: &'a str,
+    pub status: &'a str,
+    pub lookup_key: &'a str,
+    pub price_id: &'a str,
+    pub monthly_price_cents: i64,
+    pub currency: &'a str,
+    pub state_at: i64,
+}
+
+/// The database: a connection pool plus the queries the domain needs.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const BUSINESS_COLUMNS: &str = "business_id, name, business_type, email, created_at, updated_at, status, billing, \
+    billing_error, failed_step, stripe_customer_id, stripe_subscription_id, stripe_payment_intent_id, \
+    subscription_status, price_lookup_key, stripe_price_id, monthly_price_cents, currency, generation, \
+    stripe_state_at, taken_down_at, takedown_reason, takedown_outcome";
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn business_from_row(row: &AnyRow) -> Result<Business, StoreError> {
+    let id: String = row.try_get("business_id")?;
+    let status: String = row.try_get("status")?;
+    let billing: String = row.try_get("billing")?;
+    let corrupt = |reason: String| StoreError::Corrupt { id: id.clone(), reason };
+    Ok(Business {
+        status: Lifecycle::parse(&status).ok_or_else(|| corrupt(format!("status {status:?}")))?,
+        billing: Billing::parse(&billing).ok_or_else(|| corrupt(format!("billing {billing:?}")))?,
+        name: row.try_get("name")?,
+        business_type: row.try_get("business_type")?,
+        email: row.try_get("email")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        billing_error: row.try_get("billing_error")?,
+        failed_step: row.try_get("failed_step")?,
+        stripe_customer_id: row.try_get("stripe_customer_id")?,
+        stripe_subscription_id: row.try_get("stripe_subscription_id")?,
+        stripe_payment_intent_id: row.try_get("stripe_payment_intent_id")?,
+        subscription_status: row.try_get("subscription_status")?,
+        price_lookup_key: row.try_get("price_lookup_key")?,
+        stripe_price_id: row.try_get("stripe_price_id")?,
+        monthly_price_cents: row.try_get("monthly_price_cents")?,
+        currency: row.try_get("currency")?,
+        generation: row.try_get("generation")?,
+        stripe_state_at: row.try_get("stripe_state_at")?,
+        taken_down_at: row.try_get("taken_down_at")?,
+        takedown_reason: row.try_get("takedown_reason")?,
+        takedown_outcome: row.try_get("takedown_outcome")?,
+        business_id: id,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+impl Store {
+    /// Connects, creating a SQLite file if needed (WAL, busy timeout, foreign keys on).
+    pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.is_postgres() { Backend::Postgres } else { Backend::Sqlite };
+        let mut conn_url = url.expose().to_owned();
+        if backend == Backend::Sqlite && !conn_url.contains("mode=") {
+            conn_url.push_str(if conn_url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; FULL sync makes a commit survive power loss;
+                        // the busy timeout turns writer contention into a short wait instead of an error.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&conn_url)
+            .await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies the embedded migrations that are not applied yet.
+    pub async fn migrate(&self) -> Result<Vec<&'static str>, StoreError> {
+        migrate::run(&self.pool, self.backend).await
+    }
+
+    /// A cheap round trip for `/health`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Inserts a new business. With a `request_key` already used, returns the business it created.
+    pub async fn insert_business(&self, b: &Business, request_key: Option<&str>) -> Result<Business, StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO business (business_id, name, business_type, email, created_at, updated_at, status, billing, \
+             billing_error, stripe_customer_id, stripe_subscription_id, stripe_payment_intent_id, subscription_status, \
+             monthly_price_cents, currency, generation, request_key) \
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15)",
+        )
+        .bind(&b.business_id)
+        .bind(&b.name)
+        .bind(&b.business_type)
+        .bind(&b.email)
+        .bind(b.created_at)
+        .bind(b.status.as_str())
+        .bind(b.billing.as_str())
+        .bind(&b.billing_error)
+        .bind(&b.stripe_customer_id)
+        .bind(&b.stripe_subscription_id)
+        .bind(&b.stripe_payment_intent_id)
+        .bind(&b.subscription_status)
+        .bind(b.monthly_price_cents)
+        .bind(&b.currency)
+        .bind(request_key)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => Ok(b.clone()),
+            Err(e) if is_unique_violation(&e) => match request_key {
+                Some(key) => self
+                    .business_by_request_key(key)
+                    .await?
+                    .ok_or_else(|| StoreError::Duplicate(format!("request key {key}"))),
+                None => Err(StoreError::Duplicate(format!("business {}", b.business_id))),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Inserts many businesses atomically: all or none.
+    pub async fn insert_businesses(&self, businesses: &[Business]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for b in businesses {
+            sqlx::query(
+                "INSERT INTO business (business_id, name, business_type, email, created_at, updated_at, status, billing, \
+                 billing_error, stripe_customer_id, stripe_subscription_id, stripe_payment_intent_id, subscription_status, \
+                 monthly_price_cents, currency, generation) \
+                 VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0)",
+            )
+            .bind(&b.business_id)
+            .bind(&b.name)
+            .bind(&b.business_type)
+            .bind(&b.email)
+            .bind(b.created_at)
+            .bind(b.status.as_str())
+            .bind(b.billing.as_str())
+            .bind(&b.billing_error)
+            .bind(&b.stripe_customer_id)
+            .bind(&b.stripe_subscription_id)
+            .bind(&b.stripe_payment_intent_id)
+            .bind(&b.subscription_status)
+            .bind(b.monthly_price_cents)
+            .bind(&b.currency)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Duplicate(format!("business {} already exists", b.business_id))
+                } else {
+                    e.into()
+                }
+            })?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn business_by_request_key(&self, key: &str) -> Result<Option<Business>, StoreError> {
+        let sql = format!("SELECT {BUSINESS_COLUMNS} FROM business WHERE request_key = $1");
+        let row = sqlx::query(&sql).bind(key).fetch_optional(&self.pool).await?;
+        row.as_ref().map(business_from_row).transpose()
+    }
+
+    pub async fn get_business(&self, id: &str) -> Result<Option<Business>, StoreError> {
+        let sql = format!("SELECT {BUSINESS_COLUMNS} FROM business WHERE business_id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(business_from_row).transpose()
+    }
+
+    /// The business owning a Stripe customer or subscription id.
+    pub async fn business_by_stripe_id(&self, customer: Option<&str>, subscription: Option<&str>) -> Result<Option<Business>, StoreError> {
+        let sql = format!(
+            "SELECT {BUSINESS_COLUMNS} FROM business WHERE ($1 IS NOT NULL AND stripe_subscription_id = $1) \
+             OR ($2 IS NOT NULL AND stripe_customer_id = $2) ORDER BY created_at DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql).bind(subscription).bind(customer).fetch_optional(&self.pool).await?;
+        row.as_ref().map(business_from_row).transpose()
+    }
+
+    /// Newest first, paginated by business id.
+    pub async fn list_businesses(&self, f: &BusinessFilter) -> Result<Vec<Business>, StoreError> {
+        let sql = format!(
+            "SELECT {BUSINESS_COLUMNS} FROM business \
+             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR billing = $2) \
+             AND ($3 IS NULL OR created_at < (SELECT created_at FROM business WHERE business_id = $3) \
+                  OR (created_at = (SELECT created_at FROM business WHERE business_id = $3) AND business_id < $3)) \
+             ORDER BY created_at DESC, business_id DESC LIMIT $4"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(f.status.map(Lifecycle::as_str))
+            .bind(f.billing.map(Billing::as_str))
+            .bind(&f.after)
+            .bind(if f.limit > 0 { f.limit } else { i64::MAX })
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(business_from_row).collect()
+    }
+
+    /// Businesses with unfinished work: billing pending or failed, or a takedown whose Stripe side is open.
+    pub async fn list_unfinished(&self, now: i64) -> Result<Vec<Business>, StoreError> {
+        let sql = format!(
+            "SELECT {BUSINESS_COLUMNS} FROM business \
+             WHERE ((status = 'active' AND billing IN ('pending', 'failed')) \
+                 OR (status = 'taken_down' AND takedown_outcome IS NULL)) \
+             AND (lease_until IS NULL OR lease_until < $1) \
+             ORDER BY created_at, business_id"
+        );
+        let rows = sqlx::query(&sql).bind(now).fetch_all(&self.pool).await?;
+        rows.iter().map(business_from_row).collect()
+    }
+
+    /// Takes the business's work lease unless another live worker holds it. Returns whether we got it.
+    pub async fn claim_business(&self, id: &str, owner: &str, until: i64, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE business SET lease_owner = $2, lease_until = $3 \
+             WHERE business_id = $1 AND (lease_until IS NULL OR lease_until < $4 OR lease_owner = $2)",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn release_business(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE business SET lease_owner = NULL, lease_until = NULL WHERE business_id = $1 AND lease_owner = $2")
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a Stripe write about to be sent; returns the intent as it was before (if any).
+    pub async fn begin_intent(&self, key: &str, business_id: &str, step: &str) -> Result<Option<Intent>, StoreError> {
+        let previous = self.intent(key).await?;
+        let now = now();
+        sqlx::query(
+            "INSERT INTO billing_intent (idempotency_key, business_id, step, state, attempts, created_at, updated_at) \
+             VALUES ($1, $2, $3, 'started', 1, $4, $4) \
+             ON CONFLICT (idempotency_key) DO UPDATE SET attempts = billing_intent.attempts + 1, updated_at = $4, \
+             state = CASE WHEN billing_intent.state = 'done' THEN 'done' ELSE 'started' END",
+        )
+        .bind(key)
+        .bind(business_id)
+        .bind(step)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(previous)
+    }
+
+    pub async fn intent(&self, key: &str) -> Result<Option<Intent>, StoreError> {
+        let row = sqlx::query("SELECT state, attempts, result_id, created_at FROM billing_intent WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(Intent {
+                state: r.try_get("state")?,
+                attempts: r.try_get("attempts")?,
+                result_id: r.try_get("result_id")?,
+                created_at: r.try_get("created_at")?,
+            }),
+            None => None,
+        })
+    }
+
+    /// Marks an intent done (with the object it produced) or failed (with the reason).
+    pub async fn finish_intent(&self, key: &str, result: Result<&str, &str>) -> Result<(), StoreError> {
+        let (state, result_id, error) = match result {
+            Ok(id) => ("done", Some(id), None),
+            Err(e) => ("failed", None, Some(e)),
+        };
+        sqlx::query("UPDATE billing_intent SET state = $2, result_id = COALESCE($3, result_id), last_error = $4, updated_at = $5 WHERE idempotency_key = $1")
+            .bind(key)
+            .bind(state)
+            .bind(result_id)
+            .bind(error)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_customer(&self, id: &str, customer: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE business SET stripe_customer_id = $2, updated_at = $3 WHERE business_id = $1")
+            .bind(id)
+            .bind(customer)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a new subscription and marks billing provisioned.
+    pub async fn set_subscription(&self, id: &str, s: &SubscriptionRecord<'_>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE business SET stripe_subscription_id = $2, subscription_status = $3, price_lookup_key = $4, \
+             stripe_price_id = $5, monthly_price_cents = $6, currency = $7, stripe_state_at = $8, \
+             billing = 'provisioned', billing_error = NULL, failed_step = NULL, updated_at = $9 WHERE business_id = $1",
+        )
+        .bind(id)
+        .bind(s.subscription_id)
+        .bind(s.status)
+        .bind(s.lookup_key)
+        .bind(s.price_id)
+        .bind(s.monthly_price_cents)
+        .bind(s.currency)
+        .bind(s.state_at)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records Stripe's subscription status unless newer state is already stored. Returns whether it applied.
+    pub async fn set_subscription_status(&self, id: &str, subscription: &str, status: &str, state_at: i64) -> Result<bool, StoreError> {
+        let billing_expr = "CASE WHEN $3 = 'incomplete_expired' THEN 'expired' \
+                            WHEN billing = 'expired' AND $3 IN ('active', 'trialing', 'past_due') THEN 'provisioned' \
+                            ELSE billing END";
+        let sql = format!(
+            "UPDATE business SET subscription_status = $3, stripe_state_at = $4, billing = {billing_expr}, updated_at = $5 \
+             WHERE business_id = $1 AND stripe_subscription_id = $2 AND stripe_state_at <= $4"
+        );
+        let done = sqlx::query(&sql)
+            .bind(id)
+            .bind(subscription)
+            .bind(status)
+            .bind(state_at)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Starts a new subscription generation (the old subscription is over): new idempotency keys.
+    pub async fn bump_generation(&self, id: &str) -> Result<i64, StoreError> {
+        sqlx::query("UPDATE business SET generation = generation + 1, updated_at = $2 WHERE business_id = $1")
+            .bind(id)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        let row = sqlx::query("SELECT generation FROM business WHERE business_id = $1").bind(id).fetch_one(&self.pool).await?;
+        Ok(row.try_get("generation")?)
+    }
+
+    pub async fn set_billing(&self, id: &str, billing: Billing, step: Option<&str>, error: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE business SET billing = $2, failed_step = $3, billing_error = $4, updated_at = $5 WHERE business_id = $1")
+            .bind(id)
+            .bind(billing.as_str())
+            .bind(step)
+            .bind(error)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a business taken down; returns false when it already was.
+    pub async fn mark_taken_down(&self, id: &str, reason: &str, at: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE business SET status = 'taken_down', takedown_reason = $2, taken_down_at = $3, takedown_outcome = NULL, updated_at = $3 \
+             WHERE business_id = $1 AND status = 'active'",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records how a takedown's Stripe side ended; `None` leaves it open for a retry.
+    pub async fn set_takedown_outcome(&self, id: &str, outcome: Option<&str>, subscription_status: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE business SET takedown_outcome = $2, subscription_status = COALESCE($3, subscription_status), updated_at = $4 \
+             WHERE business_id = $1",
+        )
+        .bind(id)
+        .bind(outcome)
+        .bind(subscription_status)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Appends to a business's billing history.
+    pub async fn record_event(&self, business_id: &str, kind: &str, detail: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO billing_event (id, business_id, kind, detail, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(business_id)
+            .bind(kind)
+            .bind(detail)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A business's billing history, oldest first.
+    pub async fn events_of(&self, business_id: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT kind, detail, created_at FROM billing_event WHERE business_id = $1 ORDER BY created_at, id")
+            .bind(business_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("kind")?, r.try_get("detail")?, r.try_get("created_at")?)))
+            .collect()
+    }
+}
