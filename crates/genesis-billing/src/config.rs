@@ -134,6 +134,12 @@ pub struct Settings {
     pub webhook_secrets: Vec<SecretString>,
     /// Base URL for Checkout success and cancel pages.
     pub public_url: String,
+    /// How far a webhook signature's timestamp may be from now, either way.
+    pub webhook_tolerance_secs: i64,
+    /// How often `serve` retries unfinished provisioning and takedowns.
+    pub resume_interval_secs: u64,
+    /// How often `serve` reads Stripe's event list for events webhooks missed (0 = never).
+    pub gap_fill_interval_secs: u64,
 }
 
 /// Settings given as command-line flags (all optional).
@@ -387,6 +393,9 @@ impl Settings {
             listen,
             admin_tokens,
             webhook_secrets,
+            webhook_tolerance_secs: env_num(env, "GENESIS_BILLING_WEBHOOK_TOLERANCE_SECS", 300)?,
+            resume_interval_secs: env_num(env, "GENESIS_BILLING_RESUME_INTERVAL_SECS", 30)?,
+            gap_fill_interval_secs: env_num(env, "GENESIS_BILLING_GAP_FILL_INTERVAL_SECS", 300)?,
             public_url: file.public_url.or_else(|| env.var("GENESIS_BILLING_PUBLIC_URL")).unwrap_or_else(|| "https://example.com".to_owned()),
         })
     }
@@ -395,6 +404,10 @@ impl Settings {
     pub fn stripe_mode_label(&self) -> &'static str {
         self.stripe.as_ref().map(|s| s.mode.as_str()).unwrap_or("disabled")
     }
+}
+
+fn env_num<T: std::str::FromStr>(env: &dyn Env, name: &str, default: T) -> Result<T, ConfigError> {
+    env.var(name).map(|v| parse_num(name, &v)).unwrap_or(Ok(default))
 }
 
 fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {

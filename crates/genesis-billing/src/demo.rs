@@ -68,7 +68,7 @@ async fn walk_through(service: &BillingService, sim_base: &str, json: bool) -> R
     step(json, "creating businesses (customer + subscription each, status as Stripe reports it)");
     let mut ids = Vec::new();
     for (name, kind, email) in BUSINESSES {
-        let b = service
+        let (b, _) = service
             .create_business(NewBusiness { name: (*name).into(), business_type: (*kind).into(), email: email.map(Into::into) }, None)
             .await?;
         if !json {

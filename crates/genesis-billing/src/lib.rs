@@ -2,6 +2,7 @@
 //!
 //! A tour of the modules, from the outside in:
 //! - [`cli`]: the `genesis-billing` command line (and [`demo`], the offline walk-through);
+//! - [`http`]: `serve` — the admin API, health and metrics; [`webhook`]: the signed Stripe webhook inbox;
 //! - [`config`]: settings from flags, file and environment, with secrets wrapped from the moment they are read;
 //! - [`billing`]: the domain — provisioning, takedown, payment collection, price sync, import;
 //! - [`catalog`], [`business`], [`revenue`]: the catalog, the business record, and revenue arithmetic;
@@ -15,7 +16,9 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 // pub mod demo;
+pub mod http;
 pub mod metrics;
 pub mod revenue;
 pub mod store;
 pub mod stripe;
+pub mod webhook;

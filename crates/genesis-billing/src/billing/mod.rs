@@ -3,6 +3,7 @@
 //! `BillingService` owns the store, the Stripe client and the catalog; every entry point of the CLI and the
 //! HTTP service goes through it.
 
+mod events;
 mod import;
 mod payment;
 mod prices;
@@ -21,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::stripe::{Price, StripeClient, StripeError};
 
+pub use events::{Applied, HANDLED_EVENTS};
 pub use import::{ImportError, ImportReport, MAX_IMPORT_BYTES};
 pub use payment::CheckoutOutcome;
 pub use prices::{PriceStatus, PriceSyncLine};

@@ -37,7 +37,8 @@ pub(super) fn subscription_key(id: &str, generation: i64) -> String {
 impl BillingService {
     /// Records a business and provisions its billing. With a `request_key` seen before, returns the
     /// business that request created instead of a new one.
-    pub async fn create_business(&self, input: NewBusiness, request_key: Option<&str>) -> Result<Business, BillingError> {
+    /// The flag is true when `request_key` replayed an earlier request.
+    pub async fn create_business(&self, input: NewBusiness, request_key: Option<&str>) -> Result<(Business, bool), BillingError> {
         let input = input.validate()?;
         let id = uuid::Uuid::new_v4().to_string();
         let (billing, why) = if !self.payments_enabled() {
@@ -75,14 +76,19 @@ impl BillingService {
         };
         let stored = self.store.insert_business(&record, request_key).await?;
         if stored.business_id != id {
-            return Ok(stored);
+            if (&stored.name, &stored.business_type, &stored.email) != (&record.name, &record.business_type, &record.email) {
+                return Err(BillingError::Conflict(
+                    "this Idempotency-Key was used for a request with other parameters".into(),
+                ));
+            }
+            return Ok((stored, true));
         }
         let business = if billing == Billing::Pending { self.provision(&id).await? } else { stored };
         self.metrics.inc(
             "genesis_meta_agent_businesses_created_total",
             &[&business.business_type, business.billing.as_str()],
         );
-        Ok(business)
+        Ok((business, false))
     }
 
     /// Provisions (or finishes provisioning) one business, unless another worker holds it right now.

@@ -139,7 +139,9 @@ impl BillingService {
         let mut side = StripeSide { outcome: "skipped".into(), customer_deleted: None, customer_delete_error: None, finished: true, note: None };
         let mut new_status = None;
         if let Some(sub) = &b.stripe_subscription_id {
-            match cancel_subscription(stripe, sub).await {
+            let already_over = b.subscription_status.as_deref().is_some_and(|s| !is_live_subscription(s));
+            let cancelled = if already_over { Ok(()) } else { cancel_subscription(stripe, sub).await };
+            match cancelled {
                 Ok(()) => {
                     side.outcome = "cancelled".into();
                     new_status = Some("canceled");

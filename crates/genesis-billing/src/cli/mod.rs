@@ -75,6 +75,34 @@ enum Command {
     Revenue(RevenueArgs),
     /// Run the whole lifecycle offline against an in-process Stripe simulator.
     Demo,
+    /// Run the service: admin API, Stripe webhooks, health, metrics, background work.
+    Serve {
+        /// Address to bind (also GENESIS_BILLING_LISTEN).
+        #[arg(long, value_name = "HOST:PORT")]
+        listen: Option<String>,
+    },
+    /// Stripe webhook endpoint and stored events.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCommand {
+    /// Create the Stripe webhook endpoint for exactly the events we handle; prints its signing secret once.
+    Register {
+        #[arg(long)]
+        url: String,
+    },
+    /// Stored events, newest first.
+    List {
+        /// Only events whose apply failed (including dead-lettered ones).
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Apply a stored event again.
+    Replay { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -270,7 +298,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     if let Command::Revenue(RevenueArgs { businesses: Some(n), price: Some(p), fee_bps, fee_fixed_cents }) = &cli.command {
         return calculator(*n, p, FeeSchedule { percent_bps: *fee_bps, fixed_cents: *fee_fixed_cents }, cli.json);
     }
-    let settings = Settings::load(&flags(&cli), &ProcessEnv)?;
+    let mut flags = flags(&cli);
+    if let Command::Serve { listen } = &cli.command {
+        flags.listen = listen.clone();
+    }
+    let settings = Settings::load(&flags, &ProcessEnv)?;
     let metrics = Arc::new(Metrics::new());
     let service = Arc::new(build_service(&settings, metrics.clone()).await?);
     let json = cli.json;
@@ -309,7 +341,117 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 print!("{}", revenue_table(&lines));
             }
         }
+        Command::Serve { .. } => serve(&settings, service).await?,
+        Command::Webhooks(cmd) => return webhooks(&settings, service, cmd, json).await,
         Command::Demo => unreachable!("handled above"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The service, until SIGTERM or Ctrl-C.
+async fn serve(settings: &Settings, service: Arc<BillingService>) -> Result<(), Failure> {
+    let state = app_state(settings, service);
+    let schedule = crate::http::Schedule {
+        resume: std::time::Duration::from_secs(settings.resume_interval_secs.max(1)),
+        webhook_retry: std::time::Duration::from_secs(5),
+        gap_fill: (settings.gap_fill_interval_secs > 0).then(|| std::time::Duration::from_secs(settings.gap_fill_interval_secs)),
+    };
+    let running = crate::http::start(state, settings.listen, schedule, true)
+        .await
+        .with_context(|| format!("while binding {}", settings.listen))?;
+    if settings.admin_tokens.is_empty() {
+        tracing::warn!("no GENESIS_ADMIN_TOKEN configured: the admin API refuses every request");
+    }
+    if settings.webhook_secrets.is_empty() {
+        tracing::warn!("no STRIPE_WEBHOOK_SECRET configured: every webhook is refused");
+    }
+    println!("genesis-billing listening on http://{}", running.addr);
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    running.wait().await.context("while serving")?;
+    Ok(())
+}
+
+/// The HTTP layer's shared state for these settings.
+pub fn app_state(settings: &Settings, service: Arc<BillingService>) -> Arc<crate::http::AppState> {
+    let inbox = Arc::new(crate::webhook::Inbox::new(service.clone(), settings.webhook_secrets.clone(), settings.webhook_tolerance_secs));
+    Arc::new(crate::http::AppState::new(
+        service,
+        inbox,
+        &settings.admin_tokens,
+        settings.stripe_mode_label(),
+        settings.key_mode == Some(crate::config::StripeMode::Test),
+    ))
+}
+
+async fn webhooks(settings: &Settings, service: Arc<BillingService>, cmd: WebhooksCommand, json: bool) -> Result<ExitCode, Failure> {
+    match cmd {
+        WebhooksCommand::Register { url } => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
+                return Err(Failure::Usage("--url must be an http(s) URL".into()));
+            }
+            let stripe = service.stripe()?;
+            let form = crate::stripe::Form::new()
+                .add("url", url.as_str())
+                .add_list("enabled_events", crate::billing::HANDLED_EVENTS.iter().copied())
+                .add("api_version", crate::stripe::STRIPE_VERSION);
+            let key = format!("genesis:webhook_endpoint:{url}");
+            let endpoint = stripe
+                .send(&crate::stripe::Call::post("webhook_endpoint.create", "/v1/webhook_endpoints", form, Some(key)))
+                .await
+                .map_err(BillingError::from)?;
+            let id = endpoint["id"].as_str().unwrap_or("-");
+            let secret = endpoint["secret"].as_str().unwrap_or("");
+            if json {
+                print_json(&serde_json::json!({"id": id, "url": url, "enabled_events": crate::billing::HANDLED_EVENTS, "secret": secret}));
+            } else {
+                println!("webhook endpoint {id} for {url}");
+                println!("signing secret (shown once; set it as STRIPE_WEBHOOK_SECRET): {secret}");
+            }
+        }
+        WebhooksCommand::List { failed, limit } => {
+            let store = service.store();
+            let mut events = Vec::new();
+            if failed {
+                events.extend(store.list_events(Some("failed"), limit).await.context("while reading events")?);
+                events.extend(store.list_events(Some("dead"), limit).await.context("while reading events")?);
+            } else {
+                events = store.list_events(None, limit).await.context("while reading events")?;
+            }
+            if json {
+                print_json(&events);
+            } else {
+                let rows: Vec<Vec<String>> = events
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.event_id.clone(),
+                            e.event_type.clone(),
+                            crate::business::rfc3339(e.created),
+                            e.status.clone(),
+                            e.attempts.to_string(),
+                            e.business_id.clone().unwrap_or_else(|| "-".into()),
+                            e.last_error.clone().unwrap_or_default().chars().take(60).collect(),
+                        ]
+                    })
+                    .collect();
+                print!("{}", table(&["EVENT", "TYPE", "CREATED", "STATUS", "ATTEMPTS", "BUSINESS", "LAST ERROR"], &rows));
+            }
+        }
+        WebhooksCommand::Replay { id } => {
+            let state = app_state(settings, service.clone());
+            if !service.store().reset_event(&id).await.context("while reading events")? {
+                eprintln!("no stored event {id}");
+                return Ok(ExitCode::from(1));
+            }
+            state.inbox.apply(&id).await;
+            let event = service.store().event(&id).await.context("while reading events")?;
+            match event {
+                Some(e) if json => print_json(&e),
+                Some(e) => println!("{}: {}{}", e.event_id, e.status, e.last_error.map(|l| format!(" ({l})")).unwrap_or_default()),
+                None => {}
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -405,7 +547,7 @@ async fn business(service: &Arc<BillingService>, cmd: BusinessCommand, json: boo
     match cmd {
         BusinessCommand::Create(args) if args.count > 1 => create_many(service, args, json, metrics).await?,
         BusinessCommand::Create(args) => {
-            let b = service
+            let (b, _) = service
                 .create_business(NewBusiness { name: args.name, business_type: args.business_type, email: args.email }, None)
                 .await?;
             if json {
@@ -527,7 +669,7 @@ async fn create_many(service: &Arc<BillingService>, args: CreateArgs, json: bool
     let mut errors = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok(Ok(b)) => *counts.entry(b.billing.to_string()).or_default() += 1,
+            Ok(Ok((b, _))) => *counts.entry(b.billing.to_string()).or_default() += 1,
             Ok(Err(e)) => errors.push(e.to_string()),
             Err(e) => errors.push(format!("task failed: {e}")),
         }

@@ -8,7 +8,10 @@ use sqlx::AnyPool;
 use super::{now, Backend, StoreError};
 
 /// (version, name, SQL), in order. Never edit an applied migration: add a new one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "business", include_str!("../../migrations/0001_business.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "business", include_str!("../../migrations/0001_business.sql")),
+    (2, "webhook_event", include_str!("../../migrations/0002_webhook_event.sql")),
+];
 
 pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<&'static str>, StoreError> {
     sqlx::raw_sql(

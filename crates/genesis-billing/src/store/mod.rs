@@ -4,6 +4,9 @@
 //! SQLite and PostgreSQL both accept, so the domain code never knows which backend it runs on.
 
 mod migrate;
+mod webhook_event;
+
+pub use webhook_event::StoredEvent;
 
 use std::time::Duration;
 

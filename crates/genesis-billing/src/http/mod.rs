@@ -1,0 +1,217 @@
+//! The HTTP service (`genesis-billing serve`): admin API, Stripe webhooks, health, metrics.
+
+mod admin;
+pub mod error;
+mod ops;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use tokio::sync::RwLock;
+
+use crate::billing::BillingService;
+use crate::webhook::Inbox;
+use error::{ApiError, REQUEST_ID};
+
+/// Largest admin request body; business records are small.
+const ADMIN_BODY_LIMIT: usize = 64 * 1024;
+
+/// What `/health` reports about the catalog: verified, or which lookup keys did not resolve.
+#[derive(Debug, Clone)]
+pub enum CatalogHealth {
+    Unchecked,
+    Verified,
+    Problem(String),
+}
+
+/// Shared state of every handler.
+pub struct AppState {
+    pub service: Arc<BillingService>,
+    pub inbox: Arc<Inbox>,
+    /// SHA-256 of each admin token: compared in constant time, and the tokens themselves are not kept.
+    admin_token_digests: Vec<[u8; 32]>,
+    pub stripe_mode: &'static str,
+    pub key_is_test: bool,
+    pub catalog: RwLock<CatalogHealth>,
+}
+
+impl AppState {
+    pub fn new(service: Arc<BillingService>, inbox: Arc<Inbox>, admin_tokens: &[SecretString], stripe_mode: &'static str, key_is_test: bool) -> Self {
+        Self {
+            service,
+            inbox,
+            admin_token_digests: admin_tokens.iter().map(|t| Sha256::digest(t.expose_secret().as_bytes()).into()).collect(),
+            stripe_mode,
+            key_is_test,
+            catalog: RwLock::new(CatalogHealth::Unchecked),
+        }
+    }
+
+    /// Whether `presented` equals a configured token. Digests have equal length, and the comparison
+    /// visits every byte of every token, so timing reveals nothing.
+    fn admin_token_ok(&self, presented: &str) -> bool {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut ok = 0u8;
+        for known in &self.admin_token_digests {
+            let diff = known.iter().zip(&digest).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            ok |= u8::from(diff == 0);
+        }
+        ok == 1
+    }
+}
+
+/// The full router.
+pub fn router(state: Arc<AppState>) -> Router {
+    let admin = Router::new()
+        .route("/v1/businesses", post(admin::create).get(admin::list))
+        .route("/v1/businesses/{id}", get(admin::show).delete(admin::takedown))
+        .route("/v1/businesses/{id}/checkout", post(admin::checkout))
+        .route("/v1/revenue", get(admin::revenue))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT));
+    let open = Router::new()
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        // The webhook handler enforces its own 1 MiB limit so an oversized body is counted as `too_large`.
+        .route("/stripe/webhook", post(ops::webhook).layer(DefaultBodyLimit::disable()));
+    admin
+        .merge(open)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route") })
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+/// Gives every request an id (the caller's `X-Request-Id` if sane), logs it once, and echoes the id.
+async fn request_context(request: Request, next: Next) -> Response {
+    let incoming = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+        .map(str::to_owned);
+    let id = incoming.unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
+    let method = request.method().clone();
+    let path = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let span = tracing::info_span!("request", request_id = %id, %method, %path);
+    let mut response = REQUEST_ID.scope(id.clone(), tracing::Instrument::instrument(next.run(request), span.clone())).await;
+    let status = response.status();
+    span.in_scope(|| tracing::info!(status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "served"));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+async fn require_admin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if state.admin_token_digests.is_empty() {
+        return ApiError::new(StatusCode::FORBIDDEN, "admin_api_disabled", "the admin API is disabled: no GENESIS_ADMIN_TOKEN is configured").into_response();
+    }
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if state.admin_token_ok(token) => next.run(request).await,
+        _ => {
+            let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required").into_response();
+            r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            r
+        }
+    }
+}
+
+/// A running service; dropping it does not stop it, `shutdown` does.
+pub struct Running {
+    pub addr: SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish, and stops the background loops.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.shutdown.send(true);
+        for task in self.background {
+            task.abort();
+        }
+        self.server.await.unwrap_or(Ok(()))
+    }
+
+    /// Resolves when the server stops by itself (e.g. on a signal).
+    pub async fn wait(self) -> std::io::Result<()> {
+        let result = self.server.await.unwrap_or(Ok(()));
+        for task in self.background {
+            task.abort();
+        }
+        result
+    }
+}
+
+/// Intervals of the background work.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub resume: Duration,
+    pub webhook_retry: Duration,
+    /// `None` disables gap fill.
+    pub gap_fill: Option<Duration>,
+}
+
+/// Binds `addr`, resumes unfinished work, starts the background loops and serves until shutdown.
+pub async fn start(state: Arc<AppState>, addr: SocketAddr, schedule: Schedule, stop_on_signal: bool) -> std::io::Result<Running> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let app = router(state.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                if stop_on_signal {
+                    tokio::select! {
+                        _ = shutdown_signal() => {}
+                        _ = rx.changed() => {}
+                    }
+                } else {
+                    let _ = rx.changed().await;
+                }
+                tracing::info!("shutting down: finishing in-flight requests");
+            })
+            .await
+    });
+    let background = ops::spawn_background(state, schedule);
+    Ok(Running { addr, shutdown: tx, server, background })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,139 @@
+//! Queries on stored Stripe events (the webhook inbox).
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{now, Store, StoreError};
+
+/// A stored Stripe event and how applying it went.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub created: i64,
+    pub received_at: i64,
+    pub source: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub applied_at: Option<i64>,
+    pub business_id: Option<String>,
+    #[serde(skip)]
+    pub payload: String,
+}
+
+const COLUMNS: &str = "event_id, event_type, created, received_at, source, payload, status, attempts, last_error, applied_at, business_id";
+
+fn from_row(r: &AnyRow) -> Result<StoredEvent, StoreError> {
+    Ok(StoredEvent {
+        event_id: r.try_get("event_id")?,
+        event_type: r.try_get("event_type")?,
+        created: r.try_get("created")?,
+        received_at: r.try_get("received_at")?,
+        source: r.try_get("source")?,
+        payload: r.try_get("payload")?,
+        status: r.try_get("status")?,
+        attempts: r.try_get("attempts")?,
+        last_error: r.try_get("last_error")?,
+        applied_at: r.try_get("applied_at")?,
+        business_id: r.try_get("business_id")?,
+    })
+}
+
+impl Store {
+    /// Stores an event unless its id is already stored. Returns whether this call stored it.
+    pub async fn insert_event(&self, id: &str, event_type: &str, created: i64, source: &str, payload: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, payload, status, attempts) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0) ON CONFLICT (event_id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(event_type)
+        .bind(created)
+        .bind(now())
+        .bind(source)
+        .bind(payload)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Takes an event for applying, unless it is finished or another worker holds it.
+    pub async fn claim_event(&self, id: &str, owner: &str, until: i64) -> Result<Option<StoredEvent>, StoreError> {
+        let t = now();
+        let done = sqlx::query(
+            "UPDATE webhook_event SET lease_owner = $2, lease_until = $3, attempts = attempts + 1 \
+             WHERE event_id = $1 AND status IN ('pending', 'failed') AND (lease_until IS NULL OR lease_until < $4)",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(until)
+        .bind(t)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(None);
+        }
+        self.event(id).await
+    }
+
+    /// Records the result of applying an event and releases it.
+    pub async fn finish_event(&self, id: &str, owner: &str, status: &str, business_id: Option<&str>, error: Option<&str>, retry_at: Option<i64>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE webhook_event SET status = $3, business_id = COALESCE($4, business_id), last_error = $5, \
+             applied_at = CASE WHEN $3 IN ('applied', 'ignored') THEN $6 ELSE applied_at END, next_attempt_at = $7, \
+             lease_owner = NULL, lease_until = NULL WHERE event_id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(status)
+        .bind(business_id)
+        .bind(error)
+        .bind(now())
+        .bind(retry_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM webhook_event WHERE event_id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Events with the given status (all when `None`), newest first.
+    pub async fn list_events(&self, status: Option<&str>, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM webhook_event WHERE ($1 IS NULL OR status = $1) ORDER BY created DESC, event_id DESC LIMIT $2");
+        let rows = sqlx::query(&sql).bind(status).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Events due for (another) attempt: pending ones left by a crash, failed ones whose backoff passed.
+    pub async fn due_events(&self, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+        let t = now();
+        let sql = format!(
+            "SELECT {COLUMNS} FROM webhook_event WHERE status IN ('pending', 'failed') \
+             AND (next_attempt_at IS NULL OR next_attempt_at <= $1) AND (lease_until IS NULL OR lease_until < $1) \
+             ORDER BY created, event_id LIMIT $2"
+        );
+        let rows = sqlx::query(&sql).bind(t).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Puts an event back to pending so it is applied again (`webhooks replay`).
+    pub async fn reset_event(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE webhook_event SET status = 'pending', next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL WHERE event_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The newest `created` of any stored event: where gap fill resumes reading Stripe's event list.
+    pub async fn newest_event_created(&self) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT MAX(created) AS newest FROM webhook_event").fetch_one(&self.pool).await?;
+        Ok(row.try_get("newest")?)
+    }
+}
