@@ -109,12 +109,17 @@ pub struct InvalidInput {
 }
 
 fn invalid(field: &'static str, reason: &str) -> InvalidInput {
-    InvalidInput { field, reason: reason.to_owned() }
+    InvalidInput {
+        field,
+        reason: reason.to_owned(),
+    }
 }
 
 /// `saas`, `ecommerce`, ...: 1–64 characters of lowercase letters, digits, `_` and `-`.
 pub fn valid_business_type(t: &str) -> bool {
-    (1..=64).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    (1..=64).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 impl NewBusiness {
@@ -132,21 +137,35 @@ impl NewBusiness {
         }
         let business_type = self.business_type.trim().to_owned();
         if !valid_business_type(&business_type) {
-            return Err(invalid("business_type", "must be 1-64 characters of a-z, 0-9, _ or -"));
+            return Err(invalid(
+                "business_type",
+                "must be 1-64 characters of a-z, 0-9, _ or -",
+            ));
         }
-        let email = match self.email.map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()) {
+        let email = match self
+            .email
+            .map(|e| e.trim().to_owned())
+            .filter(|e| !e.is_empty())
+        {
             None => None,
             Some(e) => {
                 let ok = e.len() <= 254
                     && !e.chars().any(|c| c.is_whitespace() || c.is_control())
                     && matches!(e.split_once('@'), Some((local, domain)) if !local.is_empty() && domain.contains('.') && !domain.contains('@'));
                 if !ok {
-                    return Err(invalid("email", "must be an address like owner@example.com"));
+                    return Err(invalid(
+                        "email",
+                        "must be an address like owner@example.com",
+                    ));
                 }
                 Some(e)
             }
         };
-        Ok(Self { name, business_type, email })
+        Ok(Self {
+            name,
+            business_type,
+            email,
+        })
     }
 }
 
@@ -173,13 +192,21 @@ mod tests {
     use super::*;
 
     fn new(name: &str, t: &str, email: Option<&str>) -> Result<NewBusiness, InvalidInput> {
-        NewBusiness { name: name.into(), business_type: t.into(), email: email.map(Into::into) }.validate()
+        NewBusiness {
+            name: name.into(),
+            business_type: t.into(),
+            email: email.map(Into::into),
+        }
+        .validate()
     }
 
     #[test]
     fn good_input_is_trimmed_and_accepted() {
         let b = new("  Acme  ", "saas", Some(" a@b.co ")).unwrap();
-        assert_eq!((b.name.as_str(), b.email.as_deref()), ("Acme", Some("a@b.co")));
+        assert_eq!(
+            (b.name.as_str(), b.email.as_deref()),
+            ("Acme", Some("a@b.co"))
+        );
     }
 
     #[test]
@@ -191,10 +218,16 @@ mod tests {
             (new("ok", "SaaS", None), "business_type"),
             (new("ok", "", None), "business_type"),
             (new("ok", &"a".repeat(65), None), "business_type"),
-            (new("ok", "saas'; DROP TABLE business;--", None), "business_type"),
+            (
+                new("ok", "saas'; DROP TABLE business;--", None),
+                "business_type",
+            ),
             (new("ok", "saas", Some("no-at-sign")), "email"),
             (new("ok", "saas", Some("a b@c.d")), "email"),
-            (new("ok", "saas", Some(&format!("{}@x.io", "a".repeat(300)))), "email"),
+            (
+                new("ok", "saas", Some(&format!("{}@x.io", "a".repeat(300)))),
+                "email",
+            ),
         ];
         for (result, field) in cases {
             assert_eq!(result.unwrap_err().field, field);
@@ -211,12 +244,23 @@ mod tests {
 
     #[test]
     fn rollout_is_deterministic_and_roughly_proportional() {
-        let ids: Vec<String> = (0..2000).map(|i| format!("00000000-0000-4000-8000-{i:012}")).collect();
+        let ids: Vec<String> = (0..2000)
+            .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+            .collect();
         let included = ids.iter().filter(|id| in_rollout(id, 30)).count();
         assert!((500..700).contains(&included), "{included}");
-        assert!(ids.iter().all(|id| in_rollout(id, 30) == in_rollout(id, 30)));
-        assert!(ids.iter().filter(|id| in_rollout(id, 30)).all(|id| in_rollout(id, 60)), "raising the percentage keeps those already in");
-        assert!(ids.iter().all(|id| !in_rollout(id, 0) && in_rollout(id, 100)));
+        assert!(ids
+            .iter()
+            .all(|id| in_rollout(id, 30) == in_rollout(id, 30)));
+        assert!(
+            ids.iter()
+                .filter(|id| in_rollout(id, 30))
+                .all(|id| in_rollout(id, 60)),
+            "raising the percentage keeps those already in"
+        );
+        assert!(ids
+            .iter()
+            .all(|id| !in_rollout(id, 0) && in_rollout(id, 100)));
     }
 }
 
@@ -234,7 +278,12 @@ pub fn rfc3339(secs: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

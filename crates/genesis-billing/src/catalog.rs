@@ -103,7 +103,10 @@ impl Default for Catalog {
                 },
             );
         }
-        Self { default_type: "default".into(), prices }
+        Self {
+            default_type: "default".into(),
+            prices,
+        }
     }
 }
 
@@ -121,7 +124,8 @@ impl Catalog {
         if text.len() > 1 << 20 {
             return Err(CatalogError::Invalid("file larger than 1 MiB".into()));
         }
-        let catalog: Self = toml::from_str(text).map_err(|e| CatalogError::Invalid(e.message().to_owned()))?;
+        let catalog: Self =
+            toml::from_str(text).map_err(|e| CatalogError::Invalid(e.message().to_owned()))?;
         catalog.validate()?;
         Ok(catalog)
     }
@@ -129,27 +133,45 @@ impl Catalog {
     fn validate(&self) -> Result<(), CatalogError> {
         let bad = |t: &str, why: String| Err(CatalogError::Invalid(format!("entry {t:?}: {why}")));
         if !self.prices.contains_key(&self.default_type) {
-            return Err(CatalogError::Invalid(format!("default_type {:?} has no entry in [prices]", self.default_type)));
+            return Err(CatalogError::Invalid(format!(
+                "default_type {:?} has no entry in [prices]",
+                self.default_type
+            )));
         }
         let mut keys = BTreeMap::new();
         for (t, e) in &self.prices {
             if !crate::business::valid_business_type(t) {
-                return bad(t, "business type must be 1-64 characters of a-z, 0-9, _ or -".into());
+                return bad(
+                    t,
+                    "business type must be 1-64 characters of a-z, 0-9, _ or -".into(),
+                );
             }
             if e.lookup_key.is_empty()
                 || e.lookup_key.len() > 200
-                || !e.lookup_key.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+                || !e
+                    .lookup_key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
             {
-                return bad(t, "lookup_key must be 1-200 characters of letters, digits, _ - .".into());
+                return bad(
+                    t,
+                    "lookup_key must be 1-200 characters of letters, digits, _ - .".into(),
+                );
             }
             if let Some(other) = keys.insert(e.lookup_key.as_str(), t.as_str()) {
-                return bad(t, format!("lookup_key {:?} is also used by {other:?}", e.lookup_key));
+                return bad(
+                    t,
+                    format!("lookup_key {:?} is also used by {other:?}", e.lookup_key),
+                );
             }
             if !(1..=99_999_999).contains(&e.amount_cents) {
                 return bad(t, "amount_cents must be between 1 and 99999999".into());
             }
             if e.currency.len() != 3 || !e.currency.bytes().all(|b| b.is_ascii_lowercase()) {
-                return bad(t, "currency must be a lowercase ISO code such as usd".into());
+                return bad(
+                    t,
+                    "currency must be a lowercase ISO code such as usd".into(),
+                );
             }
             if !["day", "week", "month", "year"].contains(&e.interval.as_str()) {
                 return bad(t, "interval must be day, week, month or year".into());
@@ -170,7 +192,11 @@ impl Catalog {
 
     /// Every distinct lookup key.
     pub fn lookup_keys(&self) -> Vec<&str> {
-        let mut keys: Vec<&str> = self.prices.values().map(|e| e.lookup_key.as_str()).collect();
+        let mut keys: Vec<&str> = self
+            .prices
+            .values()
+            .map(|e| e.lookup_key.as_str())
+            .collect();
         keys.sort_unstable();
         keys.dedup();
         keys
@@ -186,9 +212,20 @@ mod tests {
         let c = Catalog::default();
         for t in KNOWN_TYPES {
             let e = c.entry_for(t);
-            assert_eq!((e.amount_cents, e.currency.as_str(), e.interval.as_str(), e.trial_days), (500, "usd", "month", 0));
+            assert_eq!(
+                (
+                    e.amount_cents,
+                    e.currency.as_str(),
+                    e.interval.as_str(),
+                    e.trial_days
+                ),
+                (500, "usd", "month", 0)
+            );
         }
-        assert_eq!(c.entry_for("newsletter").lookup_key, "genesis_default_monthly");
+        assert_eq!(
+            c.entry_for("newsletter").lookup_key,
+            "genesis_default_monthly"
+        );
     }
 
     #[test]
@@ -208,7 +245,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.entry_for("saas").trial_days, 14);
-        assert_eq!(c.entry_for("saas").missing_payment_method, MissingPaymentMethod::Pause);
+        assert_eq!(
+            c.entry_for("saas").missing_payment_method,
+            MissingPaymentMethod::Pause
+        );
         assert_eq!(c.entry_for("blog").amount_cents, 1000);
     }
 

@@ -20,7 +20,11 @@ pub enum ConfigError {
     #[error("set either {0} or {0}_FILE, not both")]
     BothValueAndFile(String),
     #[error("cannot read {var} file {path}: {reason}")]
-    SecretFile { var: String, path: String, reason: String },
+    SecretFile {
+        var: String,
+        path: String,
+        reason: String,
+    },
     #[error("{var} is empty")]
     Empty { var: String },
     #[error("invalid {name}: {reason}")]
@@ -34,7 +38,10 @@ pub enum ConfigError {
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { name: name.to_owned(), reason: reason.into() }
+    ConfigError::Invalid {
+        name: name.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 /// Test or live mode, decided by the key's prefix only (SPEC §8 defect 1: never by a substring).
@@ -47,8 +54,15 @@ pub enum StripeMode {
 impl StripeMode {
     /// The mode of a key, or `None` for anything that is not a Stripe secret or restricted key.
     pub fn of_key(key: &str) -> Option<Self> {
-        let valid_tail = |rest: &str| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        for (prefix, mode) in [("sk_test_", Self::Test), ("rk_test_", Self::Test), ("sk_live_", Self::Live), ("rk_live_", Self::Live)] {
+        let valid_tail = |rest: &str| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        for (prefix, mode) in [
+            ("sk_test_", Self::Test),
+            ("rk_test_", Self::Test),
+            ("sk_live_", Self::Live),
+            ("rk_live_", Self::Live),
+        ] {
             if let Some(rest) = key.strip_prefix(prefix) {
                 return (valid_tail(rest) && key.len() <= 255).then_some(mode);
             }
@@ -88,7 +102,11 @@ impl DatabaseUrl {
         match rest.split_once('@') {
             Some((userinfo, host)) => {
                 let user = userinfo.split(':').next().unwrap_or("");
-                let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+                let masked = if userinfo.contains(':') {
+                    format!("{user}:***")
+                } else {
+                    user.to_owned()
+                };
                 format!("{scheme}://{masked}@{host}")
             }
             None => url.to_owned(),
@@ -140,6 +158,8 @@ pub struct Settings {
     pub resume_interval_secs: u64,
     /// How often `serve` reads Stripe's event list for events webhooks missed (0 = never).
     pub gap_fill_interval_secs: u64,
+    /// How long a worker holds a business it works on; a crashed worker's claim expires after this.
+    pub lease_secs: u64,
 }
 
 /// Settings given as command-line flags (all optional).
@@ -189,7 +209,9 @@ impl Env for ProcessEnv {
 
 impl<const N: usize> Env for [(&str, &str); N] {
     fn var(&self, name: &str) -> Option<String> {
-        self.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
     }
 }
 
@@ -201,7 +223,9 @@ fn secret_var(env: &dyn Env, name: &str) -> Result<Option<SecretString>, ConfigE
         (Some(v), None) => {
             let v = SecretString::from(v);
             if v.expose_secret().trim().is_empty() {
-                return Err(ConfigError::Empty { var: name.to_owned() });
+                return Err(ConfigError::Empty {
+                    var: name.to_owned(),
+                });
             }
             Ok(Some(v))
         }
@@ -241,13 +265,18 @@ fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {
 }
 
 fn parse_num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError> {
-    v.trim().parse().map_err(|_| invalid(name, format!("expected a number, got {v:?}")))
+    v.trim()
+        .parse()
+        .map_err(|_| invalid(name, format!("expected a number, got {v:?}")))
 }
 
 impl Settings {
     /// Builds settings from flags, the config file (flag `--config` or `GENESIS_BILLING_CONFIG`) and `env`.
     pub fn load(flags: &Flags, env: &dyn Env) -> Result<Self, ConfigError> {
-        let file_path = flags.config_file.clone().or_else(|| env.var("GENESIS_BILLING_CONFIG").map(PathBuf::from));
+        let file_path = flags
+            .config_file
+            .clone()
+            .or_else(|| env.var("GENESIS_BILLING_CONFIG").map(PathBuf::from));
         let file = match &file_path {
             Some(p) => read_file_config(p)?,
             None => FileConfig::default(),
@@ -273,10 +302,13 @@ impl Settings {
         }
         let key = key.map(|k| SecretString::from(k.expose_secret().trim().to_owned()));
         let key_mode = match (&key, &key_source) {
-            (Some(k), Some(source)) => Some(
-                StripeMode::of_key(k.expose_secret())
-                    .ok_or_else(|| ConfigError::InvalidStripeKey { source_name: source.clone() })?,
-            ),
+            (Some(k), Some(source)) => {
+                Some(StripeMode::of_key(k.expose_secret()).ok_or_else(|| {
+                    ConfigError::InvalidStripeKey {
+                        source_name: source.clone(),
+                    }
+                })?)
+            }
             _ => None,
         };
 
@@ -298,7 +330,10 @@ impl Settings {
             .unwrap_or_else(|| "https://api.stripe.com".to_owned());
         let api_base = api_base.trim().trim_end_matches('/').to_owned();
         if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
-            return Err(invalid("STRIPE_API_BASE", "expected an http:// or https:// URL"));
+            return Err(invalid(
+                "STRIPE_API_BASE",
+                "expected an http:// or https:// URL",
+            ));
         }
         if key_mode == Some(StripeMode::Live) && !api_base.starts_with("https://") {
             return Err(ConfigError::LiveKeyOverHttp(api_base));
@@ -326,10 +361,16 @@ impl Settings {
             None => file.stripe_rate_limit.unwrap_or(default_rate),
         };
         if !(1..=10).contains(&max_attempts) {
-            return Err(invalid("GENESIS_BILLING_STRIPE_MAX_ATTEMPTS", "expected 1 to 10"));
+            return Err(invalid(
+                "GENESIS_BILLING_STRIPE_MAX_ATTEMPTS",
+                "expected 1 to 10",
+            ));
         }
         if !(1..=300).contains(&timeout_secs) {
-            return Err(invalid("GENESIS_BILLING_STRIPE_TIMEOUT_SECS", "expected 1 to 300"));
+            return Err(invalid(
+                "GENESIS_BILLING_STRIPE_TIMEOUT_SECS",
+                "expected 1 to 300",
+            ));
         }
 
         let stripe = match (payments_on, key, key_mode) {
@@ -364,7 +405,10 @@ impl Settings {
             .unwrap_or_else(|| "sqlite://genesis-billing.db".to_owned());
         let database_url = DatabaseUrl::new(database_url);
         if !(database_url.expose().starts_with("sqlite:") || database_url.is_postgres()) {
-            return Err(invalid("DATABASE_URL", "expected sqlite://PATH or postgres://…"));
+            return Err(invalid(
+                "DATABASE_URL",
+                "expected sqlite://PATH or postgres://…",
+            ));
         }
 
         let listen = flags
@@ -373,15 +417,21 @@ impl Settings {
             .or(file.listen)
             .or_else(|| env.var("GENESIS_BILLING_LISTEN"))
             .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
-        let listen = listen.parse().map_err(|_| invalid("GENESIS_BILLING_LISTEN", "expected HOST:PORT"))?;
+        let listen = listen
+            .parse()
+            .map_err(|_| invalid("GENESIS_BILLING_LISTEN", "expected HOST:PORT"))?;
 
         let admin_tokens = match file.admin_tokens {
             Some(tokens) => tokens.into_iter().map(SecretString::from).collect(),
-            None => secret_var(env, "GENESIS_ADMIN_TOKEN")?.map(|v| split_secrets(&v)).unwrap_or_default(),
+            None => secret_var(env, "GENESIS_ADMIN_TOKEN")?
+                .map(|v| split_secrets(&v))
+                .unwrap_or_default(),
         };
         let webhook_secrets = match file.webhook_secrets {
             Some(s) => s.into_iter().map(SecretString::from).collect(),
-            None => secret_var(env, "STRIPE_WEBHOOK_SECRET")?.map(|v| split_secrets(&v)).unwrap_or_default(),
+            None => secret_var(env, "STRIPE_WEBHOOK_SECRET")?
+                .map(|v| split_secrets(&v))
+                .unwrap_or_default(),
         };
 
         Ok(Self {
@@ -389,25 +439,38 @@ impl Settings {
             stripe,
             key_mode,
             rollout_percent,
-            catalog_path: flags.catalog.clone().or(file.catalog).or_else(|| env.var("GENESIS_BILLING_CATALOG").map(PathBuf::from)),
+            catalog_path: flags
+                .catalog
+                .clone()
+                .or(file.catalog)
+                .or_else(|| env.var("GENESIS_BILLING_CATALOG").map(PathBuf::from)),
             listen,
             admin_tokens,
             webhook_secrets,
             webhook_tolerance_secs: env_num(env, "GENESIS_BILLING_WEBHOOK_TOLERANCE_SECS", 300)?,
             resume_interval_secs: env_num(env, "GENESIS_BILLING_RESUME_INTERVAL_SECS", 30)?,
+            lease_secs: env_num(env, "GENESIS_BILLING_LEASE_SECS", 120)?,
             gap_fill_interval_secs: env_num(env, "GENESIS_BILLING_GAP_FILL_INTERVAL_SECS", 300)?,
-            public_url: file.public_url.or_else(|| env.var("GENESIS_BILLING_PUBLIC_URL")).unwrap_or_else(|| "https://example.com".to_owned()),
+            public_url: file
+                .public_url
+                .or_else(|| env.var("GENESIS_BILLING_PUBLIC_URL"))
+                .unwrap_or_else(|| "https://example.com".to_owned()),
         })
     }
 
     /// `test`, `live` or `disabled`, as `/health` reports it.
     pub fn stripe_mode_label(&self) -> &'static str {
-        self.stripe.as_ref().map(|s| s.mode.as_str()).unwrap_or("disabled")
+        self.stripe
+            .as_ref()
+            .map(|s| s.mode.as_str())
+            .unwrap_or("disabled")
     }
 }
 
 fn env_num<T: std::str::FromStr>(env: &dyn Env, name: &str, default: T) -> Result<T, ConfigError> {
-    env.var(name).map(|v| parse_num(name, &v)).unwrap_or(Ok(default))
+    env.var(name)
+        .map(|v| parse_num(name, &v))
+        .unwrap_or(Ok(default))
 }
 
 fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -419,7 +482,11 @@ fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(&text).map_err(|e| ConfigError::File {
         path: path.display().to_string(),
         reason: match e.span() {
-            Some(span) => format!("invalid TOML near byte {}: {}", span.start, e.message().lines().next().unwrap_or("")),
+            Some(span) => format!(
+                "invalid TOML near byte {}: {}",
+                span.start,
+                e.message().lines().next().unwrap_or("")
+            ),
             None => "invalid TOML".to_owned(),
         },
     })
@@ -441,7 +508,10 @@ mod tests {
         assert_eq!(StripeMode::of_key("rk_test_abc"), Some(StripeMode::Test));
         assert_eq!(StripeMode::of_key("sk_live_abc"), Some(StripeMode::Live));
         assert_eq!(StripeMode::of_key("rk_live_abc"), Some(StripeMode::Live));
-        assert_eq!(StripeMode::of_key("sk_live_testtesttest"), Some(StripeMode::Live));
+        assert_eq!(
+            StripeMode::of_key("sk_live_testtesttest"),
+            Some(StripeMode::Live)
+        );
         assert_eq!(StripeMode::of_key("pk_test_abc"), None);
         assert_eq!(StripeMode::of_key("my_test_key"), None);
         assert_eq!(StripeMode::of_key("sk_test_"), None);
@@ -450,7 +520,11 @@ mod tests {
 
     #[test]
     fn the_first_key_variable_set_wins() {
-        let s = load(&[("STRIPE_SECRET_KEY", "sk_live_second"), ("STRIPE_TEST_KEY", "sk_test_third")]).unwrap();
+        let s = load(&[
+            ("STRIPE_SECRET_KEY", "sk_live_second"),
+            ("STRIPE_TEST_KEY", "sk_test_third"),
+        ])
+        .unwrap();
         assert_eq!(s.stripe.unwrap().mode, StripeMode::Live);
     }
 
@@ -464,7 +538,11 @@ mod tests {
 
     #[test]
     fn a_key_and_its_file_together_are_a_configuration_error() {
-        let err = load(&[("STRIPE_API_KEY", KEY), ("STRIPE_API_KEY_FILE", "/nonexistent")]).unwrap_err();
+        let err = load(&[
+            ("STRIPE_API_KEY", KEY),
+            ("STRIPE_API_KEY_FILE", "/nonexistent"),
+        ])
+        .unwrap_err();
         assert!(matches!(err, ConfigError::BothValueAndFile(_)), "{err}");
     }
 
@@ -479,7 +557,11 @@ mod tests {
 
     #[test]
     fn a_live_key_over_plain_http_is_refused() {
-        let err = load(&[("STRIPE_API_KEY", "sk_live_abc"), ("STRIPE_API_BASE", "http://127.0.0.1:1")]).unwrap_err();
+        let err = load(&[
+            ("STRIPE_API_KEY", "sk_live_abc"),
+            ("STRIPE_API_BASE", "http://127.0.0.1:1"),
+        ])
+        .unwrap_err();
         assert!(matches!(err, ConfigError::LiveKeyOverHttp(_)));
     }
 
@@ -494,12 +576,20 @@ mod tests {
     #[test]
     fn payments_without_a_key_are_disabled_unless_explicitly_enabled() {
         assert!(load(&[]).unwrap().stripe.is_none());
-        assert!(matches!(load(&[("ENABLE_PAYMENTS", "true")]).unwrap_err(), ConfigError::PaymentsWithoutKey));
+        assert!(matches!(
+            load(&[("ENABLE_PAYMENTS", "true")]).unwrap_err(),
+            ConfigError::PaymentsWithoutKey
+        ));
     }
 
     #[test]
     fn rollout_percent_must_be_between_0_and_100() {
-        assert_eq!(load(&[("BILLING_ROLLOUT_PERCENT", "40")]).unwrap().rollout_percent, 40);
+        assert_eq!(
+            load(&[("BILLING_ROLLOUT_PERCENT", "40")])
+                .unwrap()
+                .rollout_percent,
+            40
+        );
         assert!(load(&[("BILLING_ROLLOUT_PERCENT", "101")]).is_err());
         assert!(load(&[("BILLING_ROLLOUT_PERCENT", "-1")]).is_err());
         assert!(load(&[("BILLING_ROLLOUT_PERCENT", "lots")]).is_err());
@@ -507,14 +597,31 @@ mod tests {
 
     #[test]
     fn the_default_rate_limit_follows_the_mode() {
-        assert_eq!(load(&[("STRIPE_API_KEY", KEY)]).unwrap().stripe.unwrap().rate_limit_per_second, 25);
-        assert_eq!(load(&[("STRIPE_API_KEY", "sk_live_x")]).unwrap().stripe.unwrap().rate_limit_per_second, 90);
+        assert_eq!(
+            load(&[("STRIPE_API_KEY", KEY)])
+                .unwrap()
+                .stripe
+                .unwrap()
+                .rate_limit_per_second,
+            25
+        );
+        assert_eq!(
+            load(&[("STRIPE_API_KEY", "sk_live_x")])
+                .unwrap()
+                .stripe
+                .unwrap()
+                .rate_limit_per_second,
+            90
+        );
     }
 
     #[test]
     fn a_database_url_hides_its_password() {
         let url = DatabaseUrl::new("postgres://billing:hunter2@db:5432/billing");
-        assert_eq!(format!("{url:?}"), "DatabaseUrl(postgres://billing:***@db:5432/billing)");
+        assert_eq!(
+            format!("{url:?}"),
+            "DatabaseUrl(postgres://billing:***@db:5432/billing)"
+        );
         assert_eq!(url.to_string(), "postgres://billing:***@db:5432/billing");
         assert!(!format!("{url:?}").contains("hunter2"));
     }
@@ -524,7 +631,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "stripe_key = \"sk_test_SECRETSECRET\nunterminated").unwrap();
-        let flags = Flags { config_file: Some(path), ..Flags::default() };
+        let flags = Flags {
+            config_file: Some(path),
+            ..Flags::default()
+        };
         let msg = Settings::load(&flags, &[]).unwrap_err().to_string();
         assert!(!msg.contains("SECRETSECRET"), "{msg}");
     }

@@ -15,7 +15,7 @@ pub mod business;
 pub mod catalog;
 pub mod cli;
 pub mod config;
-// pub mod demo;
+pub mod demo;
 pub mod http;
 pub mod metrics;
 pub mod revenue;

@@ -22,7 +22,9 @@ struct FamilyDef {
     labels: &'static [&'static str],
 }
 
-const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 const LAG_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0];
 
 const FAMILIES: &[FamilyDef] = &[
@@ -72,7 +74,11 @@ fn family(name: &str) -> &'static FamilyDef {
 impl Metrics {
     pub fn new() -> Self {
         let m = Self::default();
-        m.set("genesis_billing_build_info", &[env!("CARGO_PKG_VERSION")], 1.0);
+        m.set(
+            "genesis_billing_build_info",
+            &[env!("CARGO_PKG_VERSION")],
+            1.0,
+        );
         m.add("genesis_billing_stripe_rate_limited_total", &[], 0.0);
         m
     }
@@ -80,7 +86,12 @@ impl Metrics {
     fn key(name: &str, labels: &[&str], kind: Kind) -> (&'static str, Vec<String>) {
         let def = family(name);
         assert_eq!(def.kind, kind, "metric {name} used as the wrong kind");
-        assert_eq!(def.labels.len(), labels.len(), "metric {name} takes labels {:?}", def.labels);
+        assert_eq!(
+            def.labels.len(),
+            labels.len(),
+            "metric {name} takes labels {:?}",
+            def.labels
+        );
         (def.name, labels.iter().map(|l| l.to_string()).collect())
     }
 
@@ -123,7 +134,10 @@ impl Metrics {
         let bounds = buckets_of(key.0);
         let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
         let entry = series.entry(key).or_insert_with(|| {
-            Value::Histogram(Histogram { buckets: vec![0; bounds.len()], ..Histogram::default() })
+            Value::Histogram(Histogram {
+                buckets: vec![0; bounds.len()],
+                ..Histogram::default()
+            })
         });
         if let Value::Histogram(h) = entry {
             for (i, b) in bounds.iter().enumerate() {
@@ -139,7 +153,10 @@ impl Metrics {
     /// Current value of a counter or gauge series (tests and summaries).
     pub fn value(&self, name: &str, labels: &[&str]) -> f64 {
         let series = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (family(name).name, labels.iter().map(|l| l.to_string()).collect::<Vec<_>>());
+        let key = (
+            family(name).name,
+            labels.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+        );
         match series.get(&key) {
             Some(Value::Scalar(v)) => *v,
             Some(Value::Histogram(h)) => h.count as f64,
@@ -171,7 +188,11 @@ impl Metrics {
                 Kind::Gauge => "gauge",
                 Kind::Histogram => "histogram",
             };
-            let _ = writeln!(out, "# HELP {} {}\n# TYPE {} {}", def.name, def.help, def.name, kind);
+            let _ = writeln!(
+                out,
+                "# HELP {} {}\n# TYPE {} {}",
+                def.name, def.help, def.name, kind
+            );
             let family_series = series
                 .range((def.name, Vec::new())..)
                 .take_while(|((name, _), _)| *name == def.name);
@@ -231,7 +252,9 @@ fn format_labels(names: &[&str], values: &[String], le: Option<&str>) -> String 
 }
 
 fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -244,10 +267,18 @@ mod tests {
         m.inc("genesis_meta_agent_stripe_subscriptions_total", &["failed"]);
         m.inc("genesis_meta_agent_stripe_subscriptions_total", &["failed"]);
         m.set("genesis_billing_mrr_usd", &["saas", "usd"], 12.5);
-        m.observe("genesis_billing_stripe_request_duration_seconds", &["customer.create", "ok"], 0.02);
+        m.observe(
+            "genesis_billing_stripe_request_duration_seconds",
+            &["customer.create", "ok"],
+            0.02,
+        );
         let text = m.render();
-        assert!(text.contains("genesis_meta_agent_stripe_subscriptions_total{status=\"failed\"} 2\n"), "{text}");
-        assert!(text.contains("genesis_billing_mrr_usd{business_type=\"saas\",currency=\"usd\"} 12.5\n"));
+        assert!(
+            text.contains("genesis_meta_agent_stripe_subscriptions_total{status=\"failed\"} 2\n"),
+            "{text}"
+        );
+        assert!(text
+            .contains("genesis_billing_mrr_usd{business_type=\"saas\",currency=\"usd\"} 12.5\n"));
         assert!(text.contains("genesis_billing_stripe_request_duration_seconds_bucket{operation=\"customer.create\",outcome=\"ok\",le=\"0.025\"} 1\n"));
         assert!(text.contains("genesis_billing_stripe_request_duration_seconds_bucket{operation=\"customer.create\",outcome=\"ok\",le=\"0.01\"} 0\n"));
         assert!(text.contains("genesis_billing_stripe_request_duration_seconds_count{operation=\"customer.create\",outcome=\"ok\"} 1\n"));
@@ -266,7 +297,10 @@ mod tests {
     fn replacing_a_gauge_drops_series_that_went_away() {
         let m = Metrics::new();
         m.set("genesis_billing_mrr_usd", &["saas", "usd"], 5.0);
-        m.replace_gauge("genesis_billing_mrr_usd", &[(vec!["api".into(), "usd".into()], 5.0)]);
+        m.replace_gauge(
+            "genesis_billing_mrr_usd",
+            &[(vec!["api".into(), "usd".into()], 5.0)],
+        );
         let text = m.render();
         assert!(!text.contains("business_type=\"saas\""));
         assert!(text.contains("business_type=\"api\""));

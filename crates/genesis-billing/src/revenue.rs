@@ -16,7 +16,10 @@ pub struct FeeSchedule {
 impl Default for FeeSchedule {
     /// US card pricing: 2.9 % + $0.30.
     fn default() -> Self {
-        Self { percent_bps: 290, fixed_cents: 30 }
+        Self {
+            percent_bps: 290,
+            fixed_cents: 30,
+        }
     }
 }
 
@@ -51,10 +54,18 @@ pub fn project(businesses: i64, price_cents: i64, fees: FeeSchedule) -> Projecti
 pub fn parse_dollars(s: &str) -> Option<i64> {
     let s = s.trim().trim_start_matches('$');
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
-    if whole.is_empty() && frac.is_empty() || frac.len() > 2 || !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if whole.is_empty() && frac.is_empty()
+        || frac.len() > 2
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
-    let whole: i64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let whole: i64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
     let frac: i64 = format!("{frac:0<2}").parse().ok()?;
     whole.checked_mul(100)?.checked_add(frac)
 }
@@ -91,14 +102,18 @@ pub struct MrrLine {
 pub fn live_mrr(businesses: &[Business]) -> Vec<MrrLine> {
     let mut lines: BTreeMap<(String, String), MrrLine> = BTreeMap::new();
     for b in businesses.iter().filter(|b| b.status == Lifecycle::Active) {
-        let (Some(status), Some(cents), Some(currency)) = (&b.subscription_status, b.monthly_price_cents, &b.currency) else {
+        let (Some(status), Some(cents), Some(currency)) =
+            (&b.subscription_status, b.monthly_price_cents, &b.currency)
+        else {
             continue;
         };
-        let line = lines.entry((b.business_type.clone(), currency.clone())).or_insert_with(|| MrrLine {
-            business_type: b.business_type.clone(),
-            currency: currency.clone(),
-            ..MrrLine::default()
-        });
+        let line = lines
+            .entry((b.business_type.clone(), currency.clone()))
+            .or_insert_with(|| MrrLine {
+                business_type: b.business_type.clone(),
+                currency: currency.clone(),
+                ..MrrLine::default()
+            });
         match status.as_str() {
             "active" => {
                 line.active_cents += cents;
@@ -115,7 +130,10 @@ pub fn live_mrr(businesses: &[Business]) -> Vec<MrrLine> {
             _ => {}
         }
     }
-    lines.into_values().filter(|l| l.active_count + l.past_due_count + l.trialing_count > 0).collect()
+    lines
+        .into_values()
+        .filter(|l| l.active_count + l.past_due_count + l.trialing_count > 0)
+        .collect()
 }
 
 #[cfg(test)]
@@ -131,19 +149,48 @@ mod tests {
         ];
         for (n, gross, fees, net, annual) in cases {
             let p = project(n, 500, FeeSchedule::default());
-            assert_eq!((p.gross_mrr_cents, p.fees_cents, p.net_mrr_cents, p.annual_run_rate_cents), (gross, fees, net, annual), "{n}");
+            assert_eq!(
+                (
+                    p.gross_mrr_cents,
+                    p.fees_cents,
+                    p.net_mrr_cents,
+                    p.annual_run_rate_cents
+                ),
+                (gross, fees, net, annual),
+                "{n}"
+            );
         }
-        assert_eq!(format_cents(project(100, 500, FeeSchedule::default()).net_mrr_cents), "$455.50");
-        assert_eq!(format_cents(project(10_000, 500, FeeSchedule::default()).annual_run_rate_cents), "$546,600.00");
+        assert_eq!(
+            format_cents(project(100, 500, FeeSchedule::default()).net_mrr_cents),
+            "$455.50"
+        );
+        assert_eq!(
+            format_cents(project(10_000, 500, FeeSchedule::default()).annual_run_rate_cents),
+            "$546,600.00"
+        );
     }
 
     #[test]
     fn half_cents_of_the_percentage_fee_round_up() {
         // 3 × $0.05 = 15¢; 2.9 % of that is 0.435¢, which rounds to 0; 50¢ gives 1.45¢ → 1; 150¢ gives 4.35 → 4;
         // 1 × $0.50 with 3 % is exactly 1.5¢ → 2.
-        let fees = FeeSchedule { percent_bps: 300, fixed_cents: 0 };
+        let fees = FeeSchedule {
+            percent_bps: 300,
+            fixed_cents: 0,
+        };
         assert_eq!(project(1, 50, fees).fees_cents, 2);
-        assert_eq!(project(1, 150, FeeSchedule { fixed_cents: 0, ..FeeSchedule::default() }).fees_cents, 4);
+        assert_eq!(
+            project(
+                1,
+                150,
+                FeeSchedule {
+                    fixed_cents: 0,
+                    ..FeeSchedule::default()
+                }
+            )
+            .fees_cents,
+            4
+        );
     }
 
     #[test]
@@ -152,7 +199,16 @@ mod tests {
         assert_eq!(parse_dollars("4.99"), Some(499));
         assert_eq!(parse_dollars("$0.5"), Some(50));
         assert_eq!(parse_dollars(".25"), Some(25));
-        for bad in ["", ".", "1.234", "-5", "abc", "1e3", "5,00", "99999999999999999999"] {
+        for bad in [
+            "",
+            ".",
+            "1.234",
+            "-5",
+            "abc",
+            "1e3",
+            "5,00",
+            "99999999999999999999",
+        ] {
             assert_eq!(parse_dollars(bad), None, "{bad}");
         }
     }

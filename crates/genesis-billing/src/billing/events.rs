@@ -26,15 +26,23 @@ pub enum Applied {
     /// The records changed (or were confirmed) for this business.
     Applied { business_id: String },
     /// Nothing to do: unknown type, unknown business, or state already newer.
-    Ignored { business_id: Option<String>, why: &'static str },
+    Ignored {
+        business_id: Option<String>,
+        why: &'static str,
+    },
 }
 
 fn ignored(b: Option<&Business>, why: &'static str) -> Applied {
-    Applied::Ignored { business_id: b.map(|b| b.business_id.clone()), why }
+    Applied::Ignored {
+        business_id: b.map(|b| b.business_id.clone()),
+        why,
+    }
 }
 
 fn applied(b: &Business) -> Applied {
-    Applied::Applied { business_id: b.business_id.clone() }
+    Applied::Applied {
+        business_id: b.business_id.clone(),
+    }
 }
 
 impl BillingService {
@@ -44,9 +52,13 @@ impl BillingService {
         let created = event["created"].as_i64().unwrap_or(0);
         let object = &event["data"]["object"];
         match kind {
-            "customer.subscription.created" | "customer.subscription.updated" => self.on_subscription(object, created).await,
+            "customer.subscription.created" | "customer.subscription.updated" => {
+                self.on_subscription(object, created).await
+            }
             "customer.subscription.deleted" => self.on_subscription_deleted(object, created).await,
-            "invoice.paid" | "invoice.payment_succeeded" => self.on_invoice(object, "invoice_paid").await,
+            "invoice.paid" | "invoice.payment_succeeded" => {
+                self.on_invoice(object, "invoice_paid").await
+            }
             "invoice.payment_failed" => self.on_invoice(object, "invoice_payment_failed").await,
             "checkout.session.completed" => self.on_checkout_completed(object).await,
             "checkout.session.expired" => self.on_checkout_expired(object).await,
@@ -56,7 +68,12 @@ impl BillingService {
     }
 
     /// The business an object belongs to: by metadata `business_id`, then subscription id, then customer id.
-    async fn business_for(&self, object: &Value, subscription: Option<&str>, customer: Option<&str>) -> Result<Option<Business>, BillingError> {
+    async fn business_for(
+        &self,
+        object: &Value,
+        subscription: Option<&str>,
+        customer: Option<&str>,
+    ) -> Result<Option<Business>, BillingError> {
         if let Some(id) = object["metadata"]["business_id"].as_str() {
             if let Some(b) = self.store.get_business(id).await? {
                 return Ok(Some(b));
@@ -65,19 +82,30 @@ impl BillingService {
         if subscription.is_none() && customer.is_none() {
             return Ok(None);
         }
-        Ok(self.store.business_by_stripe_id(customer, subscription).await?)
+        Ok(self
+            .store
+            .business_by_stripe_id(customer, subscription)
+            .await?)
     }
 
     async fn on_subscription(&self, object: &Value, created: i64) -> Result<Applied, BillingError> {
         let sub = Subscription::from_json(object.clone())?;
-        let Some(b) = self.business_for(object, Some(&sub.id), sub.customer.as_deref()).await? else {
+        let Some(b) = self
+            .business_for(object, Some(&sub.id), sub.customer.as_deref())
+            .await?
+        else {
             return Ok(ignored(None, "unknown business"));
         };
         match &b.stripe_subscription_id {
             Some(current) if *current == sub.id => {}
             // A subscription created for this business whose creation response we never stored (crash).
             None if b.status == Lifecycle::Active
-                && sub.metadata.get("genesis_generation").map(String::as_str).unwrap_or("0") == b.generation.to_string() =>
+                && sub
+                    .metadata
+                    .get("genesis_generation")
+                    .map(String::as_str)
+                    .unwrap_or("0")
+                    == b.generation.to_string() =>
             {
                 self.adopt_subscription(&b, &sub).await?;
                 return Ok(applied(&b));
@@ -85,11 +113,16 @@ impl BillingService {
             _ => return Ok(ignored(Some(&b), "not the business's current subscription")),
         }
         let mut status = sub.status.clone();
-        if created == b.stripe_state_at && b.subscription_status.as_deref() != Some(status.as_str()) {
+        if created == b.stripe_state_at && b.subscription_status.as_deref() != Some(status.as_str())
+        {
             // Two states within one second: the event order can't tell which is newer, Stripe can.
             status = self.stripe()?.retrieve_subscription(&sub.id).await?.status;
         }
-        if self.store.set_subscription_status(&b.business_id, &sub.id, &status, created).await? {
+        if self
+            .store
+            .set_subscription_status(&b.business_id, &sub.id, &status, created)
+            .await?
+        {
             Ok(applied(&b))
         } else {
             Ok(ignored(Some(&b), "older than the stored state"))
@@ -97,7 +130,11 @@ impl BillingService {
     }
 
     /// Stores a subscription found in Stripe for a business that has none recorded.
-    pub(super) async fn adopt_subscription(&self, b: &Business, sub: &Subscription) -> Result<(), BillingError> {
+    pub(super) async fn adopt_subscription(
+        &self,
+        b: &Business,
+        sub: &Subscription,
+    ) -> Result<(), BillingError> {
         let entry = self.catalog.entry_for(&b.business_type).clone();
         self.store
             .set_subscription(
@@ -121,38 +158,67 @@ impl BillingService {
         Ok(())
     }
 
-    async fn on_subscription_deleted(&self, object: &Value, created: i64) -> Result<Applied, BillingError> {
+    async fn on_subscription_deleted(
+        &self,
+        object: &Value,
+        created: i64,
+    ) -> Result<Applied, BillingError> {
         let sub = Subscription::from_json(object.clone())?;
-        let Some(b) = self.business_for(object, Some(&sub.id), sub.customer.as_deref()).await? else {
+        let Some(b) = self
+            .business_for(object, Some(&sub.id), sub.customer.as_deref())
+            .await?
+        else {
             return Ok(ignored(None, "unknown business"));
         };
         if b.stripe_subscription_id.as_deref() != Some(sub.id.as_str()) {
             return Ok(ignored(Some(&b), "not the business's current subscription"));
         }
-        self.store.set_subscription_status(&b.business_id, &sub.id, "canceled", created).await?;
+        self.store
+            .set_subscription_status(&b.business_id, &sub.id, "canceled", created)
+            .await?;
         if b.status == Lifecycle::TakenDown {
             return Ok(applied(&b));
         }
         // A trial that ended without a payment method is waiting for one (SPEC §1.2), not over.
-        let trial_ended_unpaid = b.subscription_status.as_deref() == Some("trialing") && sub.default_payment_method.is_none();
+        let trial_ended_unpaid = b.subscription_status.as_deref() == Some("trialing")
+            && sub.default_payment_method.is_none();
         if trial_ended_unpaid {
             self.store
-                .set_billing(&b.business_id, Billing::Expired, None, Some("trial ended without a payment method"))
+                .set_billing(
+                    &b.business_id,
+                    Billing::Expired,
+                    None,
+                    Some("trial ended without a payment method"),
+                )
                 .await?;
-            self.store.record_event(&b.business_id, "subscription_cancelled", "trial ended without a payment method").await?;
+            self.store
+                .record_event(
+                    &b.business_id,
+                    "subscription_cancelled",
+                    "trial ended without a payment method",
+                )
+                .await?;
             let _ = self.refresh_gauges().await;
             return Ok(applied(&b));
         }
         // Cancelled in Stripe (dashboard, dunning, customer deleted): the business goes down. The
         // subscription is recorded as canceled first, so the takedown calls nothing to cancel it again.
-        self.takedown(&b.business_id, Some("subscription_cancelled")).await?;
+        self.takedown(&b.business_id, Some("subscription_cancelled"))
+            .await?;
         Ok(applied(&b))
     }
 
     async fn on_invoice(&self, object: &Value, kind: &str) -> Result<Applied, BillingError> {
         let subscription = id_of(&object["parent"]["subscription_details"]["subscription"]);
         let customer = id_of(&object["customer"]);
-        let Some(b) = self.business_for(&object["parent"]["subscription_details"], subscription.as_deref(), customer.as_deref()).await? else {
+        let Some(b) = self
+            .business_for(
+                &object["parent"]["subscription_details"],
+                subscription.as_deref(),
+                customer.as_deref(),
+            )
+            .await?
+        else {
             return Ok(ignored(None, "unknown business"));
         };
         let detail = format!(
@@ -162,7 +228,9 @@ impl BillingService {
             object["currency"].as_str().unwrap_or("")
         );
         // The subscription's own events carry its status; the invoice is history.
-        self.store.record_event(&b.business_id, kind, &detail).await?;
+        self.store
+            .record_event(&b.business_id, kind, &detail)
+            .await?;
         Ok(applied(&b))
     }
 
@@ -171,10 +239,17 @@ impl BillingService {
         if object["mode"].as_str() != Some("setup") {
             return Ok(ignored(None, "not a setup-mode session"));
         }
-        let b = self.business_for(object, None, session.customer.as_deref()).await?;
+        let b = self
+            .business_for(object, None, session.customer.as_deref())
+            .await?;
         match self.apply_checkout_completed(&session).await? {
-            super::CheckoutOutcome::Ignored => Ok(ignored(b.as_ref(), "session for no active business")),
-            _ => Ok(b.as_ref().map(applied).unwrap_or_else(|| ignored(None, "unknown business"))),
+            super::CheckoutOutcome::Ignored => {
+                Ok(ignored(b.as_ref(), "session for no active business"))
+            }
+            _ => Ok(b
+                .as_ref()
+                .map(applied)
+                .unwrap_or_else(|| ignored(None, "unknown business"))),
         }
     }
 
@@ -183,7 +258,13 @@ impl BillingService {
         let Some(b) = self.business_for(object, None, customer.as_deref()).await? else {
             return Ok(ignored(None, "unknown business"));
         };
-        self.store.record_event(&b.business_id, "checkout_expired", object["id"].as_str().unwrap_or("-")).await?;
+        self.store
+            .record_event(
+                &b.business_id,
+                "checkout_expired",
+                object["id"].as_str().unwrap_or("-"),
+            )
+            .await?;
         Ok(applied(&b))
     }
 
@@ -195,7 +276,13 @@ impl BillingService {
         if b.stripe_customer_id != customer {
             return Ok(ignored(Some(&b), "not the business's customer"));
         }
-        self.store.record_event(&b.business_id, "customer_deleted", customer.as_deref().unwrap_or("-")).await?;
+        self.store
+            .record_event(
+                &b.business_id,
+                "customer_deleted",
+                customer.as_deref().unwrap_or("-"),
+            )
+            .await?;
         Ok(applied(&b))
     }
 }

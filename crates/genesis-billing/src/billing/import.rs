@@ -45,10 +45,23 @@ pub struct ImportReport {
     pub without_billing: usize,
 }
 
-fn check_stripe_id(id: &str, field: &str, value: &Option<String>, prefix: &str) -> Result<(), ImportError> {
+fn check_stripe_id(
+    id: &str,
+    field: &str,
+    value: &Option<String>,
+    prefix: &str,
+) -> Result<(), ImportError> {
     match value {
-        Some(v) if !(v.starts_with(prefix) && v.len() <= 255 && v[prefix.len()..].bytes().all(|b| b.is_ascii_alphanumeric()) && v.len() > prefix.len()) => {
-            Err(ImportError::Entry { id: id.to_owned(), reason: format!("{field} must look like {prefix}…") })
+        Some(v)
+            if !(v.starts_with(prefix)
+                && v.len() <= 255
+                && v[prefix.len()..].bytes().all(|b| b.is_ascii_alphanumeric())
+                && v.len() > prefix.len()) =>
+        {
+            Err(ImportError::Entry {
+                id: id.to_owned(),
+                reason: format!("{field} must look like {prefix}…"),
+            })
         }
         _ => Ok(()),
     }
@@ -59,13 +72,24 @@ pub fn parse_export(bytes: &[u8], default_type: &str) -> Result<Vec<Business>, I
     if bytes.len() > MAX_IMPORT_BYTES {
         return Err(ImportError::TooLarge);
     }
-    let map: BTreeMap<String, serde_json::Value> = serde_json::from_slice(bytes).map_err(|e| ImportError::Malformed(e.to_string()))?;
+    let map: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(bytes).map_err(|e| ImportError::Malformed(e.to_string()))?;
     let created_at = now();
     let mut out = Vec::with_capacity(map.len());
     for (id, value) in map {
-        let bad = |reason: String| ImportError::Entry { id: id.clone(), reason };
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-            return Err(bad("business_id must be 1-64 characters of letters, digits, - or _".into()));
+        let bad = |reason: String| ImportError::Entry {
+            id: id.clone(),
+            reason,
+        };
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(bad(
+                "business_id must be 1-64 characters of letters, digits, - or _".into(),
+            ));
         }
         let r: LegacyRecord = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
         let checked = NewBusiness {
@@ -76,11 +100,23 @@ pub fn parse_export(bytes: &[u8], default_type: &str) -> Result<Vec<Business>, I
         .validate()
         .map_err(|e| bad(e.to_string()))?;
         check_stripe_id(&id, "stripe_customer_id", &r.stripe_customer_id, "cus_")?;
-        check_stripe_id(&id, "stripe_subscription_id", &r.stripe_subscription_id, "sub_")?;
-        check_stripe_id(&id, "stripe_payment_intent_id", &r.stripe_payment_intent_id, "pi_")?;
+        check_stripe_id(
+            &id,
+            "stripe_subscription_id",
+            &r.stripe_subscription_id,
+            "sub_",
+        )?;
+        check_stripe_id(
+            &id,
+            "stripe_payment_intent_id",
+            &r.stripe_payment_intent_id,
+            "pi_",
+        )?;
         if let Some(s) = &r.subscription_status {
             if !SUBSCRIPTION_STATUSES.contains(&s.as_str()) {
-                return Err(bad(format!("subscription_status {s:?} is not a Stripe subscription status")));
+                return Err(bad(format!(
+                    "subscription_status {s:?} is not a Stripe subscription status"
+                )));
             }
         }
         let cents = match r.monthly_price_usd {
@@ -99,7 +135,11 @@ pub fn parse_export(bytes: &[u8], default_type: &str) -> Result<Vec<Business>, I
             created_at,
             updated_at: created_at,
             status: Lifecycle::Active,
-            billing: if billed { Billing::Provisioned } else { Billing::Skipped },
+            billing: if billed {
+                Billing::Provisioned
+            } else {
+                Billing::Skipped
+            },
             billing_error: (!billed).then(|| "imported without Stripe billing".to_owned()),
             failed_step: None,
             stripe_customer_id: r.stripe_customer_id,
@@ -127,9 +167,20 @@ impl BillingService {
         self.store.insert_businesses(&records).await?;
         Ok(ImportReport {
             imported: records.len(),
-            with_subscription: records.iter().filter(|b| b.stripe_subscription_id.is_some()).count(),
-            legacy_payment_intents: records.iter().filter(|b| b.stripe_subscription_id.is_none() && b.stripe_payment_intent_id.is_some()).count(),
-            without_billing: records.iter().filter(|b| b.billing == Billing::Skipped).count(),
+            with_subscription: records
+                .iter()
+                .filter(|b| b.stripe_subscription_id.is_some())
+                .count(),
+            legacy_payment_intents: records
+                .iter()
+                .filter(|b| {
+                    b.stripe_subscription_id.is_none() && b.stripe_payment_intent_id.is_some()
+                })
+                .count(),
+            without_billing: records
+                .iter()
+                .filter(|b| b.billing == Billing::Skipped)
+                .count(),
         })
     }
 }
@@ -159,16 +210,32 @@ mod tests {
             (b"[]", "not a JSON object"),
             (b"{\"b1\": {}}", "\"b1\""),
             (b"{\"b1\": {\"business_name\": \"\"}}", "name"),
-            (b"{\"b1\": {\"business_name\": \"x\", \"subscription_status\": \"great\"}}", "subscription_status"),
-            (b"{\"b1\": {\"business_name\": \"x\", \"stripe_subscription_id\": \"cus_1\"}}", "stripe_subscription_id"),
-            (b"{\"b1\": {\"business_name\": \"x\", \"monthly_price_usd\": -1}}", "monthly_price_usd"),
-            (b"{\"b1\": {\"business_name\": \"x\", \"surprise\": 1}}", "unknown field"),
+            (
+                b"{\"b1\": {\"business_name\": \"x\", \"subscription_status\": \"great\"}}",
+                "subscription_status",
+            ),
+            (
+                b"{\"b1\": {\"business_name\": \"x\", \"stripe_subscription_id\": \"cus_1\"}}",
+                "stripe_subscription_id",
+            ),
+            (
+                b"{\"b1\": {\"business_name\": \"x\", \"monthly_price_usd\": -1}}",
+                "monthly_price_usd",
+            ),
+            (
+                b"{\"b1\": {\"business_name\": \"x\", \"surprise\": 1}}",
+                "unknown field",
+            ),
             (b"{\"b 1\": {\"business_name\": \"x\"}}", "business_id"),
             (b"\xff\xfe", "not a JSON object"),
         ];
         for (input, want) in cases {
             let err = parse_export(input, "default").unwrap_err().to_string();
-            assert!(err.contains(want), "{}: {err}", String::from_utf8_lossy(input));
+            assert!(
+                err.contains(want),
+                "{}: {err}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 }

@@ -124,7 +124,11 @@ impl BillingService {
                 cache.insert(k, p);
             }
         }
-        Ok(keys.into_iter().filter(|k| !cache.contains_key(*k)).map(str::to_owned).collect())
+        Ok(keys
+            .into_iter()
+            .filter(|k| !cache.contains_key(*k))
+            .map(str::to_owned)
+            .collect())
     }
 
     /// The Stripe price of a catalog entry, from the cache or resolved once.
@@ -143,21 +147,35 @@ impl BillingService {
 
     /// Recomputes the MRR and subscription-status gauges from the records.
     pub async fn refresh_gauges(&self) -> Result<(), BillingError> {
-        let all = self.store.list_businesses(&crate::store::BusinessFilter::default()).await?;
+        let all = self
+            .store
+            .list_businesses(&crate::store::BusinessFilter::default())
+            .await?;
         let mrr = crate::revenue::live_mrr(&all);
         let values: Vec<(Vec<String>, f64)> = mrr
             .iter()
-            .map(|l| (vec![l.business_type.clone(), l.currency.clone()], l.active_cents as f64 / 100.0))
+            .map(|l| {
+                (
+                    vec![l.business_type.clone(), l.currency.clone()],
+                    l.active_cents as f64 / 100.0,
+                )
+            })
             .collect();
-        self.metrics.replace_gauge("genesis_billing_mrr_usd", &values);
+        self.metrics
+            .replace_gauge("genesis_billing_mrr_usd", &values);
         let mut by_status: HashMap<String, f64> = HashMap::new();
-        for b in all.iter().filter(|b| b.status == crate::business::Lifecycle::Active) {
+        for b in all
+            .iter()
+            .filter(|b| b.status == crate::business::Lifecycle::Active)
+        {
             if let Some(s) = &b.subscription_status {
                 *by_status.entry(s.clone()).or_default() += 1.0;
             }
         }
-        let values: Vec<(Vec<String>, f64)> = by_status.into_iter().map(|(s, n)| (vec![s], n)).collect();
-        self.metrics.replace_gauge("genesis_billing_subscriptions", &values);
+        let values: Vec<(Vec<String>, f64)> =
+            by_status.into_iter().map(|(s, n)| (vec![s], n)).collect();
+        self.metrics
+            .replace_gauge("genesis_billing_subscriptions", &values);
         Ok(())
     }
 }

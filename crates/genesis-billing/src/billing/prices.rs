@@ -38,13 +38,22 @@ pub struct PriceSyncLine {
 fn difference(entry: &Entry, price: &Price) -> Option<String> {
     let mut diffs = Vec::new();
     if price.unit_amount != Some(entry.amount_cents) {
-        diffs.push(format!("amount {:?} in Stripe, {} in the catalog", price.unit_amount, entry.amount_cents));
+        diffs.push(format!(
+            "amount {:?} in Stripe, {} in the catalog",
+            price.unit_amount, entry.amount_cents
+        ));
     }
     if price.currency != entry.currency {
-        diffs.push(format!("currency {} in Stripe, {} in the catalog", price.currency, entry.currency));
+        diffs.push(format!(
+            "currency {} in Stripe, {} in the catalog",
+            price.currency, entry.currency
+        ));
     }
     if price.interval.as_deref() != Some(entry.interval.as_str()) || price.interval_count != 1 {
-        diffs.push(format!("interval {:?}×{} in Stripe, {} in the catalog", price.interval, price.interval_count, entry.interval));
+        diffs.push(format!(
+            "interval {:?}×{} in Stripe, {} in the catalog",
+            price.interval, price.interval_count, entry.interval
+        ));
     }
     (!diffs.is_empty()).then(|| diffs.join("; "))
 }
@@ -56,7 +65,13 @@ impl BillingService {
         self.resolve_prices().await?;
         let mut lines = Vec::new();
         for key in self.catalog.lookup_keys() {
-            let types: Vec<String> = self.catalog.prices.iter().filter(|(_, e)| e.lookup_key == key).map(|(t, _)| t.clone()).collect();
+            let types: Vec<String> = self
+                .catalog
+                .prices
+                .iter()
+                .filter(|(_, e)| e.lookup_key == key)
+                .map(|(t, _)| t.clone())
+                .collect();
             let entry = self.catalog.prices[&types[0]].clone();
             let cached = self.prices.read().await.get(key).cloned();
             let (status, price_id, diff) = match cached {
@@ -66,16 +81,37 @@ impl BillingService {
                 },
                 None if !create => (PriceStatus::Missing, None, None),
                 None => {
-                    let name = entry.product_name.clone().unwrap_or_else(|| format!("Genesis {} plan", types.join("/")));
+                    let name = entry
+                        .product_name
+                        .clone()
+                        .unwrap_or_else(|| format!("Genesis {} plan", types.join("/")));
                     // Keys derive from the entry's content: a rerun replays, a changed entry makes new objects.
-                    let fingerprint = format!("{}:{}:{}:{}", entry.lookup_key, entry.amount_cents, entry.currency, entry.interval);
+                    let fingerprint = format!(
+                        "{}:{}:{}:{}",
+                        entry.lookup_key, entry.amount_cents, entry.currency, entry.interval
+                    );
                     let product = stripe
-                        .create_product(&name, &[("genesis_lookup_key", key)], format!("genesis:catalog:{fingerprint}:product"))
+                        .create_product(
+                            &name,
+                            &[("genesis_lookup_key", key)],
+                            format!("genesis:catalog:{fingerprint}:product"),
+                        )
                         .await?;
                     let price = stripe
-                        .create_price(&product, entry.amount_cents, &entry.currency, &entry.interval, key, false, format!("genesis:catalog:{fingerprint}:price"))
+                        .create_price(
+                            &product,
+                            entry.amount_cents,
+                            &entry.currency,
+                            &entry.interval,
+                            key,
+                            false,
+                            format!("genesis:catalog:{fingerprint}:price"),
+                        )
                         .await?;
-                    self.prices.write().await.insert(key.to_owned(), price.clone());
+                    self.prices
+                        .write()
+                        .await
+                        .insert(key.to_owned(), price.clone());
                     (PriceStatus::Created, Some(price.id), None)
                 }
             };

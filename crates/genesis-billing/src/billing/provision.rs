@@ -4,9 +4,13 @@
 use serde::Serialize;
 
 use super::{BillingError, BillingService};
-use crate::business::{in_rollout, rfc3339, truncate_chars, Billing, Business, Lifecycle, NewBusiness};
+use crate::business::{
+    in_rollout, rfc3339, truncate_chars, Billing, Business, Lifecycle, NewBusiness,
+};
 use crate::store::{now, SubscriptionRecord};
-use crate::stripe::{Customer, NewCustomer, NewSubscription, StripeClient, StripeError, Subscription};
+use crate::stripe::{
+    Customer, NewCustomer, NewSubscription, StripeClient, StripeError, Subscription,
+};
 
 /// Stripe may prune idempotency keys a day old; past this age a key is no proof against a duplicate.
 const KEY_TRUST_SECS: i64 = 23 * 3600;
@@ -38,7 +42,11 @@ impl BillingService {
     /// Records a business and provisions its billing. With a `request_key` seen before, returns the
     /// business that request created instead of a new one.
     /// The flag is true when `request_key` replayed an earlier request.
-    pub async fn create_business(&self, input: NewBusiness, request_key: Option<&str>) -> Result<(Business, bool), BillingError> {
+    pub async fn create_business(
+        &self,
+        input: NewBusiness,
+        request_key: Option<&str>,
+    ) -> Result<(Business, bool), BillingError> {
         let input = input.validate()?;
         let id = uuid::Uuid::new_v4().to_string();
         let (billing, why) = if !self.payments_enabled() {
@@ -76,14 +84,20 @@ impl BillingService {
         };
         let stored = self.store.insert_business(&record, request_key).await?;
         if stored.business_id != id {
-            if (&stored.name, &stored.business_type, &stored.email) != (&record.name, &record.business_type, &record.email) {
+            if (&stored.name, &stored.business_type, &stored.email)
+                != (&record.name, &record.business_type, &record.email)
+            {
                 return Err(BillingError::Conflict(
                     "this Idempotency-Key was used for a request with other parameters".into(),
                 ));
             }
             return Ok((stored, true));
         }
-        let business = if billing == Billing::Pending { self.provision(&id).await? } else { stored };
+        let business = if billing == Billing::Pending {
+            self.provision(&id).await?
+        } else {
+            stored
+        };
         self.metrics.inc(
             "genesis_meta_agent_businesses_created_total",
             &[&business.business_type, business.billing.as_str()],
@@ -95,8 +109,16 @@ impl BillingService {
     pub async fn provision(&self, id: &str) -> Result<Business, BillingError> {
         let owner = uuid::Uuid::new_v4().to_string();
         let t = now();
-        if !self.store.claim_business(id, &owner, t + self.lease.as_secs() as i64, t).await? {
-            return self.store.get_business(id).await?.ok_or_else(|| BillingError::NotFound(id.to_owned()));
+        if !self
+            .store
+            .claim_business(id, &owner, t + self.lease.as_secs() as i64, t)
+            .await?
+        {
+            return self
+                .store
+                .get_business(id)
+                .await?
+                .ok_or_else(|| BillingError::NotFound(id.to_owned()));
         }
         let result = self.provision_claimed(id).await;
         self.store.release_business(id, &owner).await?;
@@ -104,8 +126,13 @@ impl BillingService {
     }
 
     async fn provision_claimed(&self, id: &str) -> Result<Business, BillingError> {
-        let b = self.store.get_business(id).await?.ok_or_else(|| BillingError::NotFound(id.to_owned()))?;
-        if b.status != Lifecycle::Active || !matches!(b.billing, Billing::Pending | Billing::Failed) {
+        let b = self
+            .store
+            .get_business(id)
+            .await?
+            .ok_or_else(|| BillingError::NotFound(id.to_owned()))?;
+        if b.status != Lifecycle::Active || !matches!(b.billing, Billing::Pending | Billing::Failed)
+        {
             return Ok(b);
         }
         let stripe = self.stripe()?;
@@ -118,7 +145,10 @@ impl BillingService {
         };
         match self.ensure_subscription(stripe, &b, &customer, None).await {
             Ok(sub) => {
-                self.metrics.inc("genesis_meta_agent_stripe_subscriptions_total", &["success"]);
+                self.metrics.inc(
+                    "genesis_meta_agent_stripe_subscriptions_total",
+                    &["success"],
+                );
                 let entry = self.catalog.entry_for(&b.business_type);
                 if entry.currency == "usd" {
                     self.metrics.add(
@@ -131,25 +161,52 @@ impl BillingService {
             }
             Err(e) => return self.fail(&b, "subscription", e).await,
         }
-        self.store.get_business(id).await?.ok_or_else(|| BillingError::NotFound(id.to_owned()))
+        self.store
+            .get_business(id)
+            .await?
+            .ok_or_else(|| BillingError::NotFound(id.to_owned()))
     }
 
     /// Marks billing failed at `step`, counts it, and returns the record; the business itself stands.
-    async fn fail(&self, b: &Business, step: &str, e: BillingError) -> Result<Business, BillingError> {
+    async fn fail(
+        &self,
+        b: &Business,
+        step: &str,
+        e: BillingError,
+    ) -> Result<Business, BillingError> {
         if let BillingError::Store(_) = e {
             // Our own database failing is not a billing outcome: the caller sees it, and resume retries.
             return Err(e);
         }
         tracing::warn!(business_id = %b.business_id, step, error = %e, "billing failed");
-        self.metrics.inc("genesis_meta_agent_stripe_subscriptions_total", &["failed"]);
-        self.metrics.inc("genesis_billing_provision_failures_total", &[step]);
-        self.store.set_billing(&b.business_id, Billing::Failed, Some(step), Some(&e.to_string())).await?;
-        self.store.get_business(&b.business_id).await?.ok_or_else(|| BillingError::NotFound(b.business_id.clone()))
+        self.metrics
+            .inc("genesis_meta_agent_stripe_subscriptions_total", &["failed"]);
+        self.metrics
+            .inc("genesis_billing_provision_failures_total", &[step]);
+        self.store
+            .set_billing(
+                &b.business_id,
+                Billing::Failed,
+                Some(step),
+                Some(&e.to_string()),
+            )
+            .await?;
+        self.store
+            .get_business(&b.business_id)
+            .await?
+            .ok_or_else(|| BillingError::NotFound(b.business_id.clone()))
     }
 
-    async fn ensure_customer(&self, stripe: &StripeClient, b: &Business) -> Result<String, BillingError> {
+    async fn ensure_customer(
+        &self,
+        stripe: &StripeClient,
+        b: &Business,
+    ) -> Result<String, BillingError> {
         let key = customer_key(&b.business_id);
-        let previous = self.store.begin_intent(&key, &b.business_id, "customer").await?;
+        let previous = self
+            .store
+            .begin_intent(&key, &b.business_id, "customer")
+            .await?;
         if previous.is_some_and(|p| now() - p.created_at > KEY_TRUST_SECS) {
             if let Some(c) = self.find_customer(stripe, &b.business_id).await? {
                 return self.adopt_customer(&key, b, &c).await;
@@ -182,23 +239,38 @@ impl BillingService {
         }
     }
 
-    async fn adopt_customer(&self, key: &str, b: &Business, c: &Customer) -> Result<String, BillingError> {
+    async fn adopt_customer(
+        &self,
+        key: &str,
+        b: &Business,
+        c: &Customer,
+    ) -> Result<String, BillingError> {
         self.store.finish_intent(key, Ok(&c.id)).await?;
         self.store.set_customer(&b.business_id, &c.id).await?;
         Ok(c.id.clone())
     }
 
     /// The live customer Stripe holds for a business, found by metadata (the oldest, if several).
-    pub(super) async fn find_customer(&self, stripe: &StripeClient, business_id: &str) -> Result<Option<Customer>, StripeError> {
+    pub(super) async fn find_customer(
+        &self,
+        stripe: &StripeClient,
+        business_id: &str,
+    ) -> Result<Option<Customer>, StripeError> {
         let mut found: Vec<Customer> = stripe
             .search_customers("business_id", business_id)
             .await?
             .into_iter()
-            .filter(|c| !c.deleted && c.metadata.get("business_id").map(String::as_str) == Some(business_id))
+            .filter(|c| {
+                !c.deleted && c.metadata.get("business_id").map(String::as_str) == Some(business_id)
+            })
             .collect();
         found.sort_by_key(|c| c.raw["created"].as_i64().unwrap_or(0));
         if found.len() > 1 {
-            tracing::warn!(business_id, count = found.len(), "several Stripe customers for one business; using the oldest");
+            tracing::warn!(
+                business_id,
+                count = found.len(),
+                "several Stripe customers for one business; using the oldest"
+            );
         }
         Ok(found.into_iter().next())
     }
@@ -214,7 +286,10 @@ impl BillingService {
         let entry = self.catalog.entry_for(&b.business_type).clone();
         let price = self.price_for(&entry).await?;
         let key = subscription_key(&b.business_id, b.generation);
-        let previous = self.store.begin_intent(&key, &b.business_id, "subscription").await?;
+        let previous = self
+            .store
+            .begin_intent(&key, &b.business_id, "subscription")
+            .await?;
         let mut existing = None;
         if previous.is_some_and(|p| now() - p.created_at > KEY_TRUST_SECS) {
             existing = self.find_subscription(stripe, customer, b).await?;
@@ -238,7 +313,14 @@ impl BillingService {
                 match stripe.create_subscription(&params, key.clone()).await {
                     Ok(s) => s,
                     Err(e) => {
-                        let found = if e.is_ambiguous() { self.find_subscription(stripe, customer, b).await.ok().flatten() } else { None };
+                        let found = if e.is_ambiguous() {
+                            self.find_subscription(stripe, customer, b)
+                                .await
+                                .ok()
+                                .flatten()
+                        } else {
+                            None
+                        };
                         match found {
                             Some(s) => s,
                             None => {
@@ -270,14 +352,25 @@ impl BillingService {
 
     /// The subscription of this business's current generation, found by listing the customer's
     /// subscriptions (read-after-write consistent, unlike search).
-    async fn find_subscription(&self, stripe: &StripeClient, customer: &str, b: &Business) -> Result<Option<Subscription>, StripeError> {
+    async fn find_subscription(
+        &self,
+        stripe: &StripeClient,
+        customer: &str,
+        b: &Business,
+    ) -> Result<Option<Subscription>, StripeError> {
         let generation = b.generation.to_string();
         let mut after: Option<String> = None;
         loop {
-            let page = stripe.list_subscriptions(Some(customer), after.as_deref()).await?;
+            let page = stripe
+                .list_subscriptions(Some(customer), after.as_deref())
+                .await?;
             if let Some(s) = page.data.iter().find(|s| {
                 s.metadata.get("business_id") == Some(&b.business_id)
-                    && s.metadata.get("genesis_generation").map(String::as_str).unwrap_or("0") == generation
+                    && s.metadata
+                        .get("genesis_generation")
+                        .map(String::as_str)
+                        .unwrap_or("0")
+                        == generation
             }) {
                 return Ok(Some(s.clone()));
             }
@@ -304,7 +397,9 @@ impl BillingService {
                 }
             } else {
                 match self.finish_takedown_claimed(&b.business_id).await? {
-                    Some(summary) if summary.status == "success" => report.takedowns_finished.push(b.business_id),
+                    Some(summary) if summary.status == "success" => {
+                        report.takedowns_finished.push(b.business_id)
+                    }
                     Some(_) => report.takedowns_failed.push(b.business_id),
                     None => report.busy.push(b.business_id),
                 }

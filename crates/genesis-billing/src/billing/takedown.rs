@@ -28,7 +28,10 @@ pub struct TakedownSummary {
 
 /// Validates a takedown reason: short, printable, defaulting to `manual`.
 pub fn clean_reason(reason: Option<&str>) -> Result<String, crate::business::InvalidInput> {
-    let r = reason.map(str::trim).filter(|r| !r.is_empty()).unwrap_or("manual");
+    let r = reason
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or("manual");
     if r.chars().count() > 200 || r.chars().any(char::is_control) {
         return Err(crate::business::InvalidInput {
             field: "reason",
@@ -49,7 +52,11 @@ struct StripeSide {
 
 impl BillingService {
     /// Takes a business down. Idempotent: a second call reports `already_taken_down` and calls nothing.
-    pub async fn takedown(&self, id: &str, reason: Option<&str>) -> Result<TakedownSummary, BillingError> {
+    pub async fn takedown(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+    ) -> Result<TakedownSummary, BillingError> {
         let reason = clean_reason(reason)?;
         let at = now();
         let summary = |status: &str, stripe: &str| TakedownSummary {
@@ -63,26 +70,47 @@ impl BillingService {
             note: None,
         };
         let Some(b) = self.store.get_business(id).await? else {
-            self.metrics.inc("genesis_meta_agent_takedowns_total", &["not_found"]);
+            self.metrics
+                .inc("genesis_meta_agent_takedowns_total", &["not_found"]);
             return Ok(summary("not_found", "not_found"));
         };
         if b.status == Lifecycle::TakenDown || !self.store.mark_taken_down(id, &reason, at).await? {
-            self.metrics.inc("genesis_meta_agent_takedowns_total", &["already_taken_down"]);
+            self.metrics.inc(
+                "genesis_meta_agent_takedowns_total",
+                &["already_taken_down"],
+            );
             return Ok(summary("already_taken_down", "already_taken_down"));
         }
         tracing::info!(business_id = id, %reason, "business taken down");
         let owner = uuid::Uuid::new_v4().to_string();
         let t = now();
         // The record is marked taken down first, so a crash from here on is finished by `resume`.
-        let side = if self.store.claim_business(id, &owner, t + self.lease.as_secs() as i64, t).await? {
+        let side = if self
+            .store
+            .claim_business(id, &owner, t + self.lease.as_secs() as i64, t)
+            .await?
+        {
             let side = self.cancel_in_stripe(&b).await;
             self.store.release_business(id, &owner).await?;
             side?
         } else {
-            StripeSide { outcome: "skipped".into(), customer_deleted: None, customer_delete_error: None, finished: false, note: Some("another worker holds this business; it finishes the Stripe side".into()) }
+            StripeSide {
+                outcome: "skipped".into(),
+                customer_deleted: None,
+                customer_delete_error: None,
+                finished: false,
+                note: Some(
+                    "another worker holds this business; it finishes the Stripe side".into(),
+                ),
+            }
         };
-        let status = if side.outcome.starts_with("error:") || side.customer_delete_error.is_some() { "partial" } else { "success" };
-        self.metrics.inc("genesis_meta_agent_takedowns_total", &[status]);
+        let status = if side.outcome.starts_with("error:") || side.customer_delete_error.is_some() {
+            "partial"
+        } else {
+            "success"
+        };
+        self.metrics
+            .inc("genesis_meta_agent_takedowns_total", &[status]);
         let _ = self.refresh_gauges().await;
         Ok(TakedownSummary {
             status: status.to_owned(),
@@ -95,14 +123,25 @@ impl BillingService {
     }
 
     /// Finishes the Stripe side of an interrupted takedown; `None` when another worker holds it.
-    pub(super) async fn finish_takedown_claimed(&self, id: &str) -> Result<Option<TakedownSummary>, BillingError> {
+    pub(super) async fn finish_takedown_claimed(
+        &self,
+        id: &str,
+    ) -> Result<Option<TakedownSummary>, BillingError> {
         let owner = uuid::Uuid::new_v4().to_string();
         let t = now();
-        if !self.store.claim_business(id, &owner, t + self.lease.as_secs() as i64, t).await? {
+        if !self
+            .store
+            .claim_business(id, &owner, t + self.lease.as_secs() as i64, t)
+            .await?
+        {
             return Ok(None);
         }
         let result = async {
-            let b = self.store.get_business(id).await?.ok_or_else(|| BillingError::NotFound(id.to_owned()))?;
+            let b = self
+                .store
+                .get_business(id)
+                .await?
+                .ok_or_else(|| BillingError::NotFound(id.to_owned()))?;
             if b.status != Lifecycle::TakenDown || b.takedown_outcome.is_some() {
                 return Ok(None);
             }
@@ -126,31 +165,59 @@ impl BillingService {
 
     /// Cancels what bills the business and deletes its customer, recording the outcome.
     async fn cancel_in_stripe(&self, b: &Business) -> Result<StripeSide, BillingError> {
-        let billable = b.stripe_subscription_id.is_some() || b.stripe_payment_intent_id.is_some() || b.stripe_customer_id.is_some();
+        let billable = b.stripe_subscription_id.is_some()
+            || b.stripe_payment_intent_id.is_some()
+            || b.stripe_customer_id.is_some();
         let Some(stripe) = &self.stripe else {
             // Kill switch: nothing may reach Stripe. Leave the takedown open so it is finished when
             // payments are back on, instead of silently leaving a subscription billing.
             let note = billable.then(|| "payments are disabled: the Stripe side is finished by `business resume` once they are enabled".to_owned());
             if !billable {
-                self.store.set_takedown_outcome(&b.business_id, Some("skipped"), None).await?;
+                self.store
+                    .set_takedown_outcome(&b.business_id, Some("skipped"), None)
+                    .await?;
             }
-            return Ok(StripeSide { outcome: "skipped".into(), customer_deleted: None, customer_delete_error: None, finished: !billable, note });
+            return Ok(StripeSide {
+                outcome: "skipped".into(),
+                customer_deleted: None,
+                customer_delete_error: None,
+                finished: !billable,
+                note,
+            });
         };
-        let mut side = StripeSide { outcome: "skipped".into(), customer_deleted: None, customer_delete_error: None, finished: true, note: None };
+        let mut side = StripeSide {
+            outcome: "skipped".into(),
+            customer_deleted: None,
+            customer_delete_error: None,
+            finished: true,
+            note: None,
+        };
         let mut new_status = None;
         if let Some(sub) = &b.stripe_subscription_id {
-            let already_over = b.subscription_status.as_deref().is_some_and(|s| !is_live_subscription(s));
-            let cancelled = if already_over { Ok(()) } else { cancel_subscription(stripe, sub).await };
+            let already_over = b
+                .subscription_status
+                .as_deref()
+                .is_some_and(|s| !is_live_subscription(s));
+            let cancelled = if already_over {
+                Ok(())
+            } else {
+                cancel_subscription(stripe, sub).await
+            };
             match cancelled {
                 Ok(()) => {
                     side.outcome = "cancelled".into();
                     new_status = Some("canceled");
-                    self.metrics.inc("genesis_meta_agent_stripe_subscriptions_total", &["cancelled"]);
+                    self.metrics.inc(
+                        "genesis_meta_agent_stripe_subscriptions_total",
+                        &["cancelled"],
+                    );
                 }
                 Err(e) => {
                     side.outcome = format!("error:{}", e.reason());
                     side.finished = false;
-                    self.store.record_event(&b.business_id, "takedown_error", &e.to_string()).await?;
+                    self.store
+                        .record_event(&b.business_id, "takedown_error", &e.to_string())
+                        .await?;
                 }
             }
         } else if let Some(pi) = &b.stripe_payment_intent_id {
@@ -165,7 +232,9 @@ impl BillingService {
                 Err(e) => {
                     side.outcome = format!("error:{}", e.reason());
                     side.finished = false;
-                    self.store.record_event(&b.business_id, "takedown_error", &e.to_string()).await?;
+                    self.store
+                        .record_event(&b.business_id, "takedown_error", &e.to_string())
+                        .await?;
                 }
             }
         }
@@ -179,13 +248,17 @@ impl BillingService {
                         side.customer_deleted = Some(false);
                         side.customer_delete_error = Some(e.to_string());
                         side.finished = false;
-                        self.store.record_event(&b.business_id, "customer_delete_failed", &e.to_string()).await?;
+                        self.store
+                            .record_event(&b.business_id, "customer_delete_failed", &e.to_string())
+                            .await?;
                     }
                 }
             }
         }
         let outcome = side.finished.then_some(side.outcome.as_str());
-        self.store.set_takedown_outcome(&b.business_id, outcome, new_status).await?;
+        self.store
+            .set_takedown_outcome(&b.business_id, outcome, new_status)
+            .await?;
         Ok(side)
     }
 }

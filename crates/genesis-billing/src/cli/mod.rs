@@ -23,7 +23,11 @@ use crate::stripe::{ClientConfig, StripeClient};
 pub use output::{business_table, print_json, table};
 
 #[derive(Debug, Parser)]
-#[command(name = "genesis-billing", version, about = "Billing control plane of the Genesis meta-agent: Stripe billing for every business, from creation to takedown.")]
+#[command(
+    name = "genesis-billing",
+    version,
+    about = "Billing control plane of the Genesis meta-agent: Stripe billing for every business, from creation to takedown."
+)]
 struct Cli {
     /// TOML config file (also GENESIS_BILLING_CONFIG).
     #[arg(long, global = true, value_name = "FILE")]
@@ -206,7 +210,10 @@ impl From<BillingError> for Failure {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -236,9 +243,12 @@ fn init_logging(verbose: u8, format: LogFormat) {
     };
     // Dependencies stay at warn (info at -vvv): their debug output is noise, and never ours to vouch for.
     let deps = if verbose >= 3 { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{deps},genesis_billing={ours},stripe_sim={ours}")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!("{deps},genesis_billing={ours},stripe_sim={ours}"))
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -265,12 +275,18 @@ pub fn load_catalog(settings: &Settings) -> Result<Catalog, Failure> {
 }
 
 /// Opens (and migrates) the store and builds the billing service from settings.
-pub async fn build_service(settings: &Settings, metrics: Arc<Metrics>) -> Result<BillingService, Failure> {
+pub async fn build_service(
+    settings: &Settings,
+    metrics: Arc<Metrics>,
+) -> Result<BillingService, Failure> {
     let catalog = load_catalog(settings)?;
     let store = Store::connect(&settings.database_url, 16)
         .await
         .with_context(|| format!("while opening the database {}", settings.database_url))?;
-    store.migrate().await.context("while migrating the database")?;
+    store
+        .migrate()
+        .await
+        .context("while migrating the database")?;
     let stripe = match &settings.stripe {
         Some(s) => Some(
             StripeClient::new(
@@ -287,16 +303,38 @@ pub async fn build_service(settings: &Settings, metrics: Arc<Metrics>) -> Result
         ),
         None => None,
     };
-    Ok(BillingService::new(store, stripe, catalog, settings.rollout_percent, metrics, settings.public_url.clone()))
+    Ok(BillingService::new(
+        store,
+        stripe,
+        catalog,
+        settings.rollout_percent,
+        metrics,
+        settings.public_url.clone(),
+    )
+    .with_lease(std::time::Duration::from_secs(settings.lease_secs.max(1))))
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     if let Command::Demo = cli.command {
-        // crate::demo::run(cli.json).await?;
+        crate::demo::run(cli.json).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    if let Command::Revenue(RevenueArgs { businesses: Some(n), price: Some(p), fee_bps, fee_fixed_cents }) = &cli.command {
-        return calculator(*n, p, FeeSchedule { percent_bps: *fee_bps, fixed_cents: *fee_fixed_cents }, cli.json);
+    if let Command::Revenue(RevenueArgs {
+        businesses: Some(n),
+        price: Some(p),
+        fee_bps,
+        fee_fixed_cents,
+    }) = &cli.command
+    {
+        return calculator(
+            *n,
+            p,
+            FeeSchedule {
+                percent_bps: *fee_bps,
+                fixed_cents: *fee_fixed_cents,
+            },
+            cli.json,
+        );
     }
     let mut flags = flags(&cli);
     if let Command::Serve { listen } = &cli.command {
@@ -310,7 +348,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Migrate => {
             // build_service migrated already; report the state.
             if json {
-                print_json(&serde_json::json!({"migrated": true, "database": service.store().backend().as_str()}));
+                print_json(
+                    &serde_json::json!({"migrated": true, "database": service.store().backend().as_str()}),
+                );
             } else {
                 println!("database {} is up to date", settings.database_url);
             }
@@ -333,7 +373,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Revenue(_) => {
-            let all = service.store().list_businesses(&BusinessFilter::default()).await.context("while reading records")?;
+            let all = service
+                .store()
+                .list_businesses(&BusinessFilter::default())
+                .await
+                .context("while reading records")?;
             let lines = live_mrr(&all);
             if json {
                 print_json(&serde_json::json!({ "mrr": lines }));
@@ -354,7 +398,8 @@ async fn serve(settings: &Settings, service: Arc<BillingService>) -> Result<(), 
     let schedule = crate::http::Schedule {
         resume: std::time::Duration::from_secs(settings.resume_interval_secs.max(1)),
         webhook_retry: std::time::Duration::from_secs(5),
-        gap_fill: (settings.gap_fill_interval_secs > 0).then(|| std::time::Duration::from_secs(settings.gap_fill_interval_secs)),
+        gap_fill: (settings.gap_fill_interval_secs > 0)
+            .then(|| std::time::Duration::from_secs(settings.gap_fill_interval_secs)),
     };
     let running = crate::http::start(state, settings.listen, schedule, true)
         .await
@@ -374,7 +419,11 @@ async fn serve(settings: &Settings, service: Arc<BillingService>) -> Result<(), 
 
 /// The HTTP layer's shared state for these settings.
 pub fn app_state(settings: &Settings, service: Arc<BillingService>) -> Arc<crate::http::AppState> {
-    let inbox = Arc::new(crate::webhook::Inbox::new(service.clone(), settings.webhook_secrets.clone(), settings.webhook_tolerance_secs));
+    let inbox = Arc::new(crate::webhook::Inbox::new(
+        service.clone(),
+        settings.webhook_secrets.clone(),
+        settings.webhook_tolerance_secs,
+    ));
     Arc::new(crate::http::AppState::new(
         service,
         inbox,
@@ -384,7 +433,12 @@ pub fn app_state(settings: &Settings, service: Arc<BillingService>) -> Arc<crate
     ))
 }
 
-async fn webhooks(settings: &Settings, service: Arc<BillingService>, cmd: WebhooksCommand, json: bool) -> Result<ExitCode, Failure> {
+async fn webhooks(
+    settings: &Settings,
+    service: Arc<BillingService>,
+    cmd: WebhooksCommand,
+    json: bool,
+) -> Result<ExitCode, Failure> {
     match cmd {
         WebhooksCommand::Register { url } => {
             if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
@@ -393,17 +447,27 @@ async fn webhooks(settings: &Settings, service: Arc<BillingService>, cmd: Webhoo
             let stripe = service.stripe()?;
             let form = crate::stripe::Form::new()
                 .add("url", url.as_str())
-                .add_list("enabled_events", crate::billing::HANDLED_EVENTS.iter().copied())
+                .add_list(
+                    "enabled_events",
+                    crate::billing::HANDLED_EVENTS.iter().copied(),
+                )
                 .add("api_version", crate::stripe::STRIPE_VERSION);
             let key = format!("genesis:webhook_endpoint:{url}");
             let endpoint = stripe
-                .send(&crate::stripe::Call::post("webhook_endpoint.create", "/v1/webhook_endpoints", form, Some(key)))
+                .send(&crate::stripe::Call::post(
+                    "webhook_endpoint.create",
+                    "/v1/webhook_endpoints",
+                    form,
+                    Some(key),
+                ))
                 .await
                 .map_err(BillingError::from)?;
             let id = endpoint["id"].as_str().unwrap_or("-");
             let secret = endpoint["secret"].as_str().unwrap_or("");
             if json {
-                print_json(&serde_json::json!({"id": id, "url": url, "enabled_events": crate::billing::HANDLED_EVENTS, "secret": secret}));
+                print_json(
+                    &serde_json::json!({"id": id, "url": url, "enabled_events": crate::billing::HANDLED_EVENTS, "secret": secret}),
+                );
             } else {
                 println!("webhook endpoint {id} for {url}");
                 println!("signing secret (shown once; set it as STRIPE_WEBHOOK_SECRET): {secret}");
@@ -413,10 +477,23 @@ async fn webhooks(settings: &Settings, service: Arc<BillingService>, cmd: Webhoo
             let store = service.store();
             let mut events = Vec::new();
             if failed {
-                events.extend(store.list_events(Some("failed"), limit).await.context("while reading events")?);
-                events.extend(store.list_events(Some("dead"), limit).await.context("while reading events")?);
+                events.extend(
+                    store
+                        .list_events(Some("failed"), limit)
+                        .await
+                        .context("while reading events")?,
+                );
+                events.extend(
+                    store
+                        .list_events(Some("dead"), limit)
+                        .await
+                        .context("while reading events")?,
+                );
             } else {
-                events = store.list_events(None, limit).await.context("while reading events")?;
+                events = store
+                    .list_events(None, limit)
+                    .await
+                    .context("while reading events")?;
             }
             if json {
                 print_json(&events);
@@ -431,24 +508,57 @@ async fn webhooks(settings: &Settings, service: Arc<BillingService>, cmd: Webhoo
                             e.status.clone(),
                             e.attempts.to_string(),
                             e.business_id.clone().unwrap_or_else(|| "-".into()),
-                            e.last_error.clone().unwrap_or_default().chars().take(60).collect(),
+                            e.last_error
+                                .clone()
+                                .unwrap_or_default()
+                                .chars()
+                                .take(60)
+                                .collect(),
                         ]
                     })
                     .collect();
-                print!("{}", table(&["EVENT", "TYPE", "CREATED", "STATUS", "ATTEMPTS", "BUSINESS", "LAST ERROR"], &rows));
+                print!(
+                    "{}",
+                    table(
+                        &[
+                            "EVENT",
+                            "TYPE",
+                            "CREATED",
+                            "STATUS",
+                            "ATTEMPTS",
+                            "BUSINESS",
+                            "LAST ERROR"
+                        ],
+                        &rows
+                    )
+                );
             }
         }
         WebhooksCommand::Replay { id } => {
             let state = app_state(settings, service.clone());
-            if !service.store().reset_event(&id).await.context("while reading events")? {
+            if !service
+                .store()
+                .reset_event(&id)
+                .await
+                .context("while reading events")?
+            {
                 eprintln!("no stored event {id}");
                 return Ok(ExitCode::from(1));
             }
             state.inbox.apply(&id).await;
-            let event = service.store().event(&id).await.context("while reading events")?;
+            let event = service
+                .store()
+                .event(&id)
+                .await
+                .context("while reading events")?;
             match event {
                 Some(e) if json => print_json(&e),
-                Some(e) => println!("{}: {}{}", e.event_id, e.status, e.last_error.map(|l| format!(" ({l})")).unwrap_or_default()),
+                Some(e) => println!(
+                    "{}: {}{}",
+                    e.event_id,
+                    e.status,
+                    e.last_error.map(|l| format!(" ({l})")).unwrap_or_default()
+                ),
                 None => {}
             }
         }
@@ -457,9 +567,14 @@ async fn webhooks(settings: &Settings, service: Arc<BillingService>, cmd: Webhoo
 }
 
 fn read_limited(path: &PathBuf, limit: usize) -> Result<Vec<u8>, Failure> {
-    let meta = std::fs::metadata(path).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))?;
     if meta.len() > limit as u64 {
-        return Err(Failure::Usage(format!("{} is larger than {} MiB", path.display(), limit >> 20)));
+        return Err(Failure::Usage(format!(
+            "{} is larger than {} MiB",
+            path.display(),
+            limit >> 20
+        )));
     }
     std::fs::read(path).map_err(|e| Failure::Usage(format!("cannot read {}: {e}", path.display())))
 }
@@ -481,25 +596,54 @@ pub fn revenue_table(lines: &[crate::revenue::MrrLine]) -> String {
     let mut currencies: Vec<&str> = lines.iter().map(|l| l.currency.as_str()).collect();
     currencies.dedup();
     for cur in currencies {
-        let of = |f: fn(&crate::revenue::MrrLine) -> i64| lines.iter().filter(|l| l.currency == cur).map(f).sum::<i64>();
+        let of = |f: fn(&crate::revenue::MrrLine) -> i64| {
+            lines
+                .iter()
+                .filter(|l| l.currency == cur)
+                .map(f)
+                .sum::<i64>()
+        };
         rows.push(vec![
             "TOTAL".into(),
             cur.into(),
-            format!("{} ({})", format_cents(of(|l| l.active_cents)), of(|l| l.active_count)),
-            format!("{} ({})", format_cents(of(|l| l.past_due_cents)), of(|l| l.past_due_count)),
-            format!("{} ({})", format_cents(of(|l| l.trialing_cents)), of(|l| l.trialing_count)),
+            format!(
+                "{} ({})",
+                format_cents(of(|l| l.active_cents)),
+                of(|l| l.active_count)
+            ),
+            format!(
+                "{} ({})",
+                format_cents(of(|l| l.past_due_cents)),
+                of(|l| l.past_due_count)
+            ),
+            format!(
+                "{} ({})",
+                format_cents(of(|l| l.trialing_cents)),
+                of(|l| l.trialing_count)
+            ),
         ]);
     }
-    table(&["TYPE", "CURRENCY", "ACTIVE MRR", "PAST DUE", "TRIALING"], &rows)
+    table(
+        &["TYPE", "CURRENCY", "ACTIVE MRR", "PAST DUE", "TRIALING"],
+        &rows,
+    )
 }
 
 fn calculator(n: i64, price: &str, fees: FeeSchedule, json: bool) -> Result<ExitCode, Failure> {
-    let cents = parse_dollars(price).ok_or_else(|| Failure::Usage(format!("invalid --price {price:?}: expected dollars such as 5 or 4.99")))?;
+    let cents = parse_dollars(price).ok_or_else(|| {
+        Failure::Usage(format!(
+            "invalid --price {price:?}: expected dollars such as 5 or 4.99"
+        ))
+    })?;
     if !(0..=100_000_000).contains(&n) {
-        return Err(Failure::Usage("--businesses must be between 0 and 100000000".into()));
+        return Err(Failure::Usage(
+            "--businesses must be between 0 and 100000000".into(),
+        ));
     }
     if !(0..=10_000).contains(&fees.percent_bps) || fees.fixed_cents < 0 {
-        return Err(Failure::Usage("fees must be between 0 and 10000 basis points and not negative".into()));
+        return Err(Failure::Usage(
+            "fees must be between 0 and 10000 basis points and not negative".into(),
+        ));
     }
     let p = project(n, cents, fees);
     if json {
@@ -527,28 +671,73 @@ async fn prices(service: &BillingService, cmd: PricesCommand, json: bool) -> Res
             vec![
                 l.business_types.join(","),
                 l.lookup_key.clone(),
-                format!("{} {}/{}", format_cents(l.amount_cents), l.currency, l.interval),
+                format!(
+                    "{} {}/{}",
+                    format_cents(l.amount_cents),
+                    l.currency,
+                    l.interval
+                ),
                 l.trial_days.to_string(),
                 l.stripe_price_id.clone().unwrap_or_else(|| "-".into()),
-                format!("{:?}", l.status).to_lowercase() + &l.difference.as_deref().map(|d| format!(": {d}")).unwrap_or_default(),
+                format!("{:?}", l.status).to_lowercase()
+                    + &l.difference
+                        .as_deref()
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default(),
             ]
         })
         .collect();
-    print!("{}", table(&["TYPES", "LOOKUP KEY", "PRICE", "TRIAL DAYS", "STRIPE PRICE", "STATUS"], &rows));
+    print!(
+        "{}",
+        table(
+            &[
+                "TYPES",
+                "LOOKUP KEY",
+                "PRICE",
+                "TRIAL DAYS",
+                "STRIPE PRICE",
+                "STATUS"
+            ],
+            &rows
+        )
+    );
     if create {
-        let created = lines.iter().filter(|l| l.status == PriceStatus::Created).count();
-        let differ = lines.iter().filter(|l| l.status == PriceStatus::Differs).count();
-        println!("{created} created, {differ} differ from the catalog, {} up to date", lines.len() - created - differ);
+        let created = lines
+            .iter()
+            .filter(|l| l.status == PriceStatus::Created)
+            .count();
+        let differ = lines
+            .iter()
+            .filter(|l| l.status == PriceStatus::Differs)
+            .count();
+        println!(
+            "{created} created, {differ} differ from the catalog, {} up to date",
+            lines.len() - created - differ
+        );
     }
     Ok(())
 }
 
-async fn business(service: &Arc<BillingService>, cmd: BusinessCommand, json: bool, metrics: &Arc<Metrics>) -> Result<ExitCode, Failure> {
+async fn business(
+    service: &Arc<BillingService>,
+    cmd: BusinessCommand,
+    json: bool,
+    metrics: &Arc<Metrics>,
+) -> Result<ExitCode, Failure> {
     match cmd {
-        BusinessCommand::Create(args) if args.count > 1 => create_many(service, args, json, metrics).await?,
+        BusinessCommand::Create(args) if args.count > 1 => {
+            create_many(service, args, json, metrics).await?
+        }
         BusinessCommand::Create(args) => {
             let (b, _) = service
-                .create_business(NewBusiness { name: args.name, business_type: args.business_type, email: args.email }, None)
+                .create_business(
+                    NewBusiness {
+                        name: args.name,
+                        business_type: args.business_type,
+                        email: args.email,
+                    },
+                    None,
+                )
                 .await?;
             if json {
                 print_json(&b);
@@ -556,7 +745,12 @@ async fn business(service: &Arc<BillingService>, cmd: BusinessCommand, json: boo
                 print!("{}", output::business_detail(&b));
             }
         }
-        BusinessCommand::Show { id } => match service.store().get_business(&id).await.context("while reading the record")? {
+        BusinessCommand::Show { id } => match service
+            .store()
+            .get_business(&id)
+            .await
+            .context("while reading the record")?
+        {
             Some(b) => {
                 if json {
                     print_json(&b);
@@ -573,16 +767,31 @@ async fn business(service: &Arc<BillingService>, cmd: BusinessCommand, json: boo
                 return Ok(ExitCode::from(1));
             }
         },
-        BusinessCommand::List { status, billing, limit } => {
+        BusinessCommand::List {
+            status,
+            billing,
+            limit,
+        } => {
             let status = status
-                .map(|s| Lifecycle::parse(&s).ok_or_else(|| Failure::Usage(format!("invalid --status {s:?}: expected active or taken_down"))))
+                .map(|s| {
+                    Lifecycle::parse(&s).ok_or_else(|| {
+                        Failure::Usage(format!(
+                            "invalid --status {s:?}: expected active or taken_down"
+                        ))
+                    })
+                })
                 .transpose()?;
             let billing = billing
                 .map(|s| Billing::parse(&s).ok_or_else(|| Failure::Usage(format!("invalid --billing {s:?}: expected pending, provisioned, skipped, failed or expired"))))
                 .transpose()?;
             let list = service
                 .store()
-                .list_businesses(&BusinessFilter { status, billing, limit, after: None })
+                .list_businesses(&BusinessFilter {
+                    status,
+                    billing,
+                    limit,
+                    after: None,
+                })
                 .await
                 .context("while reading records")?;
             if json {
@@ -596,7 +805,10 @@ async fn business(service: &Arc<BillingService>, cmd: BusinessCommand, json: boo
             if json {
                 print_json(&summary);
             } else {
-                println!("{}: {} (stripe: {})", summary.business_id, summary.status, summary.stripe);
+                println!(
+                    "{}: {} (stripe: {})",
+                    summary.business_id, summary.status, summary.stripe
+                );
                 if let Some(e) = &summary.customer_delete_error {
                     println!("customer not deleted: {e}");
                 }
@@ -626,7 +838,9 @@ async fn business(service: &Arc<BillingService>, cmd: BusinessCommand, json: boo
         BusinessCommand::CheckoutLink { id } => match service.checkout_link(&id).await {
             Ok(session) => {
                 if json {
-                    print_json(&serde_json::json!({"business_id": id, "checkout_session": session.id, "url": session.url}));
+                    print_json(
+                        &serde_json::json!({"business_id": id, "checkout_session": session.id, "url": session.url}),
+                    );
                 } else {
                     println!("{}", session.url.unwrap_or_default());
                 }
@@ -642,12 +856,19 @@ async fn business(service: &Arc<BillingService>, cmd: BusinessCommand, json: boo
 }
 
 /// `business create --count N`: N businesses provisioned concurrently through the shared rate limiter.
-async fn create_many(service: &Arc<BillingService>, args: CreateArgs, json: bool, metrics: &Arc<Metrics>) -> Result<(), Failure> {
+async fn create_many(
+    service: &Arc<BillingService>,
+    args: CreateArgs,
+    json: bool,
+    metrics: &Arc<Metrics>,
+) -> Result<(), Failure> {
     let started = Instant::now();
     let bar = ProgressBar::new(u64::from(args.count));
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} businesses  {per_sec}  eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} businesses  {per_sec}  eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency as usize));
     let mut tasks = tokio::task::JoinSet::new();
@@ -702,7 +923,11 @@ async fn create_many(service: &Arc<BillingService>, args: CreateArgs, json: bool
         }
     }
     if !errors.is_empty() {
-        return Err(Failure::Failed(anyhow::anyhow!("{} of {} businesses could not be recorded", errors.len(), args.count)));
+        return Err(Failure::Failed(anyhow::anyhow!(
+            "{} of {} businesses could not be recorded",
+            errors.len(),
+            args.count
+        )));
     }
     Ok(())
 }

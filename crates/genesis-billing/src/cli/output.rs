@@ -65,17 +65,37 @@ pub fn business_detail(b: &Business) -> String {
         ("lookup key", opt(&b.price_lookup_key)),
     ];
     if let Some(e) = &b.billing_error {
-        rows.push(("billing error", format!("{}{}", b.failed_step.as_deref().map(|s| format!("[{s}] ")).unwrap_or_default(), e)));
+        rows.push((
+            "billing error",
+            format!(
+                "{}{}",
+                b.failed_step
+                    .as_deref()
+                    .map(|s| format!("[{s}] "))
+                    .unwrap_or_default(),
+                e
+            ),
+        ));
     }
     if let Some(pi) = &b.stripe_payment_intent_id {
         rows.push(("legacy payment intent", pi.clone()));
     }
     if let Some(at) = b.taken_down_at {
-        rows.push(("taken down", format!("{} ({})", rfc3339(at), opt(&b.takedown_reason))));
-        rows.push(("takedown outcome", b.takedown_outcome.clone().unwrap_or_else(|| "unfinished".into())));
+        rows.push((
+            "taken down",
+            format!("{} ({})", rfc3339(at), opt(&b.takedown_reason)),
+        ));
+        rows.push((
+            "takedown outcome",
+            b.takedown_outcome
+                .clone()
+                .unwrap_or_else(|| "unfinished".into()),
+        ));
     }
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+    rows.iter()
+        .map(|(k, v)| format!("{k:<width$}  {v}\n"))
+        .collect()
 }
 
 /// One row per business.
@@ -90,11 +110,24 @@ pub fn business_table(businesses: &[Business]) -> String {
                 b.status.to_string(),
                 b.billing.to_string(),
                 opt(&b.subscription_status),
-                b.monthly_price_cents.map(format_cents).unwrap_or_else(|| "-".into()),
+                b.monthly_price_cents
+                    .map(format_cents)
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    table(&["BUSINESS", "NAME", "TYPE", "STATUS", "BILLING", "SUBSCRIPTION", "MONTHLY"], &rows)
+    table(
+        &[
+            "BUSINESS",
+            "NAME",
+            "TYPE",
+            "STATUS",
+            "BILLING",
+            "SUBSCRIPTION",
+            "MONTHLY",
+        ],
+        &rows,
+    )
 }
 
 #[cfg(test)]
@@ -103,7 +136,13 @@ mod tests {
 
     #[test]
     fn tables_align_columns() {
-        let t = table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
+        let t = table(
+            &["A", "LONG"],
+            &[
+                vec!["xyz".into(), "1".into()],
+                vec!["q".into(), "22".into()],
+            ],
+        );
         assert_eq!(t, "A    LONG\nxyz  1\nq    22\n");
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,42 +28,92 @@ struct CreateBody {
 
 fn business_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(id) = path.map_err(|_| ApiError::bad_request("invalid business id in the path"))?;
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return Err(ApiError::not_found(format!("no business {}", id.chars().take(64).collect::<String>())));
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::not_found(format!(
+            "no business {}",
+            id.chars().take(64).collect::<String>()
+        )));
     }
     Ok(id)
 }
 
 /// `POST /v1/businesses`: records and provisions; an `Idempotency-Key` makes retries safe.
-pub async fn create(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::new(e.status(), "invalid_request", e.body_text()))?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
-            let k = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()));
-            Some(k.ok_or_else(|| ApiError::bad_request("Idempotency-Key must be 1-255 printable ASCII characters"))?.to_owned())
+            let k = v.to_str().ok().filter(|k| {
+                !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
+            });
+            Some(
+                k.ok_or_else(|| {
+                    ApiError::bad_request(
+                        "Idempotency-Key must be 1-255 printable ASCII characters",
+                    )
+                })?
+                .to_owned(),
+            )
         }
     };
-    let input: CreateBody = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    let input: CreateBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let (business, replayed) = state
         .service
-        .create_business(NewBusiness { name: input.name, business_type: input.business_type, email: input.email }, key.as_deref())
+        .create_business(
+            NewBusiness {
+                name: input.name,
+                business_type: input.business_type,
+                email: input.email,
+            },
+            key.as_deref(),
+        )
         .await
         .map_err(|e| match e {
-            BillingError::Conflict(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", m),
+            BillingError::Conflict(m) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                m,
+            ),
             other => other.into(),
         })?;
-    let status = if replayed { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     let mut response = (status, Json(business)).into_response();
     if replayed {
-        response.headers_mut().insert("idempotent-replayed", "true".parse().expect("static header"));
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            "true".parse().expect("static header"),
+        );
     }
     Ok(response)
 }
 
 /// `GET /v1/businesses/{id}`.
-pub async fn show(State(state): State<Arc<AppState>>, path: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
     let id = business_id(path)?;
-    match state.service.store().get_business(&id).await.map_err(BillingError::from)? {
+    match state
+        .service
+        .store()
+        .get_business(&id)
+        .await
+        .map_err(BillingError::from)?
+    {
         Some(b) => Ok(Json(b).into_response()),
         None => Err(ApiError::not_found(format!("no business {id}"))),
     }
@@ -79,34 +129,60 @@ pub struct ListParams {
 }
 
 /// `GET /v1/businesses?status=&billing=&limit=&cursor=`: newest first; `next_cursor` continues.
-pub async fn list(State(state): State<Arc<AppState>>, query: Result<Query<ListParams>, QueryRejection>) -> Result<Response, ApiError> {
-    let Query(p) = query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<ListParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(p) =
+        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     let status = p
         .status
-        .map(|s| Lifecycle::parse(&s).ok_or_else(|| ApiError::bad_request("status must be active or taken_down")))
+        .map(|s| {
+            Lifecycle::parse(&s)
+                .ok_or_else(|| ApiError::bad_request("status must be active or taken_down"))
+        })
         .transpose()?;
     let billing = p
         .billing
-        .map(|s| Billing::parse(&s).ok_or_else(|| ApiError::bad_request("billing must be pending, provisioned, skipped, failed or expired")))
+        .map(|s| {
+            Billing::parse(&s).ok_or_else(|| {
+                ApiError::bad_request(
+                    "billing must be pending, provisioned, skipped, failed or expired",
+                )
+            })
+        })
         .transpose()?;
     let limit = p.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("limit must be between 1 and 500"));
     }
     if let Some(c) = &p.cursor {
-        if c.len() > 64 || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if c.len() > 64
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Err(ApiError::bad_request("invalid cursor"));
         }
     }
     let mut page = state
         .service
         .store()
-        .list_businesses(&BusinessFilter { status, billing, limit: limit + 1, after: p.cursor })
+        .list_businesses(&BusinessFilter {
+            status,
+            billing,
+            limit: limit + 1,
+            after: p.cursor,
+        })
         .await
         .map_err(BillingError::from)?;
     let more = page.len() as i64 > limit;
     page.truncate(limit as usize);
-    let next_cursor = if more { page.last().map(|b| b.business_id.clone()) } else { None };
+    let next_cursor = if more {
+        page.last().map(|b| b.business_id.clone())
+    } else {
+        None
+    };
     Ok(Json(serde_json::json!({ "data": page, "next_cursor": next_cursor })).into_response())
 }
 
@@ -123,14 +199,22 @@ pub async fn takedown(
     query: Result<Query<TakedownParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = business_id(path)?;
-    let Query(p) = query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let Query(p) =
+        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
     let summary = state.service.takedown(&id, p.reason.as_deref()).await?;
-    let status = if summary.status == "not_found" { StatusCode::NOT_FOUND } else { StatusCode::OK };
+    let status = if summary.status == "not_found" {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(summary)).into_response())
 }
 
 /// `POST /v1/businesses/{id}/checkout`: a Checkout URL for the owner.
-pub async fn checkout(State(state): State<Arc<AppState>>, path: Result<Path<String>, PathRejection>) -> Result<Response, ApiError> {
+pub async fn checkout(
+    State(state): State<Arc<AppState>>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
     let id = business_id(path)?;
     let session = state.service.checkout_link(&id).await?;
     Ok((
@@ -142,12 +226,23 @@ pub async fn checkout(State(state): State<Arc<AppState>>, path: Result<Path<Stri
 
 /// `GET /v1/revenue`: live MRR by type and currency.
 pub async fn revenue(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let all = state.service.store().list_businesses(&BusinessFilter::default()).await.map_err(BillingError::from)?;
+    let all = state
+        .service
+        .store()
+        .list_businesses(&BusinessFilter::default())
+        .await
+        .map_err(BillingError::from)?;
     let lines = live_mrr(&all);
     let mut totals = std::collections::BTreeMap::<String, serde_json::Value>::new();
     for l in &lines {
-        let t = totals.entry(l.currency.clone()).or_insert_with(|| serde_json::json!({"active_cents": 0, "past_due_cents": 0, "trialing_cents": 0}));
-        for (k, v) in [("active_cents", l.active_cents), ("past_due_cents", l.past_due_cents), ("trialing_cents", l.trialing_cents)] {
+        let t = totals.entry(l.currency.clone()).or_insert_with(
+            || serde_json::json!({"active_cents": 0, "past_due_cents": 0, "trialing_cents": 0}),
+        );
+        for (k, v) in [
+            ("active_cents", l.active_cents),
+            ("past_due_cents", l.past_due_cents),
+            ("trialing_cents", l.trialing_cents),
+        ] {
             t[k] = (t[k].as_i64().unwrap_or(0) + v).into();
         }
     }

@@ -21,7 +21,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
@@ -36,17 +40,29 @@ impl From<BillingError> for ApiError {
         match e {
             BillingError::Invalid(i) => Self::bad_request(i.to_string()),
             BillingError::NotFound(id) => Self::not_found(format!("no business {id}")),
-            BillingError::PaymentsDisabled => Self::new(StatusCode::CONFLICT, "payments_disabled", "payments are disabled"),
+            BillingError::PaymentsDisabled => Self::new(
+                StatusCode::CONFLICT,
+                "payments_disabled",
+                "payments are disabled",
+            ),
             BillingError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
             BillingError::Import(i) => Self::bad_request(i.to_string()),
-            BillingError::PriceUnresolved(k) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "price_unresolved", format!("no active Stripe price with lookup key {k}")),
+            BillingError::PriceUnresolved(k) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "price_unresolved",
+                format!("no active Stripe price with lookup key {k}"),
+            ),
             BillingError::Stripe(s) => {
                 tracing::warn!(error = %s, "Stripe call failed");
                 Self::new(StatusCode::BAD_GATEWAY, "stripe_error", s.to_string())
             }
             BillingError::Store(s) => {
                 tracing::error!(error = %s, "database error");
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
             }
         }
     }

@@ -45,11 +45,20 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(service: Arc<BillingService>, inbox: Arc<Inbox>, admin_tokens: &[SecretString], stripe_mode: &'static str, key_is_test: bool) -> Self {
+    pub fn new(
+        service: Arc<BillingService>,
+        inbox: Arc<Inbox>,
+        admin_tokens: &[SecretString],
+        stripe_mode: &'static str,
+        key_is_test: bool,
+    ) -> Self {
         Self {
             service,
             inbox,
-            admin_token_digests: admin_tokens.iter().map(|t| Sha256::digest(t.expose_secret().as_bytes()).into()).collect(),
+            admin_token_digests: admin_tokens
+                .iter()
+                .map(|t| Sha256::digest(t.expose_secret().as_bytes()).into())
+                .collect(),
             stripe_mode,
             key_is_test,
             catalog: RwLock::new(CatalogHealth::Unchecked),
@@ -62,7 +71,10 @@ impl AppState {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut ok = 0u8;
         for known in &self.admin_token_digests {
-            let diff = known.iter().zip(&digest).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            let diff = known
+                .iter()
+                .zip(&digest)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
             ok |= u8::from(diff == 0);
         }
         ok == 1
@@ -73,7 +85,10 @@ impl AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     let admin = Router::new()
         .route("/v1/businesses", post(admin::create).get(admin::list))
-        .route("/v1/businesses/{id}", get(admin::show).delete(admin::takedown))
+        .route(
+            "/v1/businesses/{id}",
+            get(admin::show).delete(admin::takedown),
+        )
         .route("/v1/businesses/{id}/checkout", post(admin::checkout))
         .route("/v1/revenue", get(admin::revenue))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
@@ -83,11 +98,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
         // The webhook handler enforces its own 1 MiB limit so an oversized body is counted as `too_large`.
-        .route("/stripe/webhook", post(ops::webhook).layer(DefaultBodyLimit::disable()));
+        .route(
+            "/stripe/webhook",
+            post(ops::webhook).layer(DefaultBodyLimit::disable()),
+        );
     admin
         .merge(open)
         .fallback(|| async { ApiError::not_found("no such route") })
-        .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
         .layer(middleware::from_fn(request_context))
         .with_state(state)
 }
@@ -98,25 +122,54 @@ async fn request_context(request: Request, next: Next) -> Response {
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)))
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 128
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
         .map(str::to_owned);
     let id = incoming.unwrap_or_else(|| format!("req_{}", uuid::Uuid::new_v4().simple()));
     let method = request.method().clone();
-    let path = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let path = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
     let started = Instant::now();
     let span = tracing::info_span!("request", request_id = %id, %method, %path);
-    let mut response = REQUEST_ID.scope(id.clone(), tracing::Instrument::instrument(next.run(request), span.clone())).await;
+    let mut response = REQUEST_ID
+        .scope(
+            id.clone(),
+            tracing::Instrument::instrument(next.run(request), span.clone()),
+        )
+        .await;
     let status = response.status();
-    span.in_scope(|| tracing::info!(status = status.as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "served"));
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "served"
+        )
+    });
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
     }
     response
 }
 
-async fn require_admin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn require_admin(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     if state.admin_token_digests.is_empty() {
-        return ApiError::new(StatusCode::FORBIDDEN, "admin_api_disabled", "the admin API is disabled: no GENESIS_ADMIN_TOKEN is configured").into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_api_disabled",
+            "the admin API is disabled: no GENESIS_ADMIN_TOKEN is configured",
+        )
+        .into_response();
     }
     let presented = request
         .headers()
@@ -126,8 +179,14 @@ async fn require_admin(State(state): State<Arc<AppState>>, request: Request, nex
     match presented {
         Some(token) if state.admin_token_ok(token) => next.run(request).await,
         _ => {
-            let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required").into_response();
-            r.headers_mut().insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
             r
         }
     }
@@ -171,8 +230,23 @@ pub struct Schedule {
 }
 
 /// Binds `addr`, resumes unfinished work, starts the background loops and serves until shutdown.
-pub async fn start(state: Arc<AppState>, addr: SocketAddr, schedule: Schedule, stop_on_signal: bool) -> std::io::Result<Running> {
+pub async fn start(
+    state: Arc<AppState>,
+    addr: SocketAddr,
+    schedule: Schedule,
+    stop_on_signal: bool,
+) -> std::io::Result<Running> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    start_on(state, listener, schedule, stop_on_signal)
+}
+
+/// As `start`, on a listener the caller bound (tests learn the address before building the state).
+pub fn start_on(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    schedule: Schedule,
+    stop_on_signal: bool,
+) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     let app = router(state.clone());
@@ -192,7 +266,12 @@ pub async fn start(state: Arc<AppState>, addr: SocketAddr, schedule: Schedule, s
             .await
     });
     let background = ops::spawn_background(state, schedule);
-    Ok(Running { addr, shutdown: tx, server, background })
+    Ok(Running {
+        addr,
+        shutdown: tx,
+        server,
+        background,
+    })
 }
 
 async fn shutdown_signal() {

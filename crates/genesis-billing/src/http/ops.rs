@@ -38,7 +38,11 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         "webhook_secret_configured": state.inbox.has_secret(),
         "version": env!("CARGO_PKG_VERSION"),
     });
-    let status = if db_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -47,40 +51,69 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Err(e) = state.service.refresh_gauges().await {
         tracing::warn!(error = %e, "cannot refresh gauges");
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.service.metrics().render()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.service.metrics().render(),
+    )
+        .into_response()
 }
 
 /// `GET /openapi.json`: the admin API's description.
 pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
 }
 
 /// `POST /stripe/webhook`: raw bytes → signature → store by id → apply → acknowledge.
-pub async fn webhook(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn webhook(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let bytes = match axum::body::to_bytes(body, MAX_BODY + 1).await {
         Ok(b) => b,
         Err(_) => return rejected(&state, Rejection::TooLarge),
     };
-    let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
+    let signature = headers
+        .get("stripe-signature")
+        .and_then(|v| v.to_str().ok());
     match state.inbox.receive(signature, &bytes).await {
         Ok(Received::Stored) => Json(serde_json::json!({ "received": true })).into_response(),
-        Ok(Received::Duplicate) => Json(serde_json::json!({ "received": true, "duplicate": true })).into_response(),
+        Ok(Received::Duplicate) => {
+            Json(serde_json::json!({ "received": true, "duplicate": true })).into_response()
+        }
         Err(ReceiveError::Rejected(r)) => reject_response(r),
-        Err(ReceiveError::Unavailable) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "cannot store the event now; deliver it again").into_response(),
+        Err(ReceiveError::Unavailable) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "cannot store the event now; deliver it again",
+        )
+        .into_response(),
     }
 }
 
 fn rejected(state: &AppState, r: Rejection) -> Response {
-    state.service.metrics().inc("genesis_billing_webhook_rejected_total", &[r.reason()]);
+    state
+        .service
+        .metrics()
+        .inc("genesis_billing_webhook_rejected_total", &[r.reason()]);
     reject_response(r)
 }
 
 fn reject_response(r: Rejection) -> Response {
     let status = match r {
         Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        Rejection::MissingSignature | Rejection::MalformedSignature | Rejection::BadSignature | Rejection::StaleTimestamp | Rejection::FutureTimestamp => {
-            StatusCode::UNAUTHORIZED
-        }
+        Rejection::MissingSignature
+        | Rejection::MalformedSignature
+        | Rejection::BadSignature
+        | Rejection::StaleTimestamp
+        | Rejection::FutureTimestamp => StatusCode::UNAUTHORIZED,
         Rejection::NoSecret => StatusCode::FORBIDDEN,
         Rejection::BadPayload => StatusCode::BAD_REQUEST,
     };
@@ -88,7 +121,10 @@ fn reject_response(r: Rejection) -> Response {
 }
 
 /// Starts the periodic work: catalog verification, resume, webhook retries, gap fill.
-pub fn spawn_background(state: Arc<AppState>, schedule: Schedule) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn_background(
+    state: Arc<AppState>,
+    schedule: Schedule,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     let s = state.clone();
     tasks.push(tokio::spawn(async move {
@@ -100,7 +136,10 @@ pub fn spawn_background(state: Arc<AppState>, schedule: Schedule) -> Vec<tokio::
         loop {
             let health = match s.service.resolve_prices().await {
                 Ok(missing) if missing.is_empty() => CatalogHealth::Verified,
-                Ok(missing) => CatalogHealth::Problem(format!("unresolved lookup keys: {}", missing.join(", "))),
+                Ok(missing) => CatalogHealth::Problem(format!(
+                    "unresolved lookup keys: {}",
+                    missing.join(", ")
+                )),
                 Err(e) => CatalogHealth::Problem(format!("cannot reach Stripe: {e}")),
             };
             let verified = matches!(health, CatalogHealth::Verified);
@@ -120,7 +159,11 @@ pub fn spawn_background(state: Arc<AppState>, schedule: Schedule) -> Vec<tokio::
             if s.service.payments_enabled() {
                 match s.service.resume().await {
                     Ok(r) if !(r.provisioned.is_empty() && r.takedowns_finished.is_empty()) => {
-                        tracing::info!(provisioned = r.provisioned.len(), takedowns = r.takedowns_finished.len(), "resumed unfinished work");
+                        tracing::info!(
+                            provisioned = r.provisioned.len(),
+                            takedowns = r.takedowns_finished.len(),
+                            "resumed unfinished work"
+                        );
                     }
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = %e, "resume failed"),

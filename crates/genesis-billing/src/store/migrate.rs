@@ -9,23 +9,31 @@ use super::{now, Backend, StoreError};
 
 /// (version, name, SQL), in order. Never edit an applied migration: add a new one.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "business", include_str!("../../migrations/0001_business.sql")),
-    (2, "webhook_event", include_str!("../../migrations/0002_webhook_event.sql")),
+    (
+        1,
+        "business",
+        include_str!("../../migrations/0001_business.sql"),
+    ),
+    (
+        2,
+        "webhook_event",
+        include_str!("../../migrations/0002_webhook_event.sql"),
+    ),
 ];
 
 pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<&'static str>, StoreError> {
+    let mut tx = pool.begin().await?;
+    lock(&mut tx, backend).await?;
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS schema_migration (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
     )
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     let mut applied = Vec::new();
     for (version, name, sql) in MIGRATIONS {
         let mut tx = pool.begin().await?;
-        if backend == Backend::Postgres {
-            // Replicas starting together: the first migrates, the others wait here, then see it done.
-            sqlx::query("SELECT pg_advisory_xact_lock(7351001)").execute(&mut *tx).await?;
-        }
+        lock(&mut tx, backend).await?;
         let done = sqlx::query("SELECT version FROM schema_migration WHERE version = $1")
             .bind(version)
             .fetch_optional(&mut *tx)
@@ -47,4 +55,19 @@ pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<&'static
         applied.push(*name);
     }
     Ok(applied)
+}
+
+/// Serialises replicas migrating one PostgreSQL database: the first migrates, the others wait here and
+/// then find the work done. (Even `CREATE TABLE IF NOT EXISTS` races without it.) SQLite's write lock
+/// already serialises writers.
+async fn lock(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    backend: Backend,
+) -> Result<(), StoreError> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock(7351001)")
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
 }

@@ -100,7 +100,10 @@ fn business_from_row(row: &AnyRow) -> Result<Business, StoreError> {
     let id: String = row.try_get("business_id")?;
     let status: String = row.try_get("status")?;
     let billing: String = row.try_get("billing")?;
-    let corrupt = |reason: String| StoreError::Corrupt { id: id.clone(), reason };
+    let corrupt = |reason: String| StoreError::Corrupt {
+        id: id.clone(),
+        reason,
+    };
     Ok(Business {
         status: Lifecycle::parse(&status).ok_or_else(|| corrupt(format!("status {status:?}")))?,
         billing: Billing::parse(&billing).ok_or_else(|| corrupt(format!("billing {billing:?}")))?,
@@ -136,10 +139,18 @@ impl Store {
     /// Connects, creating a SQLite file if needed (WAL, busy timeout, foreign keys on).
     pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
-        let backend = if url.is_postgres() { Backend::Postgres } else { Backend::Sqlite };
+        let backend = if url.is_postgres() {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        };
         let mut conn_url = url.expose().to_owned();
         if backend == Backend::Sqlite && !conn_url.contains("mode=") {
-            conn_url.push_str(if conn_url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
+            conn_url.push_str(if conn_url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
         }
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
@@ -179,7 +190,11 @@ impl Store {
     }
 
     /// Inserts a new business. With a `request_key` already used, returns the business it created.
-    pub async fn insert_business(&self, b: &Business, request_key: Option<&str>) -> Result<Business, StoreError> {
+    pub async fn insert_business(
+        &self,
+        b: &Business,
+        request_key: Option<&str>,
+    ) -> Result<Business, StoreError> {
         let result = sqlx::query(
             "INSERT INTO business (business_id, name, business_type, email, created_at, updated_at, status, billing, \
              billing_error, stripe_customer_id, stripe_subscription_id, stripe_payment_intent_id, subscription_status, \
@@ -256,23 +271,37 @@ impl Store {
 
     async fn business_by_request_key(&self, key: &str) -> Result<Option<Business>, StoreError> {
         let sql = format!("SELECT {BUSINESS_COLUMNS} FROM business WHERE request_key = $1");
-        let row = sqlx::query(&sql).bind(key).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(business_from_row).transpose()
     }
 
     pub async fn get_business(&self, id: &str) -> Result<Option<Business>, StoreError> {
         let sql = format!("SELECT {BUSINESS_COLUMNS} FROM business WHERE business_id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(business_from_row).transpose()
     }
 
     /// The business owning a Stripe customer or subscription id.
-    pub async fn business_by_stripe_id(&self, customer: Option<&str>, subscription: Option<&str>) -> Result<Option<Business>, StoreError> {
+    pub async fn business_by_stripe_id(
+        &self,
+        customer: Option<&str>,
+        subscription: Option<&str>,
+    ) -> Result<Option<Business>, StoreError> {
         let sql = format!(
             "SELECT {BUSINESS_COLUMNS} FROM business WHERE ($1 IS NOT NULL AND stripe_subscription_id = $1) \
              OR ($2 IS NOT NULL AND stripe_customer_id = $2) ORDER BY created_at DESC LIMIT 1"
         );
-        let row = sqlx::query(&sql).bind(subscription).bind(customer).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(subscription)
+            .bind(customer)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(business_from_row).transpose()
     }
 
@@ -309,7 +338,13 @@ impl Store {
     }
 
     /// Takes the business's work lease unless another live worker holds it. Returns whether we got it.
-    pub async fn claim_business(&self, id: &str, owner: &str, until: i64, now: i64) -> Result<bool, StoreError> {
+    pub async fn claim_business(
+        &self,
+        id: &str,
+        owner: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE business SET lease_owner = $2, lease_until = $3 \
              WHERE business_id = $1 AND (lease_until IS NULL OR lease_until < $4 OR lease_owner = $2)",
@@ -333,7 +368,12 @@ impl Store {
     }
 
     /// Records a Stripe write about to be sent; returns the intent as it was before (if any).
-    pub async fn begin_intent(&self, key: &str, business_id: &str, step: &str) -> Result<Option<Intent>, StoreError> {
+    pub async fn begin_intent(
+        &self,
+        key: &str,
+        business_id: &str,
+        step: &str,
+    ) -> Result<Option<Intent>, StoreError> {
         let previous = self.intent(key).await?;
         let now = now();
         sqlx::query(
@@ -368,7 +408,11 @@ impl Store {
     }
 
     /// Marks an intent done (with the object it produced) or failed (with the reason).
-    pub async fn finish_intent(&self, key: &str, result: Result<&str, &str>) -> Result<(), StoreError> {
+    pub async fn finish_intent(
+        &self,
+        key: &str,
+        result: Result<&str, &str>,
+    ) -> Result<(), StoreError> {
         let (state, result_id, error) = match result {
             Ok(id) => ("done", Some(id), None),
             Err(e) => ("failed", None, Some(e)),
@@ -385,17 +429,23 @@ impl Store {
     }
 
     pub async fn set_customer(&self, id: &str, customer: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE business SET stripe_customer_id = $2, updated_at = $3 WHERE business_id = $1")
-            .bind(id)
-            .bind(customer)
-            .bind(now())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE business SET stripe_customer_id = $2, updated_at = $3 WHERE business_id = $1",
+        )
+        .bind(id)
+        .bind(customer)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Stores a new subscription and marks billing provisioned.
-    pub async fn set_subscription(&self, id: &str, s: &SubscriptionRecord<'_>) -> Result<(), StoreError> {
+    pub async fn set_subscription(
+        &self,
+        id: &str,
+        s: &SubscriptionRecord<'_>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE business SET stripe_subscription_id = $2, subscription_status = $3, price_lookup_key = $4, \
              stripe_price_id = $5, monthly_price_cents = $6, currency = $7, stripe_state_at = $8, \
@@ -416,7 +466,13 @@ impl Store {
     }
 
     /// Records Stripe's subscription status unless newer state is already stored. Returns whether it applied.
-    pub async fn set_subscription_status(&self, id: &str, subscription: &str, status: &str, state_at: i64) -> Result<bool, StoreError> {
+    pub async fn set_subscription_status(
+        &self,
+        id: &str,
+        subscription: &str,
+        status: &str,
+        state_at: i64,
+    ) -> Result<bool, StoreError> {
         let billing_expr = "CASE WHEN $3 = 'incomplete_expired' THEN 'expired' \
                             WHEN billing = 'expired' AND $3 IN ('active', 'trialing', 'past_due') THEN 'provisioned' \
                             ELSE billing END";
@@ -442,11 +498,20 @@ impl Store {
             .bind(now())
             .execute(&self.pool)
             .await?;
-        let row = sqlx::query("SELECT generation FROM business WHERE business_id = $1").bind(id).fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT generation FROM business WHERE business_id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get("generation")?)
     }
 
-    pub async fn set_billing(&self, id: &str, billing: Billing, step: Option<&str>, error: Option<&str>) -> Result<(), StoreError> {
+    pub async fn set_billing(
+        &self,
+        id: &str,
+        billing: Billing,
+        step: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE business SET billing = $2, failed_step = $3, billing_error = $4, updated_at = $5 WHERE business_id = $1")
             .bind(id)
             .bind(billing.as_str())
@@ -459,7 +524,12 @@ impl Store {
     }
 
     /// Marks a business taken down; returns false when it already was.
-    pub async fn mark_taken_down(&self, id: &str, reason: &str, at: i64) -> Result<bool, StoreError> {
+    pub async fn mark_taken_down(
+        &self,
+        id: &str,
+        reason: &str,
+        at: i64,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE business SET status = 'taken_down', takedown_reason = $2, taken_down_at = $3, takedown_outcome = NULL, updated_at = $3 \
              WHERE business_id = $1 AND status = 'active'",
@@ -473,7 +543,12 @@ impl Store {
     }
 
     /// Records how a takedown's Stripe side ended; `None` leaves it open for a retry.
-    pub async fn set_takedown_outcome(&self, id: &str, outcome: Option<&str>, subscription_status: Option<&str>) -> Result<(), StoreError> {
+    pub async fn set_takedown_outcome(
+        &self,
+        id: &str,
+        outcome: Option<&str>,
+        subscription_status: Option<&str>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE business SET takedown_outcome = $2, subscription_status = COALESCE($3, subscription_status), updated_at = $4 \
              WHERE business_id = $1",
@@ -488,7 +563,12 @@ impl Store {
     }
 
     /// Appends to a business's billing history.
-    pub async fn record_event(&self, business_id: &str, kind: &str, detail: &str) -> Result<(), StoreError> {
+    pub async fn record_event(
+        &self,
+        business_id: &str,
+        kind: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO billing_event (id, business_id, kind, detail, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(uuid::Uuid::new_v4().to_string())
             .bind(business_id)
@@ -501,13 +581,22 @@ impl Store {
     }
 
     /// A business's billing history, oldest first.
-    pub async fn events_of(&self, business_id: &str) -> Result<Vec<(String, String, i64)>, StoreError> {
+    pub async fn events_of(
+        &self,
+        business_id: &str,
+    ) -> Result<Vec<(String, String, i64)>, StoreError> {
         let rows = sqlx::query("SELECT kind, detail, created_at FROM billing_event WHERE business_id = $1 ORDER BY created_at, id")
             .bind(business_id)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("kind")?, r.try_get("detail")?, r.try_get("created_at")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("kind")?,
+                    r.try_get("detail")?,
+                    r.try_get("created_at")?,
+                ))
+            })
             .collect()
     }
 }

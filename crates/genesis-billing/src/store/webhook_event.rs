@@ -43,7 +43,14 @@ fn from_row(r: &AnyRow) -> Result<StoredEvent, StoreError> {
 
 impl Store {
     /// Stores an event unless its id is already stored. Returns whether this call stored it.
-    pub async fn insert_event(&self, id: &str, event_type: &str, created: i64, source: &str, payload: &str) -> Result<bool, StoreError> {
+    pub async fn insert_event(
+        &self,
+        id: &str,
+        event_type: &str,
+        created: i64,
+        source: &str,
+        payload: &str,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, payload, status, attempts) \
              VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0) ON CONFLICT (event_id) DO NOTHING",
@@ -60,7 +67,12 @@ impl Store {
     }
 
     /// Takes an event for applying, unless it is finished or another worker holds it.
-    pub async fn claim_event(&self, id: &str, owner: &str, until: i64) -> Result<Option<StoredEvent>, StoreError> {
+    pub async fn claim_event(
+        &self,
+        id: &str,
+        owner: &str,
+        until: i64,
+    ) -> Result<Option<StoredEvent>, StoreError> {
         let t = now();
         let done = sqlx::query(
             "UPDATE webhook_event SET lease_owner = $2, lease_until = $3, attempts = attempts + 1 \
@@ -79,7 +91,15 @@ impl Store {
     }
 
     /// Records the result of applying an event and releases it.
-    pub async fn finish_event(&self, id: &str, owner: &str, status: &str, business_id: Option<&str>, error: Option<&str>, retry_at: Option<i64>) -> Result<(), StoreError> {
+    pub async fn finish_event(
+        &self,
+        id: &str,
+        owner: &str,
+        status: &str,
+        business_id: Option<&str>,
+        error: Option<&str>,
+        retry_at: Option<i64>,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE webhook_event SET status = $3, business_id = COALESCE($4, business_id), last_error = $5, \
              applied_at = CASE WHEN $3 IN ('applied', 'ignored') THEN $6 ELSE applied_at END, next_attempt_at = $7, \
@@ -99,14 +119,25 @@ impl Store {
 
     pub async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM webhook_event WHERE event_id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.as_ref().map(from_row).transpose()
     }
 
     /// Events with the given status (all when `None`), newest first.
-    pub async fn list_events(&self, status: Option<&str>, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
+    pub async fn list_events(
+        &self,
+        status: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM webhook_event WHERE ($1 IS NULL OR status = $1) ORDER BY created DESC, event_id DESC LIMIT $2");
-        let rows = sqlx::query(&sql).bind(status).bind(limit).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql)
+            .bind(status)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -118,7 +149,11 @@ impl Store {
              AND (next_attempt_at IS NULL OR next_attempt_at <= $1) AND (lease_until IS NULL OR lease_until < $1) \
              ORDER BY created, event_id LIMIT $2"
         );
-        let rows = sqlx::query(&sql).bind(t).bind(limit).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql)
+            .bind(t)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -133,7 +168,9 @@ impl Store {
 
     /// The newest `created` of any stored event: where gap fill resumes reading Stripe's event list.
     pub async fn newest_event_created(&self) -> Result<Option<i64>, StoreError> {
-        let row = sqlx::query("SELECT MAX(created) AS newest FROM webhook_event").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT MAX(created) AS newest FROM webhook_event")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.try_get("newest")?)
     }
 }

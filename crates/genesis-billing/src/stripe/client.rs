@@ -40,7 +40,9 @@ pub struct StripeClient {
 
 impl std::fmt::Debug for StripeClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StripeClient").field("base", &self.base).finish_non_exhaustive()
+        f.debug_struct("StripeClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,13 +59,31 @@ pub struct Call<'a> {
 
 impl<'a> Call<'a> {
     pub fn get(operation: &'static str, path: &'a str, query: Form) -> Self {
-        Self { method: Method::GET, path, form: query, idempotency_key: None, operation }
+        Self {
+            method: Method::GET,
+            path,
+            form: query,
+            idempotency_key: None,
+            operation,
+        }
     }
     pub fn post(operation: &'static str, path: &'a str, form: Form, key: Option<String>) -> Self {
-        Self { method: Method::POST, path, form, idempotency_key: key, operation }
+        Self {
+            method: Method::POST,
+            path,
+            form,
+            idempotency_key: key,
+            operation,
+        }
     }
     pub fn delete(operation: &'static str, path: &'a str) -> Self {
-        Self { method: Method::DELETE, path, form: Form::new(), idempotency_key: None, operation }
+        Self {
+            method: Method::DELETE,
+            path,
+            form: Form::new(),
+            idempotency_key: None,
+            operation,
+        }
     }
 }
 
@@ -109,12 +129,16 @@ impl StripeClient {
                 Err(e) => e,
             };
             if err.status() == Some(429) {
-                self.metrics.inc("genesis_billing_stripe_rate_limited_total", &[]);
+                self.metrics
+                    .inc("genesis_billing_stripe_rate_limited_total", &[]);
             }
             match decide(&err, attempt, &self.retry, fastrand::f64()) {
                 Decision::Retry { after, reason } => {
                     tracing::debug!(operation = call.operation, attempt, ?after, error = %err, "retrying Stripe call");
-                    self.metrics.inc("genesis_billing_stripe_retries_total", &[call.operation, reason]);
+                    self.metrics.inc(
+                        "genesis_billing_stripe_retries_total",
+                        &[call.operation, reason],
+                    );
                     tokio::time::sleep(after).await;
                     attempt += 1;
                 }
@@ -138,9 +162,15 @@ impl StripeClient {
             self.http.request(call.method.clone(), &url)
         };
         request = request
-            .header(AUTHORIZATION, format!("Bearer {}", self.key.expose_secret()))
+            .header(
+                AUTHORIZATION,
+                format!("Bearer {}", self.key.expose_secret()),
+            )
             .header("Stripe-Version", STRIPE_VERSION)
-            .header(USER_AGENT, concat!("genesis-billing/", env!("CARGO_PKG_VERSION")));
+            .header(
+                USER_AGENT,
+                concat!("genesis-billing/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(key) = &call.idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
@@ -184,14 +214,17 @@ fn api_error(status: u16, headers: &HeaderMap, body: &[u8]) -> StripeError {
         kind: text("type").unwrap_or_else(|| "api_error".into()),
         code: text("code"),
         decline_code: text("decline_code"),
-        message: text("message").unwrap_or_else(|| format!("HTTP {status} without a Stripe error body")),
+        message: text("message")
+            .unwrap_or_else(|| format!("HTTP {status} without a Stripe error body")),
         param: text("param"),
         request_id: header_str(headers, "request-id").map(str::to_owned),
-        should_retry: header_str(headers, "stripe-should-retry").map(|v| v.eq_ignore_ascii_case("true")),
+        should_retry: header_str(headers, "stripe-should-retry")
+            .map(|v| v.eq_ignore_ascii_case("true")),
         retry_after: header_str(headers, "retry-after")
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs),
-        replayed: header_str(headers, "idempotent-replayed").is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        replayed: header_str(headers, "idempotent-replayed")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true")),
     }
 }
 
@@ -208,7 +241,18 @@ mod tests {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
         let body = br#"{"error":{"type":"card_error","code":"card_declined","decline_code":"generic_decline","message":"Your card was declined.","param":"payment_method"}}"#;
         match api_error(402, &headers, body) {
-            StripeError::Api { status, kind, code, decline_code, message, param, request_id, should_retry, replayed, .. } => {
+            StripeError::Api {
+                status,
+                kind,
+                code,
+                decline_code,
+                message,
+                param,
+                request_id,
+                should_retry,
+                replayed,
+                ..
+            } => {
                 assert_eq!(status, 402);
                 assert_eq!(kind, "card_error");
                 assert_eq!(code.as_deref(), Some("card_declined"));

@@ -77,7 +77,9 @@ mod tests {
 
     #[test]
     fn optional_values_are_skipped_when_absent() {
-        let form = Form::new().add_opt("email", None::<String>).add_opt("name", Some("x"));
+        let form = Form::new()
+            .add_opt("email", None::<String>)
+            .add_opt("name", Some("x"));
         assert_eq!(form.encode(), "name=x");
     }
 }

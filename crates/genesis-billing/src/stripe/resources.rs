@@ -76,7 +76,8 @@ impl Subscription {
         let first_item = &raw["items"]["data"][0];
         Ok(Self {
             id: need_id(&raw)?,
-            status: str_field(&raw, "status").ok_or_else(|| StripeError::Decode("subscription without a status".into()))?,
+            status: str_field(&raw, "status")
+                .ok_or_else(|| StripeError::Decode("subscription without a status".into()))?,
             customer: id_of(&raw["customer"]),
             metadata: metadata(&raw),
             latest_invoice: id_of(&raw["latest_invoice"]),
@@ -147,10 +148,17 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
-fn page<T>(raw: Value, parse: impl Fn(Value) -> Result<T, StripeError>) -> Result<Page<T>, StripeError> {
+fn page<T>(
+    raw: Value,
+    parse: impl Fn(Value) -> Result<T, StripeError>,
+) -> Result<Page<T>, StripeError> {
     let has_more = raw["has_more"].as_bool().unwrap_or(false);
     let data = match raw.get("data") {
-        Some(Value::Array(items)) => items.clone().into_iter().map(parse).collect::<Result<_, _>>()?,
+        Some(Value::Array(items)) => items
+            .clone()
+            .into_iter()
+            .map(parse)
+            .collect::<Result<_, _>>()?,
         _ => return Err(StripeError::Decode("list without data".into())),
     };
     Ok(Page { data, has_more })
@@ -188,116 +196,216 @@ pub struct NewSetupCheckout<'a> {
 }
 
 impl StripeClient {
-    pub async fn create_customer(&self, c: &NewCustomer<'_>, key: String) -> Result<Customer, StripeError> {
+    pub async fn create_customer(
+        &self,
+        c: &NewCustomer<'_>,
+        key: String,
+    ) -> Result<Customer, StripeError> {
         let form = Form::new()
             .add("name", c.name)
             .add_opt("email", c.email)
             .add("description", c.description)
             .add_map("metadata", c.metadata.iter().map(|(k, v)| (*k, v.as_str())));
-        Customer::from_json(self.send(&Call::post("customer.create", "/v1/customers", form, Some(key))).await?)
+        Customer::from_json(
+            self.send(&Call::post(
+                "customer.create",
+                "/v1/customers",
+                form,
+                Some(key),
+            ))
+            .await?,
+        )
     }
 
     /// Customers whose metadata `key` equals `value` (Stripe's search; not read-after-write consistent).
-    pub async fn search_customers(&self, key: &str, value: &str) -> Result<Vec<Customer>, StripeError> {
+    pub async fn search_customers(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<Customer>, StripeError> {
         let query = format!("metadata['{key}']:'{}'", value.replace('\'', "\\'"));
         let raw = self
-            .send(&Call::get("customer.search", "/v1/customers/search", Form::new().add("query", query).add("limit", "100")))
+            .send(&Call::get(
+                "customer.search",
+                "/v1/customers/search",
+                Form::new().add("query", query).add("limit", "100"),
+            ))
             .await?;
         Ok(page(raw, Customer::from_json)?.data)
     }
 
     pub async fn retrieve_customer(&self, id: &str) -> Result<Customer, StripeError> {
         let path = format!("/v1/customers/{id}");
-        Customer::from_json(self.send(&Call::get("customer.retrieve", &path, Form::new())).await?)
+        Customer::from_json(
+            self.send(&Call::get("customer.retrieve", &path, Form::new()))
+                .await?,
+        )
     }
 
     pub async fn delete_customer(&self, id: &str) -> Result<(), StripeError> {
         let path = format!("/v1/customers/{id}");
-        self.send(&Call::delete("customer.delete", &path)).await.map(drop)
+        self.send(&Call::delete("customer.delete", &path))
+            .await
+            .map(drop)
     }
 
-    pub async fn set_customer_default_payment_method(&self, id: &str, pm: &str, key: String) -> Result<(), StripeError> {
+    pub async fn set_customer_default_payment_method(
+        &self,
+        id: &str,
+        pm: &str,
+        key: String,
+    ) -> Result<(), StripeError> {
         let path = format!("/v1/customers/{id}");
         let form = Form::new().add("invoice_settings[default_payment_method]", pm);
-        self.send(&Call::post("customer.update", &path, form, Some(key))).await.map(drop)
+        self.send(&Call::post("customer.update", &path, form, Some(key)))
+            .await
+            .map(drop)
     }
 
-    pub async fn create_subscription(&self, s: &NewSubscription<'_>, key: String) -> Result<Subscription, StripeError> {
+    pub async fn create_subscription(
+        &self,
+        s: &NewSubscription<'_>,
+        key: String,
+    ) -> Result<Subscription, StripeError> {
         let mut form = Form::new()
             .add("customer", s.customer)
             .add("items[0][price]", s.price)
-            .add("payment_settings[save_default_payment_method]", "on_subscription")
+            .add(
+                "payment_settings[save_default_payment_method]",
+                "on_subscription",
+            )
             .add_map("metadata", s.metadata.iter().map(|(k, v)| (*k, v.as_str())));
         if s.trial_days > 0 {
-            form = form
-                .add("trial_period_days", s.trial_days.to_string())
-                .add("trial_settings[end_behavior][missing_payment_method]", s.missing_payment_method);
+            form = form.add("trial_period_days", s.trial_days.to_string()).add(
+                "trial_settings[end_behavior][missing_payment_method]",
+                s.missing_payment_method,
+            );
         } else if let Some(pm) = s.default_payment_method {
             // A payment method is at hand: charge at once, and keep the subscription incomplete if it fails.
-            form = form.add("default_payment_method", pm).add("payment_behavior", "allow_incomplete");
+            form = form
+                .add("default_payment_method", pm)
+                .add("payment_behavior", "allow_incomplete");
         } else {
             form = form.add("payment_behavior", "default_incomplete");
         }
-        Subscription::from_json(self.send(&Call::post("subscription.create", "/v1/subscriptions", form, Some(key))).await?)
+        Subscription::from_json(
+            self.send(&Call::post(
+                "subscription.create",
+                "/v1/subscriptions",
+                form,
+                Some(key),
+            ))
+            .await?,
+        )
     }
 
     pub async fn retrieve_subscription(&self, id: &str) -> Result<Subscription, StripeError> {
         let path = format!("/v1/subscriptions/{id}");
-        Subscription::from_json(self.send(&Call::get("subscription.retrieve", &path, Form::new())).await?)
+        Subscription::from_json(
+            self.send(&Call::get("subscription.retrieve", &path, Form::new()))
+                .await?,
+        )
     }
 
     /// One page of subscriptions, all statuses, optionally for one customer.
-    pub async fn list_subscriptions(&self, customer: Option<&str>, starting_after: Option<&str>) -> Result<Page<Subscription>, StripeError> {
+    pub async fn list_subscriptions(
+        &self,
+        customer: Option<&str>,
+        starting_after: Option<&str>,
+    ) -> Result<Page<Subscription>, StripeError> {
         let query = Form::new()
             .add("status", "all")
             .add("limit", "100")
             .add_opt("customer", customer)
             .add_opt("starting_after", starting_after);
-        page(self.send(&Call::get("subscription.list", "/v1/subscriptions", query)).await?, Subscription::from_json)
+        page(
+            self.send(&Call::get("subscription.list", "/v1/subscriptions", query))
+                .await?,
+            Subscription::from_json,
+        )
     }
 
     /// Cancels immediately (DELETE), not at period end.
     pub async fn cancel_subscription(&self, id: &str) -> Result<Subscription, StripeError> {
         let path = format!("/v1/subscriptions/{id}");
-        Subscription::from_json(self.send(&Call::delete("subscription.cancel", &path)).await?)
+        Subscription::from_json(
+            self.send(&Call::delete("subscription.cancel", &path))
+                .await?,
+        )
     }
 
-    pub async fn set_subscription_default_payment_method(&self, id: &str, pm: &str, key: String) -> Result<(), StripeError> {
+    pub async fn set_subscription_default_payment_method(
+        &self,
+        id: &str,
+        pm: &str,
+        key: String,
+    ) -> Result<(), StripeError> {
         let path = format!("/v1/subscriptions/{id}");
         let form = Form::new().add("default_payment_method", pm);
-        self.send(&Call::post("subscription.update", &path, form, Some(key))).await.map(drop)
+        self.send(&Call::post("subscription.update", &path, form, Some(key)))
+            .await
+            .map(drop)
     }
 
     pub async fn retrieve_invoice(&self, id: &str) -> Result<Value, StripeError> {
         let path = format!("/v1/invoices/{id}");
-        self.send(&Call::get("invoice.retrieve", &path, Form::new())).await
+        self.send(&Call::get("invoice.retrieve", &path, Form::new()))
+            .await
     }
 
     pub async fn pay_invoice(&self, id: &str, pm: &str, key: String) -> Result<Value, StripeError> {
         let path = format!("/v1/invoices/{id}/pay");
-        self.send(&Call::post("invoice.pay", &path, Form::new().add("payment_method", pm), Some(key))).await
+        self.send(&Call::post(
+            "invoice.pay",
+            &path,
+            Form::new().add("payment_method", pm),
+            Some(key),
+        ))
+        .await
     }
 
     pub async fn cancel_payment_intent(&self, id: &str, key: String) -> Result<Value, StripeError> {
         let path = format!("/v1/payment_intents/{id}/cancel");
         let form = Form::new().add("cancellation_reason", "abandoned");
-        self.send(&Call::post("payment_intent.cancel", &path, form, Some(key))).await
+        self.send(&Call::post("payment_intent.cancel", &path, form, Some(key)))
+            .await
     }
 
     /// Active prices with these lookup keys (Stripe takes at most 10 per request).
     pub async fn prices_by_lookup_keys(&self, keys: &[&str]) -> Result<Vec<Price>, StripeError> {
         let mut prices = Vec::new();
         for chunk in keys.chunks(10) {
-            let query = Form::new().add_list("lookup_keys", chunk.iter().copied()).add("active", "true").add("limit", "100");
-            let raw = self.send(&Call::get("price.list", "/v1/prices", query)).await?;
+            let query = Form::new()
+                .add_list("lookup_keys", chunk.iter().copied())
+                .add("active", "true")
+                .add("limit", "100");
+            let raw = self
+                .send(&Call::get("price.list", "/v1/prices", query))
+                .await?;
             prices.extend(page(raw, |v| Price::from_json(&v))?.data);
         }
         Ok(prices)
     }
 
-    pub async fn create_product(&self, name: &str, metadata: &[(&str, &str)], key: String) -> Result<String, StripeError> {
-        let form = Form::new().add("name", name).add_map("metadata", metadata.iter().copied());
-        need_id(&self.send(&Call::post("product.create", "/v1/products", form, Some(key))).await?)
+    pub async fn create_product(
+        &self,
+        name: &str,
+        metadata: &[(&str, &str)],
+        key: String,
+    ) -> Result<String, StripeError> {
+        let form = Form::new()
+            .add("name", name)
+            .add_map("metadata", metadata.iter().copied());
+        need_id(
+            &self
+                .send(&Call::post(
+                    "product.create",
+                    "/v1/products",
+                    form,
+                    Some(key),
+                ))
+                .await?,
+        )
     }
 
     /// Creates a recurring price; `transfer_lookup_key` moves the key from an older price atomically.
@@ -321,10 +429,18 @@ impl StripeClient {
         if transfer_lookup_key {
             form = form.add("transfer_lookup_key", "true");
         }
-        Price::from_json(&self.send(&Call::post("price.create", "/v1/prices", form, Some(key))).await?)
+        Price::from_json(
+            &self
+                .send(&Call::post("price.create", "/v1/prices", form, Some(key)))
+                .await?,
+        )
     }
 
-    pub async fn create_setup_checkout(&self, c: &NewSetupCheckout<'_>, key: String) -> Result<CheckoutSession, StripeError> {
+    pub async fn create_setup_checkout(
+        &self,
+        c: &NewSetupCheckout<'_>,
+        key: String,
+    ) -> Result<CheckoutSession, StripeError> {
         let form = Form::new()
             .add("mode", "setup")
             .add("customer", c.customer)
@@ -332,18 +448,37 @@ impl StripeClient {
             .add("success_url", c.success_url)
             .add("cancel_url", c.cancel_url)
             .add_map("metadata", c.metadata.iter().map(|(k, v)| (*k, v.as_str())));
-        CheckoutSession::from_json(self.send(&Call::post("checkout.create", "/v1/checkout/sessions", form, Some(key))).await?)
+        CheckoutSession::from_json(
+            self.send(&Call::post(
+                "checkout.create",
+                "/v1/checkout/sessions",
+                form,
+                Some(key),
+            ))
+            .await?,
+        )
     }
 
-    pub async fn retrieve_checkout_session(&self, id: &str) -> Result<CheckoutSession, StripeError> {
+    pub async fn retrieve_checkout_session(
+        &self,
+        id: &str,
+    ) -> Result<CheckoutSession, StripeError> {
         let path = format!("/v1/checkout/sessions/{id}");
-        CheckoutSession::from_json(self.send(&Call::get("checkout.retrieve", &path, Form::new())).await?)
+        CheckoutSession::from_json(
+            self.send(&Call::get("checkout.retrieve", &path, Form::new()))
+                .await?,
+        )
     }
 
     /// The payment method a setup-mode session collected (read from its SetupIntent).
-    pub async fn setup_intent_payment_method(&self, setup_intent: &str) -> Result<Option<String>, StripeError> {
+    pub async fn setup_intent_payment_method(
+        &self,
+        setup_intent: &str,
+    ) -> Result<Option<String>, StripeError> {
         let path = format!("/v1/setup_intents/{setup_intent}");
-        let raw = self.send(&Call::get("setup_intent.retrieve", &path, Form::new())).await?;
+        let raw = self
+            .send(&Call::get("setup_intent.retrieve", &path, Form::new()))
+            .await?;
         Ok(id_of(&raw["payment_method"]))
     }
 }

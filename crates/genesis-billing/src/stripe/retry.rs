@@ -28,7 +28,10 @@ impl Default for RetryPolicy {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Wait this long, then try again; `reason` labels the retry metric.
-    Retry { after: Duration, reason: &'static str },
+    Retry {
+        after: Duration,
+        reason: &'static str,
+    },
     Stop,
 }
 
@@ -44,8 +47,14 @@ pub fn retry_reason(err: &StripeError) -> Option<&'static str> {
         StripeError::Decode(_) | StripeError::Disabled => None,
         // A response Stripe stored under the idempotency key comes back identically on every retry.
         StripeError::Api { replayed: true, .. } => None,
-        StripeError::Api { should_retry: Some(false), .. } => None,
-        StripeError::Api { should_retry: Some(true), .. } => Some("should_retry"),
+        StripeError::Api {
+            should_retry: Some(false),
+            ..
+        } => None,
+        StripeError::Api {
+            should_retry: Some(true),
+            ..
+        } => Some("should_retry"),
         StripeError::Api { status: 409, .. } => Some("conflict"),
         StripeError::Api { status: 429, .. } => Some("rate_limited"),
         StripeError::Api { status, .. } if *status >= 500 => Some("server_error"),
@@ -64,7 +73,10 @@ pub fn decide(err: &StripeError, attempt: u32, policy: &RetryPolicy, jitter: f64
         return Decision::Stop;
     }
     let after = match err {
-        StripeError::Api { retry_after: Some(wait), .. } => *wait,
+        StripeError::Api {
+            retry_after: Some(wait),
+            ..
+        } => *wait,
         _ => {
             let exp = policy
                 .base_delay
@@ -73,7 +85,10 @@ pub fn decide(err: &StripeError, attempt: u32, policy: &RetryPolicy, jitter: f64
             exp.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
         }
     };
-    Decision::Retry { after: after.min(policy.max_delay), reason }
+    Decision::Retry {
+        after: after.min(policy.max_delay),
+        reason,
+    }
 }
 
 #[cfg(test)]
@@ -82,9 +97,29 @@ mod tests {
 
     fn replayed(status: u16) -> StripeError {
         match api(status, None, None) {
-            StripeError::Api { status, kind, code, decline_code, message, param, request_id, should_retry, retry_after, .. } => {
-                StripeError::Api { status, kind, code, decline_code, message, param, request_id, should_retry, retry_after, replayed: true }
-            }
+            StripeError::Api {
+                status,
+                kind,
+                code,
+                decline_code,
+                message,
+                param,
+                request_id,
+                should_retry,
+                retry_after,
+                ..
+            } => StripeError::Api {
+                status,
+                kind,
+                code,
+                decline_code,
+                message,
+                param,
+                request_id,
+                should_retry,
+                retry_after,
+                replayed: true,
+            },
             other => other,
         }
     }
@@ -129,7 +164,11 @@ mod tests {
             (StripeError::Disabled, 1, Decision::Stop),
         ];
         for (err, attempt, want) in table {
-            assert_eq!(decide(&err, attempt, &policy, 0.5), want, "{err:?} attempt {attempt}");
+            assert_eq!(
+                decide(&err, attempt, &policy, 0.5),
+                want,
+                "{err:?} attempt {attempt}"
+            );
         }
     }
 
@@ -139,16 +178,27 @@ mod tests {
         let err = StripeError::Timeout;
         let low = decide(&err, 1, &policy, 0.0);
         let high = decide(&err, 1, &policy, 0.999_999);
-        assert_eq!(low, Decision::Retry { after: Duration::from_millis(750), reason: "timeout" });
+        assert_eq!(
+            low,
+            Decision::Retry {
+                after: Duration::from_millis(750),
+                reason: "timeout"
+            }
+        );
         match high {
-            Decision::Retry { after, .. } => assert!(after > Duration::from_millis(1249) && after <= Duration::from_millis(1250)),
+            Decision::Retry { after, .. } => {
+                assert!(after > Duration::from_millis(1249) && after <= Duration::from_millis(1250))
+            }
             Decision::Stop => panic!("expected a retry"),
         }
     }
 
     #[test]
     fn more_attempts_double_the_wait() {
-        let policy = RetryPolicy { max_attempts: 4, ..RetryPolicy::default() };
+        let policy = RetryPolicy {
+            max_attempts: 4,
+            ..RetryPolicy::default()
+        };
         let waits: Vec<_> = (1..4)
             .map(|n| decide(&StripeError::Timeout, n, &policy, 0.5))
             .collect();
@@ -156,9 +206,18 @@ mod tests {
         assert_eq!(
             waits,
             vec![
-                Decision::Retry { after: s(1), reason: "timeout" },
-                Decision::Retry { after: s(2), reason: "timeout" },
-                Decision::Retry { after: s(4), reason: "timeout" },
+                Decision::Retry {
+                    after: s(1),
+                    reason: "timeout"
+                },
+                Decision::Retry {
+                    after: s(2),
+                    reason: "timeout"
+                },
+                Decision::Retry {
+                    after: s(4),
+                    reason: "timeout"
+                },
             ]
         );
     }

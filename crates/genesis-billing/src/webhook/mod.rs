@@ -47,8 +47,17 @@ pub struct Inbox {
 }
 
 impl Inbox {
-    pub fn new(service: Arc<BillingService>, secrets: Vec<SecretString>, tolerance_secs: i64) -> Self {
-        Self { service, secrets, tolerance: tolerance_secs, lease: Duration::from_secs(60) }
+    pub fn new(
+        service: Arc<BillingService>,
+        secrets: Vec<SecretString>,
+        tolerance_secs: i64,
+    ) -> Self {
+        Self {
+            service,
+            secrets,
+            tolerance: tolerance_secs,
+            lease: Duration::from_secs(60),
+        }
     }
 
     pub fn has_secret(&self) -> bool {
@@ -56,34 +65,58 @@ impl Inbox {
     }
 
     fn reject(&self, r: Rejection) -> ReceiveError {
-        self.service.metrics().inc("genesis_billing_webhook_rejected_total", &[r.reason()]);
+        self.service
+            .metrics()
+            .inc("genesis_billing_webhook_rejected_total", &[r.reason()]);
         tracing::warn!(reason = r.reason(), "webhook rejected");
         ReceiveError::Rejected(r)
     }
 
     /// Handles one delivery: the event is durably stored before this returns `Ok`.
-    pub async fn receive(&self, signature: Option<&str>, body: &[u8]) -> Result<Received, ReceiveError> {
+    pub async fn receive(
+        &self,
+        signature: Option<&str>,
+        body: &[u8],
+    ) -> Result<Received, ReceiveError> {
         if body.len() > MAX_BODY {
             return Err(self.reject(Rejection::TooLarge));
         }
-        signature::verify(signature, body, &self.secrets, now(), self.tolerance).map_err(|r| self.reject(r))?;
-        let event: Value = serde_json::from_slice(body).map_err(|_| self.reject(Rejection::BadPayload))?;
-        let (Some(id), Some(kind), Some(created)) = (event["id"].as_str(), event["type"].as_str(), event["created"].as_i64()) else {
+        signature::verify(signature, body, &self.secrets, now(), self.tolerance)
+            .map_err(|r| self.reject(r))?;
+        let event: Value =
+            serde_json::from_slice(body).map_err(|_| self.reject(Rejection::BadPayload))?;
+        let (Some(id), Some(kind), Some(created)) = (
+            event["id"].as_str(),
+            event["type"].as_str(),
+            event["created"].as_i64(),
+        ) else {
             return Err(self.reject(Rejection::BadPayload));
         };
-        if !id.starts_with("evt_") || id.len() > 255 || kind.len() > 255 || !event["data"]["object"].is_object() {
+        if !id.starts_with("evt_")
+            || id.len() > 255
+            || kind.len() > 255
+            || !event["data"]["object"].is_object()
+        {
             return Err(self.reject(Rejection::BadPayload));
         }
-        let body_text = std::str::from_utf8(body).map_err(|_| self.reject(Rejection::BadPayload))?;
-        let stored = self.service.store().insert_event(id, kind, created, "webhook", body_text).await.map_err(|e| {
-            tracing::error!(error = %e, "cannot store webhook event");
-            ReceiveError::Unavailable
-        })?;
+        let body_text =
+            std::str::from_utf8(body).map_err(|_| self.reject(Rejection::BadPayload))?;
+        let stored = self
+            .service
+            .store()
+            .insert_event(id, kind, created, "webhook", body_text)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot store webhook event");
+                ReceiveError::Unavailable
+            })?;
         if stored {
             self.apply(id).await;
             Ok(Received::Stored)
         } else {
-            self.service.metrics().inc("genesis_billing_webhook_events_total", &[kind, "duplicate"]);
+            self.service
+                .metrics()
+                .inc("genesis_billing_webhook_events_total", &[kind, "duplicate"]);
             Ok(Received::Duplicate)
         }
     }
@@ -104,20 +137,46 @@ impl Inbox {
         let metrics = self.service.metrics();
         let result = match serde_json::from_str::<Value>(&event.payload) {
             Ok(v) => self.service.apply_event(&v).await,
-            Err(e) => Err(crate::billing::BillingError::Conflict(format!("stored payload unreadable: {e}"))),
+            Err(e) => Err(crate::billing::BillingError::Conflict(format!(
+                "stored payload unreadable: {e}"
+            ))),
         };
         let finished = match result {
             Ok(Applied::Applied { business_id }) => {
-                metrics.inc("genesis_billing_webhook_events_total", &[&event.event_type, "applied"]);
-                metrics.observe("genesis_billing_webhook_apply_lag_seconds", &[], (now() - event.created).max(0) as f64);
-                store.finish_event(id, &owner, "applied", Some(&business_id), None, None).await
+                metrics.inc(
+                    "genesis_billing_webhook_events_total",
+                    &[&event.event_type, "applied"],
+                );
+                metrics.observe(
+                    "genesis_billing_webhook_apply_lag_seconds",
+                    &[],
+                    (now() - event.created).max(0) as f64,
+                );
+                store
+                    .finish_event(id, &owner, "applied", Some(&business_id), None, None)
+                    .await
             }
             Ok(Applied::Ignored { business_id, why }) => {
-                metrics.inc("genesis_billing_webhook_events_total", &[&event.event_type, "ignored"]);
-                store.finish_event(id, &owner, "ignored", business_id.as_deref(), Some(why), None).await
+                metrics.inc(
+                    "genesis_billing_webhook_events_total",
+                    &[&event.event_type, "ignored"],
+                );
+                store
+                    .finish_event(
+                        id,
+                        &owner,
+                        "ignored",
+                        business_id.as_deref(),
+                        Some(why),
+                        None,
+                    )
+                    .await
             }
             Err(e) => {
-                metrics.inc("genesis_billing_webhook_events_total", &[&event.event_type, "failed"]);
+                metrics.inc(
+                    "genesis_billing_webhook_events_total",
+                    &[&event.event_type, "failed"],
+                );
                 let attempts = event.attempts;
                 let (status, retry_at) = if attempts >= MAX_ATTEMPTS {
                     ("dead", None)
@@ -125,7 +184,9 @@ impl Inbox {
                     ("failed", Some(now() + (5i64 << attempts.min(10)).min(3600)))
                 };
                 tracing::warn!(event_id = id, attempts, error = %e, "applying webhook event failed");
-                store.finish_event(id, &owner, status, None, Some(&e.to_string()), retry_at).await
+                store
+                    .finish_event(id, &owner, status, None, Some(&e.to_string()), retry_at)
+                    .await
             }
         };
         if let Err(e) = finished {
@@ -164,18 +225,32 @@ impl Inbox {
                 .add("limit", "100")
                 .add_list("types", HANDLED_EVENTS.iter().copied())
                 .add_opt("starting_after", after.clone());
-            let page = stripe.send(&Call::get("event.list", "/v1/events", query)).await?;
+            let page = stripe
+                .send(&Call::get("event.list", "/v1/events", query))
+                .await?;
             let data = page["data"].as_array().cloned().unwrap_or_default();
             for event in &data {
-                let (Some(id), Some(kind), Some(created)) = (event["id"].as_str(), event["type"].as_str(), event["created"].as_i64()) else {
+                let (Some(id), Some(kind), Some(created)) = (
+                    event["id"].as_str(),
+                    event["type"].as_str(),
+                    event["created"].as_i64(),
+                ) else {
                     continue;
                 };
-                if self.service.store().insert_event(id, kind, created, "gap_fill", &event.to_string()).await? {
+                if self
+                    .service
+                    .store()
+                    .insert_event(id, kind, created, "gap_fill", &event.to_string())
+                    .await?
+                {
                     missed += 1;
                     self.apply(id).await;
                 }
             }
-            match (page["has_more"].as_bool(), data.last().and_then(|e| e["id"].as_str())) {
+            match (
+                page["has_more"].as_bool(),
+                data.last().and_then(|e| e["id"].as_str()),
+            ) {
                 (Some(true), Some(last)) => after = Some(last.to_owned()),
                 _ => break,
             }

@@ -37,7 +37,9 @@ impl Rejection {
             Self::NoSecret => "no webhook signing secret is configured; every event is refused",
             Self::TooLarge => "body larger than 1 MiB",
             Self::MissingSignature => "missing Stripe-Signature header",
-            Self::MalformedSignature => "malformed Stripe-Signature header: expected t=<unix time>,v1=<hex>",
+            Self::MalformedSignature => {
+                "malformed Stripe-Signature header: expected t=<unix time>,v1=<hex>"
+            }
             Self::BadSignature => "no v1 signature matches a configured secret",
             Self::StaleTimestamp => "signature timestamp is older than the tolerance",
             Self::FutureTimestamp => "signature timestamp is too far in the future",
@@ -56,13 +58,19 @@ fn parse_header(header: &str) -> Result<(i64, Vec<[u8; 32]>), Rejection> {
     let mut t = None;
     let mut v1 = Vec::new();
     for part in header.split(',') {
-        let (k, v) = part.trim().split_once('=').ok_or(Rejection::MalformedSignature)?;
+        let (k, v) = part
+            .trim()
+            .split_once('=')
+            .ok_or(Rejection::MalformedSignature)?;
         match k {
             "t" => {
                 if t.is_some() {
                     return Err(Rejection::MalformedSignature);
                 }
-                t = Some(v.parse::<i64>().map_err(|_| Rejection::MalformedSignature)?);
+                t = Some(
+                    v.parse::<i64>()
+                        .map_err(|_| Rejection::MalformedSignature)?,
+                );
             }
             "v1" => v1.push(decode_hex32(v).ok_or(Rejection::MalformedSignature)?),
             // v0 (test-mode fake) and future schemes are ignored, as Stripe's SDKs do.
@@ -90,7 +98,13 @@ fn decode_hex32(s: &str) -> Option<[u8; 32]> {
 
 /// Checks the signature against every secret (rotation), then the timestamp against `tolerance` seconds
 /// either way. Returns the signed timestamp.
-pub fn verify(header: Option<&str>, body: &[u8], secrets: &[SecretString], now: i64, tolerance: i64) -> Result<i64, Rejection> {
+pub fn verify(
+    header: Option<&str>,
+    body: &[u8],
+    secrets: &[SecretString],
+    now: i64,
+    tolerance: i64,
+) -> Result<i64, Rejection> {
     if secrets.is_empty() {
         return Err(Rejection::NoSecret);
     }
@@ -98,7 +112,8 @@ pub fn verify(header: Option<&str>, body: &[u8], secrets: &[SecretString], now: 
     let (t, signatures) = parse_header(header)?;
     let matched = secrets.iter().any(|secret| {
         signatures.iter().any(|sig| {
-            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes()) else {
+            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes())
+            else {
                 return false;
             };
             mac.update(t.to_string().as_bytes());
@@ -122,11 +137,17 @@ pub fn verify(header: Option<&str>, body: &[u8], secrets: &[SecretString], now: 
 
 /// Signs a payload as Stripe does; for tests and the demo's own deliveries.
 pub fn sign(secret: &str, t: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(t.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("t={t},v1={hex}")
 }
 
@@ -138,14 +159,25 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     fn secrets(list: &[&str]) -> Vec<SecretString> {
-        list.iter().map(|s| SecretString::from(s.to_string())).collect()
+        list.iter()
+            .map(|s| SecretString::from(s.to_string()))
+            .collect()
     }
 
     #[test]
     fn a_valid_signature_is_accepted_with_any_configured_secret() {
         let body = br#"{"id":"evt_1"}"#;
         let header = sign(SECRET, NOW, body);
-        assert_eq!(verify(Some(&header), body, &secrets(&["whsec_old", SECRET]), NOW, 300), Ok(NOW));
+        assert_eq!(
+            verify(
+                Some(&header),
+                body,
+                &secrets(&["whsec_old", SECRET]),
+                NOW,
+                300
+            ),
+            Ok(NOW)
+        );
     }
 
     #[test]
@@ -153,8 +185,15 @@ mod tests {
         let body = b"{}";
         let good = sign(SECRET, NOW, body);
         let other = sign("whsec_other", NOW, body);
-        let header = format!("{},v1={},v0=deadbeef", other, good.split("v1=").nth(1).unwrap());
-        assert_eq!(verify(Some(&header), body, &secrets(&[SECRET]), NOW, 300), Ok(NOW));
+        let header = format!(
+            "{},v1={},v0=deadbeef",
+            other,
+            good.split("v1=").nth(1).unwrap()
+        );
+        assert_eq!(
+            verify(Some(&header), body, &secrets(&[SECRET]), NOW, 300),
+            Ok(NOW)
+        );
     }
 
     #[test]
@@ -165,19 +204,83 @@ mod tests {
         let cases: Vec<(Option<String>, &[u8], &[SecretString], i64, Rejection)> = vec![
             (Some(good.clone()), body, &[], NOW, Rejection::NoSecret),
             (None, body, &s, NOW, Rejection::MissingSignature),
-            (Some("garbage".into()), body, &s, NOW, Rejection::MalformedSignature),
-            (Some(format!("t={NOW}")), body, &s, NOW, Rejection::MalformedSignature),
-            (Some(format!("t=abc,v1={}", "0".repeat(64))), body, &s, NOW, Rejection::MalformedSignature),
-            (Some(format!("t={NOW},v1=zz")), body, &s, NOW, Rejection::MalformedSignature),
-            (Some(format!("t={NOW},t={NOW},v1={}", "0".repeat(64))), body, &s, NOW, Rejection::MalformedSignature),
-            (Some("t=1,".repeat(5000)), body, &s, NOW, Rejection::MalformedSignature),
-            (Some(sign("whsec_wrong", NOW, body)), body, &s, NOW, Rejection::BadSignature),
-            (Some(good.clone()), br#"{"id":"evt_2"}"#, &s, NOW, Rejection::BadSignature),
-            (Some(sign(SECRET, NOW - 301, body)), body, &s, NOW, Rejection::StaleTimestamp),
-            (Some(sign(SECRET, NOW + 301, body)), body, &s, NOW, Rejection::FutureTimestamp),
+            (
+                Some("garbage".into()),
+                body,
+                &s,
+                NOW,
+                Rejection::MalformedSignature,
+            ),
+            (
+                Some(format!("t={NOW}")),
+                body,
+                &s,
+                NOW,
+                Rejection::MalformedSignature,
+            ),
+            (
+                Some(format!("t=abc,v1={}", "0".repeat(64))),
+                body,
+                &s,
+                NOW,
+                Rejection::MalformedSignature,
+            ),
+            (
+                Some(format!("t={NOW},v1=zz")),
+                body,
+                &s,
+                NOW,
+                Rejection::MalformedSignature,
+            ),
+            (
+                Some(format!("t={NOW},t={NOW},v1={}", "0".repeat(64))),
+                body,
+                &s,
+                NOW,
+                Rejection::MalformedSignature,
+            ),
+            (
+                Some("t=1,".repeat(5000)),
+                body,
+                &s,
+                NOW,
+                Rejection::MalformedSignature,
+            ),
+            (
+                Some(sign("whsec_wrong", NOW, body)),
+                body,
+                &s,
+                NOW,
+                Rejection::BadSignature,
+            ),
+            (
+                Some(good.clone()),
+                br#"{"id":"evt_2"}"#,
+                &s,
+                NOW,
+                Rejection::BadSignature,
+            ),
+            (
+                Some(sign(SECRET, NOW - 301, body)),
+                body,
+                &s,
+                NOW,
+                Rejection::StaleTimestamp,
+            ),
+            (
+                Some(sign(SECRET, NOW + 301, body)),
+                body,
+                &s,
+                NOW,
+                Rejection::FutureTimestamp,
+            ),
         ];
         for (header, body, secrets, now, want) in cases {
-            assert_eq!(verify(header.as_deref(), body, secrets, now, 300), Err(want), "{header:?}");
+            assert_eq!(
+                verify(header.as_deref(), body, secrets, now, 300),
+                Err(want),
+                "{header:?}"
+            );
         }
     }
 

@@ -1,0 +1,256 @@
+//! The real binary: exit codes, output, and a distinctive key that must appear in no output at all.
+
+mod common;
+
+use std::process::{Command, Output};
+
+const SECRET_KEY: &str = "sk_test_SUPERSECRETKEYDONOTLEAK1234";
+const SECRET_FRAGMENT: &str = "SUPERSECRETKEYDONOTLEAK";
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn run(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let output: Output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
+            .args(&args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env)
+            .output()
+            .expect("binary runs")
+    })
+    .await
+    .unwrap();
+    let run = Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    assert!(
+        !run.stdout.contains(SECRET_FRAGMENT) && !run.stderr.contains(SECRET_FRAGMENT),
+        "the key leaked in {:?}:\n{}\n{}",
+        args_for_message(&run),
+        run.stdout,
+        run.stderr
+    );
+    run
+}
+
+fn args_for_message(run: &Run) -> i32 {
+    run.code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_appears_in_no_output_through_success_failure_help_and_verbose_logging() {
+    let sim = stripe_sim::start(stripe_sim::SimConfig {
+        rate_limit_per_second: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let base = sim.base_url();
+    let good = [
+        ("STRIPE_API_KEY", SECRET_KEY),
+        ("STRIPE_API_BASE", base.as_str()),
+        ("DATABASE_URL", db.as_str()),
+        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10"),
+    ];
+
+    let help = run(&["--help"], &good).await;
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("business"));
+
+    assert_eq!(run(&["-vvv", "prices", "sync"], &good).await.code, 0);
+    let created = run(
+        &[
+            "-vvv",
+            "--json",
+            "business",
+            "create",
+            "--name",
+            "Leak Check",
+            "--type",
+            "saas",
+        ],
+        &good,
+    )
+    .await;
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    let b: serde_json::Value = serde_json::from_str(&created.stdout).unwrap();
+    assert_eq!(b["billing"], "provisioned");
+    assert_eq!(b["subscription_status"], "incomplete");
+    assert!(
+        created.stderr.contains("billing provisioned"),
+        "-vvv logs: {}",
+        created.stderr
+    );
+
+    let json_logs = run(&["-vvv", "--log-format", "json", "business", "list"], &good).await;
+    assert_eq!(json_logs.code, 0);
+    assert!(json_logs.stdout.contains("Leak Check"));
+
+    let id = b["business_id"].as_str().unwrap();
+    let down = run(
+        &["-vv", "business", "takedown", id, "--reason", "leak test"],
+        &good,
+    )
+    .await;
+    assert_eq!(down.code, 0, "{}", down.stderr);
+    assert!(
+        down.stdout.contains("success (stripe: cancelled)"),
+        "{}",
+        down.stdout
+    );
+
+    // The same key through the flag, the _FILE variant and every kind of failure.
+    let flag = run(
+        &[
+            "-vvv",
+            "--stripe-key",
+            SECRET_KEY,
+            "--stripe-api-base",
+            &base,
+            "--database-url",
+            &db,
+            "business",
+            "list",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(flag.code, 0, "{}", flag.stderr);
+
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{SECRET_KEY}\n")).unwrap();
+    let both = run(
+        &["business", "list"],
+        &[
+            ("STRIPE_API_KEY", SECRET_KEY),
+            ("STRIPE_API_KEY_FILE", key_file.to_str().unwrap()),
+            ("DATABASE_URL", &db),
+        ],
+    )
+    .await;
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    assert!(both.stderr.contains("STRIPE_API_KEY_FILE"));
+
+    let bad_prefix = format!("pk_test_{SECRET_FRAGMENT}");
+    let invalid = run(
+        &["-vvv", "business", "list"],
+        &[("STRIPE_API_KEY", &bad_prefix), ("DATABASE_URL", &db)],
+    )
+    .await;
+    assert_eq!(invalid.code, 2);
+    assert!(
+        invalid
+            .stderr
+            .contains("STRIPE_API_KEY is not a Stripe secret key"),
+        "{}",
+        invalid.stderr
+    );
+
+    let live_http = format!("sk_live_{SECRET_FRAGMENT}");
+    let live = run(
+        &["business", "list"],
+        &[
+            ("STRIPE_API_KEY", &live_http),
+            ("STRIPE_API_BASE", &base),
+            ("DATABASE_URL", &db),
+        ],
+    )
+    .await;
+    assert_eq!(live.code, 2);
+    assert!(live.stderr.contains("HTTPS"));
+
+    let unreachable = [
+        ("STRIPE_API_KEY", SECRET_KEY),
+        ("STRIPE_API_BASE", "http://127.0.0.1:9"),
+        ("DATABASE_URL", db.as_str()),
+        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10"),
+        ("GENESIS_BILLING_STRIPE_MAX_ATTEMPTS", "2"),
+    ];
+    let offline = run(
+        &[
+            "-vvv", "--json", "business", "create", "--name", "Offline", "--type", "api",
+        ],
+        &unreachable,
+    )
+    .await;
+    assert_eq!(
+        offline.code, 0,
+        "recorded with billing failed: {}",
+        offline.stderr
+    );
+    let o: serde_json::Value = serde_json::from_str(&offline.stdout).unwrap();
+    assert_eq!(o["billing"], "failed");
+
+    let stripe_error = run(&["-vvv", "prices", "sync"], &unreachable).await;
+    assert_eq!(stripe_error.code, 1);
+
+    let missing = run(
+        &["business", "show", "00000000-0000-0000-0000-000000000000"],
+        &good,
+    )
+    .await;
+    assert_eq!(missing.code, 1);
+    let not_found = run(&["business", "takedown", "nope"], &good).await;
+    assert_eq!(not_found.code, 1);
+    assert!(not_found.stdout.contains("not_found"));
+
+    let bad_input = run(
+        &["business", "create", "--name", "", "--type", "saas"],
+        &good,
+    )
+    .await;
+    assert_eq!(bad_input.code, 2, "{}", bad_input.stderr);
+    assert!(bad_input.stderr.contains("invalid name"));
+
+    let catalog = dir.path().join("catalog.toml");
+    std::fs::write(&catalog, "default_type = \"x\"").unwrap();
+    let mut with_catalog = good.to_vec();
+    with_catalog.push(("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap()));
+    let bad_catalog = run(&["prices", "list"], &with_catalog).await;
+    assert_eq!(bad_catalog.code, 2, "{}", bad_catalog.stderr);
+
+    let usage = run(&["business", "frobnicate"], &good).await;
+    assert_eq!(usage.code, 2);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_revenue_calculator_prints_the_corrected_audit_figures() {
+    let r = run(&["revenue", "--businesses", "100", "--price", "5"], &[]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for want in ["$500.00", "$44.50", "$455.50", "$5,466.00"] {
+        assert!(r.stdout.contains(want), "{want} in {}", r.stdout);
+    }
+    let j = run(
+        &[
+            "--json",
+            "revenue",
+            "--businesses",
+            "10000",
+            "--price",
+            "5.00",
+        ],
+        &[],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(v["net_mrr_cents"], 4_555_000);
+    assert_eq!(v["annual_run_rate_cents"], 54_660_000);
+    assert!(!j.stdout.contains("470"), "the audit's wrong figure");
+    let bad = run(&["revenue", "--businesses", "10", "--price", "five"], &[]).await;
+    assert_eq!(bad.code, 2);
+}

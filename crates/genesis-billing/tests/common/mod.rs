@@ -1,0 +1,274 @@
+//! Test helpers: a real simulator on 127.0.0.1, real SQLite files, the real billing service.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use genesis_billing::billing::BillingService;
+use genesis_billing::cli::build_service;
+use genesis_billing::config::{Flags, Settings};
+use genesis_billing::metrics::Metrics;
+use secrecy::SecretString;
+use serde_json::Value;
+
+pub const KEY: &str = "sk_test_genesis_tests_key";
+
+/// A simulator plus a billing service on a fresh SQLite file.
+pub struct World {
+    pub sim: stripe_sim::SimHandle,
+    pub dir: tempfile::TempDir,
+    pub service: Arc<BillingService>,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+}
+
+pub fn db_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("billing.db").display())
+}
+
+/// Settings for `sim` with extra environment `env` (e.g. catalog, rollout).
+pub fn settings_for(sim_base: &str, database_url: &str, env: &[(&str, &str)]) -> Settings {
+    let flags = Flags {
+        stripe_key: Some(SecretString::from(KEY)),
+        stripe_api_base: Some(sim_base.to_owned()),
+        database_url: Some(database_url.to_owned()),
+        ..Flags::default()
+    };
+    let mut all: Vec<(String, String)> = vec![
+        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS".into(), "20".into()),
+        ("GENESIS_BILLING_STRIPE_RATE_LIMIT".into(), "0".into()),
+        ("GENESIS_BILLING_STRIPE_TIMEOUT_SECS".into(), "5".into()),
+    ];
+    for (k, v) in env {
+        all.retain(|(name, _)| name != k);
+        all.push(((*k).into(), (*v).into()));
+    }
+    Settings::load(&flags, &VecEnv(all)).expect("valid test settings")
+}
+
+struct VecEnv(Vec<(String, String)>);
+
+impl genesis_billing::config::Env for VecEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+impl World {
+    /// A simulator without rate limit and a service with prices synced.
+    pub async fn new() -> Self {
+        Self::with(
+            stripe_sim::SimConfig {
+                rate_limit_per_second: 0,
+                ..Default::default()
+            },
+            &[],
+        )
+        .await
+    }
+
+    pub async fn with(config: stripe_sim::SimConfig, env: &[(&str, &str)]) -> Self {
+        let sim = stripe_sim::start(config).await.expect("simulator starts");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let settings = settings_for(&sim.base_url(), &db_url(&dir), env);
+        let metrics = Arc::new(Metrics::new());
+        let service = Arc::new(
+            build_service(&settings, metrics.clone())
+                .await
+                .map_err(|_| "build")
+                .expect("service builds"),
+        );
+        if service.payments_enabled() {
+            service.sync_prices(true).await.expect("prices sync");
+        }
+        Self {
+            sim,
+            dir,
+            service,
+            metrics,
+            settings,
+        }
+    }
+
+    /// Another service on the same database and simulator (a second process, as far as Stripe can tell).
+    pub async fn second_service(&self) -> Arc<BillingService> {
+        let metrics = Arc::new(Metrics::new());
+        Arc::new(
+            build_service(&self.settings, metrics)
+                .await
+                .map_err(|_| "build")
+                .expect("service builds"),
+        )
+    }
+
+    /// Another service on the same database with other settings (e.g. the kill switch on).
+    pub async fn second_service_with(&self, env: &[(&str, &str)]) -> Arc<BillingService> {
+        let settings = settings_for(&self.sim.base_url(), &db_url(&self.dir), env);
+        Arc::new(
+            build_service(&settings, Arc::new(Metrics::new()))
+                .await
+                .map_err(|_| "build")
+                .expect("service builds"),
+        )
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("billing.db")
+    }
+
+    /// Objects of a type in the simulator, deleted and canceled ones included.
+    pub fn objects(&self, kind: &str) -> Vec<Value> {
+        self.sim.objects(kind)
+    }
+
+    /// Live (not deleted) customers whose metadata names `business_id`.
+    pub fn customers_of(&self, business_id: &str) -> Vec<Value> {
+        self.objects("customer")
+            .into_iter()
+            .filter(|c| c["metadata"]["business_id"] == business_id && c["deleted"] != true)
+            .collect()
+    }
+
+    /// Subscriptions whose metadata names `business_id`.
+    pub fn subscriptions_of(&self, business_id: &str) -> Vec<Value> {
+        self.objects("subscription")
+            .into_iter()
+            .filter(|s| s["metadata"]["business_id"] == business_id)
+            .collect()
+    }
+
+    /// Stripe requests made so far by the service under test.
+    pub fn stripe_requests(&self) -> u64 {
+        self.metrics
+            .histogram_total("genesis_billing_stripe_request_duration_seconds")
+    }
+
+    /// A raw call to the simulator as an operator or a test would make it.
+    pub async fn sim_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let response = reqwest::Client::new()
+            .request(method, format!("{}{}", self.sim.base_url(), path))
+            .bearer_auth(KEY)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .expect("simulator answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A simulator control call (`/_sim/...`, JSON).
+    pub async fn sim_control(&self, path: &str, body: Value) -> Value {
+        let response = reqwest::Client::new()
+            .post(format!("{}{}", self.sim.base_url(), path))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("simulator answers");
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap_or(Value::Null)
+    }
+}
+
+/// Polls `check` until it returns true or the deadline passes.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A fault rule for the simulator.
+pub fn fault(
+    kind: stripe_sim::FaultKind,
+    probability: f64,
+    operation: Option<&str>,
+) -> stripe_sim::FaultRule {
+    stripe_sim::FaultRule {
+        kind,
+        probability,
+        operation: operation.map(str::to_owned),
+        latency_ms: 0,
+        jitter_ms: 0,
+    }
+}
+
+/// The HTTP service of a `World`, started in-process on a port of its own.
+pub struct App {
+    pub base: String,
+    pub running: Option<genesis_billing::http::Running>,
+    pub client: reqwest::Client,
+}
+
+pub const ADMIN_TOKEN: &str = "admin-token-for-tests";
+
+impl App {
+    /// Starts the service with `tokens` and `secrets`, on `listener` if given.
+    pub async fn start(
+        world: &World,
+        tokens: &[&str],
+        secrets: &[String],
+        listener: Option<tokio::net::TcpListener>,
+    ) -> Self {
+        let mut settings = world.settings.clone();
+        settings.admin_tokens = tokens
+            .iter()
+            .map(|t| SecretString::from(t.to_string()))
+            .collect();
+        settings.webhook_secrets = secrets
+            .iter()
+            .map(|s| SecretString::from(s.clone()))
+            .collect();
+        let state = genesis_billing::cli::app_state(&settings, world.service.clone());
+        let listener = match listener {
+            Some(l) => l,
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        };
+        let schedule = genesis_billing::http::Schedule {
+            resume: Duration::from_secs(3600),
+            webhook_retry: Duration::from_millis(200),
+            gap_fill: None,
+        };
+        let running = genesis_billing::http::start_on(state, listener, schedule, false).unwrap();
+        Self {
+            base: format!("http://{}", running.addr),
+            running: Some(running),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+}

@@ -1,0 +1,393 @@
+//! One contract for the storage interface, run against a real SQLite file and the real PostgreSQL.
+//! Each PostgreSQL test creates its own database and drops it afterwards.
+
+use genesis_billing::business::{Billing, Business, Lifecycle};
+use genesis_billing::config::DatabaseUrl;
+use genesis_billing::store::{now, BusinessFilter, Store, SubscriptionRecord};
+use sqlx::Connection;
+
+/// Where the tests find PostgreSQL (trust auth on the CI machine).
+fn admin_url() -> String {
+    std::env::var("GENESIS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh database of either kind; dropped (PostgreSQL) or deleted (SQLite) when the guard goes.
+enum Fresh {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Fresh {
+    async fn sqlite() -> (Self, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::new(format!("sqlite://{}", dir.path().join("c.db").display()));
+        let store = Store::connect(&url, 4).await.unwrap();
+        store.migrate().await.unwrap();
+        (Self::Sqlite(dir), store)
+    }
+
+    async fn postgres() -> (Self, Store) {
+        let (fresh, store) = Self::postgres_empty().await;
+        store.migrate().await.unwrap();
+        (fresh, store)
+    }
+
+    async fn postgres_empty() -> (Self, Store) {
+        let name = format!("gb_contract_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url())
+            .await
+            .expect("PostgreSQL at GENESIS_TEST_POSTGRES_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.unwrap();
+        let base = admin_url();
+        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+        let store = Store::connect(&DatabaseUrl::new(url), 4).await.unwrap();
+        (Self::Postgres(name), store)
+    }
+
+    async fn drop_db(self, store: Store) {
+        drop(store);
+        if let Self::Postgres(name) = self {
+            let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn business(id: &str, created_at: i64) -> Business {
+    Business {
+        business_id: id.into(),
+        name: format!("Name {id}"),
+        business_type: "saas".into(),
+        email: None,
+        created_at,
+        updated_at: created_at,
+        status: Lifecycle::Active,
+        billing: Billing::Pending,
+        billing_error: None,
+        failed_step: None,
+        stripe_customer_id: None,
+        stripe_subscription_id: None,
+        stripe_payment_intent_id: None,
+        subscription_status: None,
+        price_lookup_key: None,
+        stripe_price_id: None,
+        monthly_price_cents: None,
+        currency: None,
+        generation: 0,
+        stripe_state_at: 0,
+        taken_down_at: None,
+        takedown_reason: None,
+        takedown_outcome: None,
+    }
+}
+
+async fn contract(store: &Store) {
+    // Migrating again changes nothing.
+    assert!(store.migrate().await.unwrap().is_empty());
+
+    // Insert, read back, paginate newest first.
+    for i in 0..5 {
+        store
+            .insert_business(&business(&format!("b{i}"), 1000 + i), None)
+            .await
+            .unwrap();
+    }
+    assert!(
+        store
+            .insert_business(&business("b0", 1), None)
+            .await
+            .is_err(),
+        "duplicate id refused"
+    );
+    let b0 = store.get_business("b0").await.unwrap().unwrap();
+    assert_eq!(
+        (b0.name.as_str(), b0.billing, b0.status),
+        ("Name b0", Billing::Pending, Lifecycle::Active)
+    );
+    assert!(store.get_business("nope").await.unwrap().is_none());
+    let page1 = store
+        .list_businesses(&BusinessFilter {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page1
+            .iter()
+            .map(|b| b.business_id.as_str())
+            .collect::<Vec<_>>(),
+        ["b4", "b3"]
+    );
+    let page2 = store
+        .list_businesses(&BusinessFilter {
+            limit: 10,
+            after: Some("b3".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page2
+            .iter()
+            .map(|b| b.business_id.as_str())
+            .collect::<Vec<_>>(),
+        ["b2", "b1", "b0"]
+    );
+
+    // A request key replays the business it created.
+    let first = store
+        .insert_business(&business("k1", 2000), Some("req-1"))
+        .await
+        .unwrap();
+    let replay = store
+        .insert_business(&business("k2", 2001), Some("req-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.business_id.as_str(), replay.business_id.as_str()),
+        ("k1", "k1")
+    );
+    assert!(store.get_business("k2").await.unwrap().is_none());
+
+    // Many at once: all or none.
+    let batch = vec![business("m1", 3000), business("b1", 3001)];
+    assert!(store.insert_businesses(&batch).await.is_err());
+    assert!(
+        store.get_business("m1").await.unwrap().is_none(),
+        "nothing half-inserted"
+    );
+
+    // Leases: one holder at a time; an expired lease can be taken over.
+    let t = now();
+    assert!(store.claim_business("b0", "w1", t + 60, t).await.unwrap());
+    assert!(!store.claim_business("b0", "w2", t + 60, t).await.unwrap());
+    assert!(
+        store
+            .claim_business("b0", "w2", t + 200, t + 61)
+            .await
+            .unwrap(),
+        "expired lease taken over"
+    );
+    store.release_business("b0", "w2").await.unwrap();
+    assert!(store.claim_business("b0", "w3", t + 60, t).await.unwrap());
+    store.release_business("b0", "w3").await.unwrap();
+
+    // The intent log.
+    assert!(store
+        .begin_intent("key-1", "b0", "customer")
+        .await
+        .unwrap()
+        .is_none());
+    let again = store
+        .begin_intent("key-1", "b0", "customer")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.state.as_str(), again.attempts), ("started", 1));
+    store.finish_intent("key-1", Ok("cus_1")).await.unwrap();
+    let done = store.intent("key-1").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            done.state.as_str(),
+            done.attempts,
+            done.result_id.as_deref()
+        ),
+        ("done", 2, Some("cus_1"))
+    );
+
+    // Billing state only moves forward in Stripe time.
+    store.set_customer("b0", "cus_1").await.unwrap();
+    let rec = SubscriptionRecord {
+        subscription_id: "sub_1",
+        status: "incomplete",
+        lookup_key: "k",
+        price_id: "price_1",
+        monthly_price_cents: 500,
+        currency: "usd",
+        state_at: 100,
+    };
+    store.set_subscription("b0", &rec).await.unwrap();
+    assert!(store
+        .set_subscription_status("b0", "sub_1", "active", 200)
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .set_subscription_status("b0", "sub_1", "incomplete", 150)
+            .await
+            .unwrap(),
+        "older state refused"
+    );
+    assert!(
+        !store
+            .set_subscription_status("b0", "sub_other", "canceled", 300)
+            .await
+            .unwrap(),
+        "other subscription refused"
+    );
+    let b0 = store.get_business("b0").await.unwrap().unwrap();
+    assert_eq!(
+        (b0.subscription_status.as_deref(), b0.billing),
+        (Some("active"), Billing::Provisioned)
+    );
+    assert!(store
+        .set_subscription_status("b0", "sub_1", "incomplete_expired", 400)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get_business("b0").await.unwrap().unwrap().billing,
+        Billing::Expired
+    );
+    let found = store
+        .business_by_stripe_id(Some("cus_1"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.business_id, "b0");
+    assert_eq!(
+        store
+            .business_by_stripe_id(None, Some("sub_1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .business_id,
+        "b0"
+    );
+    assert!(store
+        .business_by_stripe_id(None, None)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Takedown is marked once.
+    assert!(store.mark_taken_down("b1", "r", 5000).await.unwrap());
+    assert!(!store.mark_taken_down("b1", "r", 5001).await.unwrap());
+    let unfinished: Vec<String> = store
+        .list_unfinished(now())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.business_id)
+        .collect();
+    assert!(unfinished.contains(&"b1".to_owned()) && unfinished.contains(&"b2".to_owned()));
+    store
+        .set_takedown_outcome("b1", Some("cancelled"), Some("canceled"))
+        .await
+        .unwrap();
+    assert!(!store
+        .list_unfinished(now())
+        .await
+        .unwrap()
+        .iter()
+        .any(|b| b.business_id == "b1"));
+
+    // Webhook events: stored once, claimed once, retried when due, replayable.
+    assert!(store
+        .insert_event("evt_1", "invoice.paid", 10, "webhook", "{}")
+        .await
+        .unwrap());
+    assert!(!store
+        .insert_event("evt_1", "invoice.paid", 10, "webhook", "{}")
+        .await
+        .unwrap());
+    let claimed = store
+        .claim_event("evt_1", "w1", now() + 60)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.attempts, 1);
+    assert!(store
+        .claim_event("evt_1", "w2", now() + 60)
+        .await
+        .unwrap()
+        .is_none());
+    store
+        .finish_event("evt_1", "w1", "failed", Some("b0"), Some("boom"), Some(0))
+        .await
+        .unwrap();
+    assert_eq!(store.due_events(10).await.unwrap().len(), 1);
+    assert!(store
+        .claim_event("evt_1", "w2", now() + 60)
+        .await
+        .unwrap()
+        .is_some());
+    store
+        .finish_event("evt_1", "w2", "applied", None, None, None)
+        .await
+        .unwrap();
+    let e = store.event("evt_1").await.unwrap().unwrap();
+    assert_eq!(
+        (e.status.as_str(), e.attempts, e.business_id.as_deref()),
+        ("applied", 2, Some("b0"))
+    );
+    assert!(store.due_events(10).await.unwrap().is_empty());
+    assert!(store.reset_event("evt_1").await.unwrap());
+    assert_eq!(store.due_events(10).await.unwrap().len(), 1);
+    assert_eq!(store.newest_event_created().await.unwrap(), Some(10));
+
+    // History.
+    store.record_event("b0", "note", "hello").await.unwrap();
+    assert_eq!(store.events_of("b0").await.unwrap()[0].1, "hello");
+}
+
+#[tokio::test]
+async fn the_store_contract_holds_on_sqlite() {
+    let (fresh, store) = Fresh::sqlite().await;
+    contract(&store).await;
+    fresh.drop_db(store).await;
+}
+
+#[tokio::test]
+async fn the_store_contract_holds_on_postgres() {
+    let (fresh, store) = Fresh::postgres().await;
+    assert_eq!(store.backend().as_str(), "postgres");
+    contract(&store).await;
+    fresh.drop_db(store).await;
+}
+
+#[tokio::test]
+async fn replicas_migrating_postgres_at_once_apply_each_migration_once() {
+    let (fresh, store) = Fresh::postgres_empty().await;
+    let Fresh::Postgres(name) = &fresh else {
+        unreachable!()
+    };
+    let base = admin_url();
+    let url = DatabaseUrl::new(format!("{}/{name}", &base[..base.rfind('/').unwrap()]));
+    // A new, empty database and three replicas starting at once.
+    let stores = futures_three(&url).await;
+    let results = tokio::join!(stores.0.migrate(), stores.1.migrate(), stores.2.migrate());
+    let applied: usize = [results.0, results.1, results.2]
+        .into_iter()
+        .map(|r| r.unwrap().len())
+        .sum();
+    assert_eq!(applied, 2, "each migration applied by exactly one replica");
+    assert!(
+        store.get_business("x").await.unwrap().is_none(),
+        "the schema works"
+    );
+    drop(stores);
+    fresh.drop_db(store).await;
+}
+
+async fn futures_three(url: &DatabaseUrl) -> (Store, Store, Store) {
+    (
+        Store::connect(url, 2).await.unwrap(),
+        Store::connect(url, 2).await.unwrap(),
+        Store::connect(url, 2).await.unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_database_url_password_never_shows() {
+    let url = DatabaseUrl::new("postgres://billing:s3cr3t-pw@db.internal:5432/billing");
+    assert!(!format!("{url:?} {url}").contains("s3cr3t-pw"));
+}

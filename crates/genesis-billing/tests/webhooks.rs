@@ -1,0 +1,483 @@
+//! Stripe webhooks: hostile deliveries refused, and real signed deliveries from the simulator applied once.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, App, World, ADMIN_TOKEN};
+use genesis_billing::business::{Lifecycle, NewBusiness};
+use genesis_billing::store::now;
+use genesis_billing::webhook::signature::sign;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const SECRET: &str = "whsec_tests_secret";
+
+fn event(id: &str, kind: &str, object: Value) -> Vec<u8> {
+    json!({"id": id, "object": "event", "type": kind, "created": now(), "livemode": false, "data": {"object": object}}).to_string().into_bytes()
+}
+
+async fn post(app: &App, signature: Option<String>, body: Vec<u8>) -> (u16, Value) {
+    let mut req = app
+        .client
+        .post(app.url("/stripe/webhook"))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(s) = signature {
+        req = req.header("stripe-signature", s);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn hostile_webhooks_get_a_4xx_change_nothing_and_are_counted_by_reason() {
+    let world = World::new().await;
+    let (b, _) = world
+        .service
+        .create_business(
+            NewBusiness {
+                name: "Target".into(),
+                business_type: "saas".into(),
+                email: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let app = App::start(&world, &[ADMIN_TOKEN], &[SECRET.to_owned()], None).await;
+    let cancel = event(
+        "evt_hostile",
+        "customer.subscription.deleted",
+        json!({"id": b.stripe_subscription_id, "object": "subscription", "status": "canceled", "customer": b.stripe_customer_id, "metadata": {"business_id": b.business_id}}),
+    );
+    let t = now();
+    let mut altered = cancel.clone();
+    altered.extend_from_slice(b" ");
+    let cases: Vec<(Option<String>, Vec<u8>, u16, &str)> = vec![
+        (None, cancel.clone(), 401, "missing_signature"),
+        (
+            Some("t=abc,v1=zz".into()),
+            cancel.clone(),
+            401,
+            "malformed_signature",
+        ),
+        (
+            Some(sign("whsec_wrong", t, &cancel)),
+            cancel.clone(),
+            401,
+            "bad_signature",
+        ),
+        (
+            Some(sign(SECRET, t, &cancel)),
+            altered,
+            401,
+            "bad_signature",
+        ),
+        (
+            Some(sign(SECRET, t - 301, &cancel)),
+            cancel.clone(),
+            401,
+            "stale_timestamp",
+        ),
+        (
+            Some(sign(SECRET, t + 301, &cancel)),
+            cancel.clone(),
+            401,
+            "future_timestamp",
+        ),
+        (
+            Some(sign(SECRET, t, b"not json")),
+            b"not json".to_vec(),
+            400,
+            "bad_payload",
+        ),
+        (
+            Some(sign(SECRET, t, br#"{"id":"evt_x"}"#)),
+            br#"{"id":"evt_x"}"#.to_vec(),
+            400,
+            "bad_payload",
+        ),
+        (
+            Some(sign(SECRET, t, &[0xff, 0xfe])),
+            vec![0xff, 0xfe],
+            400,
+            "bad_payload",
+        ),
+        (
+            Some(sign(SECRET, t, &vec![b' '; 2 << 20])),
+            vec![b' '; 2 << 20],
+            413,
+            "too_large",
+        ),
+    ];
+    for (signature, body, want, reason) in cases {
+        let (status, v) = post(&app, signature, body).await;
+        assert_eq!(status, want, "{reason}: {v}");
+        assert_eq!(v["error"]["code"], reason);
+        assert_eq!(
+            world
+                .metrics
+                .value("genesis_billing_webhook_rejected_total", &[reason])
+                > 0.0,
+            true,
+            "{reason} counted"
+        );
+    }
+    assert!(
+        world
+            .service
+            .store()
+            .list_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing stored"
+    );
+    let record = world
+        .service
+        .store()
+        .get_business(&b.business_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status, Lifecycle::Active, "nothing changed");
+
+    // Without any secret configured, even a correctly signed event is refused.
+    let open = App::start(&world, &[ADMIN_TOKEN], &[], None).await;
+    let (status, v) = post(&open, Some(sign(SECRET, t, &cancel)), cancel.clone()).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (403, Some("no_secret"))
+    );
+    assert_eq!(
+        world
+            .service
+            .store()
+            .get_business(&b.business_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        Lifecycle::Active
+    );
+}
+
+#[tokio::test]
+async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() {
+    let world = World::new().await;
+    let (b, _) = world
+        .service
+        .create_business(
+            NewBusiness {
+                name: "Dup".into(),
+                business_type: "saas".into(),
+                email: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let app = App::start(
+        &world,
+        &[ADMIN_TOKEN],
+        &["whsec_old".to_owned(), SECRET.to_owned()],
+        None,
+    )
+    .await;
+    let mut sub = world.subscriptions_of(&b.business_id)[0].clone();
+    sub["status"] = json!("past_due");
+    // A state clearly newer than the one provisioning stored (a tie would be settled by asking Stripe).
+    let body = json!({"id": "evt_once", "object": "event", "type": "customer.subscription.updated", "created": b.stripe_state_at + 5, "data": {"object": sub}})
+        .to_string()
+        .into_bytes();
+    let (s1, v1) = post(&app, Some(sign(SECRET, now(), &body)), body.clone()).await;
+    assert_eq!((s1, v1["received"].as_bool()), (200, Some(true)));
+    let (s2, v2) = post(&app, Some(sign(SECRET, now(), &body)), body.clone()).await;
+    assert_eq!((s2, v2["duplicate"].as_bool()), (200, Some(true)));
+    let stored = world
+        .service
+        .store()
+        .event("evt_once")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((stored.status.as_str(), stored.attempts), ("applied", 1));
+    let record = world
+        .service
+        .store()
+        .get_business(&b.business_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.subscription_status.as_deref(), Some("past_due"));
+    assert_eq!(
+        world.metrics.value(
+            "genesis_billing_webhook_events_total",
+            &["customer.subscription.updated", "duplicate"]
+        ),
+        1.0
+    );
+
+    // An older state delivered late does not move the record backwards.
+    let mut older = world.subscriptions_of(&b.business_id)[0].clone();
+    older["status"] = json!("incomplete");
+    let late = json!({"id": "evt_late", "object": "event", "type": "customer.subscription.updated", "created": record.stripe_state_at - 10, "data": {"object": older}}).to_string().into_bytes();
+    let (s3, _) = post(&app, Some(sign(SECRET, now(), &late)), late).await;
+    assert_eq!(s3, 200);
+    let record = world
+        .service
+        .store()
+        .get_business(&b.business_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.subscription_status.as_deref(), Some("past_due"));
+
+    // Unknown types and unknown businesses are acknowledged and ignored.
+    let unknown = event("evt_unknown", "charge.refunded", json!({"id": "ch_1"}));
+    assert_eq!(
+        post(&app, Some(sign(SECRET, now(), &unknown)), unknown)
+            .await
+            .0,
+        200
+    );
+    let stranger = event(
+        "evt_stranger",
+        "customer.subscription.updated",
+        json!({"id": "sub_nobody", "object": "subscription", "status": "active", "customer": "cus_nobody", "metadata": {}, "items": {"data": []}}),
+    );
+    assert_eq!(
+        post(&app, Some(sign(SECRET, now(), &stranger)), stranger)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        world
+            .service
+            .store()
+            .event("evt_stranger")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        "ignored"
+    );
+}
+
+/// A service whose webhook endpoint is registered in the simulator, receiving real signed deliveries.
+async fn wired() -> (World, App) {
+    let world = World::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/stripe/webhook", listener.local_addr().unwrap());
+    let mut form: Vec<(&str, &str)> = vec![("url", url.as_str())];
+    for e in genesis_billing::billing::HANDLED_EVENTS {
+        form.push(("enabled_events[]", e));
+    }
+    let (status, endpoint) = world
+        .sim_call(Method::POST, "/v1/webhook_endpoints", &form)
+        .await;
+    assert_eq!(status, 200, "{endpoint}");
+    let secret = endpoint["secret"].as_str().unwrap().to_owned();
+    let app = App::start(&world, &[ADMIN_TOKEN], &[secret], Some(listener)).await;
+    world
+        .sim_control(
+            "/_sim/webhooks",
+            json!({"retry_schedule_ms": [50, 100, 200]}),
+        )
+        .await;
+    (world, app)
+}
+
+async fn create(app: &App, name: &str) -> String {
+    let r = app
+        .admin(Method::POST, "/v1/businesses")
+        .json(&json!({"name": name, "business_type": "saas"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["business_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn record(world: &World, id: &str) -> genesis_billing::business::Business {
+    world
+        .service
+        .store()
+        .get_business(id)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn complete_checkout(world: &World, app: &App, id: &str, pm: &str) -> u16 {
+    let link: Value = app
+        .admin(Method::POST, &format!("/v1/businesses/{id}/checkout"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = link["checkout_session"].as_str().unwrap();
+    world
+        .sim_call(
+            Method::POST,
+            &format!("/_sim/checkout/sessions/{session}/complete"),
+            &[("payment_method", pm)],
+        )
+        .await
+        .0
+}
+
+#[tokio::test]
+async fn webhooks_from_the_simulator_activate_take_down_and_mark_past_due() {
+    let (world, app) = wired().await;
+
+    // A payment completed through Checkout turns the subscription active.
+    let paid = create(&app, "Paying").await;
+    assert_eq!(
+        complete_checkout(&world, &app, &paid, "pm_card_visa").await,
+        200
+    );
+    eventually(
+        "the subscription to turn active",
+        Duration::from_secs(10),
+        || async { record(&world, &paid).await.subscription_status.as_deref() == Some("active") },
+    )
+    .await;
+
+    // A subscription cancelled in Stripe takes the business down.
+    let doomed = create(&app, "Cancelled in Stripe").await;
+    let sub = record(&world, &doomed)
+        .await
+        .stripe_subscription_id
+        .unwrap();
+    assert_eq!(
+        world
+            .sim_call(Method::DELETE, &format!("/v1/subscriptions/{sub}"), &[])
+            .await
+            .0,
+        200
+    );
+    eventually(
+        "the business to be taken down",
+        Duration::from_secs(10),
+        || async {
+            let b = record(&world, &doomed).await;
+            b.status == Lifecycle::TakenDown
+                && b.takedown_reason.as_deref() == Some("subscription_cancelled")
+        },
+    )
+    .await;
+
+    // A renewal that fails makes it past_due.
+    assert_eq!(
+        complete_checkout(&world, &app, &paid, "pm_card_chargeCustomerFail").await,
+        200
+    );
+    eventually(
+        "the failing card to become the default",
+        Duration::from_secs(10),
+        || async {
+            world
+                .service
+                .store()
+                .events_of(&paid)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|(k, _, _)| k == "checkout_completed")
+                .count()
+                == 2
+        },
+    )
+    .await;
+    world
+        .sim_control("/_sim/clock/advance", json!({"seconds": 32 * 86_400}))
+        .await;
+    eventually(
+        "the renewal failure to mark it past_due",
+        Duration::from_secs(10),
+        || async { record(&world, &paid).await.subscription_status.as_deref() == Some("past_due") },
+    )
+    .await;
+    eventually(
+        "the failed payment to be recorded",
+        Duration::from_secs(10),
+        || async {
+            world
+                .service
+                .store()
+                .events_of(&paid)
+                .await
+                .unwrap()
+                .iter()
+                .any(|(k, _, _)| k == "invoice_payment_failed")
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn duplicated_and_reordered_deliveries_are_applied_once_and_records_equal_stripe() {
+    let (world, app) = wired().await;
+    world.sim_control("/_sim/webhooks", json!({"duplicate_probability": 0.5, "reorder_window": 5, "retry_schedule_ms": [50, 100, 200]})).await;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(create(&app, &format!("Chaos {i}")).await);
+    }
+    for id in &ids[..3] {
+        assert_eq!(
+            complete_checkout(&world, &app, id, "pm_card_visa").await,
+            200
+        );
+    }
+    let sub = record(&world, &ids[3])
+        .await
+        .stripe_subscription_id
+        .unwrap();
+    world
+        .sim_call(Method::DELETE, &format!("/v1/subscriptions/{sub}"), &[])
+        .await;
+
+    eventually(
+        "records to match the simulator",
+        Duration::from_secs(20),
+        || async {
+            let mut all_match = true;
+            for id in &ids {
+                let b = record(&world, id).await;
+                let stripe = &world.subscriptions_of(id)[0];
+                all_match &= b.subscription_status.as_deref() == stripe["status"].as_str();
+            }
+            let events = world.service.store().list_events(None, 1000).await.unwrap();
+            all_match && events.iter().all(|e| e.status != "pending")
+        },
+    )
+    .await;
+    let duplicates: f64 = genesis_billing::billing::HANDLED_EVENTS
+        .iter()
+        .map(|t| {
+            world
+                .metrics
+                .value("genesis_billing_webhook_events_total", &[t, "duplicate"])
+        })
+        .sum();
+    assert!(duplicates > 0.0, "the simulator duplicated some deliveries");
+    for e in world.service.store().list_events(None, 1000).await.unwrap() {
+        assert_eq!(e.attempts, 1, "{} applied once", e.event_id);
+        assert!(
+            e.status == "applied" || e.status == "ignored",
+            "{} is {}",
+            e.event_id,
+            e.status
+        );
+    }
+    assert_eq!(record(&world, &ids[3]).await.status, Lifecycle::TakenDown);
+}
