@@ -14,7 +14,8 @@ fn admin_url() -> String {
 
 /// A fresh database of either kind; dropped (PostgreSQL) or deleted (SQLite) when the guard goes.
 enum Fresh {
-    Sqlite(tempfile::TempDir),
+    /// Kept so the directory lives as long as the store.
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
     Postgres(String),
 }
 

@@ -87,6 +87,25 @@ async fn hostile_webhooks_get_a_4xx_change_nothing_and_are_counted_by_reason() {
             401,
             "future_timestamp",
         ),
+        // The signature of another body.
+        (
+            Some(sign(SECRET, t, br#"{"id":"evt_other"}"#)),
+            cancel.clone(),
+            401,
+            "bad_signature",
+        ),
+        // A captured delivery replayed later: a fresh timestamp with the old signature.
+        (
+            Some(format!(
+                "t={},{}",
+                t + 5,
+                sign(SECRET, t - 100, &cancel).split_once(',').unwrap().1
+            )),
+            cancel.clone(),
+            401,
+            "bad_signature",
+        ),
+        (Some(sign(SECRET, t, b"")), Vec::new(), 400, "bad_payload"),
         (
             Some(sign(SECRET, t, b"not json")),
             b"not json".to_vec(),
@@ -194,8 +213,19 @@ async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() 
         .into_bytes();
     let (s1, v1) = post(&app, Some(sign(SECRET, now(), &body)), body.clone()).await;
     assert_eq!((s1, v1["received"].as_bool()), (200, Some(true)));
+    assert!(
+        world
+            .service
+            .store()
+            .event("evt_once")
+            .await
+            .unwrap()
+            .is_some(),
+        "stored before the 2xx"
+    );
     let (s2, v2) = post(&app, Some(sign(SECRET, now(), &body)), body.clone()).await;
     assert_eq!((s2, v2["duplicate"].as_bool()), (200, Some(true)));
+    wait_event(&world, "evt_once", "applied").await;
     let stored = world
         .service
         .store()
@@ -226,6 +256,7 @@ async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() 
     let late = json!({"id": "evt_late", "object": "event", "type": "customer.subscription.updated", "created": record.stripe_state_at - 10, "data": {"object": older}}).to_string().into_bytes();
     let (s3, _) = post(&app, Some(sign(SECRET, now(), &late)), late).await;
     assert_eq!(s3, 200);
+    wait_event(&world, "evt_late", "ignored").await;
     let record = world
         .service
         .store()
@@ -254,17 +285,15 @@ async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() 
             .0,
         200
     );
-    assert_eq!(
-        world
-            .service
-            .store()
-            .event("evt_stranger")
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
-        "ignored"
-    );
+    wait_event(&world, "evt_stranger", "ignored").await;
+    let e = world
+        .service
+        .store()
+        .event("evt_stranger")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.last_error.as_deref(), Some("unknown business"));
 }
 
 /// A service whose webhook endpoint is registered in the simulator, receiving real signed deliveries.
@@ -480,4 +509,22 @@ async fn duplicated_and_reordered_deliveries_are_applied_once_and_records_equal_
         );
     }
     assert_eq!(record(&world, &ids[3]).await.status, Lifecycle::TakenDown);
+}
+
+/// Waits until a stored event reaches `status` (events are applied right after they are acknowledged).
+async fn wait_event(world: &World, id: &str, status: &str) {
+    eventually(
+        &format!("{id} to be {status}"),
+        Duration::from_secs(10),
+        || async {
+            world
+                .service
+                .store()
+                .event(id)
+                .await
+                .unwrap()
+                .is_some_and(|e| e.status == status)
+        },
+    )
+    .await;
 }

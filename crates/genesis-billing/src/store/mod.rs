@@ -6,7 +6,7 @@
 mod migrate;
 mod webhook_event;
 
-pub use webhook_event::StoredEvent;
+pub use webhook_event::{NewEvent, StoredEvent};
 
 use std::time::Duration;
 

@@ -41,7 +41,42 @@ fn from_row(r: &AnyRow) -> Result<StoredEvent, StoreError> {
     })
 }
 
+/// An event to store.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub event_type: String,
+    pub created: i64,
+    pub source: &'static str,
+    pub payload: String,
+}
+
 impl Store {
+    /// Stores a batch of events in one transaction (one disk sync for all: group commit). Returns, per
+    /// event, whether this call stored it (false: already stored, a duplicate delivery).
+    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<bool>, StoreError> {
+        let received = now();
+        let mut tx = self.pool.begin().await?;
+        let mut stored = Vec::with_capacity(events.len());
+        for e in events {
+            let done = sqlx::query(
+                "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, payload, status, attempts) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0) ON CONFLICT (event_id) DO NOTHING",
+            )
+            .bind(&e.id)
+            .bind(&e.event_type)
+            .bind(e.created)
+            .bind(received)
+            .bind(e.source)
+            .bind(&e.payload)
+            .execute(&mut *tx)
+            .await?;
+            stored.push(done.rows_affected() == 1);
+        }
+        tx.commit().await?;
+        Ok(stored)
+    }
+
     /// Stores an event unless its id is already stored. Returns whether this call stored it.
     pub async fn insert_event(
         &self,
