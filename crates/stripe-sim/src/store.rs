@@ -1,0 +1,163 @@
+//! In-memory object storage with Stripe-like ids, insertion-ordered indexes per object type, and atomic persistence to a file.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A new Stripe-like id: the prefix and random alphanumerics (14 for customers, 24 otherwise).
+pub fn new_id(prefix: &str) -> String {
+    let n = if prefix == "cus_" { 14 } else { 24 };
+    let mut s = String::with_capacity(prefix.len() + n);
+    s.push_str(prefix);
+    s.extend(std::iter::repeat_with(fastrand::alphanumeric).take(n));
+    s
+}
+
+/// One stored object: its wire JSON plus simulator-only data that is never rendered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// Monotonic insertion number: the tiebreak that orders lists newest first.
+    pub seq: u64,
+    /// The object as Stripe would render it.
+    pub value: Value,
+    /// Simulator-only data (card behaviour, webhook secret, ...).
+    #[serde(default)]
+    pub internal: Value,
+}
+
+/// Every object, by id, with per-type indexes in insertion order.
+#[derive(Debug, Default)]
+pub struct Store {
+    entries: HashMap<String, Entry>,
+    by_type: HashMap<String, Vec<(u64, String)>>,
+    next_seq: u64,
+}
+
+impl Store {
+    /// Inserts a new object; its type is its `object` field.
+    pub fn insert(&mut self, value: Value) {
+        self.insert_with(value, Value::Null);
+    }
+
+    /// Inserts a new object with simulator-only data.
+    pub fn insert_with(&mut self, value: Value, internal: Value) {
+        let id = value["id"].as_str().unwrap_or_default().to_owned();
+        let kind = value["object"].as_str().unwrap_or_default().to_owned();
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        self.by_type
+            .entry(kind)
+            .or_default()
+            .push((seq, id.clone()));
+        self.entries.insert(
+            id,
+            Entry {
+                seq,
+                value,
+                internal,
+            },
+        );
+    }
+
+    /// An object's wire JSON.
+    pub fn get(&self, id: &str) -> Option<&Value> {
+        self.entries.get(id).map(|e| &e.value)
+    }
+
+    /// An object's wire JSON, for a change.
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Value> {
+        self.entries.get_mut(id).map(|e| &mut e.value)
+    }
+
+    /// An object of a given type (`None` for another type's id, as Stripe answers 404 for a wrong prefix).
+    pub fn get_typed(&self, kind: &str, id: &str) -> Option<&Value> {
+        self.get(id).filter(|v| v["object"] == kind)
+    }
+
+    /// The whole entry, with simulator-only data.
+    pub fn entry(&self, id: &str) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    /// The whole entry, for a change.
+    pub fn entry_mut(&mut self, id: &str) -> Option<&mut Entry> {
+        self.entries.get_mut(id)
+    }
+
+    /// Removes an object entirely (products, webhook endpoints and test clocks are really deleted).
+    pub fn remove(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.entries.remove(id)?;
+        if let Some(kind) = entry.value["object"].as_str() {
+            if let Some(v) = self.by_type.get_mut(kind) {
+                if let Ok(i) = v.binary_search_by_key(&entry.seq, |(s, _)| *s) {
+                    v.remove(i);
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    /// The insertion number of an object.
+    pub fn seq_of(&self, id: &str) -> Option<u64> {
+        self.entries.get(id).map(|e| e.seq)
+    }
+
+    /// Ids of one type, oldest first, with their insertion numbers.
+    pub fn ids(&self, kind: &str) -> &[(u64, String)] {
+        self.by_type.get(kind).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every object of a type, oldest first.
+    pub fn values(&self, kind: &str) -> impl DoubleEndedIterator<Item = &Value> {
+        self.ids(kind).iter().filter_map(|(_, id)| self.get(id))
+    }
+
+    /// Number of stored objects.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Entries ordered by insertion, for persistence.
+    pub fn snapshot(&self) -> Vec<(&String, &Entry)> {
+        let mut v: Vec<_> = self.entries.iter().collect();
+        v.sort_by_key(|(_, e)| e.seq);
+        v
+    }
+
+    /// Rebuilds a store from persisted entries.
+    pub fn restore(entries: Vec<Entry>) -> Store {
+        let mut store = Store::default();
+        for e in entries {
+            let id = e.value["id"].as_str().unwrap_or_default().to_owned();
+            let kind = e.value["object"].as_str().unwrap_or_default().to_owned();
+            store.next_seq = store.next_seq.max(e.seq);
+            store
+                .by_type
+                .entry(kind)
+                .or_default()
+                .push((e.seq, id.clone()));
+            store.entries.insert(id, e);
+        }
+        for v in store.by_type.values_mut() {
+            v.sort();
+        }
+        store
+    }
+}
+
+/// Writes bytes to a file atomically: a temporary file in the same directory, then a rename.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("while writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("while renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,533 @@
+//! Stripe's wire format: authentication, errors for bad input, ids, lists and pagination, search, prices by lookup key, events.
+
+mod common;
+
+use common::{Sim, KEY};
+use serde_json::json;
+
+#[tokio::test]
+async fn authentication_accepts_bearer_and_basic_and_rejects_the_rest() {
+    let sim = Sim::start().await;
+    let url = format!("{}/v1/customers", sim.base);
+    let c = &sim.client;
+    let ok = c.get(&url).basic_auth(KEY, Some("")).send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let rk = c
+        .get(&url)
+        .bearer_auth("rk_test_restricted")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rk.status(), 200);
+    let none = Sim::read(c.get(&url).send().await.unwrap()).await;
+    assert_eq!(none.status, 401);
+    assert!(none.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("You did not provide an API key"));
+    assert_eq!(none.body["error"]["type"], "invalid_request_error");
+    for bad in [
+        "sk_live_abcdefghijklmnop",
+        "pk_test_abcdefghijklmn",
+        "nonsense",
+    ] {
+        let r = Sim::read(c.get(&url).bearer_auth(bad).send().await.unwrap()).await;
+        assert_eq!(r.status, 401, "{bad}");
+        let msg = r.body["error"]["message"].as_str().unwrap();
+        assert!(msg.starts_with("Invalid API Key provided"), "{msg}");
+        assert!(
+            !msg.contains(bad) || bad.len() <= 12,
+            "the key is masked: {msg}"
+        );
+    }
+    let sim_route = c
+        .get(format!("{}/_sim/ping", sim.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sim_route.status(), 401);
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_the_stripe_version() {
+    let sim = Sim::start().await;
+    let r = sim
+        .client
+        .get(format!("{}/v1/customers", sim.base))
+        .bearer_auth(KEY)
+        .header("Stripe-Version", "2026-09-30.endive")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_"));
+    assert_eq!(r.headers()["stripe-version"], "2026-09-30.endive");
+    let missing = sim.get("/v1/nope", &[]).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.body["error"]["message"], "Unrecognized request URL (GET: /v1/nope). Please see https://stripe.com/docs or we can help at https://support.stripe.com/.");
+    assert!(missing.header("request-id").is_some());
+    let wrong_method = sim.send("PUT", "/v1/customers", &[], None).await;
+    assert_eq!(wrong_method.status, 404);
+}
+
+#[tokio::test]
+async fn bad_input_gets_stripe_shaped_4xx_and_changes_nothing() {
+    let sim = Sim::start().await;
+    let post_raw = |body: Vec<u8>| {
+        let c = sim.client.clone();
+        let url = format!("{}/v1/customers", sim.base);
+        async move {
+            Sim::read(
+                c.post(url)
+                    .bearer_auth(KEY)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    for body in [
+        b"name=%ff%fe".to_vec(),
+        b"name=a&name[x]=b".to_vec(),
+        b"metadata[a=1".to_vec(),
+        vec![0xff, 0xfe, 0x00],
+        b"{\"name\": \"json\"}".to_vec(),
+    ] {
+        let r = post_raw(body.clone()).await;
+        assert_eq!(
+            r.status,
+            400,
+            "{:?} -> {:?}",
+            String::from_utf8_lossy(&body),
+            r.body
+        );
+        assert_eq!(r.body["error"]["type"], "invalid_request_error");
+    }
+    let big = post_raw(format!("name={}", "x".repeat(2 * 1024 * 1024)).into_bytes()).await;
+    assert_eq!(big.status, 413);
+    assert_eq!(big.body["error"]["type"], "invalid_request_error");
+    let unknown = sim
+        .post(
+            "/v1/customers",
+            &[("name", "a"), ("favourite_colour", "red")],
+        )
+        .await;
+    assert_eq!(unknown.error_code(), "parameter_unknown");
+    assert_eq!(unknown.body["error"]["param"], "favourite_colour");
+    let int = sim.post("/v1/customers", &[("balance", "lots")]).await;
+    assert_eq!(int.error_code(), "parameter_invalid_integer");
+    let meta = sim
+        .post("/v1/customers", &[("metadata[k]", &"v".repeat(501))])
+        .await;
+    assert_eq!(meta.status, 400);
+    let missing = sim
+        .post("/v1/subscriptions", &[("items[0][price]", "price_x")])
+        .await;
+    assert_eq!(missing.error_code(), "parameter_missing");
+    assert_eq!(missing.body["error"]["param"], "customer");
+    let empty = sim
+        .post(
+            "/v1/subscriptions",
+            &[("customer", ""), ("items[0][price]", "price_x")],
+        )
+        .await;
+    assert_eq!(empty.error_code(), "parameter_invalid_empty");
+    let product_data = sim
+        .post(
+            "/v1/subscriptions",
+            &[
+                ("customer", "cus_x"),
+                ("items[0][price_data][product_data][name]", "x"),
+            ],
+        )
+        .await;
+    assert_eq!(product_data.error_code(), "parameter_unknown");
+    assert_eq!(
+        product_data.body["error"]["param"],
+        "items[0][price_data][product_data]"
+    );
+    assert!(sim.handle.objects("customer").is_empty());
+    assert!(sim.handle.objects("event").is_empty());
+}
+
+#[tokio::test]
+async fn unknown_ids_and_wrong_prefixes_are_404_resource_missing() {
+    let sim = Sim::start().await;
+    let cus = sim.customer(&[]).await;
+    for path in [
+        "/v1/customers/cus_doesnotexist",
+        "/v1/subscriptions/sub_nope",
+        "/v1/invoices/in_nope",
+        "/v1/prices/price_nope",
+        "/v1/events/evt_nope",
+    ] {
+        let r = sim.get(path, &[]).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.error_code(), "resource_missing");
+        assert_eq!(r.body["error"]["param"], "id");
+    }
+    let wrong = sim.get(&format!("/v1/subscriptions/{cus}"), &[]).await;
+    assert_eq!(wrong.status, 404);
+    assert_eq!(
+        wrong.body["error"]["message"],
+        format!("No such subscription: '{cus}'")
+    );
+    let sub = sim
+        .post(
+            "/v1/subscriptions",
+            &[("customer", "cus_missing"), ("items[0][price]", "price_x")],
+        )
+        .await;
+    assert_eq!(sub.status, 404);
+    assert_eq!(sub.body["error"]["param"], "customer");
+}
+
+#[tokio::test]
+async fn lists_are_newest_first_and_paginate_both_ways() {
+    let sim = Sim::start().await;
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        ids.push(sim.customer(&[("email", &format!("c{i}@x.io"))]).await);
+    }
+    let first = sim.get("/v1/customers", &[]).await;
+    assert_eq!(first.body["object"], "list");
+    assert_eq!(first.body["url"], "/v1/customers");
+    assert_eq!(first.body["has_more"], true);
+    let data = first.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 10);
+    assert_eq!(data[0]["id"], ids[24].as_str());
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut p = vec![("limit", "7")];
+        if let Some(a) = &after {
+            p.push(("starting_after", a));
+        }
+        let page = sim.get("/v1/customers", &p).await;
+        let d = page.body["data"].as_array().unwrap();
+        seen.extend(d.iter().map(|c| c["id"].as_str().unwrap().to_owned()));
+        if page.body["has_more"] != true {
+            break;
+        }
+        after = Some(d.last().unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen, expected);
+    let before = sim
+        .get(
+            "/v1/customers",
+            &[("ending_before", &ids[10]), ("limit", "3")],
+        )
+        .await;
+    let d: Vec<&str> = before.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        d,
+        vec![ids[13].as_str(), ids[12].as_str(), ids[11].as_str()]
+    );
+    assert_eq!(before.body["has_more"], true);
+    assert_eq!(
+        sim.get("/v1/customers", &[("limit", "0")]).await.status,
+        400
+    );
+    assert_eq!(
+        sim.get("/v1/customers", &[("limit", "101")]).await.status,
+        400
+    );
+    let by_email = sim.get("/v1/customers", &[("email", "c3@x.io")]).await;
+    assert_eq!(by_email.body["data"][0]["id"], ids[3].as_str());
+}
+
+#[tokio::test]
+async fn search_finds_customers_and_subscriptions_by_metadata_at_once() {
+    let sim = Sim::start().await;
+    let price = sim.monthly_price(500).await;
+    let a = sim
+        .customer(&[("metadata[business_id]", "b1"), ("email", "a@x.io")])
+        .await;
+    let b = sim.customer(&[("metadata[business_id]", "b2")]).await;
+    let r = sim
+        .get(
+            "/v1/customers/search",
+            &[("query", "metadata['business_id']:'b1'")],
+        )
+        .await;
+    assert_eq!(r.body["object"], "search_result");
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["data"][0]["id"], a.as_str());
+    let or = sim
+        .get(
+            "/v1/customers/search",
+            &[
+                (
+                    "query",
+                    "metadata['business_id']:'b1' OR metadata['business_id']:'b2'",
+                ),
+                ("limit", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(or.body["has_more"], true);
+    let page = or.body["next_page"].as_str().unwrap().to_owned();
+    let next = sim
+        .get(
+            "/v1/customers/search",
+            &[
+                (
+                    "query",
+                    "metadata['business_id']:'b1' OR metadata['business_id']:'b2'",
+                ),
+                ("page", &page),
+            ],
+        )
+        .await;
+    assert_eq!(next.body["data"][0]["id"], a.as_str());
+    assert_eq!(or.body["data"][0]["id"], b.as_str());
+    let email = sim
+        .get("/v1/customers/search", &[("query", "email:'a@x.io'")])
+        .await;
+    assert_eq!(email.body["data"][0]["id"], a.as_str());
+    let bad = sim
+        .get("/v1/customers/search", &[("query", "nonsense")])
+        .await;
+    assert_eq!(bad.status, 400);
+    let sub = sim
+        .subscribe(&a, &price, &[("metadata[business_id]", "b1")])
+        .await;
+    let s = sim
+        .get(
+            "/v1/subscriptions/search",
+            &[(
+                "query",
+                "metadata['business_id']:'b1' AND status:'incomplete'",
+            )],
+        )
+        .await;
+    assert_eq!(s.body["data"][0]["id"], sub.id().as_str());
+    sim.delete(&format!("/v1/customers/{b}")).await;
+    let gone = sim
+        .get(
+            "/v1/customers/search",
+            &[("query", "metadata['business_id']:'b2'")],
+        )
+        .await;
+    assert!(gone.body["data"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn prices_list_by_lookup_keys_and_transfer_lookup_key_moves_a_key() {
+    let sim = Sim::start().await;
+    let mk = |key: &'static str, amount: &'static str, transfer: bool| {
+        let mut p = vec![
+            ("currency", "usd"),
+            ("unit_amount", amount),
+            ("recurring[interval]", "month"),
+            ("product_data[name]", "P"),
+            ("lookup_key", key),
+        ];
+        if transfer {
+            p.push(("transfer_lookup_key", "true"));
+        }
+        let sim = &sim;
+        async move { sim.post("/v1/prices", &p).await }
+    };
+    let a = mk("genesis_saas_monthly", "500", false).await;
+    let b = mk("genesis_api_monthly", "1500", false).await;
+    let dup = mk("genesis_saas_monthly", "900", false).await;
+    assert_eq!(dup.status, 400);
+    let r = sim
+        .get(
+            "/v1/prices",
+            &[
+                ("lookup_keys[]", "genesis_saas_monthly"),
+                ("lookup_keys[]", "genesis_api_monthly"),
+            ],
+        )
+        .await;
+    assert_eq!(r.body["data"].as_array().unwrap().len(), 2);
+    let c = mk("genesis_saas_monthly", "900", true).await;
+    assert_eq!(c.status, 200);
+    let r = sim
+        .get(
+            "/v1/prices",
+            &[
+                ("lookup_keys[0]", "genesis_saas_monthly"),
+                ("expand[]", "data.product"),
+            ],
+        )
+        .await;
+    let data = r.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1);
+    assert_eq!(data[0]["id"], c.body["id"]);
+    assert_eq!(data[0]["product"]["object"], "product");
+    let old = sim.get(&format!("/v1/prices/{}", a.id()), &[]).await;
+    assert_eq!(old.body["lookup_key"], serde_json::Value::Null);
+    let upd = sim
+        .post(&format!("/v1/prices/{}", b.id()), &[("active", "false")])
+        .await;
+    assert_eq!(upd.body["active"], false);
+    let ev = sim.events_of("price.updated");
+    assert!(ev
+        .iter()
+        .any(|e| e["data"]["previous_attributes"]["active"] == true));
+    let cus = sim.customer(&[]).await;
+    let inactive = sim.subscribe(&cus, &b.id(), &[]).await;
+    assert_eq!(inactive.status, 400);
+}
+
+#[tokio::test]
+async fn events_list_filters_by_type_and_created_and_carry_previous_attributes() {
+    let sim = Sim::start().await;
+    let cus = sim.customer(&[]).await;
+    sim.post(&format!("/v1/customers/{cus}"), &[("name", "Renamed")])
+        .await;
+    let all = sim.get("/v1/events", &[]).await;
+    assert_eq!(all.body["data"][0]["type"], "customer.updated");
+    assert_eq!(
+        all.body["data"][0]["data"]["previous_attributes"]["name"],
+        "Test business"
+    );
+    assert_eq!(all.body["data"][0]["api_version"], "2026-09-30.endive");
+    let created = sim.get("/v1/events", &[("type", "customer.created")]).await;
+    assert_eq!(created.body["data"].as_array().unwrap().len(), 1);
+    let wildcard = sim.get("/v1/events", &[("type", "customer.*")]).await;
+    assert_eq!(wildcard.body["data"].as_array().unwrap().len(), 2);
+    let t = created.body["data"][0]["created"].as_i64().unwrap();
+    let later = sim
+        .get("/v1/events", &[("created[gt]", &(t + 1000).to_string())])
+        .await;
+    assert!(later.body["data"].as_array().unwrap().is_empty());
+    let since = sim
+        .get(
+            "/v1/events",
+            &[
+                ("created[gte]", &t.to_string()),
+                ("types[]", "customer.updated"),
+            ],
+        )
+        .await;
+    assert_eq!(since.body["data"].as_array().unwrap().len(), 1);
+    let one = sim
+        .get(
+            &format!(
+                "/v1/events/{}",
+                created.body["data"][0]["id"].as_str().unwrap()
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(one.body["data"]["object"]["id"], cus.as_str());
+}
+
+#[tokio::test]
+async fn payment_intents_can_be_created_confirmed_and_canceled() {
+    let sim = Sim::start().await;
+    let pi = sim
+        .post(
+            "/v1/payment_intents",
+            &[("amount", "500"), ("currency", "usd")],
+        )
+        .await;
+    assert_eq!(pi.body["status"], "requires_payment_method");
+    let bad_reason = sim
+        .post(
+            &format!("/v1/payment_intents/{}/cancel", pi.id()),
+            &[("cancellation_reason", "bored")],
+        )
+        .await;
+    assert_eq!(bad_reason.status, 400);
+    let c = sim
+        .post(
+            &format!("/v1/payment_intents/{}/cancel", pi.id()),
+            &[("cancellation_reason", "abandoned")],
+        )
+        .await;
+    assert_eq!(c.body["status"], "canceled");
+    assert_eq!(c.body["cancellation_reason"], "abandoned");
+    let again = sim
+        .post(&format!("/v1/payment_intents/{}/cancel", pi.id()), &[])
+        .await;
+    assert_eq!(again.error_code(), "payment_intent_unexpected_state");
+    let ok = sim
+        .post(
+            "/v1/payment_intents",
+            &[
+                ("amount", "500"),
+                ("currency", "usd"),
+                ("payment_method", "pm_card_visa"),
+                ("confirm", "true"),
+            ],
+        )
+        .await;
+    assert_eq!(ok.body["status"], "succeeded");
+    let fail = sim
+        .post(
+            "/v1/payment_intents",
+            &[
+                ("amount", "500"),
+                ("currency", "usd"),
+                ("payment_method", "pm_card_chargeCustomerFail"),
+            ],
+        )
+        .await;
+    let conf = sim
+        .post(&format!("/v1/payment_intents/{}/confirm", fail.id()), &[])
+        .await;
+    assert_eq!(conf.status, 402);
+    assert_eq!(
+        conf.body["error"]["payment_intent"]["status"],
+        "requires_payment_method"
+    );
+    let pmt = sim
+        .post(
+            "/v1/payment_intents",
+            &[
+                ("amount", "500"),
+                ("currency", "usd"),
+                ("payment_method_types[]", "card"),
+            ],
+        )
+        .await;
+    assert_eq!(pmt.error_code(), "payment_method_types_no_longer_supported");
+}
+
+#[tokio::test]
+async fn sim_controls_validate_their_json() {
+    let sim = Sim::start().await;
+    assert_eq!(
+        sim.sim("/_sim/clock/advance", json!({"seconds": -5}))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        sim.sim("/_sim/settings", json!({"dunning": "explode"}))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        sim.sim("/_sim/webhooks", json!({"bogus": 1})).await.status,
+        400
+    );
+    assert_eq!(sim.sim("/_sim/nothing", json!({})).await.status, 404);
+    let r = sim
+        .client
+        .post(format!("{}/_sim/faults", sim.base))
+        .bearer_auth(KEY)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
