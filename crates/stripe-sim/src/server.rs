@@ -109,7 +109,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let app = app.clone();
-                async move { handle(app, req).await }
+                // Stripe finishes a request even when the client goes away. Run it detached from the
+                // connection, so a client dropped mid-request (a crash, a timeout) cannot cancel it halfway
+                // and leave its idempotency key in flight forever.
+                async move {
+                    match tokio::spawn(handle(app, req)).await {
+                        Ok(r) => r,
+                        Err(_) => Ok(error_response(
+                            &ApiError::internal("The request handler failed."),
+                            &new_request_id(),
+                            API_VERSION,
+                        )),
+                    }
+                }
             });
             let conn = http1::Builder::new()
                 .keep_alive(true)
