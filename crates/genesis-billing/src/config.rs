@@ -160,6 +160,8 @@ pub struct Settings {
     pub gap_fill_interval_secs: u64,
     /// How long a worker holds a business it works on; a crashed worker's claim expires after this.
     pub lease_secs: u64,
+    /// How often `serve` reconciles with Stripe and repairs drift (0 = never).
+    pub reconcile_interval_secs: u64,
 }
 
 /// Settings given as command-line flags (all optional).
@@ -450,6 +452,7 @@ impl Settings {
             webhook_tolerance_secs: env_num(env, "GENESIS_BILLING_WEBHOOK_TOLERANCE_SECS", 300)?,
             resume_interval_secs: env_num(env, "GENESIS_BILLING_RESUME_INTERVAL_SECS", 30)?,
             lease_secs: env_num(env, "GENESIS_BILLING_LEASE_SECS", 120)?,
+            reconcile_interval_secs: env_num(env, "GENESIS_BILLING_RECONCILE_INTERVAL_SECS", 3600)?,
             gap_fill_interval_secs: env_num(env, "GENESIS_BILLING_GAP_FILL_INTERVAL_SECS", 300)?,
             public_url: file
                 .public_url

@@ -19,6 +19,7 @@ pub mod demo;
 pub mod http;
 pub mod metrics;
 pub mod revenue;
+pub mod smoke;
 pub mod store;
 pub mod stripe;
 pub mod webhook;

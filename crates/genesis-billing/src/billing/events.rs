@@ -173,11 +173,23 @@ impl BillingService {
         if b.stripe_subscription_id.as_deref() != Some(sub.id.as_str()) {
             return Ok(ignored(Some(&b), "not the business's current subscription"));
         }
+        self.subscription_ended(&b, &sub, created).await?;
+        Ok(applied(&b))
+    }
+
+    /// Stripe ended the business's current subscription (webhook, or found by reconciliation): a trial
+    /// that ran out without a card waits for one; anything else takes the business down.
+    pub(super) async fn subscription_ended(
+        &self,
+        b: &Business,
+        sub: &Subscription,
+        at: i64,
+    ) -> Result<(), BillingError> {
         self.store
-            .set_subscription_status(&b.business_id, &sub.id, "canceled", created)
+            .set_subscription_status(&b.business_id, &sub.id, "canceled", at)
             .await?;
         if b.status == Lifecycle::TakenDown {
-            return Ok(applied(&b));
+            return Ok(());
         }
         // A trial that ended without a payment method is waiting for one (SPEC §1.2), not over.
         let trial_ended_unpaid = b.subscription_status.as_deref() == Some("trialing")
@@ -199,13 +211,13 @@ impl BillingService {
                 )
                 .await?;
             let _ = self.refresh_gauges().await;
-            return Ok(applied(&b));
+            return Ok(());
         }
         // Cancelled in Stripe (dashboard, dunning, customer deleted): the business goes down. The
         // subscription is recorded as canceled first, so the takedown calls nothing to cancel it again.
         self.takedown(&b.business_id, Some("subscription_cancelled"))
             .await?;
-        Ok(applied(&b))
+        Ok(())
     }
 
     async fn on_invoice(&self, object: &Value, kind: &str) -> Result<Applied, BillingError> {

@@ -8,6 +8,8 @@ mod import;
 mod payment;
 mod prices;
 mod provision;
+mod reconcile;
+mod rollback;
 mod takedown;
 
 use std::collections::HashMap;
@@ -27,6 +29,8 @@ pub use import::{ImportError, ImportReport, MAX_IMPORT_BYTES};
 pub use payment::CheckoutOutcome;
 pub use prices::{PriceStatus, PriceSyncLine};
 pub use provision::ResumeReport;
+pub use reconcile::{Drift, ReconcileReport};
+pub use rollback::{LiveSubscription, RollbackPlan};
 pub use takedown::TakedownSummary;
 
 /// A domain failure.

@@ -88,6 +88,21 @@ enum Command {
     /// Stripe webhook endpoint and stored events.
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// Compare every business with Stripe and report drift per field; --fix repairs it.
+    Reconcile {
+        #[arg(long)]
+        fix: bool,
+    },
+    /// Roll-back: cancel every live subscription genesis-billing created (a dry run without --confirm).
+    CancelAll {
+        #[arg(long)]
+        confirm: bool,
+        /// Cancellations in flight at once (all go through the rate limiter).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+        concurrency: u32,
+    },
+    /// Staging check: a throwaway business through create, checkout link and takedown. Refuses live keys.
+    Smoke,
 }
 
 #[derive(Debug, Subcommand)]
@@ -386,6 +401,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Serve { .. } => serve(&settings, service).await?,
+        Command::Reconcile { fix } => return reconcile(&settings, service, fix, json).await,
+        Command::CancelAll {
+            confirm,
+            concurrency,
+        } => return cancel_all(service, confirm, concurrency, json).await,
+        Command::Smoke => return crate::smoke::run(&settings, &service, json).await,
         Command::Webhooks(cmd) => return webhooks(&settings, service, cmd, json).await,
         Command::Demo => unreachable!("handled above"),
     }
@@ -400,6 +421,8 @@ async fn serve(settings: &Settings, service: Arc<BillingService>) -> Result<(), 
         webhook_retry: std::time::Duration::from_secs(5),
         gap_fill: (settings.gap_fill_interval_secs > 0)
             .then(|| std::time::Duration::from_secs(settings.gap_fill_interval_secs)),
+        reconcile: (settings.reconcile_interval_secs > 0)
+            .then(|| std::time::Duration::from_secs(settings.reconcile_interval_secs)),
     };
     let running = crate::http::start(state, settings.listen, schedule, true)
         .await
@@ -564,6 +587,154 @@ async fn webhooks(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr; invisible when stderr is not a terminal.
+fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {{bar:40}} {{pos}}/{{len}} {what}  {{per_sec}}  eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+async fn reconcile(
+    settings: &Settings,
+    service: Arc<BillingService>,
+    fix: bool,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    // First apply what webhooks missed, so drift reflects only what the event stream cannot explain.
+    let inbox = crate::webhook::Inbox::new(
+        service.clone(),
+        settings.webhook_secrets.clone(),
+        settings.webhook_tolerance_secs,
+    );
+    let missed = inbox.gap_fill().await?;
+    let bar = progress_bar(0, "businesses");
+    let report = service
+        .reconcile(fix, &|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await?;
+    bar.finish_and_clear();
+    if json {
+        print_json(&serde_json::json!({"missed_events_applied": missed, "report": report}));
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .drift
+            .iter()
+            .map(|d| {
+                vec![
+                    d.business_id.clone().unwrap_or_else(|| "-".into()),
+                    d.field.to_owned(),
+                    d.local.clone().unwrap_or_else(|| "-".into()),
+                    d.stripe.clone().unwrap_or_else(|| "-".into()),
+                    d.repair.to_owned(),
+                    match (&d.error, d.fixed) {
+                        (Some(e), _) => format!("failed: {e}"),
+                        (None, true) => "fixed".into(),
+                        (None, false) => "-".into(),
+                    },
+                ]
+            })
+            .collect();
+        if !rows.is_empty() {
+            print!(
+                "{}",
+                table(
+                    &["BUSINESS", "FIELD", "LOCAL", "STRIPE", "REPAIR", "RESULT"],
+                    &rows
+                )
+            );
+        }
+        let fixed = report.drift.iter().filter(|d| d.fixed).count();
+        println!(
+            "{} businesses, {} Stripe subscriptions, {} customers: {} drift found, {} fixed; {} missed events applied",
+            report.businesses, report.stripe_subscriptions, report.stripe_customers, report.drift.len(), fixed, missed
+        );
+    }
+    let failed = report.drift.iter().any(|d| d.error.is_some());
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn cancel_all(
+    service: Arc<BillingService>,
+    confirm: bool,
+    concurrency: u32,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    let plan = service.plan_rollback().await?;
+    let live = plan.live;
+    if !confirm {
+        if json {
+            print_json(
+                &serde_json::json!({"dry_run": true, "would_cancel": live, "records_to_update": plan.records_to_update}),
+            );
+        } else {
+            for s in &live {
+                println!("{}  {}  {}", s.subscription_id, s.status, s.business_id);
+            }
+            println!(
+                "dry run: {} live subscriptions would be cancelled ({} records of already cancelled ones updated); run with --confirm",
+                live.len(),
+                plan.records_to_update.len()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in &plan.records_to_update {
+        service.record_rollback(s).await?;
+    }
+    let bar = progress_bar(live.len() as u64, "subscriptions cancelled");
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency as usize));
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in live.clone() {
+        let (service, semaphore, bar) = (service.clone(), semaphore.clone(), bar.clone());
+        tasks.spawn(async move {
+            let _permit = semaphore.acquire_owned().await;
+            let result = service
+                .cancel_for_rollback(&s)
+                .await
+                .map_err(|e| (s.subscription_id.clone(), e.to_string()));
+            bar.inc(1);
+            result
+        });
+    }
+    let mut errors = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(("-".into(), e.to_string())),
+        }
+    }
+    bar.finish_and_clear();
+    if json {
+        print_json(&serde_json::json!({"cancelled": live.len() - errors.len(), "errors": errors}));
+    } else {
+        println!(
+            "cancelled {} of {} live subscriptions",
+            live.len() - errors.len(),
+            live.len()
+        );
+        for (id, e) in &errors {
+            eprintln!("error: {id}: {e}");
+        }
+    }
+    Ok(if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn read_limited(path: &PathBuf, limit: usize) -> Result<Vec<u8>, Failure> {
@@ -863,13 +1034,7 @@ async fn create_many(
     metrics: &Arc<Metrics>,
 ) -> Result<(), Failure> {
     let started = Instant::now();
-    let bar = ProgressBar::new(u64::from(args.count));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {bar:40} {pos}/{len} businesses  {per_sec}  eta {eta}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = progress_bar(u64::from(args.count), "businesses");
     let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency as usize));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..args.count {

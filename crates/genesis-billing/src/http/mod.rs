@@ -227,6 +227,8 @@ pub struct Schedule {
     pub webhook_retry: Duration,
     /// `None` disables gap fill.
     pub gap_fill: Option<Duration>,
+    /// `None` disables periodic reconciliation.
+    pub reconcile: Option<Duration>,
 }
 
 /// Binds `addr`, resumes unfinished work, starts the background loops and serves until shutdown.

@@ -179,6 +179,28 @@ pub fn spawn_background(
             tokio::time::sleep(schedule.webhook_retry).await;
         }
     }));
+    if let Some(every) = schedule.reconcile {
+        let s = state.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if s.service.payments_enabled() {
+                    match s.service.reconcile(true, &|_, _| {}).await {
+                        Ok(r) if !r.drift.is_empty() => {
+                            let fixed = r.drift.iter().filter(|d| d.fixed).count();
+                            tracing::warn!(
+                                found = r.drift.len(),
+                                fixed,
+                                "reconciliation found drift"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
+                    }
+                }
+            }
+        }));
+    }
     if let Some(every) = schedule.gap_fill {
         let s = state;
         tasks.push(tokio::spawn(async move {

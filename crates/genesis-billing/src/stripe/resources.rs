@@ -325,6 +325,35 @@ impl StripeClient {
         )
     }
 
+    /// One page of customers (Stripe lists only customers that are not deleted).
+    pub async fn list_customers(
+        &self,
+        starting_after: Option<&str>,
+    ) -> Result<Page<Customer>, StripeError> {
+        let query = Form::new()
+            .add("limit", "100")
+            .add_opt("starting_after", starting_after);
+        page(
+            self.send(&Call::get("customer.list", "/v1/customers", query))
+                .await?,
+            Customer::from_json,
+        )
+    }
+
+    /// Sets metadata keys on a subscription (other keys are kept).
+    pub async fn set_subscription_metadata(
+        &self,
+        id: &str,
+        metadata: &[(&str, &str)],
+        key: String,
+    ) -> Result<(), StripeError> {
+        let path = format!("/v1/subscriptions/{id}");
+        let form = Form::new().add_map("metadata", metadata.iter().copied());
+        self.send(&Call::post("subscription.update", &path, form, Some(key)))
+            .await
+            .map(drop)
+    }
+
     /// Cancels immediately (DELETE), not at period end.
     pub async fn cancel_subscription(&self, id: &str) -> Result<Subscription, StripeError> {
         let path = format!("/v1/subscriptions/{id}");

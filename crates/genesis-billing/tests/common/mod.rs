@@ -253,6 +253,7 @@ impl App {
             resume: Duration::from_secs(3600),
             webhook_retry: Duration::from_millis(200),
             gap_fill: None,
+            reconcile: None,
         };
         let running = genesis_billing::http::start_on(state, listener, schedule, false).unwrap();
         Self {

@@ -1,0 +1,383 @@
+//! Reconciliation (SPEC §1.5): compare every business with Stripe, report drift per field, and repair it.
+//!
+//! Stripe is read with list calls (100 objects a page, `status=all`), never one retrieve per business, so a
+//! fleet of thousands costs tens of requests through the rate limiter.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::{BillingError, BillingService};
+use crate::business::{in_rollout, is_live_subscription, Billing, Business, Lifecycle};
+use crate::store::{now, BusinessFilter};
+use crate::stripe::{Customer, StripeClient, StripeError, Subscription};
+
+/// Billing reasons that a later roll-out, or payments coming back, should bill.
+const SKIPPED_BILLABLE: &[&str] = &[
+    "outside the billing roll-out",
+    "payments disabled",
+    "imported without Stripe billing",
+];
+
+/// One difference between the records and Stripe.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Drift {
+    /// `None` for a Stripe object that belongs to no business.
+    pub business_id: Option<String>,
+    pub field: &'static str,
+    pub local: Option<String>,
+    pub stripe: Option<String>,
+    /// What `--fix` does (or did) about it.
+    pub repair: &'static str,
+    pub fixed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The result of one reconciliation.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ReconcileReport {
+    pub businesses: usize,
+    pub stripe_subscriptions: usize,
+    pub stripe_customers: usize,
+    pub drift: Vec<Drift>,
+}
+
+/// Everything Stripe holds that genesis-billing cares about, read with list calls.
+struct StripeView {
+    subscriptions: HashMap<String, Subscription>,
+    /// Subscriptions by metadata `business_id`, newest first.
+    by_business: HashMap<String, Vec<String>>,
+    customers: HashMap<String, Customer>,
+}
+
+async fn read_stripe(stripe: &StripeClient) -> Result<StripeView, StripeError> {
+    let mut view = StripeView {
+        subscriptions: HashMap::new(),
+        by_business: HashMap::new(),
+        customers: HashMap::new(),
+    };
+    let mut after: Option<String> = None;
+    loop {
+        let page = stripe.list_subscriptions(None, after.as_deref()).await?;
+        after = page.data.last().map(|s| s.id.clone());
+        for s in page.data {
+            if let Some(b) = s.metadata.get("business_id") {
+                view.by_business
+                    .entry(b.clone())
+                    .or_default()
+                    .push(s.id.clone());
+            }
+            view.subscriptions.insert(s.id.clone(), s);
+        }
+        if !page.has_more || after.is_none() {
+            break;
+        }
+    }
+    let mut after: Option<String> = None;
+    loop {
+        let page = stripe.list_customers(after.as_deref()).await?;
+        after = page.data.last().map(|c| c.id.clone());
+        for c in page.data {
+            view.customers.insert(c.id.clone(), c);
+        }
+        if !page.has_more || after.is_none() {
+            break;
+        }
+    }
+    Ok(view)
+}
+
+impl BillingService {
+    /// Compares every business with Stripe; with `fix`, repairs what it can and audits each repair.
+    /// `progress` is called with (done, total) as businesses are checked.
+    pub async fn reconcile(
+        &self,
+        fix: bool,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<ReconcileReport, BillingError> {
+        let stripe = self.stripe()?;
+        let view = read_stripe(stripe).await?;
+        let businesses = self
+            .store
+            .list_businesses(&BusinessFilter::default())
+            .await?;
+        let mut report = ReconcileReport {
+            businesses: businesses.len(),
+            stripe_subscriptions: view.subscriptions.len(),
+            stripe_customers: view.customers.len(),
+            drift: Vec::new(),
+        };
+        let total = businesses.len() as u64;
+        for (i, b) in businesses.iter().enumerate() {
+            for mut d in self.drift_of(b, &view) {
+                self.metrics
+                    .inc("genesis_billing_reconcile_drift_total", &[d.field, "found"]);
+                if fix {
+                    match self.repair(b, &d, &view).await {
+                        Ok(()) => {
+                            d.fixed = true;
+                            self.metrics
+                                .inc("genesis_billing_reconcile_drift_total", &[d.field, "fixed"]);
+                            let detail = format!(
+                                "{}: {:?} → {:?} ({})",
+                                d.field, d.local, d.stripe, d.repair
+                            );
+                            self.store
+                                .record_event(&b.business_id, "reconcile_fix", &detail)
+                                .await?;
+                        }
+                        Err(e) => d.error = Some(e.to_string()),
+                    }
+                }
+                report.drift.push(d);
+            }
+            progress(i as u64 + 1, total);
+        }
+        // Customers in Stripe that no business accounts for.
+        let known: HashMap<&str, &Business> = businesses
+            .iter()
+            .map(|b| (b.business_id.as_str(), b))
+            .collect();
+        let mut orphans: Vec<&Customer> = view
+            .customers
+            .values()
+            .filter(|c| {
+                c.metadata.get("autonomous").map(String::as_str) == Some("true")
+                    || c.metadata.contains_key("business_id")
+            })
+            .filter(|c| {
+                match c
+                    .metadata
+                    .get("business_id")
+                    .and_then(|id| known.get(id.as_str()))
+                {
+                    None => true,
+                    Some(b) => b.stripe_customer_id.as_deref() != Some(c.id.as_str()),
+                }
+            })
+            .collect();
+        orphans.sort_by(|a, b| a.id.cmp(&b.id));
+        for c in orphans {
+            self.metrics.inc(
+                "genesis_billing_reconcile_drift_total",
+                &["orphan_customer", "found"],
+            );
+            report.drift.push(Drift {
+                business_id: c.metadata.get("business_id").cloned(),
+                field: "orphan_customer",
+                local: None,
+                stripe: Some(c.id.clone()),
+                repair: "flagged for an operator: no business records this customer",
+                fixed: false,
+                error: None,
+            });
+        }
+        let _ = self.refresh_gauges().await;
+        Ok(report)
+    }
+
+    fn drift_of(&self, b: &Business, view: &StripeView) -> Vec<Drift> {
+        let drift = |field, local: Option<&str>, stripe: Option<&str>, repair| Drift {
+            business_id: Some(b.business_id.clone()),
+            field,
+            local: local.map(str::to_owned),
+            stripe: stripe.map(str::to_owned),
+            repair,
+            fixed: false,
+            error: None,
+        };
+        let mut out = Vec::new();
+        if b.status == Lifecycle::TakenDown {
+            if b.takedown_outcome.is_none() {
+                out.push(drift(
+                    "takedown",
+                    Some("unfinished"),
+                    None,
+                    "finish the takedown",
+                ));
+            } else if let Some(s) = b
+                .stripe_subscription_id
+                .as_ref()
+                .and_then(|id| view.subscriptions.get(id))
+            {
+                if is_live_subscription(&s.status) {
+                    out.push(drift(
+                        "subscription_status",
+                        b.subscription_status.as_deref(),
+                        Some(&s.status),
+                        "cancel: the business is taken down",
+                    ));
+                }
+            }
+            return out;
+        }
+        // A subscription Stripe has for this business but the records miss (a crash between Stripe's answer
+        // and our write, or a key older than Stripe keeps): adopt it rather than provision a second one.
+        let adoptable = match &b.stripe_subscription_id {
+            None if b.billing != Billing::Skipped => {
+                let generation = b.generation.to_string();
+                view.by_business.get(&b.business_id).and_then(|ids| {
+                    ids.iter().map(|id| &view.subscriptions[id]).find(|s| {
+                        s.metadata
+                            .get("genesis_generation")
+                            .map(String::as_str)
+                            .unwrap_or("0")
+                            == generation
+                            && is_live_subscription(&s.status)
+                    })
+                })
+            }
+            _ => None,
+        };
+        if let Some(s) = adoptable {
+            out.push(drift(
+                "subscription_id",
+                None,
+                Some(&s.id),
+                "adopt the subscription found by metadata",
+            ));
+        } else {
+            match b.billing {
+                Billing::Pending | Billing::Failed => out.push(drift(
+                    "billing",
+                    Some(b.billing.as_str()),
+                    None,
+                    "finish provisioning",
+                )),
+                Billing::Skipped
+                    if self.payments_enabled()
+                        && in_rollout(&b.business_id, self.rollout_percent)
+                        && b.billing_error
+                            .as_deref()
+                            .is_some_and(|e| SKIPPED_BILLABLE.contains(&e)) =>
+                {
+                    out.push(drift(
+                        "billing",
+                        Some("skipped"),
+                        None,
+                        "bill it: now inside the roll-out",
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if let Some(id) = &b.stripe_subscription_id {
+            match view.subscriptions.get(id) {
+                None => out.push(drift(
+                    "subscription_id",
+                    Some(id),
+                    None,
+                    "none: the subscription is unknown to Stripe",
+                )),
+                Some(s) => {
+                    if b.subscription_status.as_deref() != Some(s.status.as_str()) {
+                        let repair = if is_live_subscription(&s.status) {
+                            "store Stripe's status"
+                        } else {
+                            "subscription ended in Stripe: apply it"
+                        };
+                        out.push(drift(
+                            "subscription_status",
+                            b.subscription_status.as_deref(),
+                            Some(&s.status),
+                            repair,
+                        ));
+                    }
+                    if s.metadata.get("business_id") != Some(&b.business_id) {
+                        out.push(drift(
+                            "metadata",
+                            Some(&b.business_id),
+                            s.metadata.get("business_id").map(String::as_str),
+                            "restore metadata business_id",
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(c) = &b.stripe_customer_id {
+            if !view.customers.contains_key(c) {
+                out.push(drift(
+                    "customer",
+                    Some(c),
+                    None,
+                    "customer deleted in Stripe: recorded",
+                ));
+            }
+        }
+        out
+    }
+
+    async fn repair(&self, b: &Business, d: &Drift, view: &StripeView) -> Result<(), BillingError> {
+        let stripe = self.stripe()?;
+        match (d.field, d.repair) {
+            ("takedown", _) => {
+                self.finish_takedown_claimed(&b.business_id).await?;
+            }
+            ("subscription_status", "cancel: the business is taken down") => {
+                if let Some(id) = &b.stripe_subscription_id {
+                    stripe.cancel_subscription(id).await?;
+                    self.store
+                        .set_subscription_status(&b.business_id, id, "canceled", now())
+                        .await?;
+                }
+            }
+            ("billing", "bill it: now inside the roll-out") => {
+                self.store
+                    .set_billing(&b.business_id, Billing::Pending, None, None)
+                    .await?;
+                self.provision(&b.business_id).await?;
+            }
+            ("billing", _) => {
+                self.provision(&b.business_id).await?;
+            }
+            ("subscription_status", "store Stripe's status") => {
+                let s =
+                    &view.subscriptions[b.stripe_subscription_id.as_deref().unwrap_or_default()];
+                // What was just listed is Stripe's state now, newer than anything stored.
+                self.store
+                    .set_subscription_status(&b.business_id, &s.id, &s.status, now())
+                    .await?;
+            }
+            ("subscription_status", _) => {
+                let s =
+                    &view.subscriptions[b.stripe_subscription_id.as_deref().unwrap_or_default()];
+                self.subscription_ended(b, s, now()).await?;
+            }
+            ("metadata", _) => {
+                if let Some(id) = &b.stripe_subscription_id {
+                    let key = format!(
+                        "genesis:{}:subscription:{id}:metadata:{}",
+                        b.business_id,
+                        now()
+                    );
+                    stripe
+                        .set_subscription_metadata(
+                            id,
+                            &[
+                                ("business_id", &b.business_id),
+                                ("business_type", &b.business_type),
+                            ],
+                            key,
+                        )
+                        .await?;
+                }
+            }
+            ("subscription_id", "adopt the subscription found by metadata") => {
+                let s = &view.subscriptions[d.stripe.as_deref().unwrap_or_default()];
+                self.adopt_subscription(b, s).await?;
+            }
+            ("customer", _) => {
+                self.store
+                    .record_event(
+                        &b.business_id,
+                        "customer_deleted",
+                        "found deleted by reconciliation",
+                    )
+                    .await?;
+            }
+            _ => return Err(BillingError::Conflict(format!("no repair for {}", d.field))),
+        }
+        Ok(())
+    }
+}

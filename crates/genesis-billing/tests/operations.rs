@@ -1,0 +1,466 @@
+//! Operating a fleet: reconciliation of drift made behind the service's back, roll-out, roll-back, smoke.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{World, KEY};
+use genesis_billing::business::{Billing, Lifecycle, NewBusiness};
+use reqwest::Method;
+
+async fn create(world: &World, name: &str) -> String {
+    world
+        .service
+        .create_business(
+            NewBusiness {
+                name: name.into(),
+                business_type: "saas".into(),
+                email: None,
+            },
+            None,
+        )
+        .await
+        .unwrap()
+        .0
+        .business_id
+}
+
+async fn record(world: &World, id: &str) -> genesis_billing::business::Business {
+    world
+        .service
+        .store()
+        .get_business(id)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_it() {
+    let world = World::new().await;
+    let cancelled = create(&world, "Cancelled in the dashboard").await;
+    let relabelled = create(&world, "Metadata edited").await;
+    let deleted = create(&world, "Customer deleted").await;
+    let fine = create(&world, "Untouched").await;
+    // No webhook endpoint is registered: the service hears nothing of these changes.
+    let sub = record(&world, &cancelled)
+        .await
+        .stripe_subscription_id
+        .unwrap();
+    assert_eq!(
+        world
+            .sim_call(Method::DELETE, &format!("/v1/subscriptions/{sub}"), &[])
+            .await
+            .0,
+        200
+    );
+    let sub = record(&world, &relabelled)
+        .await
+        .stripe_subscription_id
+        .unwrap();
+    assert_eq!(
+        world
+            .sim_call(
+                Method::POST,
+                &format!("/v1/subscriptions/{sub}"),
+                &[("metadata[business_id]", "someone-else")]
+            )
+            .await
+            .0,
+        200
+    );
+    let customer = record(&world, &deleted).await.stripe_customer_id.unwrap();
+    assert_eq!(
+        world
+            .sim_call(Method::DELETE, &format!("/v1/customers/{customer}"), &[])
+            .await
+            .0,
+        200
+    );
+
+    let before = world.stripe_requests();
+    let report = world.service.reconcile(false, &|_, _| {}).await.unwrap();
+    assert!(
+        world.stripe_requests() - before <= 4,
+        "lists, not one retrieve per business"
+    );
+    let found = |id: &str, field: &str| {
+        report
+            .drift
+            .iter()
+            .any(|d| d.business_id.as_deref() == Some(id) && d.field == field)
+    };
+    assert!(
+        found(&cancelled, "subscription_status"),
+        "{:#?}",
+        report.drift
+    );
+    assert!(found(&relabelled, "metadata"), "{:#?}", report.drift);
+    assert!(
+        found(&deleted, "customer") && found(&deleted, "subscription_status"),
+        "{:#?}",
+        report.drift
+    );
+    assert!(!report
+        .drift
+        .iter()
+        .any(|d| d.business_id.as_deref() == Some(fine.as_str())));
+    assert!(
+        report.drift.iter().all(|d| !d.fixed),
+        "a report changes nothing"
+    );
+    assert_eq!(record(&world, &cancelled).await.status, Lifecycle::Active);
+
+    let fixed = world.service.reconcile(true, &|_, _| {}).await.unwrap();
+    assert!(fixed.drift.iter().all(|d| d.fixed), "{:#?}", fixed.drift);
+    let c = record(&world, &cancelled).await;
+    assert_eq!(
+        (c.status, c.takedown_reason.as_deref()),
+        (Lifecycle::TakenDown, Some("subscription_cancelled"))
+    );
+    assert_eq!(record(&world, &deleted).await.status, Lifecycle::TakenDown);
+    let sub = &world.subscriptions_of(&relabelled)[0];
+    assert_eq!(
+        sub["metadata"]["business_id"],
+        relabelled.as_str(),
+        "metadata restored in Stripe"
+    );
+    let audit = world.service.store().events_of(&relabelled).await.unwrap();
+    assert!(
+        audit.iter().any(|(kind, _, _)| kind == "reconcile_fix"),
+        "each repair is audited"
+    );
+    assert!(
+        world.metrics.value(
+            "genesis_billing_reconcile_drift_total",
+            &["metadata", "fixed"]
+        ) >= 1.0
+    );
+
+    let clean = world.service.reconcile(false, &|_, _| {}).await.unwrap();
+    assert!(clean.drift.is_empty(), "{:#?}", clean.drift);
+}
+
+#[tokio::test]
+async fn reconcile_adopts_a_subscription_found_by_metadata_instead_of_creating_a_second() {
+    let world = World::new().await;
+    let (b, _) = world
+        .service
+        .create_business(
+            NewBusiness {
+                name: "Orphaned sub".into(),
+                business_type: "saas".into(),
+                email: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    // A record that lost its subscription id (a crash between Stripe's answer and our write).
+    let lost = genesis_billing::business::Business {
+        business_id: "00000000-0000-4000-8000-00000000ad0b".into(),
+        billing: Billing::Pending,
+        stripe_subscription_id: None,
+        subscription_status: None,
+        ..b.clone()
+    };
+    world
+        .service
+        .store()
+        .insert_business(&lost, None)
+        .await
+        .unwrap();
+    let price = b.stripe_price_id.clone().unwrap();
+    let customer = b.stripe_customer_id.clone().unwrap();
+    let (status, sub) = world
+        .sim_call(
+            Method::POST,
+            "/v1/subscriptions",
+            &[
+                ("customer", &customer),
+                ("items[0][price]", &price),
+                ("payment_behavior", "default_incomplete"),
+                ("metadata[business_id]", &lost.business_id),
+            ],
+        )
+        .await;
+    assert_eq!(status, 200, "{sub}");
+    let report = world.service.reconcile(true, &|_, _| {}).await.unwrap();
+    assert!(
+        report
+            .drift
+            .iter()
+            .any(|d| d.field == "subscription_id" && d.fixed),
+        "{:#?}",
+        report.drift
+    );
+    let after = record(&world, &lost.business_id).await;
+    assert_eq!(after.stripe_subscription_id.as_deref(), sub["id"].as_str());
+    assert_eq!(after.billing, Billing::Provisioned);
+    assert_eq!(
+        world.subscriptions_of(&lost.business_id).len(),
+        1,
+        "adopted, not created twice"
+    );
+}
+
+#[tokio::test]
+async fn raising_the_rollout_bills_the_newly_included_businesses_on_the_next_reconciliation() {
+    let world = World::with(
+        stripe_sim::SimConfig {
+            rate_limit_per_second: 0,
+            ..Default::default()
+        },
+        &[("BILLING_ROLLOUT_PERCENT", "0")],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(create(&world, &format!("Later {i}")).await);
+    }
+    assert!(world.objects("customer").is_empty());
+    let everyone = world
+        .second_service_with(&[("BILLING_ROLLOUT_PERCENT", "100")])
+        .await;
+    let report = everyone.reconcile(true, &|_, _| {}).await.unwrap();
+    assert_eq!(
+        report
+            .drift
+            .iter()
+            .filter(|d| d.field == "billing" && d.fixed)
+            .count(),
+        10,
+        "{:#?}",
+        report.drift
+    );
+    for id in &ids {
+        let b = record(&world, id).await;
+        assert_eq!(b.billing, Billing::Provisioned);
+        assert_eq!(world.subscriptions_of(id).len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn the_mrr_gauge_goes_down_on_cancellation() {
+    let world = World::new().await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let id = create(&world, &format!("Paying {i}")).await;
+        let sub = record(&world, &id).await.stripe_subscription_id.unwrap();
+        // Activate through the simulator and let reconciliation bring the status home.
+        let (_, session) = world
+            .sim_call(
+                Method::POST,
+                "/v1/checkout/sessions",
+                &[
+                    ("mode", "setup"),
+                    ("currency", "usd"),
+                    (
+                        "customer",
+                        &record(&world, &id).await.stripe_customer_id.unwrap(),
+                    ),
+                    ("success_url", "https://x.test/s"),
+                ],
+            )
+            .await;
+        let sid = session["id"].as_str().unwrap().to_owned();
+        world
+            .sim_call(
+                Method::POST,
+                &format!("/_sim/checkout/sessions/{sid}/complete"),
+                &[("payment_method", "pm_card_visa")],
+            )
+            .await;
+        let completed = world
+            .service
+            .stripe()
+            .unwrap()
+            .retrieve_checkout_session(&sid)
+            .await
+            .unwrap();
+        world
+            .service
+            .apply_checkout_completed(&completed)
+            .await
+            .unwrap();
+        assert_eq!(world.subscriptions_of(&id)[0]["id"], sub.as_str());
+        ids.push(id);
+    }
+    world.service.refresh_gauges().await.unwrap();
+    assert_eq!(
+        world
+            .metrics
+            .value("genesis_billing_mrr_usd", &["saas", "usd"]),
+        10.0
+    );
+    world.service.takedown(&ids[0], None).await.unwrap();
+    assert_eq!(
+        world
+            .metrics
+            .value("genesis_billing_mrr_usd", &["saas", "usd"]),
+        5.0
+    );
+    let revenue_counter = world
+        .metrics
+        .value("genesis_meta_agent_stripe_revenue_total_usd", &["saas"]);
+    assert_eq!(
+        revenue_counter, 10.0,
+        "the original counter only ever adds, as before"
+    );
+}
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_genesis-billing")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_all_is_a_dry_run_by_default_and_killed_halfway_then_rerun_cancels_each_subscription_exactly_once(
+) {
+    let world = World::new().await;
+    for i in 0..24 {
+        create(&world, &format!("Rollback {i}")).await;
+    }
+    let env = [
+        ("STRIPE_API_KEY", KEY.to_owned()),
+        ("STRIPE_API_BASE", world.sim.base_url()),
+        ("DATABASE_URL", common::db_url(&world.dir)),
+        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
+    ];
+    let run = |args: &[&str]| {
+        Command::new(bin())
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    };
+
+    let dry = tokio::task::block_in_place(|| run(&["--json", "cancel-all"]));
+    assert!(dry.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(v["would_cancel"].as_array().unwrap().len(), 24);
+    assert!(
+        world
+            .objects("subscription")
+            .iter()
+            .all(|s| s["status"] == "incomplete"),
+        "a dry run cancels nothing"
+    );
+
+    // Slow cancellations, then a kill in the middle of the batch.
+    world.sim.set_faults(vec![stripe_sim::FaultRule {
+        kind: stripe_sim::FaultKind::Latency,
+        probability: 1.0,
+        operation: Some("DELETE /v1/subscriptions".into()),
+        latency_ms: 60,
+        jitter_ms: 0,
+    }]);
+    let mut child = Command::new(bin())
+        .args(["cancel-all", "--confirm", "--concurrency", "2"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::eventually("some cancellations", Duration::from_secs(20), || async {
+        world
+            .objects("subscription")
+            .iter()
+            .filter(|s| s["status"] == "canceled")
+            .count()
+            >= 4
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let halfway = world
+        .objects("subscription")
+        .iter()
+        .filter(|s| s["status"] == "canceled")
+        .count();
+    assert!(halfway < 24, "killed halfway ({halfway} cancelled)");
+    world.sim.set_faults(vec![]);
+
+    let rerun = tokio::task::block_in_place(|| run(&["cancel-all", "--confirm"]));
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    let subs = world.objects("subscription");
+    assert!(subs.iter().all(|s| s["status"] == "canceled"));
+    let events = world.objects("event");
+    for s in &subs {
+        let deletions = events
+            .iter()
+            .filter(|e| {
+                e["type"] == "customer.subscription.deleted" && e["data"]["object"]["id"] == s["id"]
+            })
+            .count();
+        assert_eq!(deletions, 1, "{} cancelled exactly once", s["id"]);
+    }
+    let again = tokio::task::block_in_place(|| run(&["--json", "cancel-all"]));
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert!(v["would_cancel"].as_array().unwrap().is_empty());
+    let listed = world
+        .service
+        .store()
+        .list_businesses(&Default::default())
+        .await
+        .unwrap();
+    assert!(listed
+        .iter()
+        .all(|b| b.subscription_status.as_deref() == Some("canceled")
+            && b.billing == Billing::Skipped));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_runs_a_throwaway_business_through_the_lifecycle_and_refuses_live_keys() {
+    let world = World::new().await;
+    let env = [
+        ("STRIPE_API_KEY", KEY.to_owned()),
+        ("STRIPE_API_BASE", world.sim.base_url()),
+        ("DATABASE_URL", common::db_url(&world.dir)),
+    ];
+    let out = tokio::task::block_in_place(|| {
+        Command::new(bin())
+            .args(["--json", "smoke"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["steps"].as_array().unwrap().len(), 5);
+    assert!(
+        world
+            .objects("subscription")
+            .iter()
+            .all(|s| s["status"] == "canceled"),
+        "cleaned up"
+    );
+    assert!(
+        world
+            .objects("customer")
+            .iter()
+            .all(|c| c["deleted"] == true),
+        "cleaned up"
+    );
+
+    let live = tokio::task::block_in_place(|| {
+        Command::new(bin())
+            .arg("smoke")
+            .env("STRIPE_API_KEY", "sk_live_smokesmoke")
+            .env("DATABASE_URL", common::db_url(&world.dir))
+            .output()
+            .unwrap()
+    });
+    assert_eq!(live.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&live.stderr).contains("refuses live keys"));
+}
