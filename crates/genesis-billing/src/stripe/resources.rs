@@ -181,7 +181,7 @@ pub struct NewSubscription<'a> {
     pub metadata: Vec<(&'a str, String)>,
     pub trial_days: u32,
     pub missing_payment_method: &'a str,
-    /// Charge this payment method at once (a replacement subscription after payment collection).
+    /// Charge this payment method at once, without a trial (a replacement after payment collection).
     pub default_payment_method: Option<&'a str>,
 }
 
@@ -275,16 +275,17 @@ impl StripeClient {
                 "on_subscription",
             )
             .add_map("metadata", s.metadata.iter().map(|(k, v)| (*k, v.as_str())));
-        if s.trial_days > 0 {
+        if let Some(pm) = s.default_payment_method {
+            // A replacement with a card at hand: charge at once (no second trial), and keep the
+            // subscription incomplete if the charge fails.
+            form = form
+                .add("default_payment_method", pm)
+                .add("payment_behavior", "allow_incomplete");
+        } else if s.trial_days > 0 {
             form = form.add("trial_period_days", s.trial_days.to_string()).add(
                 "trial_settings[end_behavior][missing_payment_method]",
                 s.missing_payment_method,
             );
-        } else if let Some(pm) = s.default_payment_method {
-            // A payment method is at hand: charge at once, and keep the subscription incomplete if it fails.
-            form = form
-                .add("default_payment_method", pm)
-                .add("payment_behavior", "allow_incomplete");
         } else {
             form = form.add("payment_behavior", "default_incomplete");
         }

@@ -273,3 +273,26 @@ impl App {
             .bearer_auth(ADMIN_TOKEN)
     }
 }
+
+/// A service whose webhook endpoint is registered in the simulator, receiving real signed deliveries.
+pub async fn wired(world: World) -> (World, App) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/stripe/webhook", listener.local_addr().unwrap());
+    let mut form: Vec<(&str, &str)> = vec![("url", url.as_str())];
+    for e in genesis_billing::billing::HANDLED_EVENTS {
+        form.push(("enabled_events[]", e));
+    }
+    let (status, endpoint) = world
+        .sim_call(reqwest::Method::POST, "/v1/webhook_endpoints", &form)
+        .await;
+    assert_eq!(status, 200, "{endpoint}");
+    let secret = endpoint["secret"].as_str().unwrap().to_owned();
+    let app = App::start(&world, &[ADMIN_TOKEN], &[secret], Some(listener)).await;
+    world
+        .sim_control(
+            "/_sim/webhooks",
+            serde_json::json!({"retry_schedule_ms": [50, 100, 200]}),
+        )
+        .await;
+    (world, app)
+}
