@@ -162,6 +162,10 @@ pub struct Settings {
     pub lease_secs: u64,
     /// How often `serve` reconciles with Stripe and repairs drift (0 = never).
     pub reconcile_interval_secs: u64,
+    /// Most database connections this process opens (each replica has its own pool).
+    pub db_max_connections: u32,
+    /// PostgreSQL `statement_timeout` per connection, in milliseconds (0 = the server's default).
+    pub db_statement_timeout_ms: u64,
 }
 
 /// Settings given as command-line flags (all optional).
@@ -436,8 +440,20 @@ impl Settings {
                 .unwrap_or_default(),
         };
 
+        let db_max_connections = env_num(env, "GENESIS_BILLING_DB_MAX_CONNECTIONS", 16u32)?;
+        if !(1..=1000).contains(&db_max_connections) {
+            return Err(invalid(
+                "GENESIS_BILLING_DB_MAX_CONNECTIONS",
+                "expected 1 to 1000",
+            ));
+        }
+        let db_statement_timeout_ms =
+            env_num(env, "GENESIS_BILLING_DB_STATEMENT_TIMEOUT_MS", 30_000u64)?;
+
         Ok(Self {
             database_url,
+            db_max_connections,
+            db_statement_timeout_ms,
             stripe,
             key_mode,
             rollout_percent,
@@ -459,6 +475,15 @@ impl Settings {
                 .or_else(|| env.var("GENESIS_BILLING_PUBLIC_URL"))
                 .unwrap_or_else(|| "https://example.com".to_owned()),
         })
+    }
+
+    /// The database pool settings.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions {
+            max_connections: self.db_max_connections,
+            statement_timeout: (self.db_statement_timeout_ms > 0)
+                .then(|| Duration::from_millis(self.db_statement_timeout_ms)),
+        }
     }
 
     /// `test`, `live` or `disabled`, as `/health` reports it.
@@ -616,6 +641,37 @@ mod tests {
                 .rate_limit_per_second,
             90
         );
+    }
+
+    #[test]
+    fn the_database_pool_is_configurable_with_safe_defaults() {
+        let s = load(&[]).unwrap();
+        assert_eq!(
+            (s.db_max_connections, s.db_statement_timeout_ms),
+            (16, 30_000)
+        );
+        assert_eq!(
+            s.store_options().statement_timeout,
+            Some(Duration::from_secs(30))
+        );
+        let s = load(&[
+            ("GENESIS_BILLING_DB_MAX_CONNECTIONS", "64"),
+            ("GENESIS_BILLING_DB_STATEMENT_TIMEOUT_MS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(s.store_options().max_connections, 64);
+        assert_eq!(
+            s.store_options().statement_timeout,
+            None,
+            "0 = server default"
+        );
+        for bad in ["0", "1001", "many"] {
+            assert!(
+                load(&[("GENESIS_BILLING_DB_MAX_CONNECTIONS", bad)]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(load(&[("GENESIS_BILLING_DB_STATEMENT_TIMEOUT_MS", "-5")]).is_err());
     }
 
     #[test]

@@ -482,3 +482,32 @@ async fn a_business_whose_price_cannot_be_resolved_fails_and_is_provisioned_afte
         .collect();
     assert_eq!(customers.len(), 1);
 }
+
+#[tokio::test]
+async fn a_burst_of_businesses_on_a_cold_price_cache_reads_the_prices_once() {
+    let world = World::new().await;
+    let metrics = std::sync::Arc::new(genesis_billing::metrics::Metrics::new());
+    let cold = std::sync::Arc::new(
+        genesis_billing::cli::build_service(&world.settings, metrics.clone())
+            .await
+            .map_err(|_| "build")
+            .unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let service = cold.clone();
+        tasks.push(tokio::spawn(async move {
+            service
+                .create_business(new(&format!("Cold {i}"), "saas"), None)
+                .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().0.billing, Billing::Provisioned);
+    }
+    assert_eq!(
+        metrics.histogram_total("genesis_billing_stripe_request_duration_seconds"),
+        20 * 2 + 1,
+        "two writes each and one price lookup in all"
+    );
+}

@@ -61,6 +61,8 @@ pub struct BillingService {
     catalog: Catalog,
     /// Prices by lookup key, resolved once: the happy path then costs two Stripe writes and no reads.
     prices: RwLock<HashMap<String, Price>>,
+    /// Held while prices are resolved after a cache miss.
+    resolving: tokio::sync::Mutex<()>,
     rollout_percent: u8,
     metrics: Arc<Metrics>,
     public_url: String,
@@ -82,6 +84,7 @@ impl BillingService {
             stripe,
             catalog,
             prices: RwLock::new(HashMap::new()),
+            resolving: tokio::sync::Mutex::new(()),
             rollout_percent,
             metrics,
             public_url,
@@ -93,6 +96,11 @@ impl BillingService {
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
+    }
+
+    /// How long a worker may hold work before another may take it over (`GENESIS_BILLING_LEASE_SECS`).
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     pub fn store(&self) -> &Store {
@@ -137,6 +145,11 @@ impl BillingService {
 
     /// The Stripe price of a catalog entry, from the cache or resolved once.
     async fn price_for(&self, entry: &Entry) -> Result<Price, BillingError> {
+        if let Some(p) = self.prices.read().await.get(&entry.lookup_key) {
+            return Ok(p.clone());
+        }
+        // Single flight: a burst of provisioning tasks that all miss the cache resolves once, not once each.
+        let _resolving = self.resolving.lock().await;
         if let Some(p) = self.prices.read().await.get(&entry.lookup_key) {
             return Ok(p.clone());
         }

@@ -259,7 +259,7 @@ fn init_logging(verbose: u8, format: LogFormat) {
     // Dependencies stay at warn (info at -vvv): their debug output is noise, and never ours to vouch for.
     let deps = if verbose >= 3 { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("{deps},genesis_billing={ours},stripe_sim={ours}"))
+        EnvFilter::new(format!("{deps},sqlx::query=error,genesis_billing={ours},stripe_sim={ours}"))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -295,7 +295,7 @@ pub async fn build_service(
     metrics: Arc<Metrics>,
 ) -> Result<BillingService, Failure> {
     let catalog = load_catalog(settings)?;
-    let store = Store::connect(&settings.database_url, 16)
+    let store = Store::connect_with(&settings.database_url, settings.store_options())
         .await
         .with_context(|| format!("while opening the database {}", settings.database_url))?;
     store
@@ -314,7 +314,15 @@ pub async fn build_service(
                 },
                 metrics.clone(),
             )
-            .context("while building the Stripe client")?,
+            .context("while building the Stripe client")
+            // Stripe limits the account, not the process: replicas on one PostgreSQL draw from one budget
+            // in it (see stripe::rate_limit). SQLite means one process, whose own limiter suffices.
+            .map(|client| match store.backend() {
+                crate::store::Backend::Postgres => client.with_shared_rate_limit(Arc::new(
+                    store.rate_budget(&format!("stripe_{}", s.mode.as_str())),
+                )),
+                crate::store::Backend::Sqlite => client,
+            })?,
         ),
         None => None,
     };
@@ -672,6 +680,19 @@ async fn cancel_all(
     concurrency: u32,
     json: bool,
 ) -> Result<ExitCode, Failure> {
+    // One roll-back at a time across the fleet: a job lease (see store::coordination), renewed while we
+    // run and released at the end. A second run waits for the first; a run that was killed holds it for
+    // at most 10 s (the lease is short because it is renewed), so a rerun after a crash starts quickly.
+    let lease = if confirm {
+        let lease = service.lease().min(std::time::Duration::from_secs(10));
+        Some(
+            crate::store::JobLease::claim_waiting(service.store(), "cancel_all", lease)
+                .await
+                .context("while claiming the cancel-all lease")?,
+        )
+    } else {
+        None
+    };
     let plan = service.plan_rollback().await?;
     let live = plan.live;
     if !confirm {
@@ -718,6 +739,9 @@ async fn cancel_all(
         }
     }
     bar.finish_and_clear();
+    if let Some(lease) = lease {
+        lease.release(std::time::Duration::ZERO).await;
+    }
     if json {
         print_json(&serde_json::json!({"cancelled": live.len() - errors.len(), "errors": errors}));
     } else {

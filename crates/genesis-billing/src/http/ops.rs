@@ -11,6 +11,7 @@ use axum::Json;
 
 use super::error::ApiError;
 use super::{AppState, CatalogHealth, Schedule};
+use crate::store::JobLease;
 use crate::webhook::{ReceiveError, Received, Rejection, MAX_BODY};
 
 /// `GET /health` (SPEC §5). 503 only when the database is unreachable: Stripe problems degrade, not kill.
@@ -185,6 +186,13 @@ pub fn spawn_background(
             loop {
                 tokio::time::sleep(every).await;
                 if s.service.payments_enabled() {
+                    // Once per interval across the fleet: a job lease (see store::coordination).
+                    let Some(lease) =
+                        JobLease::try_claim(s.service.store(), "reconcile", s.service.lease())
+                            .await
+                    else {
+                        continue;
+                    };
                     match s.service.reconcile(true, &|_, _| {}).await {
                         Ok(r) if !r.drift.is_empty() => {
                             let fixed = r.drift.iter().filter(|d| d.fixed).count();
@@ -197,6 +205,7 @@ pub fn spawn_background(
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
                     }
+                    lease.release(every).await;
                 }
             }
         }));
@@ -207,9 +216,15 @@ pub fn spawn_background(
             loop {
                 tokio::time::sleep(every).await;
                 if s.service.payments_enabled() {
+                    let Some(lease) =
+                        JobLease::try_claim(s.service.store(), "gap_fill", s.service.lease()).await
+                    else {
+                        continue;
+                    };
                     if let Err(e) = s.inbox.gap_fill().await {
                         tracing::warn!(error = %e, "gap fill failed");
                     }
+                    lease.release(every).await;
                 }
             }
         }));

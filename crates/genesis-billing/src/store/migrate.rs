@@ -19,6 +19,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhook_event",
         include_str!("../../migrations/0002_webhook_event.sql"),
     ),
+    (
+        3,
+        "coordination",
+        include_str!("../../migrations/0003_coordination.sql"),
+    ),
 ];
 
 pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<&'static str>, StoreError> {

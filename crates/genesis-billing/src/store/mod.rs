@@ -3,9 +3,11 @@
 //! Queries are runtime-checked (`sqlx::query`) through sqlx's `Any` driver with `$n` placeholders, which
 //! SQLite and PostgreSQL both accept, so the domain code never knows which backend it runs on.
 
+mod coordination;
 mod migrate;
 mod webhook_event;
 
+pub use coordination::{JobLease, StoreRateBudget};
 pub use webhook_event::{NewEvent, StoredEvent};
 
 use std::time::Duration;
@@ -76,6 +78,24 @@ pub struct SubscriptionRecord<'a> {
     pub state_at: i64,
 }
 
+/// How to size and bound the connection pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Most connections this process opens (every replica opens its own pool: size the server for the sum).
+    pub max_connections: u32,
+    /// PostgreSQL `statement_timeout` for every connection; `None` leaves the server's default.
+    pub statement_timeout: Option<Duration>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            statement_timeout: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
 /// The database: a connection pool plus the queries the domain needs.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -136,9 +156,30 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 }
 
 impl Store {
-    /// Connects, creating a SQLite file if needed (WAL, busy timeout, foreign keys on).
+    /// Connects with a pool of at most `max_connections` and the default statement timeout.
     pub async fn connect(url: &DatabaseUrl, max_connections: u32) -> Result<Self, StoreError> {
+        Self::connect_with(
+            url,
+            StoreOptions {
+                max_connections,
+                ..StoreOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Connects, creating a SQLite file if needed (WAL, busy timeout, foreign keys on); on PostgreSQL
+    /// every connection gets the statement timeout, so a stuck query cannot hold a connection for ever.
+    pub async fn connect_with(
+        url: &DatabaseUrl,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
+        let max_connections = options.max_connections.max(1);
+        // `SET` takes no bind parameters; the value is a number we formatted ourselves.
+        let set_timeout = options
+            .statement_timeout
+            .map(|t| format!("SET statement_timeout = {}", t.as_millis()));
         let backend = if url.is_postgres() {
             Backend::Postgres
         } else {
@@ -156,6 +197,7 @@ impl Store {
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |conn, _meta| {
+                let set_timeout = set_timeout.clone();
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         // WAL lets readers run beside the writer; FULL sync makes a commit survive power loss;
@@ -165,6 +207,8 @@ impl Store {
                              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                         )
                         .await?;
+                    } else if let Some(set) = &set_timeout {
+                        conn.execute(set.as_str()).await?;
                     }
                     Ok(())
                 })

@@ -56,9 +56,15 @@ impl Store {
     /// event, whether this call stored it (false: already stored, a duplicate delivery).
     pub async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<bool>, StoreError> {
         let received = now();
+        // Rows are inserted in event-id order, whatever the arrival order: two replicas committing
+        // batches that share events then take the rows' locks in the same order and queue instead of
+        // deadlocking (PostgreSQL would abort one batch, and every event in it would be answered 503).
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_by(|&a, &b| events[a].id.cmp(&events[b].id));
         let mut tx = self.pool.begin().await?;
-        let mut stored = Vec::with_capacity(events.len());
-        for e in events {
+        let mut stored = vec![false; events.len()];
+        for i in order {
+            let e = &events[i];
             let done = sqlx::query(
                 "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, payload, status, attempts) \
                  VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0) ON CONFLICT (event_id) DO NOTHING",
@@ -71,7 +77,7 @@ impl Store {
             .bind(&e.payload)
             .execute(&mut *tx)
             .await?;
-            stored.push(done.rows_affected() == 1);
+            stored[i] = done.rows_affected() == 1;
         }
         tx.commit().await?;
         Ok(stored)

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::error::StripeError;
 use super::form::Form;
-use super::rate_limit::RateLimiter;
+use super::rate_limit::{RateLimiter, SharedBudget};
 use super::retry::{decide, Decision, RetryPolicy};
 use crate::metrics::Metrics;
 
@@ -106,6 +106,13 @@ impl StripeClient {
             limiter: Arc::new(RateLimiter::new(config.rate_limit_per_second, burst)),
             metrics,
         })
+    }
+
+    /// Draws this client's rate limit from `budget`, shared with the other replicas, instead of from this
+    /// process alone (same rate and burst; see `rate_limit`).
+    pub fn with_shared_rate_limit(mut self, budget: Arc<dyn SharedBudget>) -> Self {
+        self.limiter = Arc::new(self.limiter.sharing(budget));
+        self
     }
 
     /// Sends a call, retrying transient failures per the policy; each attempt waits for the rate limiter.
