@@ -3,7 +3,9 @@
 
 use genesis_billing::business::{Billing, Business, Lifecycle};
 use genesis_billing::config::DatabaseUrl;
-use genesis_billing::store::{now, BusinessFilter, Store, SubscriptionRecord};
+use genesis_billing::store::{
+    now, BusinessFilter, JobLease, NewEvent, Store, StoreOptions, SubscriptionRecord,
+};
 use sqlx::Connection;
 
 /// Where the tests find PostgreSQL (trust auth on the CI machine).
@@ -338,6 +340,85 @@ async fn contract(store: &Store) {
     // History.
     store.record_event("b0", "note", "hello").await.unwrap();
     assert_eq!(store.events_of("b0").await.unwrap()[0].1, "hello");
+
+    coordination_contract(store).await;
+}
+
+/// Job leases and the shared rate budget: the same SQL on both backends.
+async fn coordination_contract(store: &Store) {
+    // A job lease: one holder at a time, renewable by its owner, free once expired or released.
+    let t = now();
+    assert!(store.claim_job("job", "r1", t + 60, t).await.unwrap());
+    assert!(
+        !store.claim_job("job", "r2", t + 60, t).await.unwrap(),
+        "held"
+    );
+    assert!(
+        store.claim_job("job", "r1", t + 90, t).await.unwrap(),
+        "its owner may re-claim"
+    );
+    assert!(store.extend_job("job", "r1", t + 120).await.unwrap());
+    assert!(
+        !store.extend_job("job", "r2", t + 120).await.unwrap(),
+        "not r2's to renew"
+    );
+    assert_eq!(
+        store.job_holder("job").await.unwrap(),
+        Some(("r1".to_owned(), t + 120))
+    );
+    assert!(
+        store
+            .claim_job("job", "r2", t + 300, t + 121)
+            .await
+            .unwrap(),
+        "an expired lease is taken over"
+    );
+    assert!(
+        !store.extend_job("job", "r1", t + 500).await.unwrap(),
+        "r1 lost it"
+    );
+    assert!(store.extend_job("job", "r2", 0).await.unwrap(), "released");
+    assert!(store.claim_job("job", "r3", t + 60, t).await.unwrap());
+    assert!(store.job_holder("other").await.unwrap().is_none());
+
+    // The rate budget: each reservation moves the theoretical arrival time one interval on from
+    // max(itself, now); an idle budget restarts at now.
+    assert_eq!(
+        store
+            .reserve_rate_slot("stripe_test", 1_000_000, 100_000)
+            .await
+            .unwrap(),
+        1_100_000
+    );
+    assert_eq!(
+        store
+            .reserve_rate_slot("stripe_test", 1_000_000, 100_000)
+            .await
+            .unwrap(),
+        1_200_000
+    );
+    assert_eq!(
+        store
+            .reserve_rate_slot("stripe_test", 1_050_000, 100_000)
+            .await
+            .unwrap(),
+        1_300_000
+    );
+    assert_eq!(
+        store
+            .reserve_rate_slot("stripe_test", 9_000_000, 100_000)
+            .await
+            .unwrap(),
+        9_100_000
+    );
+    assert_eq!(
+        store
+            .reserve_rate_slot("stripe_live", 1_000_000, 50_000)
+            .await
+            .unwrap(),
+        1_050_000,
+        "one row per limiter"
+    );
 }
 
 #[tokio::test]
@@ -370,7 +451,7 @@ async fn replicas_migrating_postgres_at_once_apply_each_migration_once() {
         .into_iter()
         .map(|r| r.unwrap().len())
         .sum();
-    assert_eq!(applied, 2, "each migration applied by exactly one replica");
+    assert_eq!(applied, 3, "each migration applied by exactly one replica");
     assert!(
         store.get_business("x").await.unwrap().is_none(),
         "the schema works"
@@ -385,6 +466,162 @@ async fn futures_three(url: &DatabaseUrl) -> (Store, Store, Store) {
         Store::connect(url, 2).await.unwrap(),
         Store::connect(url, 2).await.unwrap(),
     )
+}
+
+#[tokio::test]
+async fn replicas_reserving_rate_slots_at_once_on_postgres_each_get_their_own_slot() {
+    let (fresh, store) = Fresh::postgres().await;
+    let Fresh::Postgres(name) = &fresh else {
+        unreachable!()
+    };
+    let base = admin_url();
+    let url = DatabaseUrl::new(format!("{}/{name}", &base[..base.rfind('/').unwrap()]));
+    let replicas = futures_three(&url).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for replica in [replicas.0, replicas.1, replicas.2] {
+        for _ in 0..20 {
+            let replica = replica.clone();
+            tasks.spawn(async move {
+                replica
+                    .reserve_rate_slot("stripe_test", 1_000_000, 1_000)
+                    .await
+                    .unwrap()
+            });
+        }
+    }
+    let mut slots = Vec::new();
+    while let Some(slot) = tasks.join_next().await {
+        slots.push(slot.unwrap());
+    }
+    slots.sort_unstable();
+    let expected: Vec<i64> = (1..=60).map(|i| 1_000_000 + i * 1_000).collect();
+    assert_eq!(
+        slots, expected,
+        "sixty distinct consecutive slots, none lost or shared"
+    );
+    fresh.drop_db(store).await;
+}
+
+#[tokio::test]
+async fn a_statement_stuck_on_postgres_is_cancelled_by_the_configured_timeout() {
+    let (fresh, store) = Fresh::postgres().await;
+    let Fresh::Postgres(name) = &fresh else {
+        unreachable!()
+    };
+    let base = admin_url();
+    let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+    // Another session holds the migration lock, so migrating waits on it: a stuck statement.
+    let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(7351001)")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let impatient = Store::connect_with(
+        &DatabaseUrl::new(url),
+        StoreOptions {
+            max_connections: 1,
+            statement_timeout: Some(std::time::Duration::from_millis(200)),
+        },
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = impatient.migrate().await.unwrap_err();
+    assert!(err.to_string().contains("statement timeout"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    other.close().await.unwrap();
+    drop(impatient);
+    fresh.drop_db(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_lease_is_renewed_while_held_and_freed_by_release_or_by_its_holders_death() {
+    let (fresh, store) = Fresh::sqlite().await;
+    let lease = std::time::Duration::from_secs(1);
+    let claim = |name: &'static str| {
+        let store = store.clone();
+        async move { JobLease::claim(&store, name, lease).await.unwrap() }
+    };
+    let first = claim("job").await.expect("free");
+    assert!(claim("job").await.is_none(), "held");
+    // Well past the lease time, its holder's renewals keep it.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(claim("job").await.is_none(), "renewed while held");
+    first.release(std::time::Duration::ZERO).await;
+    let second = claim("job").await.expect("released");
+
+    // A holder that vanishes (no release, no renewal) loses the job once its lease expires.
+    drop(second);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let third = loop {
+        if let Some(l) = claim("job").await {
+            break l;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+
+    // A waiting claim gets the job as soon as the holder is done.
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move { JobLease::claim_waiting(&store, "job", lease).await })
+    };
+    third.release(std::time::Duration::ZERO).await;
+    let fourth = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting claim gets the job")
+        .unwrap()
+        .unwrap();
+    fourth.release(std::time::Duration::ZERO).await;
+
+    // A periodic job released with a hold stays taken until its next run is due.
+    let periodic = claim("periodic").await.unwrap();
+    let owner = periodic.owner().to_owned();
+    periodic.release(std::time::Duration::from_secs(3600)).await;
+    assert!(claim("periodic").await.is_none(), "not due yet");
+    let (holder, until) = store.job_holder("periodic").await.unwrap().unwrap();
+    assert_eq!(holder, owner);
+    assert!(until >= now() + 3500, "{until}");
+    fresh.drop_db(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_storing_the_same_webhook_events_at_once_on_postgres_store_each_once_without_deadlock(
+) {
+    let (fresh, store) = Fresh::postgres().await;
+    let Fresh::Postgres(name) = &fresh else {
+        unreachable!()
+    };
+    let base = admin_url();
+    let url = DatabaseUrl::new(format!("{}/{name}", &base[..base.rfind('/').unwrap()]));
+    let (a, b, _) = futures_three(&url).await;
+    let event = |id: String| NewEvent {
+        id,
+        event_type: "invoice.paid".into(),
+        created: 1,
+        source: "webhook",
+        payload: "{}".into(),
+    };
+    for round in 0..20 {
+        // The same events, in opposite orders, committed by two replicas at once.
+        let batch: Vec<NewEvent> = (0..8).map(|i| event(format!("evt_{round}_{i}"))).collect();
+        let reversed: Vec<NewEvent> = batch.iter().rev().cloned().collect();
+        let (x, y) = tokio::join!(a.insert_events(&batch), b.insert_events(&reversed));
+        let (x, y) = (x.unwrap(), y.unwrap());
+        for i in 0..8 {
+            assert!(
+                x[i] ^ y[7 - i],
+                "round {round}: event {i} stored exactly once"
+            );
+        }
+    }
+    assert_eq!(store.list_events(None, 1000).await.unwrap().len(), 160);
+    fresh.drop_db(store).await;
 }
 
 #[tokio::test]
