@@ -1,13 +1,17 @@
-//! `genesis-billing demo`: the whole lifecycle, offline, against an in-process Stripe simulator.
+//! `genesis-billing demo`: the whole lifecycle, offline. An in-process Stripe simulator delivers real
+//! signed webhooks to the service running in-process, exactly as Stripe would to `serve`.
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use secrecy::SecretString;
+use serde_json::json;
 
 use crate::billing::BillingService;
-use crate::business::NewBusiness;
-use crate::cli::{build_service, business_table, print_json, revenue_table, Failure};
+use crate::business::{Business, Lifecycle, NewBusiness};
+use crate::cli::{app_state, build_service, business_table, print_json, revenue_table, Failure};
 use crate::config::{Flags, Settings};
 use crate::metrics::Metrics;
 use crate::revenue::live_mrr;
@@ -23,14 +27,34 @@ const BUSINESSES: &[(&str, &str, Option<&str>)] = &[
     ("Tiny Tool", "tool", None),
 ];
 
-fn step(json: bool, text: &str) {
-    if !json {
-        println!("\n== {text}");
+/// Prints as the demo goes, unless the caller wants JSON only.
+struct Narrator {
+    json: bool,
+}
+
+impl Narrator {
+    fn step(&self, text: &str) {
+        if !self.json {
+            println!("\n== {text}");
+        }
     }
+    fn say(&self, text: impl AsRef<str>) {
+        if !self.json {
+            println!("{}", text.as_ref());
+        }
+    }
+}
+
+/// The simulator, the service and its HTTP side, torn down together.
+struct Stage {
+    sim: stripe_sim::SimHandle,
+    service: Arc<BillingService>,
+    running: crate::http::Running,
 }
 
 /// Runs the demo; the database is a fresh SQLite file in a temporary directory, kept for inspection.
 pub async fn run(json: bool) -> Result<(), Failure> {
+    let say = Narrator { json };
     let sim = stripe_sim::start(stripe_sim::SimConfig::default())
         .await
         .context("while starting the Stripe simulator")?;
@@ -44,11 +68,53 @@ pub async fn run(json: bool) -> Result<(), Failure> {
         ..Flags::default()
     };
     // The caller's environment is ignored on purpose: the demo must never reach a real Stripe account.
-    let settings = Settings::load(&flags, &[("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "100")])?;
+    let mut settings = Settings::load(&flags, &[("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "100")])?;
     let metrics = Arc::new(Metrics::new());
-    let service = build_service(&settings, metrics.clone()).await?;
-    let result = walk_through(&service, &sim.base_url(), json).await;
-    sim.shutdown().await;
+    let service = Arc::new(build_service(&settings, metrics.clone()).await?);
+
+    say.step("syncing the price catalog into Stripe");
+    let prices = service.sync_prices(true).await?;
+    for p in &prices {
+        say.say(format!(
+            "{:<28} {:?} {}",
+            p.lookup_key,
+            p.status,
+            p.stripe_price_id.as_deref().unwrap_or("-")
+        ));
+    }
+
+    say.step("the service starts and registers its webhook endpoint with Stripe");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("while binding the demo service")?;
+    let url = format!(
+        "http://{}/stripe/webhook",
+        listener.local_addr().context("while binding")?
+    );
+    let (endpoint, secret) = service.register_webhook_endpoint(&url).await?;
+    settings.webhook_secrets = vec![secret];
+    let schedule = crate::http::Schedule {
+        resume: Duration::from_secs(3600),
+        webhook_retry: Duration::from_secs(1),
+        gap_fill: None,
+        reconcile: None,
+    };
+    let running = crate::http::start_on(
+        app_state(&settings, service.clone()),
+        listener,
+        schedule,
+        false,
+    )
+    .context("while starting the demo service")?;
+    say.say(format!("webhook endpoint {endpoint} → {url}"));
+    let stage = Stage {
+        sim,
+        service,
+        running,
+    };
+    let result = walk_through(&stage, &say, prices).await;
+    let _ = stage.running.shutdown().await;
+    stage.sim.shutdown().await;
     let report = result?;
     if json {
         print_json(&report);
@@ -58,115 +124,242 @@ pub async fn run(json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn walk_through(
-    service: &BillingService,
-    sim_base: &str,
-    json: bool,
-) -> Result<serde_json::Value, Failure> {
-    step(json, "syncing the price catalog into Stripe");
-    let prices = service.sync_prices(true).await?;
-    if !json {
-        for p in &prices {
-            println!(
-                "{:<28} {:?} {}",
-                p.lookup_key,
-                p.status,
-                p.stripe_price_id.as_deref().unwrap_or("-")
-            );
+/// Waits for webhooks to bring a record to the wanted state.
+async fn until<F, Fut>(what: &str, mut check: F) -> Result<(), Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        if Instant::now() > deadline {
+            return Err(Failure::Failed(anyhow::anyhow!(
+                "the demo timed out waiting for {what}"
+            )));
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(())
+}
 
-    step(
-        json,
-        "creating businesses (customer + subscription each, status as Stripe reports it)",
+async fn record(service: &BillingService, id: &str) -> Result<Business, Failure> {
+    Ok(service
+        .store()
+        .get_business(id)
+        .await
+        .context("while reading a record")?
+        .context("record vanished")?)
+}
+
+async fn status_is(service: &BillingService, id: &str, status: &str) -> bool {
+    matches!(service.store().get_business(id).await, Ok(Some(b)) if b.subscription_status.as_deref() == Some(status))
+}
+
+async fn walk_through(
+    stage: &Stage,
+    say: &Narrator,
+    prices: Vec<crate::billing::PriceSyncLine>,
+) -> Result<serde_json::Value, Failure> {
+    let service = &stage.service;
+
+    say.step(
+        "creating businesses: a customer and a subscription each, with the status Stripe reports",
     );
     let mut ids = Vec::new();
     for (name, kind, email) in BUSINESSES {
-        let (b, _) = service
-            .create_business(
-                NewBusiness {
-                    name: (*name).into(),
-                    business_type: (*kind).into(),
-                    email: email.map(Into::into),
-                },
-                None,
-            )
-            .await?;
-        if !json {
-            println!(
-                "{:<16} {:<10} billing {:<12} subscription {}",
-                b.name,
-                b.business_type,
-                b.billing,
-                b.subscription_status.as_deref().unwrap_or("-")
-            );
-        }
+        let input = NewBusiness {
+            name: (*name).into(),
+            business_type: (*kind).into(),
+            email: email.map(Into::into),
+        };
+        let (b, _) = service.create_business(input, None).await?;
+        say.say(format!(
+            "{:<16} {:<10} billing {:<12} subscription {}",
+            b.name,
+            b.business_type,
+            b.billing,
+            b.subscription_status.as_deref().unwrap_or("-")
+        ));
         ids.push(b.business_id);
     }
 
-    step(
-        json,
-        "the owner of Acme Analytics adds a card through Checkout",
-    );
+    say.step("the owners of Acme Analytics, Blue Basket and Ping API add a card through Checkout");
+    for id in [&ids[0], &ids[1], &ids[3]] {
+        let session = service.checkout_link(id).await?;
+        say.say(format!(
+            "checkout link: {}",
+            session.url.as_deref().unwrap_or("-")
+        ));
+        complete_checkout(&stage.sim.base_url(), &session.id, "pm_card_visa").await?;
+        until(
+            "checkout.session.completed to activate the subscription",
+            || status_is(service, id, "active"),
+        )
+        .await?;
+    }
+    say.say("webhook checkout.session.completed → first invoice paid → subscriptions active");
+
+    say.step("a month later Acme's card starts failing: the renewal fails, then recovers");
     let session = service.checkout_link(&ids[0]).await?;
-    if !json {
-        println!("checkout link: {}", session.url.as_deref().unwrap_or("-"));
-    }
-    complete_checkout(sim_base, &session.id).await?;
-    let completed = service
-        .stripe()?
-        .retrieve_checkout_session(&session.id)
-        .await
-        .map_err(crate::billing::BillingError::from)?;
-    let outcome = service.apply_checkout_completed(&completed).await?;
-    let acme = service
-        .store()
-        .get_business(&ids[0])
-        .await
-        .context("while reading a record")?
-        .context("record vanished")?;
-    if !json {
-        println!(
-            "checkout completed: {outcome:?}; subscription now {}",
-            acme.subscription_status.as_deref().unwrap_or("-")
-        );
-    }
+    complete_checkout(
+        &stage.sim.base_url(),
+        &session.id,
+        "pm_card_chargeCustomerFail",
+    )
+    .await?;
+    until("the failing card to become the default", || async {
+        service
+            .store()
+            .events_of(&ids[0])
+            .await
+            .map(|e| {
+                e.iter()
+                    .filter(|(k, _, _)| k == "checkout_completed")
+                    .count()
+                    == 2
+            })
+            .unwrap_or(false)
+    })
+    .await?;
+    sim_control(
+        &stage.sim.base_url(),
+        "/_sim/clock/advance",
+        json!({"seconds": 31 * 86_400 + 3600}),
+    )
+    .await?;
+    until("invoice.payment_failed to make it past_due", || {
+        status_is(service, &ids[0], "past_due")
+    })
+    .await?;
+    say.say("webhook invoice.payment_failed + customer.subscription.updated → past_due");
+    let session = service.checkout_link(&ids[0]).await?;
+    complete_checkout(&stage.sim.base_url(), &session.id, "pm_card_visa").await?;
+    until("the new card to become the default", || async {
+        service
+            .store()
+            .events_of(&ids[0])
+            .await
+            .map(|e| {
+                e.iter()
+                    .filter(|(k, _, _)| k == "checkout_completed")
+                    .count()
+                    == 3
+            })
+            .unwrap_or(false)
+    })
+    .await?;
+    sim_control(
+        &stage.sim.base_url(),
+        "/_sim/clock/advance",
+        json!({"seconds": 3 * 86_400 + 3600}),
+    )
+    .await?;
+    until("Stripe's retry with the new card to make it active", || {
+        status_is(service, &ids[0], "active")
+    })
+    .await?;
+    say.say("the owner adds a working card; Stripe's next retry pays → active again");
+    until("Daily Digest's unpaid subscription to expire", || {
+        status_is(service, &ids[2], "incomplete_expired")
+    })
+    .await?;
+    say.say("Daily Digest never paid: Stripe expired its subscription after 23 hours → billing expired, waiting for a card");
 
-    step(json, "taking Tiny Tool down");
+    say.step("Blue Basket's subscription is cancelled from Stripe's dashboard");
+    let sub = record(service, &ids[1])
+        .await?
+        .stripe_subscription_id
+        .unwrap_or_default();
+    stripe_call(
+        &stage.sim.base_url(),
+        reqwest::Method::DELETE,
+        &format!("/v1/subscriptions/{sub}"),
+    )
+    .await?;
+    until("customer.subscription.deleted to take the business down", || async {
+        matches!(service.store().get_business(&ids[1]).await, Ok(Some(b)) if b.status == Lifecycle::TakenDown)
+    })
+    .await?;
+    say.say("webhook customer.subscription.deleted → taken down (reason subscription_cancelled)");
+
+    say.step("drift behind the service's back: webhooks off, Ping API's subscription cancelled");
+    sim_control(
+        &stage.sim.base_url(),
+        "/_sim/webhooks",
+        json!({"enabled": false}),
+    )
+    .await?;
+    let sub = record(service, &ids[3])
+        .await?
+        .stripe_subscription_id
+        .unwrap_or_default();
+    stripe_call(
+        &stage.sim.base_url(),
+        reqwest::Method::DELETE,
+        &format!("/v1/subscriptions/{sub}"),
+    )
+    .await?;
+    let found = service.reconcile(false, &|_, _| {}).await?;
+    for d in &found.drift {
+        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        say.say(format!(
+            "drift: {} {}: local {}, Stripe {}",
+            d.business_id.as_deref().unwrap_or("-"),
+            d.field,
+            or_dash(&d.local),
+            or_dash(&d.stripe)
+        ));
+    }
+    let fixed = service.reconcile(true, &|_, _| {}).await?;
+    say.say(format!(
+        "reconcile --fix repaired {} of {} drifts",
+        fixed.drift.iter().filter(|d| d.fixed).count(),
+        fixed.drift.len()
+    ));
+    sim_control(
+        &stage.sim.base_url(),
+        "/_sim/webhooks",
+        json!({"enabled": true}),
+    )
+    .await?;
+
+    say.step("taking Tiny Tool down");
     let summary = service.takedown(&ids[4], Some("demo")).await?;
-    if !json {
-        println!(
-            "takedown {}: stripe {}, customer deleted {:?}",
-            summary.status, summary.stripe, summary.customer_deleted
-        );
-    }
+    say.say(format!(
+        "takedown {}: stripe {}, customer deleted: {}",
+        summary.status,
+        summary.stripe,
+        summary
+            .customer_deleted
+            .map(|d| if d { "yes" } else { "no" })
+            .unwrap_or("-")
+    ));
 
-    step(json, "records");
+    say.step("records");
     let all = service
         .store()
         .list_businesses(&BusinessFilter::default())
         .await
         .context("while reading records")?;
     let mrr = live_mrr(&all);
-    if !json {
-        print!("{}", business_table(&all));
-        step(
-            json,
-            "revenue (active MRR; incomplete subscriptions earn nothing until paid)",
-        );
-        print!("{}", revenue_table(&mrr));
-    }
-    Ok(serde_json::json!({
+    say.say(business_table(&all).trim_end());
+    say.step("revenue (active MRR; incomplete subscriptions earn nothing until paid)");
+    say.say(revenue_table(&mrr).trim_end());
+    Ok(json!({
         "prices": prices,
         "businesses": all,
-        "checkout": outcome,
+        "drift_found": found.drift,
         "takedown": summary,
         "mrr": mrr,
     }))
 }
 
 /// Plays the customer: the simulator's completion endpoint does what paying in Checkout would.
-async fn complete_checkout(sim_base: &str, session: &str) -> Result<(), Failure> {
+async fn complete_checkout(
+    sim_base: &str,
+    session: &str,
+    payment_method: &str,
+) -> Result<(), Failure> {
     let url = format!("{sim_base}/_sim/checkout/sessions/{session}/complete");
     let response = reqwest::Client::new()
         .post(&url)
@@ -175,13 +368,49 @@ async fn complete_checkout(sim_base: &str, session: &str) -> Result<(), Failure>
             reqwest::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
         )
-        .body("payment_method=pm_card_visa")
+        .body(format!("payment_method={payment_method}"))
         .send()
         .await
         .context("while completing the checkout session")?;
     if !response.status().is_success() {
         return Err(Failure::Failed(anyhow::anyhow!(
             "the simulator refused to complete checkout: {}",
+            response.status()
+        )));
+    }
+    Ok(())
+}
+
+/// Plays an operator in Stripe's dashboard.
+async fn stripe_call(sim_base: &str, method: reqwest::Method, path: &str) -> Result<(), Failure> {
+    let response = reqwest::Client::new()
+        .request(method, format!("{sim_base}{path}"))
+        .bearer_auth(DEMO_KEY)
+        .send()
+        .await
+        .with_context(|| format!("while calling {path}"))?;
+    if !response.status().is_success() {
+        return Err(Failure::Failed(anyhow::anyhow!(
+            "{path}: {}",
+            response.status()
+        )));
+    }
+    Ok(())
+}
+
+/// A simulator control (time, webhook delivery).
+async fn sim_control(sim_base: &str, path: &str, body: serde_json::Value) -> Result<(), Failure> {
+    let response = reqwest::Client::new()
+        .post(format!("{sim_base}{path}"))
+        .bearer_auth(DEMO_KEY)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .with_context(|| format!("while calling {path}"))?;
+    if !response.status().is_success() {
+        return Err(Failure::Failed(anyhow::anyhow!(
+            "{path}: {}",
             response.status()
         )));
     }

@@ -475,26 +475,8 @@ async fn webhooks(
             if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > 2048 {
                 return Err(Failure::Usage("--url must be an http(s) URL".into()));
             }
-            let stripe = service.stripe()?;
-            let form = crate::stripe::Form::new()
-                .add("url", url.as_str())
-                .add_list(
-                    "enabled_events",
-                    crate::billing::HANDLED_EVENTS.iter().copied(),
-                )
-                .add("api_version", crate::stripe::STRIPE_VERSION);
-            let key = format!("genesis:webhook_endpoint:{url}");
-            let endpoint = stripe
-                .send(&crate::stripe::Call::post(
-                    "webhook_endpoint.create",
-                    "/v1/webhook_endpoints",
-                    form,
-                    Some(key),
-                ))
-                .await
-                .map_err(BillingError::from)?;
-            let id = endpoint["id"].as_str().unwrap_or("-");
-            let secret = endpoint["secret"].as_str().unwrap_or("");
+            let (id, secret) = service.register_webhook_endpoint(&url).await?;
+            let secret = secrecy::ExposeSecret::expose_secret(&secret);
             if json {
                 print_json(
                     &serde_json::json!({"id": id, "url": url, "enabled_events": crate::billing::HANDLED_EVENTS, "secret": secret}),
