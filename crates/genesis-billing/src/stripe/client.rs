@@ -216,7 +216,7 @@ fn api_error(status: u16, headers: &HeaderMap, body: &[u8]) -> StripeError {
     let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let error = &parsed["error"];
     let text = |k: &str| error[k].as_str().map(str::to_owned);
-    StripeError::Api {
+    StripeError::Api(Box::new(super::error::ApiError {
         status,
         kind: text("type").unwrap_or_else(|| "api_error".into()),
         code: text("code"),
@@ -232,7 +232,7 @@ fn api_error(status: u16, headers: &HeaderMap, body: &[u8]) -> StripeError {
             .map(Duration::from_secs),
         replayed: header_str(headers, "idempotent-replayed")
             .is_some_and(|v| v.eq_ignore_ascii_case("true")),
-    }
+    }))
 }
 
 #[cfg(test)]
@@ -248,27 +248,16 @@ mod tests {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
         let body = br#"{"error":{"type":"card_error","code":"card_declined","decline_code":"generic_decline","message":"Your card was declined.","param":"payment_method"}}"#;
         match api_error(402, &headers, body) {
-            StripeError::Api {
-                status,
-                kind,
-                code,
-                decline_code,
-                message,
-                param,
-                request_id,
-                should_retry,
-                replayed,
-                ..
-            } => {
-                assert_eq!(status, 402);
-                assert_eq!(kind, "card_error");
-                assert_eq!(code.as_deref(), Some("card_declined"));
-                assert_eq!(decline_code.as_deref(), Some("generic_decline"));
-                assert_eq!(message, "Your card was declined.");
-                assert_eq!(param.as_deref(), Some("payment_method"));
-                assert_eq!(request_id.as_deref(), Some("req_123"));
-                assert_eq!(should_retry, Some(false));
-                assert!(replayed);
+            StripeError::Api(e) => {
+                assert_eq!(e.status, 402);
+                assert_eq!(e.kind, "card_error");
+                assert_eq!(e.code.as_deref(), Some("card_declined"));
+                assert_eq!(e.decline_code.as_deref(), Some("generic_decline"));
+                assert_eq!(e.message, "Your card was declined.");
+                assert_eq!(e.param.as_deref(), Some("payment_method"));
+                assert_eq!(e.request_id.as_deref(), Some("req_123"));
+                assert_eq!(e.should_retry, Some(false));
+                assert!(e.replayed);
             }
             other => panic!("unexpected {other:?}"),
         }

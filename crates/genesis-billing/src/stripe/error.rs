@@ -2,24 +2,44 @@
 
 use std::time::Duration;
 
+/// What Stripe said when it answered with an error object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    /// Stripe's `type` (`invalid_request_error`, `card_error`, ...).
+    pub kind: String,
+    pub code: Option<String>,
+    pub decline_code: Option<String>,
+    pub message: String,
+    pub param: Option<String>,
+    pub request_id: Option<String>,
+    pub should_retry: Option<bool>,
+    pub retry_after: Option<Duration>,
+    /// `Idempotent-Replayed: true`: Stripe returned a stored response for this key.
+    pub replayed: bool,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Stripe {} {}", self.status, self.kind)?;
+        if let Some(c) = &self.code {
+            write!(f, "/{c}")?;
+        }
+        write!(
+            f,
+            ": {} (request {})",
+            self.message,
+            self.request_id.as_deref().unwrap_or("-")
+        )
+    }
+}
+
 /// A failed Stripe call.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StripeError {
-    /// Stripe answered with an error object.
-    #[error("Stripe {status} {kind}{}: {message} (request {})", code.as_deref().map(|c| format!("/{c}")).unwrap_or_default(), request_id.as_deref().unwrap_or("-"))]
-    Api {
-        status: u16,
-        kind: String,
-        code: Option<String>,
-        decline_code: Option<String>,
-        message: String,
-        param: Option<String>,
-        request_id: Option<String>,
-        should_retry: Option<bool>,
-        retry_after: Option<Duration>,
-        /// `Idempotent-Replayed: true`: Stripe returned a stored response for this key.
-        replayed: bool,
-    },
+    /// Stripe answered with an error object (boxed: it is large, and errors travel through many `Result`s).
+    #[error("{0}")]
+    Api(Box<ApiError>),
     /// No HTTP response: connection refused or reset, DNS, TLS.
     #[error("could not reach Stripe: {0}")]
     Connection(String),
@@ -38,7 +58,7 @@ impl StripeError {
     /// HTTP status, when Stripe answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Self::Api { status, .. } => Some(*status),
+            Self::Api(e) => Some(e.status),
             _ => None,
         }
     }
@@ -46,7 +66,7 @@ impl StripeError {
     /// Stripe's error `code` (e.g. `resource_missing`).
     pub fn code(&self) -> Option<&str> {
         match self {
-            Self::Api { code, .. } => code.as_deref(),
+            Self::Api(e) => e.code.as_deref(),
             _ => None,
         }
     }
@@ -55,7 +75,7 @@ impl StripeError {
     pub fn is_ambiguous(&self) -> bool {
         match self {
             Self::Connection(_) | Self::Timeout => true,
-            Self::Api { status, .. } => *status >= 500 || *status == 409 || *status == 429,
+            Self::Api(e) => e.status >= 500 || e.status == 409 || e.status == 429,
             Self::Decode(_) => true,
             Self::Disabled => false,
         }
@@ -74,8 +94,10 @@ impl StripeError {
     /// A short label for metrics and records (`card_declined`, `http_500`, `timeout`, ...).
     pub fn reason(&self) -> String {
         match self {
-            Self::Api { code: Some(c), .. } => c.clone(),
-            Self::Api { status, .. } => format!("http_{status}"),
+            Self::Api(e) => e
+                .code
+                .clone()
+                .unwrap_or_else(|| format!("http_{}", e.status)),
             Self::Connection(_) => "connection".into(),
             Self::Timeout => "timeout".into(),
             Self::Decode(_) => "decode".into(),

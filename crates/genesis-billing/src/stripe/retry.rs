@@ -46,19 +46,15 @@ pub fn retry_reason(err: &StripeError) -> Option<&'static str> {
         StripeError::Timeout => Some("timeout"),
         StripeError::Decode(_) | StripeError::Disabled => None,
         // A response Stripe stored under the idempotency key comes back identically on every retry.
-        StripeError::Api { replayed: true, .. } => None,
-        StripeError::Api {
-            should_retry: Some(false),
-            ..
-        } => None,
-        StripeError::Api {
-            should_retry: Some(true),
-            ..
-        } => Some("should_retry"),
-        StripeError::Api { status: 409, .. } => Some("conflict"),
-        StripeError::Api { status: 429, .. } => Some("rate_limited"),
-        StripeError::Api { status, .. } if *status >= 500 => Some("server_error"),
-        StripeError::Api { .. } => None,
+        StripeError::Api(e) if e.replayed => None,
+        StripeError::Api(e) => match (e.should_retry, e.status) {
+            (Some(false), _) => None,
+            (Some(true), _) => Some("should_retry"),
+            (None, 409) => Some("conflict"),
+            (None, 429) => Some("rate_limited"),
+            (None, s) if s >= 500 => Some("server_error"),
+            (None, _) => None,
+        },
     }
 }
 
@@ -73,10 +69,7 @@ pub fn decide(err: &StripeError, attempt: u32, policy: &RetryPolicy, jitter: f64
         return Decision::Stop;
     }
     let after = match err {
-        StripeError::Api {
-            retry_after: Some(wait),
-            ..
-        } => *wait,
+        StripeError::Api(e) if e.retry_after.is_some() => e.retry_after.unwrap_or_default(),
         _ => {
             let exp = policy
                 .base_delay
@@ -97,35 +90,16 @@ mod tests {
 
     fn replayed(status: u16) -> StripeError {
         match api(status, None, None) {
-            StripeError::Api {
-                status,
-                kind,
-                code,
-                decline_code,
-                message,
-                param,
-                request_id,
-                should_retry,
-                retry_after,
-                ..
-            } => StripeError::Api {
-                status,
-                kind,
-                code,
-                decline_code,
-                message,
-                param,
-                request_id,
-                should_retry,
-                retry_after,
-                replayed: true,
-            },
+            StripeError::Api(mut e) => {
+                e.replayed = true;
+                StripeError::Api(e)
+            }
             other => other,
         }
     }
 
     fn api(status: u16, should_retry: Option<bool>, retry_after: Option<u64>) -> StripeError {
-        StripeError::Api {
+        StripeError::Api(Box::new(crate::stripe::error::ApiError {
             status,
             kind: "api_error".into(),
             code: None,
@@ -136,7 +110,7 @@ mod tests {
             should_retry,
             retry_after: retry_after.map(Duration::from_secs),
             replayed: false,
-        }
+        }))
     }
 
     #[test]

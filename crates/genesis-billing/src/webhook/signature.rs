@@ -201,7 +201,8 @@ mod tests {
         let body = br#"{"id":"evt_1"}"#;
         let good = sign(SECRET, NOW, body);
         let s = secrets(&[SECRET]);
-        let cases: Vec<(Option<String>, &[u8], &[SecretString], i64, Rejection)> = vec![
+        type Case<'a> = (Option<String>, &'a [u8], &'a [SecretString], i64, Rejection);
+        let cases: Vec<Case> = vec![
             (Some(good.clone()), body, &[], NOW, Rejection::NoSecret),
             (None, body, &s, NOW, Rejection::MissingSignature),
             (
