@@ -332,25 +332,49 @@ async fn a_client_that_hangs_up_mid_request_does_not_leave_its_key_in_flight() {
         ..rule(FaultKind::Latency, "POST /v1/customers")
     }]);
     // The client gives up (a crash or a timeout) while the simulator is still working on the request.
-    let mut s = tokio::net::TcpStream::connect(sim.handle.addr()).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(sim.handle.addr())
+        .await
+        .unwrap();
     let body = "name=Gone";
     let req = format!(
         "POST /v1/customers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nIdempotency-Key: key-hangup\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
-    common::eventually("the request to be in flight", Duration::from_secs(5), || async {
-        let r = sim.send("POST", "/v1/customers", &[("name", "Gone")], Some("key-hangup")).await;
-        (r.status == 409).then_some(())
-    })
+    common::eventually(
+        "the request to be in flight",
+        Duration::from_secs(5),
+        || async {
+            let r = sim
+                .send(
+                    "POST",
+                    "/v1/customers",
+                    &[("name", "Gone")],
+                    Some("key-hangup"),
+                )
+                .await;
+            (r.status == 409).then_some(())
+        },
+    )
     .await;
     drop(s);
     sim.handle.set_faults(vec![]);
     // As on Stripe, the request completes; a retry with the key then replays it instead of a 409 forever.
-    let replay = common::eventually("the key to leave in-flight", Duration::from_secs(5), || async {
-        let r = sim.send("POST", "/v1/customers", &[("name", "Gone")], Some("key-hangup")).await;
-        (r.status != 409).then_some(r)
-    })
+    let replay = common::eventually(
+        "the key to leave in-flight",
+        Duration::from_secs(5),
+        || async {
+            let r = sim
+                .send(
+                    "POST",
+                    "/v1/customers",
+                    &[("name", "Gone")],
+                    Some("key-hangup"),
+                )
+                .await;
+            (r.status != 409).then_some(r)
+        },
+    )
     .await;
     assert_eq!(replay.status, 200);
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));

@@ -164,13 +164,21 @@ impl BillingService {
 
     /// Creates the Stripe webhook endpoint for exactly the events we handle, pinned to our API version.
     /// Returns its id and its signing secret (which Stripe shows only at creation).
-    pub async fn register_webhook_endpoint(&self, url: &str) -> Result<(String, secrecy::SecretString), BillingError> {
+    pub async fn register_webhook_endpoint(
+        &self,
+        url: &str,
+    ) -> Result<(String, secrecy::SecretString), BillingError> {
         let form = crate::stripe::Form::new()
             .add("url", url)
             .add_list("enabled_events", HANDLED_EVENTS.iter().copied())
             .add("api_version", crate::stripe::STRIPE_VERSION);
         let key = format!("genesis:webhook_endpoint:{url}");
-        let call = crate::stripe::Call::post("webhook_endpoint.create", "/v1/webhook_endpoints", form, Some(key));
+        let call = crate::stripe::Call::post(
+            "webhook_endpoint.create",
+            "/v1/webhook_endpoints",
+            form,
+            Some(key),
+        );
         let endpoint = self.stripe()?.send(&call).await?;
         let id = endpoint["id"].as_str().unwrap_or_default().to_owned();
         let secret = endpoint["secret"].as_str().unwrap_or_default().to_owned();

@@ -259,7 +259,9 @@ fn init_logging(verbose: u8, format: LogFormat) {
     // Dependencies stay at warn (info at -vvv): their debug output is noise, and never ours to vouch for.
     let deps = if verbose >= 3 { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("{deps},sqlx::query=error,genesis_billing={ours},stripe_sim={ours}"))
+        EnvFilter::new(format!(
+            "{deps},sqlx::query=error,genesis_billing={ours},stripe_sim={ours}"
+        ))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
