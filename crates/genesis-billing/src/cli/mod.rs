@@ -615,7 +615,11 @@ async fn reconcile(
         .await?;
     bar.finish_and_clear();
     if json {
-        print_json(&serde_json::json!({"missed_events_applied": missed, "report": report}));
+        print_json(&serde_json::json!({
+            "missed_events_applied": missed,
+            "stripe_requests": service.metrics().histogram_total("genesis_billing_stripe_request_duration_seconds"),
+            "report": report
+        }));
     } else {
         let rows: Vec<Vec<String>> = report
             .drift
