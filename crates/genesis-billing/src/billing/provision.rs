@@ -82,7 +82,14 @@ impl BillingService {
             takedown_reason: None,
             takedown_outcome: None,
         };
-        let stored = self.store.insert_business(&record, request_key).await?;
+        // Recorded with our work lease already held: a background resume cannot start on it meanwhile.
+        let owner = uuid::Uuid::new_v4().to_string();
+        let until = created_at + self.lease.as_secs() as i64;
+        let lease = (billing == Billing::Pending).then_some((owner.as_str(), until));
+        let stored = self
+            .store
+            .insert_business_leased(&record, request_key, lease)
+            .await?;
         if stored.business_id != id {
             if (&stored.name, &stored.business_type, &stored.email)
                 != (&record.name, &record.business_type, &record.email)
@@ -94,7 +101,9 @@ impl BillingService {
             return Ok((stored, true));
         }
         let business = if billing == Billing::Pending {
-            self.provision(&id).await?
+            let result = self.provision_claimed(&id, &owner).await;
+            self.store.release_business(&id, &owner).await?;
+            result?
         } else {
             stored
         };
@@ -120,12 +129,12 @@ impl BillingService {
                 .await?
                 .ok_or_else(|| BillingError::NotFound(id.to_owned()));
         }
-        let result = self.provision_claimed(id).await;
+        let result = self.provision_claimed(id, &owner).await;
         self.store.release_business(id, &owner).await?;
         result
     }
 
-    async fn provision_claimed(&self, id: &str) -> Result<Business, BillingError> {
+    async fn provision_claimed(&self, id: &str, owner: &str) -> Result<Business, BillingError> {
         let b = self
             .store
             .get_business(id)
@@ -143,6 +152,12 @@ impl BillingService {
                 Err(e) => return self.fail(&b, "customer", e).await,
             },
         };
+        // Renew our lease between the two writes: a long rate-limit queue must not let another worker
+        // take this business over while we still work on it.
+        let t = now();
+        self.store
+            .claim_business(id, owner, t + self.lease.as_secs() as i64, t)
+            .await?;
         match self.ensure_subscription(stripe, &b, &customer, None).await {
             Ok(sub) => {
                 self.metrics.inc(

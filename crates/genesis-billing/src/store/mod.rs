@@ -239,11 +239,22 @@ impl Store {
         b: &Business,
         request_key: Option<&str>,
     ) -> Result<Business, StoreError> {
+        self.insert_business_leased(b, request_key, None).await
+    }
+
+    /// As `insert_business`, with the work lease already held by `lease` (owner, until), so no other
+    /// worker can start provisioning it between the insert and the creator's claim.
+    pub async fn insert_business_leased(
+        &self,
+        b: &Business,
+        request_key: Option<&str>,
+        lease: Option<(&str, i64)>,
+    ) -> Result<Business, StoreError> {
         let result = sqlx::query(
             "INSERT INTO business (business_id, name, business_type, email, created_at, updated_at, status, billing, \
              billing_error, stripe_customer_id, stripe_subscription_id, stripe_payment_intent_id, subscription_status, \
-             monthly_price_cents, currency, generation, request_key) \
-             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15)",
+             monthly_price_cents, currency, generation, request_key, lease_owner, lease_until) \
+             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17)",
         )
         .bind(&b.business_id)
         .bind(&b.name)
@@ -260,6 +271,8 @@ impl Store {
         .bind(b.monthly_price_cents)
         .bind(&b.currency)
         .bind(request_key)
+        .bind(lease.map(|(owner, _)| owner))
+        .bind(lease.map(|(_, until)| until))
         .execute(&self.pool)
         .await;
         match result {
