@@ -360,57 +360,55 @@ async fn complete_checkout(
     session: &str,
     payment_method: &str,
 ) -> Result<(), Failure> {
-    let url = format!("{sim_base}/_sim/checkout/sessions/{session}/complete");
-    let response = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(DEMO_KEY)
-        .header(
-            reqwest::header::CONTENT_TYPE,
-            "application/x-www-form-urlencoded",
-        )
-        .body(format!("payment_method={payment_method}"))
-        .send()
-        .await
-        .context("while completing the checkout session")?;
-    if !response.status().is_success() {
-        return Err(Failure::Failed(anyhow::anyhow!(
-            "the simulator refused to complete checkout: {}",
-            response.status()
-        )));
-    }
-    Ok(())
+    let path = format!("/_sim/checkout/sessions/{session}/complete");
+    let body = format!("payment_method={payment_method}");
+    sim_request(
+        sim_base,
+        reqwest::Method::POST,
+        &path,
+        Some(("application/x-www-form-urlencoded", body)),
+    )
+    .await
 }
 
 /// Plays an operator in Stripe's dashboard.
 async fn stripe_call(sim_base: &str, method: reqwest::Method, path: &str) -> Result<(), Failure> {
-    let response = reqwest::Client::new()
-        .request(method, format!("{sim_base}{path}"))
-        .bearer_auth(DEMO_KEY)
-        .send()
-        .await
-        .with_context(|| format!("while calling {path}"))?;
-    if !response.status().is_success() {
-        return Err(Failure::Failed(anyhow::anyhow!(
-            "{path}: {}",
-            response.status()
-        )));
-    }
-    Ok(())
+    sim_request(sim_base, method, path, None).await
 }
 
 /// A simulator control (time, webhook delivery).
 async fn sim_control(sim_base: &str, path: &str, body: serde_json::Value) -> Result<(), Failure> {
-    let response = reqwest::Client::new()
-        .post(format!("{sim_base}{path}"))
-        .bearer_auth(DEMO_KEY)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string())
+    sim_request(
+        sim_base,
+        reqwest::Method::POST,
+        path,
+        Some(("application/json", body.to_string())),
+    )
+    .await
+}
+
+/// One call to the simulator with the demo's key; anything but a 2xx is a failure of the demo.
+async fn sim_request(
+    sim_base: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<(&str, String)>,
+) -> Result<(), Failure> {
+    let mut request = reqwest::Client::new()
+        .request(method, format!("{sim_base}{path}"))
+        .bearer_auth(DEMO_KEY);
+    if let Some((content_type, body)) = body {
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+    }
+    let response = request
         .send()
         .await
         .with_context(|| format!("while calling {path}"))?;
     if !response.status().is_success() {
         return Err(Failure::Failed(anyhow::anyhow!(
-            "{path}: {}",
+            "the simulator refused {path}: {}",
             response.status()
         )));
     }

@@ -151,6 +151,37 @@ fn business_from_row(row: &AnyRow) -> Result<Business, StoreError> {
     })
 }
 
+/// The one INSERT of a business record, with its request key and work lease when there are any.
+fn insert_business_query<'q>(
+    b: &'q Business,
+    request_key: Option<&'q str>,
+    lease: Option<(&'q str, i64)>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(
+        "INSERT INTO business (business_id, name, business_type, email, created_at, updated_at, status, billing, \
+         billing_error, stripe_customer_id, stripe_subscription_id, stripe_payment_intent_id, subscription_status, \
+         monthly_price_cents, currency, generation, request_key, lease_owner, lease_until) \
+         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17)",
+    )
+    .bind(&b.business_id)
+    .bind(&b.name)
+    .bind(&b.business_type)
+    .bind(&b.email)
+    .bind(b.created_at)
+    .bind(b.status.as_str())
+    .bind(b.billing.as_str())
+    .bind(&b.billing_error)
+    .bind(&b.stripe_customer_id)
+    .bind(&b.stripe_subscription_id)
+    .bind(&b.stripe_payment_intent_id)
+    .bind(&b.subscription_status)
+    .bind(b.monthly_price_cents)
+    .bind(&b.currency)
+    .bind(request_key)
+    .bind(lease.map(|(owner, _)| owner))
+    .bind(lease.map(|(_, until)| until))
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -250,31 +281,9 @@ impl Store {
         request_key: Option<&str>,
         lease: Option<(&str, i64)>,
     ) -> Result<Business, StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO business (business_id, name, business_type, email, created_at, updated_at, status, billing, \
-             billing_error, stripe_customer_id, stripe_subscription_id, stripe_payment_intent_id, subscription_status, \
-             monthly_price_cents, currency, generation, request_key, lease_owner, lease_until) \
-             VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17)",
-        )
-        .bind(&b.business_id)
-        .bind(&b.name)
-        .bind(&b.business_type)
-        .bind(&b.email)
-        .bind(b.created_at)
-        .bind(b.status.as_str())
-        .bind(b.billing.as_str())
-        .bind(&b.billing_error)
-        .bind(&b.stripe_customer_id)
-        .bind(&b.stripe_subscription_id)
-        .bind(&b.stripe_payment_intent_id)
-        .bind(&b.subscription_status)
-        .bind(b.monthly_price_cents)
-        .bind(&b.currency)
-        .bind(request_key)
-        .bind(lease.map(|(owner, _)| owner))
-        .bind(lease.map(|(_, until)| until))
-        .execute(&self.pool)
-        .await;
+        let result = insert_business_query(b, request_key, lease)
+            .execute(&self.pool)
+            .await;
         match result {
             Ok(_) => Ok(b.clone()),
             Err(e) if is_unique_violation(&e) => match request_key {
@@ -292,35 +301,16 @@ impl Store {
     pub async fn insert_businesses(&self, businesses: &[Business]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for b in businesses {
-            sqlx::query(
-                "INSERT INTO business (business_id, name, business_type, email, created_at, updated_at, status, billing, \
-                 billing_error, stripe_customer_id, stripe_subscription_id, stripe_payment_intent_id, subscription_status, \
-                 monthly_price_cents, currency, generation) \
-                 VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0)",
-            )
-            .bind(&b.business_id)
-            .bind(&b.name)
-            .bind(&b.business_type)
-            .bind(&b.email)
-            .bind(b.created_at)
-            .bind(b.status.as_str())
-            .bind(b.billing.as_str())
-            .bind(&b.billing_error)
-            .bind(&b.stripe_customer_id)
-            .bind(&b.stripe_subscription_id)
-            .bind(&b.stripe_payment_intent_id)
-            .bind(&b.subscription_status)
-            .bind(b.monthly_price_cents)
-            .bind(&b.currency)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Duplicate(format!("business {} already exists", b.business_id))
-                } else {
-                    e.into()
-                }
-            })?;
+            insert_business_query(b, None, None)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| {
+                    if is_unique_violation(&e) {
+                        StoreError::Duplicate(format!("business {} already exists", b.business_id))
+                    } else {
+                        e.into()
+                    }
+                })?;
         }
         tx.commit().await?;
         Ok(())
