@@ -1,0 +1,1494 @@
+//! Webhook throughput benchmark (issue 4, "How it is checked"): `POST /stripe/webhook` of the release
+//! `genesis-billing serve` driven on loopback with validly signed, distinct `customer.subscription.updated`
+//! events of 2 KiB, against a baseline measured in the same run: the minimal Python receiver of the first
+//! proposal (`scripts/bench/baseline_receiver.py`: FastAPI under uvicorn, `stripe.Webhook.construct_event`,
+//! one SQLite insert and commit per event).
+//!
+//! ```text
+//! pip install -r scripts/bench/requirements.txt
+//! cargo bench -p genesis-billing --bench webhook_throughput
+//! ```
+//!
+//! For each target, in turn (never both at once: the machine has 2 cores, shared by the load generator and
+//! the server under test):
+//! - a warm-up (closed loop, not reported, but its events count in the durability check);
+//! - closed loop: C keep-alive HTTP/1.1 connections, each sending its next event as soon as the previous one
+//!   is answered, for D seconds → events/s;
+//! - open loop at a steady rate R: event i is scheduled at start + i/R; latency runs from the scheduled time
+//!   whenever the generator is behind schedule (no coordinated omission), else from the moment it was sent
+//!   (so a timer waking a little late is not charged to the server) → p50 / p99 / max;
+//! - after each phase, the rows in the target's SQLite file are counted and compared with the 2xx answers:
+//!   every acknowledged event must already be committed (read by another process while the server runs);
+//! - peak RSS is `VmHWM` of the server process at the end.
+//!
+//! Settings (environment):
+//! - `WEBHOOK_BENCH_SECS` (10): length of each measured phase.
+//! - `WEBHOOK_BENCH_WARMUP_SECS` (1): closed-loop warm-up per target.
+//! - `WEBHOOK_BENCH_CONNS` (64): concurrent connections.
+//! - `WEBHOOK_BENCH_RATE` (5000): steady rate for both targets.
+//! - `WEBHOOK_BENCH_BASELINE_RATE` (auto): a steady rate the baseline can sustain, measured besides RATE;
+//!   by default half of what it did in its closed loop (rounded down to a multiple of 10).
+//! - `WEBHOOK_BENCH_MAX_RATE` (60000), `WEBHOOK_BENCH_BASELINE_MAX_RATE` (15000): events pre-signed for a
+//!   closed-loop phase are MAX_RATE × SECS; a phase that uses them all ends early and says so.
+//! - `WEBHOOK_BENCH_GRACE_SECS` (5): an overloaded open loop stops sending this long after its schedule ends;
+//!   what it did not send is reported as unsent.
+//! - `WEBHOOK_BENCH_TIMEOUT_SECS` (10): per request.
+//! - `WEBHOOK_BENCH_CLIENT_THREADS` (1): load-generator threads.
+//! - `WEBHOOK_BENCH_PYTHON` (python3); `WEBHOOK_BENCH_SKIP_BASELINE=1` measures the service alone.
+//! - `WEBHOOK_BENCH_PRINT_EVENT=1` prints one signed event and exits.
+//! - `WEBHOOK_BENCH_DIR`: where the temporary databases go (default: the system temp dir). It must be a
+//!   real disk for "durable" to mean anything; the file system type is printed.
+//!
+//! Exit status: non-zero if a target acknowledged an event that is not in its database (or on a setup
+//! failure). The goals are reported, not enforced: this is a benchmark, not a timed test.
+
+// The event template is one large `json!` literal.
+#![recursion_limit = "256"]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const SECRET: &str = "whsec_bench_6f1d0c2a9b8e4f7da3c5e1b2";
+const BODY_SIZE: usize = 2048;
+/// Stands for the per-event key in the body template; every key has exactly this length.
+const KEY_MARK: &str = "KKKKKKKKKKKKKKKK";
+const API_VERSION: &str = "2026-09-30.endive";
+
+// ---------------------------------------------------------------------------------------------------------
+// Settings
+
+#[derive(Debug, Clone)]
+struct Opts {
+    secs: f64,
+    warmup_secs: f64,
+    conns: usize,
+    rate: u64,
+    /// None: half of what the baseline did in its closed loop.
+    baseline_rate: Option<u64>,
+    max_rate: u64,
+    baseline_max_rate: u64,
+    grace: Duration,
+    timeout: Duration,
+    client_threads: usize,
+    python: String,
+    skip_baseline: bool,
+    dir: Option<PathBuf>,
+}
+
+fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        _ => default,
+    }
+}
+
+impl Opts {
+    fn from_env() -> Self {
+        Self {
+            secs: env_num("WEBHOOK_BENCH_SECS", 10.0),
+            warmup_secs: env_num("WEBHOOK_BENCH_WARMUP_SECS", 1.0),
+            conns: env_num("WEBHOOK_BENCH_CONNS", 64usize).max(1),
+            rate: env_num("WEBHOOK_BENCH_RATE", 5000u64).max(1),
+            baseline_rate: match std::env::var("WEBHOOK_BENCH_BASELINE_RATE") {
+                Ok(v) if !v.trim().is_empty() && v.trim() != "auto" => Some(
+                    v.trim()
+                        .parse::<u64>()
+                        .unwrap_or_else(|_| {
+                            panic!("WEBHOOK_BENCH_BASELINE_RATE={v:?} is not a number")
+                        })
+                        .max(1),
+                ),
+                _ => None,
+            },
+            max_rate: env_num("WEBHOOK_BENCH_MAX_RATE", 60_000u64).max(1),
+            baseline_max_rate: env_num("WEBHOOK_BENCH_BASELINE_MAX_RATE", 15_000u64).max(1),
+            grace: Duration::from_secs_f64(env_num("WEBHOOK_BENCH_GRACE_SECS", 5.0)),
+            timeout: Duration::from_secs_f64(env_num("WEBHOOK_BENCH_TIMEOUT_SECS", 10.0)),
+            client_threads: env_num("WEBHOOK_BENCH_CLIENT_THREADS", 1usize).max(1),
+            python: std::env::var("WEBHOOK_BENCH_PYTHON").unwrap_or_else(|_| "python3".into()),
+            skip_baseline: std::env::var("WEBHOOK_BENCH_SKIP_BASELINE")
+                .is_ok_and(|v| !v.is_empty() && v != "0"),
+            dir: std::env::var_os("WEBHOOK_BENCH_DIR").map(PathBuf::from),
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Events: a 2 KiB template, one key per event, signed before the phase starts
+
+/// A `customer.subscription.updated` event body at API 2026-09-30.endive (a subscription with its fields
+/// that matter here, null-valued rarely used ones left out, the description padding the body to exactly
+/// `BODY_SIZE`), split where the event's key goes.
+fn body_template(created: i64) -> Vec<String> {
+    let k = KEY_MARK;
+    let period_start = created - 86_400;
+    let period_end = period_start + 30 * 86_400;
+    let price = serde_json::json!({
+        "id": "price_1QbenchSaasStarterMonthly",
+        "object": "price",
+        "active": true,
+        "billing_scheme": "per_unit",
+        "created": period_start - 86_400,
+        "currency": "usd",
+        "livemode": false,
+        "lookup_key": "saas_starter_monthly",
+        "metadata": {},
+        "nickname": null,
+        "product": "prod_QbenchSaasStarter",
+        "recurring": {"interval": "month", "interval_count": 1, "meter": null, "usage_type": "licensed"},
+        "tax_behavior": "unspecified",
+        "type": "recurring",
+        "unit_amount": 2900,
+        "unit_amount_decimal": "2900"
+    });
+    let build = |description: &str| {
+        serde_json::json!({
+            "id": format!("evt_1Q{k}"),
+            "object": "event",
+            "api_version": API_VERSION,
+            "created": created,
+            "data": {
+                "object": {
+                    "id": format!("sub_1Q{k}"),
+                    "object": "subscription",
+                    "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null},
+                    "billing_cycle_anchor": period_start,
+                    "cancel_at": null,
+                    "cancel_at_period_end": false,
+                    "canceled_at": null,
+                    "collection_method": "charge_automatically",
+                    "created": period_start,
+                    "currency": "usd",
+                    "customer": format!("cus_Q{k}"),
+                    "days_until_due": null,
+                    "default_payment_method": format!("pm_1Q{k}"),
+                    "default_tax_rates": [],
+                    "description": description,
+                    "discounts": [],
+                    "ended_at": null,
+                    "items": {
+                        "object": "list",
+                        "data": [{
+                            "id": format!("si_Q{k}"),
+                            "object": "subscription_item",
+                            "created": period_start,
+                            "current_period_end": period_end,
+                            "current_period_start": period_start,
+                            "discounts": [],
+                            "metadata": {},
+                            "price": price,
+                            "quantity": 1,
+                            "subscription": format!("sub_1Q{k}"),
+                            "tax_rates": []
+                        }],
+                        "has_more": false,
+                        "total_count": 1,
+                        "url": format!("/v1/subscription_items?subscription=sub_1Q{k}")
+                    },
+                    "latest_invoice": format!("in_1Q{k}"),
+                    "livemode": false,
+                    "metadata": {"business_id": format!("bench-{k}"), "business_type": "saas"},
+                    "pause_collection": null,
+                    "schedule": null,
+                    "start_date": period_start,
+                    "status": "active",
+                    "trial_end": null,
+                    "trial_settings": {"end_behavior": {"missing_payment_method": "create_invoice"}},
+                    "trial_start": null
+                },
+                "previous_attributes": {"status": "incomplete"}
+            },
+            "livemode": false,
+            "pending_webhooks": 1,
+            "request": {"id": null, "idempotency_key": null},
+            "type": "customer.subscription.updated"
+        })
+        .to_string()
+    };
+    let bare = build("").len();
+    assert!(bare < BODY_SIZE, "template alone is {bare} bytes");
+    const FILLER: &str =
+        "Genesis business subscription, benchmark padding to a realistic event size. ";
+    let description: String = FILLER.chars().cycle().take(BODY_SIZE - bare).collect();
+    let full = build(&description);
+    assert_eq!(full.len(), BODY_SIZE);
+    full.split(KEY_MARK).map(str::to_owned).collect()
+}
+
+/// The events of one phase: bodies are rebuilt from the template on demand, signatures are computed up front.
+struct Pool {
+    segments: Vec<String>,
+    /// Distinguishes the phases of one run: `{run:04x}{phase:02}`, completed by a 10-digit index.
+    prefix: String,
+    t: i64,
+    signatures: Vec<[u8; 64]>,
+}
+
+impl Pool {
+    fn new(run: u16, phase: u8, count: usize, threads: usize) -> Self {
+        let t = unix_now();
+        let mut pool = Pool {
+            segments: body_template(t),
+            prefix: format!("{run:04x}{phase:02}"),
+            t,
+            signatures: Vec::new(),
+        };
+        let keyed = HmacSha256::new_from_slice(SECRET.as_bytes()).expect("any key length");
+        let stamp = format!("{t}.");
+        let chunk = count.div_ceil(threads.max(1)).max(1);
+        let ranges: Vec<(usize, usize)> = (0..count)
+            .step_by(chunk)
+            .map(|s| (s, (s + chunk).min(count)))
+            .collect();
+        let signatures = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranges
+                .iter()
+                .map(|&(from, to)| {
+                    let (pool, keyed, stamp) = (&pool, &keyed, &stamp);
+                    scope.spawn(move || {
+                        let mut out = Vec::with_capacity(to - from);
+                        let mut body = Vec::with_capacity(BODY_SIZE);
+                        for i in from..to {
+                            pool.write_body(i, &mut body);
+                            let mut mac = keyed.clone();
+                            mac.update(stamp.as_bytes());
+                            mac.update(&body);
+                            out.push(hex32(&mac.finalize().into_bytes()));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("signing thread"))
+                .collect::<Vec<_>>()
+        });
+        pool.signatures = signatures;
+        pool
+    }
+
+    fn len(&self) -> usize {
+        self.signatures.len()
+    }
+
+    fn write_body(&self, i: usize, out: &mut Vec<u8>) {
+        let key = format!("{}{:010}", self.prefix, i);
+        debug_assert_eq!(key.len(), KEY_MARK.len());
+        out.clear();
+        for (n, seg) in self.segments.iter().enumerate() {
+            if n > 0 {
+                out.extend_from_slice(key.as_bytes());
+            }
+            out.extend_from_slice(seg.as_bytes());
+        }
+    }
+
+    fn body(&self, i: usize) -> Bytes {
+        let mut v = Vec::with_capacity(BODY_SIZE);
+        self.write_body(i, &mut v);
+        Bytes::from(v)
+    }
+
+    fn signature_header(&self, i: usize) -> HeaderValue {
+        let mut s = format!("t={},v1=", self.t).into_bytes();
+        s.extend_from_slice(&self.signatures[i]);
+        HeaderValue::from_maybe_shared(Bytes::from(s)).expect("ascii header")
+    }
+}
+
+fn hex32(bytes: &[u8]) -> [u8; 64] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (n, b) in bytes.iter().take(32).enumerate() {
+        out[2 * n] = HEX[(b >> 4) as usize];
+        out[2 * n + 1] = HEX[(b & 15) as usize];
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Targets: the two server processes
+
+struct Target {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+    path: &'static str,
+    db: PathBuf,
+    table: &'static str,
+    /// Counts the stored events not yet applied, where the target applies events after acknowledging them.
+    backlog_sql: Option<&'static str>,
+    log: PathBuf,
+    /// Events the warm-up and measured phases had acknowledged, and requests whose fate is unknown
+    /// (transport error or timeout: the server may have stored them).
+    acked: u64,
+    abandoned: u64,
+}
+
+impl Target {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn host(&self) -> HeaderValue {
+        HeaderValue::from_str(&self.addr.to_string()).expect("ascii")
+    }
+
+    fn stop(&mut self) {
+        // SIGTERM for a graceful stop (the workspace forbids unsafe code, so no libc::kill), then SIGKILL.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if self.alive() {
+            self.stop();
+        }
+    }
+}
+
+fn start_service(dir: &Path) -> Result<Target, String> {
+    let db = dir.join("bench.db");
+    let log = dir.join("service.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("STRIPE_WEBHOOK_SECRET", SECRET)
+        .env("GENESIS_ADMIN_TOKEN", "x")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| format!("cannot start genesis-billing: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(rest) = line.strip_prefix("genesis-billing listening on http://") {
+                let _ = tx.send(rest.trim().to_owned());
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "genesis-billing printed no listening line; its log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ));
+        }
+    };
+    Ok(Target {
+        name: "genesis-billing",
+        child,
+        addr: addr.parse().map_err(|e| format!("{addr}: {e}"))?,
+        path: "/stripe/webhook",
+        db,
+        table: "webhook_event",
+        backlog_sql: Some("SELECT count(*) FROM webhook_event WHERE status = 'pending'"),
+        log,
+        acked: 0,
+        abandoned: 0,
+    })
+}
+
+fn start_baseline(dir: &Path, python: &str) -> Result<Target, String> {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/bench");
+    let check = Command::new(python)
+        .args(["-c", "import fastapi, uvicorn, stripe"])
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !check.status.success() {
+        return Err(format!(
+            "the baseline needs its Python packages: pip install -r scripts/bench/requirements.txt\n{}",
+            String::from_utf8_lossy(&check.stderr)
+        ));
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let db = dir.join("baseline.db");
+    let log = dir.join("baseline.log");
+    // Started directly (no shell, one worker: uvicorn then serves in this very process), so the child's pid
+    // is the process whose VmHWM is the receiver's peak RSS.
+    let child = Command::new(python)
+        .args(["-m", "uvicorn", "baseline_receiver:app", "--app-dir"])
+        .arg(&scripts)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ])
+        .env("BASELINE_DB", &db)
+        .env("STRIPE_WEBHOOK_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| format!("cannot start the baseline: {e}"))?;
+    let mut target = Target {
+        name: "baseline (Python)",
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        path: "/webhook",
+        db,
+        table: "stripe_event",
+        backlog_sql: None,
+        log,
+        acked: 0,
+        abandoned: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if !target.alive() {
+            return Err(format!(
+                "the baseline exited; its log:\n{}",
+                target.log_tail()
+            ));
+        }
+        if health_ok(target.addr) {
+            return Ok(target);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the baseline never answered GET /health; its log:\n{}",
+                target.log_tail()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET /health` answered 200, on a plain blocking socket.
+fn health_ok(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(
+        format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// /proc and sqlite
+
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| {
+            rest.trim_start_matches(':')
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+}
+
+/// User + system CPU seconds of a process (`self` or a pid), all threads.
+fn cpu_secs(pid: &str) -> f64 {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some(after) = text.rsplit_once(')').map(|(_, a)| a) else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11usize, 12]
+        .iter()
+        .filter_map(|&n| fields.get(n)?.parse::<f64>().ok())
+        .sum();
+    ticks / clock_ticks()
+}
+
+/// Busy CPU seconds of the whole machine (all cores, every process), from /proc/stat.
+fn machine_busy_secs() -> f64 {
+    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …: busy is all but idle and iowait (guest time is
+    // already counted in user).
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    (total - idle) / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// One value read by a separate process (the sqlite3 CLI, else Python's sqlite3 module), read-only.
+fn sqlite_scalar(db: &Path, sql: &str, python: &str) -> Result<String, String> {
+    let cli = Command::new("sqlite3")
+        .arg("-readonly")
+        .args(["-cmd", ".timeout 10000"])
+        .arg(db)
+        .arg(sql)
+        .output();
+    let out = match cli {
+        Ok(o) if o.status.success() => o,
+        _ => Command::new(python)
+            .args([
+                "-c",
+                "import sqlite3, sys; c = sqlite3.connect('file:' + sys.argv[1] + '?mode=ro', uri=True, timeout=10); print(c.execute(sys.argv[2]).fetchone()[0])",
+            ])
+            .arg(db)
+            .arg(sql)
+            .output()
+            .map_err(|e| format!("cannot read {}: {e}", db.display()))?,
+    };
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() || text.is_empty() {
+        return Err(format!(
+            "cannot run {sql:?} on {}: {text}{}",
+            db.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(text)
+}
+
+/// Rows in `table`.
+fn count_rows(db: &Path, table: &str, python: &str) -> Result<u64, String> {
+    let text = sqlite_scalar(db, &format!("SELECT count(*) FROM {table}"), python)?;
+    text.parse()
+        .map_err(|_| format!("row count of {}: {text:?}", db.display()))
+}
+
+/// Appends of one event's size, each followed by fdatasync, for `secs`: what one durable commit per event
+/// could at best do on this disk right now (virtual disks vary from minute to minute).
+fn fsync_probe(dir: &Path, secs: f64) -> Option<f64> {
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path).ok()?;
+    let block = [b'x'; BODY_SIZE];
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        f.write_all(&block).ok()?;
+        f.sync_data().ok()?;
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    Some(rate)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The load generator
+
+type Sender = SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Result<Sender, BoxError> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// What the phase's requests were: everything the report needs.
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    statuses: BTreeMap<u16, u64>,
+    transport_errors: u64,
+    timeouts: u64,
+    /// Latencies of the requests that got an answer, in microseconds.
+    latencies: Vec<u32>,
+    last_done: Option<Instant>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        for (k, v) in other.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+        self.transport_errors += other.transport_errors;
+        self.timeouts += other.timeouts;
+        self.latencies.extend(other.latencies);
+        self.last_done = self.last_done.max(other.last_done);
+    }
+
+    fn non_2xx(&self) -> u64 {
+        self.statuses.values().sum()
+    }
+
+    fn abandoned(&self) -> u64 {
+        self.transport_errors + self.timeouts
+    }
+
+    fn sent(&self) -> u64 {
+        self.ok + self.non_2xx() + self.abandoned()
+    }
+}
+
+struct Shared {
+    pool: Pool,
+    addr: SocketAddr,
+    path: &'static str,
+    host: HeaderValue,
+    timeout: Duration,
+    next: AtomicU64,
+}
+
+/// Sends event `i` on `conn` (reconnecting if the connection was lost) and records the outcome;
+/// `origin` is when the latency starts.
+async fn send_one(
+    shared: &Shared,
+    conn: &mut Option<Sender>,
+    i: usize,
+    origin: Instant,
+    tally: &mut Tally,
+) {
+    let attempt = async {
+        // A connection the server closed while idle is replaced before sending: that is not an error.
+        if let Some(sender) = conn.as_mut() {
+            if sender.ready().await.is_err() {
+                *conn = None;
+            }
+        }
+        if conn.is_none() {
+            let mut fresh = connect(shared.addr).await?;
+            fresh.ready().await?;
+            *conn = Some(fresh);
+        }
+        let sender = conn.as_mut().expect("connected");
+        let request = Request::post(shared.path)
+            .header(HOST, shared.host.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("stripe-signature", shared.pool.signature_header(i))
+            .body(Full::new(shared.pool.body(i)))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        response.into_body().collect().await?;
+        Ok::<_, BoxError>(status)
+    };
+    let result = tokio::time::timeout(shared.timeout, attempt).await;
+    let done = Instant::now();
+    match result {
+        Ok(Ok(status)) => {
+            if status.is_success() {
+                tally.ok += 1;
+            } else {
+                *tally.statuses.entry(status.as_u16()).or_default() += 1;
+            }
+            tally.latencies.push(
+                done.duration_since(origin)
+                    .as_micros()
+                    .min(u32::MAX as u128) as u32,
+            );
+        }
+        Ok(Err(_)) => {
+            tally.transport_errors += 1;
+            *conn = None;
+        }
+        Err(_) => {
+            tally.timeouts += 1;
+            *conn = None;
+        }
+    }
+    tally.last_done = Some(done);
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Each connection sends its next event as soon as the previous one is answered, until `secs`.
+    Closed { secs: f64 },
+    /// Event i scheduled at start + i/rate, for `secs`; nothing sent after `secs + grace`.
+    Open {
+        rate: u64,
+        secs: f64,
+        grace: Duration,
+    },
+}
+
+struct PhaseResult {
+    label: String,
+    tally: Tally,
+    elapsed: Duration,
+    scheduled: Option<u64>,
+    pool_exhausted: bool,
+    server_cpu: f64,
+    /// CPU used by every other process on the machine during the phase (not the server, not us).
+    other_cpu: f64,
+    client_cpu: f64,
+}
+
+impl PhaseResult {
+    fn per_sec(&self) -> f64 {
+        self.tally.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+    fn unsent(&self) -> u64 {
+        self.scheduled
+            .map_or(0, |s| s.saturating_sub(self.tally.sent()))
+    }
+    fn percentile_ms(&self, p: f64) -> Option<f64> {
+        let l = &self.tally.latencies;
+        if l.is_empty() {
+            return None;
+        }
+        let rank = ((p / 100.0) * l.len() as f64).ceil() as usize;
+        Some(l[rank.clamp(1, l.len()) - 1] as f64 / 1000.0)
+    }
+    fn max_ms(&self) -> Option<f64> {
+        self.tally.latencies.last().map(|&v| v as f64 / 1000.0)
+    }
+}
+
+async fn run_phase(
+    target: &Target,
+    opts: &Opts,
+    pool: Pool,
+    mode: Mode,
+    label: String,
+) -> Result<PhaseResult, String> {
+    let conns = opts.conns;
+    let shared = Arc::new(Shared {
+        pool,
+        addr: target.addr,
+        path: target.path,
+        host: target.host(),
+        timeout: opts.timeout,
+        next: AtomicU64::new(0),
+    });
+    // Connections are opened before the clock starts.
+    let mut senders = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        senders.push(
+            connect(target.addr)
+                .await
+                .map_err(|e| format!("{}: cannot connect: {e}", target.name))?,
+        );
+    }
+    let exhausted = Arc::new(AtomicBool::new(false));
+    let machine0 = machine_busy_secs();
+    let server_cpu0 = cpu_secs(&target.pid().to_string());
+    let client_cpu0 = cpu_secs("self");
+    let start = Instant::now();
+    let scheduled = match mode {
+        Mode::Open { rate, secs, .. } => Some((rate as f64 * secs).round() as u64),
+        Mode::Closed { .. } => None,
+    };
+    let mut handles = Vec::with_capacity(conns);
+    for sender in senders {
+        let shared = shared.clone();
+        let exhausted = exhausted.clone();
+        handles.push(tokio::spawn(async move {
+            let mut conn = Some(sender);
+            let mut tally = Tally::default();
+            match mode {
+                Mode::Closed { secs } => {
+                    tally.latencies.reserve(4096);
+                    let end = start + Duration::from_secs_f64(secs);
+                    loop {
+                        if Instant::now() >= end {
+                            break;
+                        }
+                        let i = shared.next.fetch_add(1, Ordering::Relaxed) as usize;
+                        if i >= shared.pool.len() {
+                            exhausted.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                        send_one(&shared, &mut conn, i, Instant::now(), &mut tally).await;
+                    }
+                }
+                Mode::Open { rate, secs, grace } => {
+                    let total = (rate as f64 * secs).round() as u64;
+                    let interval_ns = 1e9 / rate as f64;
+                    let stop = start + Duration::from_secs_f64(secs) + grace;
+                    loop {
+                        let i = shared.next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total || Instant::now() >= stop {
+                            break;
+                        }
+                        let scheduled =
+                            start + Duration::from_nanos((i as f64 * interval_ns) as u64);
+                        let origin = if Instant::now() < scheduled {
+                            // On time: wait for the slot, and measure from the moment of sending, so the
+                            // timer's millisecond granularity is not counted as server latency.
+                            tokio::time::sleep_until(tokio::time::Instant::from_std(scheduled))
+                                .await;
+                            Instant::now()
+                        } else {
+                            // Behind schedule (every connection was busy): the wait counts.
+                            scheduled
+                        };
+                        send_one(&shared, &mut conn, i as usize, origin, &mut tally).await;
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut tally = Tally::default();
+    for h in handles {
+        tally.merge(h.await.map_err(|e| format!("load generator task: {e}"))?);
+    }
+    let server_cpu = cpu_secs(&target.pid().to_string()) - server_cpu0;
+    let machine = machine_busy_secs() - machine0;
+    let client_cpu = cpu_secs("self") - client_cpu0;
+    tally.latencies.sort_unstable();
+    let elapsed = tally.last_done.unwrap_or(start).duration_since(start);
+    Ok(PhaseResult {
+        label,
+        tally,
+        elapsed,
+        scheduled,
+        pool_exhausted: exhausted.load(Ordering::Relaxed),
+        server_cpu,
+        other_cpu: (machine - server_cpu - client_cpu).max(0.0),
+        client_cpu,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// One target: warm-up, closed loop, steady rates, durability checks
+
+struct TargetReport {
+    name: &'static str,
+    closed: PhaseResult,
+    steady: Vec<PhaseResult>,
+    peak_rss_kb: Option<u64>,
+    rows: u64,
+    acked: u64,
+    abandoned: u64,
+    durability_ok: bool,
+    journal_mode: String,
+    notes: Vec<String>,
+}
+
+/// Counts the rows after a phase and checks them against what was acknowledged so far.
+fn check_rows(target: &Target, python: &str) -> Result<(u64, bool), String> {
+    let rows = count_rows(&target.db, target.table, python)?;
+    // Every 2xx must be stored; a request abandoned by the client may or may not have been.
+    let ok = rows >= target.acked && rows <= target.acked + target.abandoned;
+    Ok((rows, ok))
+}
+
+async fn bench_target(
+    mut target: Target,
+    opts: &Opts,
+    run: u16,
+    steady_rates: &[Option<u64>],
+    max_rate: u64,
+) -> Result<TargetReport, String> {
+    let threads = 2;
+    let mut notes = Vec::new();
+    let mut durability_ok = true;
+    let mut phase_no = 0u8;
+    let mut next_pool = |count: usize| {
+        phase_no += 1;
+        Pool::new(run, phase_no, count, threads)
+    };
+
+    eprintln!("[{}] warm-up {:.0} s", target.name, opts.warmup_secs);
+    let warm = if opts.warmup_secs > 0.0 {
+        let pool = next_pool((max_rate as f64 * opts.warmup_secs).ceil() as usize);
+        Some(
+            run_phase(
+                &target,
+                opts,
+                pool,
+                Mode::Closed {
+                    secs: opts.warmup_secs,
+                },
+                "warm-up".into(),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let mut phases: Vec<PhaseResult> = Vec::new();
+    let mut account =
+        |target: &mut Target, r: &PhaseResult, notes: &mut Vec<String>| -> Result<(), String> {
+            target.acked += r.tally.ok;
+            target.abandoned += r.tally.abandoned();
+            let (rows, ok) = check_rows(target, &opts.python)?;
+            if !ok {
+                durability_ok = false;
+                notes.push(format!(
+                    "DURABILITY MISMATCH after {}: {rows} rows, {} acknowledged, {} abandoned",
+                    r.label, target.acked, target.abandoned
+                ));
+            }
+            eprintln!(
+                "[{}] {}: {} 2xx, {:.0}/s; rows {rows} vs acknowledged {}",
+                target.name,
+                r.label,
+                r.tally.ok,
+                r.per_sec(),
+                target.acked
+            );
+            Ok(())
+        };
+    if let Some(w) = &warm {
+        account(&mut target, w, &mut notes)?;
+    }
+
+    eprintln!(
+        "[{}] closed loop: {} connections, {:.0} s",
+        target.name, opts.conns, opts.secs
+    );
+    let pool = next_pool((max_rate as f64 * opts.secs).ceil() as usize);
+    let closed = run_phase(
+        &target,
+        opts,
+        pool,
+        Mode::Closed { secs: opts.secs },
+        format!("closed loop, {} connections", opts.conns),
+    )
+    .await?;
+    if closed.pool_exhausted {
+        notes.push(format!(
+            "closed loop used all {} pre-signed events before {:.0} s: raise WEBHOOK_BENCH_MAX_RATE",
+            (max_rate as f64 * opts.secs).ceil(),
+            opts.secs
+        ));
+    }
+    account(&mut target, &closed, &mut notes)?;
+
+    for &rate in steady_rates {
+        // A rate it can sustain: half of its closed-loop throughput, rounded down to a multiple of 10.
+        let rate =
+            rate.unwrap_or_else(|| ((closed.per_sec() / 2.0 / 10.0).floor() as u64 * 10).max(10));
+        if !target.alive() {
+            notes.push(format!("the process exited before the {rate}/s phase"));
+            break;
+        }
+        eprintln!("[{}] steady {rate}/s for {:.0} s", target.name, opts.secs);
+        let count = (rate as f64 * opts.secs).round() as usize;
+        let pool = next_pool(count);
+        let r = run_phase(
+            &target,
+            opts,
+            pool,
+            Mode::Open {
+                rate,
+                secs: opts.secs,
+                grace: opts.grace,
+            },
+            format!("steady {rate}/s"),
+        )
+        .await?;
+        if r.unsent() > 0 {
+            notes.push(format!(
+                "{} at {rate}/s fell behind: {} of {} scheduled events not sent by {:.0} s (its p99 is a lower bound)",
+                target.name,
+                r.unsent(),
+                r.scheduled.unwrap_or(0),
+                opts.secs + opts.grace.as_secs_f64()
+            ));
+        }
+        account(&mut target, &r, &mut notes)?;
+        phases.push(r);
+    }
+    let peak_rss_kb = proc_status_kb(target.pid(), "VmHWM");
+    if !target.alive() {
+        notes.push(format!(
+            "the process died during the run; its log:\n{}",
+            target.log_tail()
+        ));
+    }
+    let (rows, _) = check_rows(&target, &opts.python)?;
+    // Persistent in the file when it is WAL; `synchronous` is per connection and cannot be read from outside.
+    let journal_mode =
+        sqlite_scalar(&target.db, "PRAGMA journal_mode", &opts.python).unwrap_or_default();
+    if let Some(sql) = target.backlog_sql {
+        // Acknowledged is not applied: how far applying lags behind at the end of the run.
+        if let Ok(pending) = sqlite_scalar(&target.db, sql, &opts.python) {
+            notes.push(format!(
+                "{}: {} of {} stored events were still pending (stored, not yet applied) when the run ended",
+                target.name,
+                pending.parse::<f64>().map_or(pending.clone(), thousands),
+                thousands(rows as f64)
+            ));
+        }
+    }
+    target.stop();
+    let log = std::fs::read_to_string(&target.log).unwrap_or_default();
+    let log_lines = log.lines().filter(|l| !l.trim().is_empty()).count();
+    if log_lines > 0 {
+        notes.push(format!(
+            "{} wrote {log_lines} log lines on stderr; the last: {}",
+            target.name,
+            log.lines()
+                .rfind(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+        ));
+    }
+    Ok(TargetReport {
+        name: target.name,
+        closed,
+        steady: phases,
+        peak_rss_kb,
+        rows,
+        acked: target.acked,
+        abandoned: target.abandoned,
+        durability_ok,
+        journal_mode,
+        notes,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Report
+
+fn thousands(n: f64) -> String {
+    let s = format!("{:.0}", n);
+    let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    format!("{sign}{out}")
+}
+
+fn ms(v: Option<f64>) -> String {
+    match v {
+        None => "–".into(),
+        Some(v) if v < 10.0 => format!("{v:.2} ms"),
+        Some(v) => format!("{v:.1} ms"),
+    }
+}
+
+fn errors(r: &PhaseResult) -> String {
+    let mut parts: Vec<String> = r
+        .tally
+        .statuses
+        .iter()
+        .map(|(s, n)| format!("{n}× {s}"))
+        .collect();
+    if r.tally.transport_errors > 0 {
+        parts.push(format!("{} transport", r.tally.transport_errors));
+    }
+    if r.tally.timeouts > 0 {
+        parts.push(format!("{} timeouts", r.tally.timeouts));
+    }
+    if r.unsent() > 0 {
+        parts.push(format!("{} unsent", r.unsent()));
+    }
+    if parts.is_empty() {
+        "0".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn git(args: &[&str]) -> String {
+    Command::new("git")
+        .arg("-C")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .args(args)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn fs_type(dir: &Path) -> String {
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(dir)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn print_report(
+    opts: &Opts,
+    reports: &[TargetReport],
+    dir: &Path,
+    fsyncs: [Option<f64>; 2],
+    revision: &str,
+) {
+    let baseline = reports.iter().find(|r| r.name.starts_with("baseline"));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut out = String::new();
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "\n## Webhook throughput");
+    let _ = writeln!(
+        out,
+        "\ncommit {revision}; {cores} cores ({cpu}), shared by the load generator and the server; databases in {} ({}); \
+         {} B signed `customer.subscription.updated` events; closed loop {} keep-alive connections for {} s; steady rates for {} s.\n",
+        dir.display(),
+        fs_type(dir),
+        BODY_SIZE,
+        opts.conns,
+        opts.secs,
+        opts.secs,
+    );
+    let probe = |v: Option<f64>| v.map_or("–".into(), thousands);
+    let _ = writeln!(
+        out,
+        "Disk: {} / {} appends of {} B + fdatasync per second (1 s probes before / after the run).\n",
+        probe(fsyncs[0]),
+        probe(fsyncs[1]),
+        BODY_SIZE
+    );
+    let _ = writeln!(
+        out,
+        "| target | events/s (closed loop) | vs baseline | steady rate | p50 | p99 | max | errors | peak RSS | rows stored / 2xx |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    for r in reports {
+        let ratio = baseline
+            .map(|b| format!("{:.1}×", r.closed.per_sec() / b.closed.per_sec().max(1e-9)))
+            .unwrap_or_else(|| "–".into());
+        let rss = r
+            .peak_rss_kb
+            .map_or("–".into(), |kb| format!("{:.1} MB", kb as f64 / 1024.0));
+        let rows = format!(
+            "{} / {}{}",
+            thousands(r.rows as f64),
+            thousands(r.acked as f64),
+            if r.durability_ok { "" } else { " MISMATCH" }
+        );
+        for (n, s) in r.steady.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {}/s | {} | {} | {} | {} | {} | {} |",
+                r.name,
+                if n == 0 {
+                    thousands(r.closed.per_sec())
+                } else {
+                    "″".into()
+                },
+                if n == 0 { ratio.clone() } else { "″".into() },
+                thousands(s.scheduled.unwrap_or(0) as f64 / opts.secs),
+                ms(s.percentile_ms(50.0)),
+                ms(s.percentile_ms(99.0)),
+                ms(s.max_ms()),
+                errors(s),
+                if n == 0 { rss.clone() } else { "″".into() },
+                if n == 0 { rows.clone() } else { "″".into() },
+            );
+        }
+    }
+    let _ = writeln!(out, "\nPhases:\n");
+    let _ = writeln!(
+        out,
+        "| target | phase | 2xx | achieved/s | p50 | p99 | max | errors | server CPU | server CPU/event | load generator CPU | other processes' CPU |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    );
+    for r in reports {
+        for p in std::iter::once(&r.closed).chain(&r.steady) {
+            let secs = p.elapsed.as_secs_f64().max(1e-9);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0}% | {:.0} µs | {:.0}% | {:.0}% |",
+                r.name,
+                p.label,
+                thousands(p.tally.ok as f64),
+                thousands(p.per_sec()),
+                ms(p.percentile_ms(50.0)),
+                ms(p.percentile_ms(99.0)),
+                ms(p.max_ms()),
+                errors(p),
+                100.0 * p.server_cpu / secs,
+                1e6 * p.server_cpu / (p.tally.ok.max(1) as f64),
+                100.0 * p.client_cpu / secs,
+                100.0 * p.other_cpu / secs,
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n(CPU as % of one core over the phase; 200% is the whole machine. \"Other processes\" is the rest of the \
+         machine's busy time meanwhile: other programs, and kernel threads such as the file system's journal and \
+         disk flushing on behalf of the server.)"
+    );
+
+    if let Some(ours) = reports.iter().find(|r| r.name == "genesis-billing") {
+        let steady = ours.steady.first();
+        let _ = writeln!(out, "\nGoals (issue 4):");
+        let eps = ours.closed.per_sec();
+        let _ = writeln!(
+            out,
+            "- ≥ 20,000 events/s durably stored with SQLite: {} ({}/s)",
+            yes(eps >= 20_000.0),
+            thousands(eps)
+        );
+        match baseline {
+            Some(b) => {
+                let x = eps / b.closed.per_sec().max(1e-9);
+                let _ = writeln!(
+                    out,
+                    "- ≥ 7× the baseline measured in the same run: {} ({x:.1}×)",
+                    yes(x >= 7.0)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "- ≥ 7× the baseline: not measured (WEBHOOK_BENCH_SKIP_BASELINE)"
+                );
+            }
+        }
+        if let Some(s) = steady {
+            let p99 = s.percentile_ms(99.0).unwrap_or(f64::INFINITY);
+            let clean = s.unsent() == 0 && s.tally.non_2xx() == 0 && s.tally.abandoned() == 0;
+            let _ = writeln!(
+                out,
+                "- p99 < 20 ms at a steady {}/s: {} ({})",
+                thousands(s.scheduled.unwrap_or(0) as f64 / opts.secs),
+                yes(p99 < 20.0 && clean),
+                ms(Some(p99))
+            );
+        }
+        if let Some(kb) = ours.peak_rss_kb {
+            let _ = writeln!(
+                out,
+                "- RSS < 50 MB: {} ({:.1} MB)",
+                yes(kb < 50 * 1024),
+                kb as f64 / 1024.0
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nDurability (rows counted by another process after each phase, while the server runs):"
+    );
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "- {} (journal mode {}): {} rows, {} acknowledged, {} requests abandoned by the client: {}",
+            r.name,
+            r.journal_mode,
+            thousands(r.rows as f64),
+            thousands(r.acked as f64),
+            r.abandoned,
+            if r.durability_ok { "ok" } else { "MISMATCH" }
+        );
+    }
+    let mut notes: Vec<String> = reports.iter().flat_map(|r| r.notes.clone()).collect();
+    let busiest = reports
+        .iter()
+        .flat_map(|r| std::iter::once(&r.closed).chain(&r.steady))
+        .map(|p| 100.0 * p.other_cpu / p.elapsed.as_secs_f64().max(1e-9))
+        .fold(0.0f64, f64::max);
+    if busiest > 10.0 {
+        notes.push(format!(
+            "other processes and kernel threads used up to {busiest:.0}% of a core during a phase (see the \
+             phases table): if that was another program, the figures are lower than on a quiet machine"
+        ));
+    }
+    if !notes.is_empty() {
+        let _ = writeln!(out, "\nNotes:");
+        for n in notes {
+            let _ = writeln!(out, "- {n}");
+        }
+    }
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "NO"
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+fn main() -> ExitCode {
+    // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
+    let opts = Opts::from_env();
+    if std::env::var_os("WEBHOOK_BENCH_PRINT_EVENT").is_some() {
+        let pool = Pool::new(0, 0, 1, 1);
+        println!(
+            "Stripe-Signature: {}",
+            pool.signature_header(0).to_str().unwrap_or("")
+        );
+        println!("{}", String::from_utf8_lossy(&pool.body(0)));
+        return ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.client_threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(opts)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("webhook_throughput: an acknowledged event was missing from a database");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("webhook_throughput: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(opts: Opts) -> Result<bool, String> {
+    let base = opts.dir.clone().unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
+    let dir = tempfile::Builder::new()
+        .prefix("webhook-bench-")
+        .tempdir_in(&base)
+        .map_err(|e| e.to_string())?;
+    let run = fastrand::u16(..);
+    eprintln!(
+        "webhook_throughput: {} B events, {} connections, {} s phases, steady {}/s (baseline also {}); data in {}",
+        BODY_SIZE,
+        opts.conns,
+        opts.secs,
+        opts.rate,
+        opts.baseline_rate
+            .map_or("half its closed-loop rate".to_owned(), |r| format!("{r}/s")),
+        dir.path().display()
+    );
+
+    // What was measured: the commit, and whether the working tree (which the binary was built from) differed.
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    let dirty = !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let revision = format!(
+        "{commit}{}",
+        if dirty { " (working tree dirty)" } else { "" }
+    );
+    let fsync_before = fsync_probe(dir.path(), 1.0);
+    // Both processes are started first (a missing Python package fails before anything is measured), then
+    // measured one after the other; the idle one uses no CPU.
+    let service = start_service(&mkdir(dir.path().join("service"))?)?;
+    let baseline = if opts.skip_baseline {
+        None
+    } else {
+        Some(start_baseline(
+            &mkdir(dir.path().join("baseline"))?,
+            &opts.python,
+        )?)
+    };
+
+    let mut reports = Vec::new();
+    if let Some(b) = baseline {
+        let mut rates = vec![opts.baseline_rate];
+        if opts.baseline_rate != Some(opts.rate) {
+            rates.push(Some(opts.rate));
+        }
+        reports.push(bench_target(b, &opts, run, &rates, opts.baseline_max_rate).await?);
+    }
+    reports.push(bench_target(service, &opts, run, &[Some(opts.rate)], opts.max_rate).await?);
+    // Ours first in the table.
+    reports.reverse();
+    let fsync_after = fsync_probe(dir.path(), 1.0);
+    print_report(
+        &opts,
+        &reports,
+        dir.path(),
+        [fsync_before, fsync_after],
+        &revision,
+    );
+    Ok(reports.iter().all(|r| r.durability_ok))
+}
+
+fn mkdir(path: PathBuf) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
