@@ -611,7 +611,10 @@ async fn replicas_storing_the_same_webhook_events_at_once_on_postgres_store_each
         // The same events, in opposite orders, committed by two replicas at once.
         let batch: Vec<NewEvent> = (0..8).map(|i| event(format!("evt_{round}_{i}"))).collect();
         let reversed: Vec<NewEvent> = batch.iter().rev().cloned().collect();
-        let (x, y) = tokio::join!(a.insert_events(&batch), b.insert_events(&reversed));
+        let (x, y) = tokio::join!(
+            a.insert_events(&batch, "replica-a", now() + 60),
+            b.insert_events(&reversed, "replica-b", now() + 60)
+        );
         let (x, y) = (x.unwrap(), y.unwrap());
         for i in 0..8 {
             assert!(

@@ -464,8 +464,29 @@ async fn duplicated_and_reordered_deliveries_are_applied_once_and_records_equal_
                 let stripe = &world.subscriptions_of(id)[0];
                 all_match &= b.subscription_status.as_deref() == stripe["status"].as_str();
             }
-            let events = world.service.store().list_events(None, 1000).await.unwrap();
-            all_match && events.iter().all(|e| e.status != "pending")
+            // Quiet: every event Stripe emitted for the endpoint is stored here and finished.
+            let stored: std::collections::HashMap<String, String> = world
+                .service
+                .store()
+                .list_events(None, 10_000)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.event_id, e.status))
+                .collect();
+            let emitted = world.objects("event");
+            let all_finished = emitted
+                .iter()
+                .filter(|e| {
+                    genesis_billing::billing::HANDLED_EVENTS
+                        .contains(&e["type"].as_str().unwrap_or(""))
+                })
+                .all(|e| {
+                    stored
+                        .get(e["id"].as_str().unwrap_or(""))
+                        .is_some_and(|s| s != "pending")
+                });
+            all_match && all_finished
         },
     )
     .await;

@@ -8,7 +8,7 @@ mod migrate;
 mod webhook_event;
 
 pub use coordination::{JobLease, StoreRateBudget};
-pub use webhook_event::{NewEvent, StoredEvent};
+pub use webhook_event::{EventResult, NewEvent, StoredEvent};
 
 use std::time::Duration;
 
@@ -340,16 +340,22 @@ impl Store {
         customer: Option<&str>,
         subscription: Option<&str>,
     ) -> Result<Option<Business>, StoreError> {
-        let sql = format!(
-            "SELECT {BUSINESS_COLUMNS} FROM business WHERE ($1 IS NOT NULL AND stripe_subscription_id = $1) \
-             OR ($2 IS NOT NULL AND stripe_customer_id = $2) ORDER BY created_at DESC LIMIT 1"
-        );
-        let row = sqlx::query(&sql)
-            .bind(subscription)
-            .bind(customer)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(business_from_row).transpose()
+        // Two indexed lookups rather than one `OR`, which SQLite would answer with a full scan.
+        for (column, value) in [
+            ("stripe_subscription_id", subscription),
+            ("stripe_customer_id", customer),
+        ] {
+            let Some(value) = value else { continue };
+            let sql = format!("SELECT {BUSINESS_COLUMNS} FROM business WHERE {column} = $1 ORDER BY created_at DESC LIMIT 1");
+            if let Some(row) = sqlx::query(&sql)
+                .bind(value)
+                .fetch_optional(&self.pool)
+                .await?
+            {
+                return business_from_row(&row).map(Some);
+            }
+        }
+        Ok(None)
     }
 
     /// Newest first, paginated by business id.

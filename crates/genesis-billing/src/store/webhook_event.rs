@@ -41,6 +41,17 @@ fn from_row(r: &AnyRow) -> Result<StoredEvent, StoreError> {
     })
 }
 
+/// How applying one event went, for `finish_events`.
+#[derive(Debug, Clone)]
+pub struct EventResult {
+    pub event_id: String,
+    /// `applied`, `ignored`, `failed` or `dead`.
+    pub status: &'static str,
+    pub business_id: Option<String>,
+    pub error: Option<String>,
+    pub retry_at: Option<i64>,
+}
+
 /// An event to store.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -54,7 +65,15 @@ pub struct NewEvent {
 impl Store {
     /// Stores a batch of events in one transaction (one disk sync for all: group commit). Returns, per
     /// event, whether this call stored it (false: already stored, a duplicate delivery).
-    pub async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<bool>, StoreError> {
+    ///
+    /// The rows are stored already leased to `owner` until `until`: the inserting process applies them
+    /// right away without a claim of its own, and another replica's retry loop leaves them alone meanwhile.
+    pub async fn insert_events(
+        &self,
+        events: &[NewEvent],
+        owner: &str,
+        until: i64,
+    ) -> Result<Vec<bool>, StoreError> {
         let received = now();
         // Rows are inserted in event-id order, whatever the arrival order: two replicas committing
         // batches that share events then take the rows' locks in the same order and queue instead of
@@ -66,8 +85,8 @@ impl Store {
         for i in order {
             let e = &events[i];
             let done = sqlx::query(
-                "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, payload, status, attempts) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0) ON CONFLICT (event_id) DO NOTHING",
+                "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, payload, status, attempts, \
+                 lease_owner, lease_until) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8) ON CONFLICT (event_id) DO NOTHING",
             )
             .bind(&e.id)
             .bind(&e.event_type)
@@ -75,6 +94,8 @@ impl Store {
             .bind(received)
             .bind(e.source)
             .bind(&e.payload)
+            .bind(owner)
+            .bind(until)
             .execute(&mut *tx)
             .await?;
             stored[i] = done.rows_affected() == 1;
@@ -129,6 +150,35 @@ impl Store {
             return Ok(None);
         }
         self.event(id).await
+    }
+
+    /// Records the results of applying events this owner holds (inserted leased by it), in one
+    /// transaction, counting the attempt and releasing each.
+    pub async fn finish_events(
+        &self,
+        owner: &str,
+        results: &[EventResult],
+    ) -> Result<(), StoreError> {
+        let t = now();
+        let mut tx = self.pool.begin().await?;
+        for r in results {
+            sqlx::query(
+                "UPDATE webhook_event SET status = $3, business_id = COALESCE($4, business_id), last_error = $5, \
+                 applied_at = CASE WHEN $3 IN ('applied', 'ignored') THEN $6 ELSE applied_at END, next_attempt_at = $7, \
+                 attempts = attempts + 1, lease_owner = NULL, lease_until = NULL WHERE event_id = $1 AND lease_owner = $2",
+            )
+            .bind(&r.event_id)
+            .bind(owner)
+            .bind(r.status)
+            .bind(&r.business_id)
+            .bind(&r.error)
+            .bind(t)
+            .bind(r.retry_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Records the result of applying an event and releases it.

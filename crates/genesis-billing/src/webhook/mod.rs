@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::billing::{Applied, BillingError, BillingService, HANDLED_EVENTS};
-use crate::store::{now, NewEvent, StoredEvent};
+use crate::store::{now, EventResult, NewEvent, StoredEvent};
 use crate::stripe::{Call, Form};
 pub use signature::Rejection;
 
@@ -80,8 +80,16 @@ impl Inbox {
         });
         let (commits, commit_rx) = mpsc::channel(COMMIT_QUEUE);
         let (applies, apply_rx) = mpsc::unbounded_channel();
-        tokio::spawn(commit_loop(applier.service.clone(), commit_rx, applies));
-        tokio::spawn(apply_loop(applier.clone(), apply_rx));
+        // Events this inbox stores are leased to it until applied, under this owner id.
+        let owner: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+        tokio::spawn(commit_loop(
+            applier.service.clone(),
+            owner.clone(),
+            applier.lease,
+            commit_rx,
+            applies,
+        ));
+        tokio::spawn(apply_loop(applier.clone(), owner, apply_rx));
         Self {
             applier,
             secrets,
@@ -235,7 +243,72 @@ impl Inbox {
 }
 
 impl Applier {
-    /// Applies a stored event if no other worker holds it; failures are recorded for a later retry.
+    /// Applies one event and says how it went (status, business, error, next attempt). `attempts` counts
+    /// earlier tries, for the backoff.
+    async fn run(
+        &self,
+        event_type: &str,
+        created: i64,
+        payload: &str,
+        attempts: i64,
+        id: &str,
+    ) -> EventResult {
+        let metrics = self.service.metrics();
+        let result = match serde_json::from_str::<Value>(payload) {
+            Ok(v) => self.service.apply_event(&v).await,
+            Err(e) => Err(BillingError::Conflict(format!(
+                "stored payload unreadable: {e}"
+            ))),
+        };
+        let outcome = |status, business_id, error: Option<String>, retry_at| EventResult {
+            event_id: id.to_owned(),
+            status,
+            business_id,
+            error,
+            retry_at,
+        };
+        match result {
+            Ok(Applied::Applied { business_id }) => {
+                metrics.inc(
+                    "genesis_billing_webhook_events_total",
+                    &[event_type, "applied"],
+                );
+                metrics.observe(
+                    "genesis_billing_webhook_apply_lag_seconds",
+                    &[],
+                    (now() - created).max(0) as f64,
+                );
+                outcome("applied", Some(business_id), None, None)
+            }
+            Ok(Applied::Ignored { business_id, why }) => {
+                metrics.inc(
+                    "genesis_billing_webhook_events_total",
+                    &[event_type, "ignored"],
+                );
+                outcome("ignored", business_id, Some(why.to_owned()), None)
+            }
+            Err(e) => {
+                metrics.inc(
+                    "genesis_billing_webhook_events_total",
+                    &[event_type, "failed"],
+                );
+                let tries = attempts + 1;
+                tracing::warn!(event_id = id, attempts = tries, error = %e, "applying webhook event failed");
+                if tries >= MAX_ATTEMPTS {
+                    outcome("dead", None, Some(e.to_string()), None)
+                } else {
+                    outcome(
+                        "failed",
+                        None,
+                        Some(e.to_string()),
+                        Some(now() + (5i64 << tries.min(10)).min(3600)),
+                    )
+                }
+            }
+        }
+    }
+
+    /// Claims a stored event (unless another worker holds it or it is finished), applies it, records it.
     async fn apply(&self, id: &str) {
         let owner = uuid::Uuid::new_v4().to_string();
         let until = now() + self.lease.as_secs() as i64;
@@ -248,83 +321,52 @@ impl Applier {
                 return;
             }
         };
-        let metrics = self.service.metrics();
-        let result = match serde_json::from_str::<Value>(&event.payload) {
-            Ok(v) => self.service.apply_event(&v).await,
-            Err(e) => Err(BillingError::Conflict(format!(
-                "stored payload unreadable: {e}"
-            ))),
-        };
-        let finished = match result {
-            Ok(Applied::Applied { business_id }) => {
-                metrics.inc(
-                    "genesis_billing_webhook_events_total",
-                    &[&event.event_type, "applied"],
-                );
-                metrics.observe(
-                    "genesis_billing_webhook_apply_lag_seconds",
-                    &[],
-                    (now() - event.created).max(0) as f64,
-                );
-                store
-                    .finish_event(id, &owner, "applied", Some(&business_id), None, None)
-                    .await
-            }
-            Ok(Applied::Ignored { business_id, why }) => {
-                metrics.inc(
-                    "genesis_billing_webhook_events_total",
-                    &[&event.event_type, "ignored"],
-                );
-                store
-                    .finish_event(
-                        id,
-                        &owner,
-                        "ignored",
-                        business_id.as_deref(),
-                        Some(why),
-                        None,
-                    )
-                    .await
-            }
-            Err(e) => {
-                metrics.inc(
-                    "genesis_billing_webhook_events_total",
-                    &[&event.event_type, "failed"],
-                );
-                let attempts = event.attempts;
-                let (status, retry_at) = if attempts >= MAX_ATTEMPTS {
-                    ("dead", None)
-                } else {
-                    ("failed", Some(now() + (5i64 << attempts.min(10)).min(3600)))
-                };
-                tracing::warn!(event_id = id, attempts, error = %e, "applying webhook event failed");
-                store
-                    .finish_event(id, &owner, status, None, Some(&e.to_string()), retry_at)
-                    .await
-            }
-        };
+        // The claim counted this attempt already.
+        let r = self
+            .run(
+                &event.event_type,
+                event.created,
+                &event.payload,
+                event.attempts - 1,
+                id,
+            )
+            .await;
+        let finished = store
+            .finish_event(
+                id,
+                &owner,
+                r.status,
+                r.business_id.as_deref(),
+                r.error.as_deref(),
+                r.retry_at,
+            )
+            .await;
         if let Err(e) = finished {
             tracing::error!(event_id = id, error = %e, "cannot record webhook outcome");
         }
     }
 }
 
-/// Writes every queued event in one transaction, answers each waiting delivery, queues new ones for apply.
+/// Writes every queued event in one transaction (leased to this inbox), answers each waiting delivery,
+/// and queues the new ones for the applier.
 async fn commit_loop(
     service: Arc<BillingService>,
+    owner: Arc<str>,
+    lease: Duration,
     mut queue: mpsc::Receiver<CommitRequest>,
-    applies: mpsc::UnboundedSender<String>,
+    applies: mpsc::UnboundedSender<NewEvent>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (events, replies): (Vec<NewEvent>, Vec<_>) = batch.drain(..).unzip();
-        match service.store().insert_events(&events).await {
+        let until = now() + lease.as_secs() as i64;
+        match service.store().insert_events(&events, &owner, until).await {
             Ok(stored) => {
                 for ((event, reply), new) in events.into_iter().zip(replies).zip(stored) {
-                    if new {
-                        let _ = applies.send(event.id);
-                    }
                     let _ = reply.send(Ok(new));
+                    if new {
+                        let _ = applies.send(event);
+                    }
                 }
             }
             Err(e) => {
@@ -337,9 +379,31 @@ async fn commit_loop(
     }
 }
 
-/// Applies newly stored events in arrival order.
-async fn apply_loop(applier: Arc<Applier>, mut queue: mpsc::UnboundedReceiver<String>) {
-    while let Some(id) = queue.recv().await {
-        applier.apply(&id).await;
+/// Applies newly stored events in arrival order, from memory, recording a batch of outcomes in one
+/// transaction: no claim and no read per event, and one disk sync per batch instead of two per event.
+/// If recording fails, the events stay `pending` under a lease that expires, and `retry_due` takes them.
+async fn apply_loop(
+    applier: Arc<Applier>,
+    owner: Arc<str>,
+    mut queue: mpsc::UnboundedReceiver<NewEvent>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut results = Vec::with_capacity(batch.len());
+        for e in batch.drain(..) {
+            results.push(
+                applier
+                    .run(&e.event_type, e.created, &e.payload, 0, &e.id)
+                    .await,
+            );
+        }
+        if let Err(e) = applier
+            .service
+            .store()
+            .finish_events(&owner, &results)
+            .await
+        {
+            tracing::error!(error = %e, count = results.len(), "cannot record webhook outcomes; they are retried");
+        }
     }
 }
