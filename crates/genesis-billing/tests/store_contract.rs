@@ -612,8 +612,8 @@ async fn replicas_storing_the_same_webhook_events_at_once_on_postgres_store_each
         let batch: Vec<NewEvent> = (0..8).map(|i| event(format!("evt_{round}_{i}"))).collect();
         let reversed: Vec<NewEvent> = batch.iter().rev().cloned().collect();
         let (x, y) = tokio::join!(
-            a.insert_events(&batch, "replica-a", now() + 60),
-            b.insert_events(&reversed, "replica-b", now() + 60)
+            a.insert_events(&batch, Some("replica-a"), now() + 60),
+            b.insert_events(&reversed, Some("replica-b"), now() + 60)
         );
         let (x, y) = (x.unwrap(), y.unwrap());
         for i in 0..8 {

@@ -74,17 +74,10 @@ impl BillingService {
         subscription: Option<&str>,
         customer: Option<&str>,
     ) -> Result<Option<Business>, BillingError> {
-        if let Some(id) = object["metadata"]["business_id"].as_str() {
-            if let Some(b) = self.store.get_business(id).await? {
-                return Ok(Some(b));
-            }
-        }
-        if subscription.is_none() && customer.is_none() {
-            return Ok(None);
-        }
+        let by_metadata = object["metadata"]["business_id"].as_str();
         Ok(self
             .store
-            .business_by_stripe_id(customer, subscription)
+            .find_business(by_metadata, subscription, customer)
             .await?)
     }
 

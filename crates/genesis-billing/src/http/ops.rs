@@ -176,7 +176,12 @@ pub fn spawn_background(
     let s = state.clone();
     tasks.push(tokio::spawn(async move {
         loop {
-            s.inbox.retry_due().await;
+            // Drain what is due (a backlog after a burst or a restart) in bounded rounds, then wait.
+            for _ in 0..50 {
+                if s.inbox.retry_due().await == 0 {
+                    break;
+                }
+            }
             tokio::time::sleep(schedule.webhook_retry).await;
         }
     }));

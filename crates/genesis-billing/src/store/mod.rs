@@ -358,6 +358,32 @@ impl Store {
         Ok(None)
     }
 
+    /// The business an event is about, in one round trip: by id (metadata `business_id`), else by
+    /// subscription id, else by customer id. Each branch uses its index.
+    pub async fn find_business(
+        &self,
+        business_id: Option<&str>,
+        subscription: Option<&str>,
+        customer: Option<&str>,
+    ) -> Result<Option<Business>, StoreError> {
+        if business_id.is_none() && subscription.is_none() && customer.is_none() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT * FROM (SELECT 1 AS rank, {BUSINESS_COLUMNS} FROM business WHERE business_id = $1 \
+             UNION ALL SELECT 2 AS rank, {BUSINESS_COLUMNS} FROM business WHERE stripe_subscription_id = $2 \
+             UNION ALL SELECT 3 AS rank, {BUSINESS_COLUMNS} FROM business WHERE stripe_customer_id = $3) AS found \
+             ORDER BY rank, created_at DESC LIMIT 1"
+        );
+        let row = sqlx::query(&sql)
+            .bind(business_id)
+            .bind(subscription)
+            .bind(customer)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(business_from_row).transpose()
+    }
+
     /// Newest first, paginated by business id.
     pub async fn list_businesses(&self, f: &BusinessFilter) -> Result<Vec<Business>, StoreError> {
         let sql = format!(

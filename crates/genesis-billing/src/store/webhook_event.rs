@@ -71,7 +71,7 @@ impl Store {
     pub async fn insert_events(
         &self,
         events: &[NewEvent],
-        owner: &str,
+        owner: Option<&str>,
         until: i64,
     ) -> Result<Vec<bool>, StoreError> {
         let received = now();
@@ -95,7 +95,7 @@ impl Store {
             .bind(e.source)
             .bind(&e.payload)
             .bind(owner)
-            .bind(until)
+            .bind(owner.map(|_| until))
             .execute(&mut *tx)
             .await?;
             stored[i] = done.rows_affected() == 1;

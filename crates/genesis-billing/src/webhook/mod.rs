@@ -47,6 +47,54 @@ pub enum ReceiveError {
 
 type CommitRequest = (NewEvent, oneshot::Sender<Result<bool, ()>>);
 
+/// Stored events waiting for the applier in memory. Beyond this, new events are stored unleased and
+/// `retry_due` applies them from the database, so memory stays bounded under any burst.
+const APPLY_QUEUE: usize = 4096;
+
+/// The part of a Stripe event the receiver checks before storing it.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    created: i64,
+    /// Parsed only to require `data.object` to be an object.
+    #[allow(dead_code)]
+    data: EnvelopeData,
+}
+
+#[derive(serde::Deserialize)]
+struct EnvelopeData {
+    #[allow(dead_code)]
+    object: AnyObject,
+}
+
+/// Any JSON object, skipped without building it.
+struct AnyObject;
+
+impl<'de> serde::Deserialize<'de> for AnyObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = AnyObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<AnyObject, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(AnyObject)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
 /// The webhook receiver and its background work.
 ///
 /// One committer task writes every event waiting at that moment in one transaction (group commit): each
@@ -79,7 +127,7 @@ impl Inbox {
             lease: Duration::from_secs(60),
         });
         let (commits, commit_rx) = mpsc::channel(COMMIT_QUEUE);
-        let (applies, apply_rx) = mpsc::unbounded_channel();
+        let (applies, apply_rx) = mpsc::channel(APPLY_QUEUE);
         // Events this inbox stores are leased to it until applied, under this owner id.
         let owner: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         tokio::spawn(commit_loop(
@@ -125,27 +173,23 @@ impl Inbox {
         }
         signature::verify(signature, body, &self.secrets, now(), self.tolerance)
             .map_err(|r| self.reject(r))?;
-        let event: Value =
-            serde_json::from_slice(body).map_err(|_| self.reject(Rejection::BadPayload))?;
-        let (Some(id), Some(kind), Some(created)) = (
-            event["id"].as_str(),
-            event["type"].as_str(),
-            event["created"].as_i64(),
-        ) else {
+        // Only the envelope is read here; the applier reads the object itself.
+        let Ok(Envelope {
+            id,
+            kind,
+            created,
+            data: _,
+        }) = serde_json::from_slice::<Envelope>(body)
+        else {
             return Err(self.reject(Rejection::BadPayload));
         };
-        if !id.starts_with("evt_")
-            || id.len() > 255
-            || kind.len() > 255
-            || !event["data"]["object"].is_object()
-        {
+        if !id.starts_with("evt_") || id.len() > 255 || kind.len() > 255 {
             return Err(self.reject(Rejection::BadPayload));
         }
         // serde_json accepted the body, so it is valid UTF-8.
         let payload = String::from_utf8_lossy(body).into_owned();
-        let kind = kind.to_owned();
         let new = NewEvent {
-            id: id.to_owned(),
+            id,
             event_type: kind.clone(),
             created,
             source: "webhook",
@@ -354,18 +398,30 @@ async fn commit_loop(
     owner: Arc<str>,
     lease: Duration,
     mut queue: mpsc::Receiver<CommitRequest>,
-    applies: mpsc::UnboundedSender<NewEvent>,
+    applies: mpsc::Sender<NewEvent>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (events, replies): (Vec<NewEvent>, Vec<_>) = batch.drain(..).unzip();
-        let until = now() + lease.as_secs() as i64;
-        match service.store().insert_events(&events, &owner, until).await {
+        // Leased to this inbox and queued in memory while the applier keeps up; otherwise stored free for
+        // `retry_due` to pick up from the database.
+        let keep_up = applies.capacity() >= events.len();
+        let until = if keep_up {
+            now() + lease.as_secs() as i64
+        } else {
+            0
+        };
+        let lease_owner = if keep_up { Some(&*owner) } else { None };
+        match service
+            .store()
+            .insert_events(&events, lease_owner, until)
+            .await
+        {
             Ok(stored) => {
                 for ((event, reply), new) in events.into_iter().zip(replies).zip(stored) {
                     let _ = reply.send(Ok(new));
-                    if new {
-                        let _ = applies.send(event);
+                    if new && keep_up {
+                        let _ = applies.try_send(event);
                     }
                 }
             }
@@ -382,11 +438,7 @@ async fn commit_loop(
 /// Applies newly stored events in arrival order, from memory, recording a batch of outcomes in one
 /// transaction: no claim and no read per event, and one disk sync per batch instead of two per event.
 /// If recording fails, the events stay `pending` under a lease that expires, and `retry_due` takes them.
-async fn apply_loop(
-    applier: Arc<Applier>,
-    owner: Arc<str>,
-    mut queue: mpsc::UnboundedReceiver<NewEvent>,
-) {
+async fn apply_loop(applier: Arc<Applier>, owner: Arc<str>, mut queue: mpsc::Receiver<NewEvent>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut results = Vec::with_capacity(batch.len());
