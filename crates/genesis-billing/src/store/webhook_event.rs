@@ -62,18 +62,60 @@ pub struct NewEvent {
     pub payload: String,
 }
 
+/// Records one outcome of an event leased to `owner`, counting the attempt and releasing the lease.
+fn finish_query<'q>(
+    r: &'q EventResult,
+    owner: &'q str,
+    at: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(
+        "UPDATE webhook_event SET status = $3, business_id = COALESCE($4, business_id), last_error = $5, \
+         applied_at = CASE WHEN $3 IN ('applied', 'ignored') THEN $6 ELSE applied_at END, next_attempt_at = $7, \
+         attempts = attempts + 1, lease_owner = NULL, lease_until = NULL WHERE event_id = $1 AND lease_owner = $2",
+    )
+    .bind(&r.event_id)
+    .bind(owner)
+    .bind(r.status)
+    .bind(&r.business_id)
+    .bind(&r.error)
+    .bind(at)
+    .bind(r.retry_at)
+}
+
 impl Store {
     /// Stores a batch of events in one transaction (one disk sync for all: group commit). Returns, per
     /// event, whether this call stored it (false: already stored, a duplicate delivery).
     ///
-    /// The rows are stored already leased to `owner` until `until`: the inserting process applies them
-    /// right away without a claim of its own, and another replica's retry loop leaves them alone meanwhile.
+    /// With an `owner`, the rows are stored already leased to it until `until`: the inserting process
+    /// applies them right away without a claim of its own, and other replicas' retry loops leave them alone.
     pub async fn insert_events(
         &self,
         events: &[NewEvent],
         owner: Option<&str>,
         until: i64,
     ) -> Result<Vec<bool>, StoreError> {
+        self.write_inbox(
+            events,
+            owner.unwrap_or_default(),
+            owner.is_some(),
+            until,
+            &[],
+        )
+        .await
+    }
+
+    /// The inbox's one write: new events stored and earlier events' outcomes recorded, in a single
+    /// transaction, so ingest and apply share one disk sync instead of contending for the writer.
+    /// New events are leased to `owner` until `until` when `lease_new`; `results` are for events it holds.
+    pub async fn write_inbox(
+        &self,
+        events: &[NewEvent],
+        owner: &str,
+        lease_new: bool,
+        until: i64,
+        results: &[EventResult],
+    ) -> Result<Vec<bool>, StoreError> {
+        let lease = lease_new.then_some((owner, until));
         let received = now();
         // Rows are inserted in event-id order, whatever the arrival order: two replicas committing
         // batches that share events then take the rows' locks in the same order and queue instead of
@@ -94,11 +136,14 @@ impl Store {
             .bind(received)
             .bind(e.source)
             .bind(&e.payload)
-            .bind(owner)
-            .bind(owner.map(|_| until))
+            .bind(lease.map(|(o, _)| o))
+            .bind(lease.map(|(_, u)| u))
             .execute(&mut *tx)
             .await?;
             stored[i] = done.rows_affected() == 1;
+        }
+        for r in results {
+            finish_query(r, owner, received).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(stored)
@@ -150,35 +195,6 @@ impl Store {
             return Ok(None);
         }
         self.event(id).await
-    }
-
-    /// Records the results of applying events this owner holds (inserted leased by it), in one
-    /// transaction, counting the attempt and releasing each.
-    pub async fn finish_events(
-        &self,
-        owner: &str,
-        results: &[EventResult],
-    ) -> Result<(), StoreError> {
-        let t = now();
-        let mut tx = self.pool.begin().await?;
-        for r in results {
-            sqlx::query(
-                "UPDATE webhook_event SET status = $3, business_id = COALESCE($4, business_id), last_error = $5, \
-                 applied_at = CASE WHEN $3 IN ('applied', 'ignored') THEN $6 ELSE applied_at END, next_attempt_at = $7, \
-                 attempts = attempts + 1, lease_owner = NULL, lease_until = NULL WHERE event_id = $1 AND lease_owner = $2",
-            )
-            .bind(&r.event_id)
-            .bind(owner)
-            .bind(r.status)
-            .bind(&r.business_id)
-            .bind(&r.error)
-            .bind(t)
-            .bind(r.retry_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     /// Records the result of applying an event and releases it.

@@ -130,14 +130,16 @@ impl Inbox {
         let (applies, apply_rx) = mpsc::channel(APPLY_QUEUE);
         // Events this inbox stores are leased to it until applied, under this owner id.
         let owner: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+        let (outcomes, outcome_rx) = mpsc::unbounded_channel();
         tokio::spawn(commit_loop(
             applier.service.clone(),
-            owner.clone(),
+            owner,
             applier.lease,
             commit_rx,
             applies,
+            outcome_rx,
         ));
-        tokio::spawn(apply_loop(applier.clone(), owner, apply_rx));
+        tokio::spawn(apply_loop(applier.clone(), apply_rx, outcomes));
         Self {
             applier,
             secrets,
@@ -391,30 +393,47 @@ impl Applier {
     }
 }
 
-/// Writes every queued event in one transaction (leased to this inbox), answers each waiting delivery,
-/// and queues the new ones for the applier.
+/// The inbox's single writer: every event waiting at that moment and every apply outcome reported since
+/// the last commit go into one transaction. Answers each waiting delivery once its event is on disk, and
+/// hands new events to the applier.
 async fn commit_loop(
     service: Arc<BillingService>,
     owner: Arc<str>,
     lease: Duration,
     mut queue: mpsc::Receiver<CommitRequest>,
     applies: mpsc::Sender<NewEvent>,
+    mut outcomes: mpsc::UnboundedReceiver<EventResult>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    let mut results = Vec::new();
+    loop {
+        tokio::select! {
+            n = queue.recv_many(&mut batch, MAX_BATCH) => {
+                if n == 0 {
+                    break;
+                }
+            }
+            n = outcomes.recv_many(&mut results, MAX_BATCH) => {
+                // The applier lives as long as this loop holds its queue; zero means it is gone.
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        while results.len() < MAX_BATCH {
+            match outcomes.try_recv() {
+                Ok(r) => results.push(r),
+                Err(_) => break,
+            }
+        }
         let (events, replies): (Vec<NewEvent>, Vec<_>) = batch.drain(..).unzip();
-        // Leased to this inbox and queued in memory while the applier keeps up; otherwise stored free for
-        // `retry_due` to pick up from the database.
+        // Leased to this inbox and handed over in memory while the applier keeps up; otherwise stored
+        // free, for `retry_due` to pick up from the database.
         let keep_up = applies.capacity() >= events.len();
-        let until = if keep_up {
-            now() + lease.as_secs() as i64
-        } else {
-            0
-        };
-        let lease_owner = if keep_up { Some(&*owner) } else { None };
+        let until = now() + lease.as_secs() as i64;
         match service
             .store()
-            .insert_events(&events, lease_owner, until)
+            .write_inbox(&events, &owner, keep_up, until, &results)
             .await
         {
             Ok(stored) => {
@@ -426,36 +445,31 @@ async fn commit_loop(
                 }
             }
             Err(e) => {
+                // The outcomes are lost with the transaction; their events stay leased and pending, and
+                // `retry_due` applies them again once the lease expires.
                 tracing::error!(error = %e, count = events.len(), "cannot store webhook events");
                 for reply in replies {
                     let _ = reply.send(Err(()));
                 }
             }
         }
+        results.clear();
     }
 }
 
-/// Applies newly stored events in arrival order, from memory, recording a batch of outcomes in one
-/// transaction: no claim and no read per event, and one disk sync per batch instead of two per event.
-/// If recording fails, the events stay `pending` under a lease that expires, and `retry_due` takes them.
-async fn apply_loop(applier: Arc<Applier>, owner: Arc<str>, mut queue: mpsc::Receiver<NewEvent>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut results = Vec::with_capacity(batch.len());
-        for e in batch.drain(..) {
-            results.push(
-                applier
-                    .run(&e.event_type, e.created, &e.payload, 0, &e.id)
-                    .await,
-            );
-        }
-        if let Err(e) = applier
-            .service
-            .store()
-            .finish_events(&owner, &results)
-            .await
-        {
-            tracing::error!(error = %e, count = results.len(), "cannot record webhook outcomes; they are retried");
+/// Applies newly stored events in arrival order, from memory (no claim, no read of the event), and
+/// reports each outcome to the writer, which records it with its next commit.
+async fn apply_loop(
+    applier: Arc<Applier>,
+    mut queue: mpsc::Receiver<NewEvent>,
+    outcomes: mpsc::UnboundedSender<EventResult>,
+) {
+    while let Some(e) = queue.recv().await {
+        let result = applier
+            .run(&e.event_type, e.created, &e.payload, 0, &e.id)
+            .await;
+        if outcomes.send(result).is_err() {
+            return;
         }
     }
 }
