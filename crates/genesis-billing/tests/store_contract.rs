@@ -337,6 +337,96 @@ async fn contract(store: &Store) {
     assert_eq!(store.due_events(10).await.unwrap().len(), 1);
     assert_eq!(store.newest_event_created().await.unwrap(), Some(10));
 
+    // The inbox's batched write: new events leased, duplicates within a batch and across batches told
+    // apart, outcomes recorded only for events the writer holds.
+    let ev = |id: &str| genesis_billing::store::NewEvent {
+        id: id.into(),
+        event_type: "invoice.paid".into(),
+        created: 20,
+        source: "webhook",
+        payload: "{}".into(),
+    };
+    let stored = store
+        .write_inbox(
+            &[ev("evt_b1"), ev("evt_b2"), ev("evt_b1"), ev("evt_1")],
+            "inbox-1",
+            true,
+            now() + 60,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![true, true, false, false]);
+    assert!(
+        store
+            .due_events(10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.event_id != "evt_b1"),
+        "leased events are not due"
+    );
+    let result =
+        |id: &str, status: &'static str, error: Option<&str>| genesis_billing::store::EventResult {
+            event_id: id.into(),
+            status,
+            business_id: Some("b0".into()),
+            error: error.map(Into::into),
+            retry_at: error.map(|_| now() + 5),
+        };
+    store
+        .write_inbox(
+            &[],
+            "someone-else",
+            false,
+            0,
+            &[result("evt_b1", "ignored", None)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.event("evt_b1").await.unwrap().unwrap().status,
+        "pending",
+        "not the holder: no change"
+    );
+    store
+        .write_inbox(
+            &[],
+            "inbox-1",
+            false,
+            0,
+            &[
+                result("evt_b1", "applied", None),
+                result("evt_b2", "failed", Some("boom")),
+            ],
+        )
+        .await
+        .unwrap();
+    let b1 = store.event("evt_b1").await.unwrap().unwrap();
+    assert_eq!(
+        (b1.status.as_str(), b1.attempts, b1.business_id.as_deref()),
+        ("applied", 1, Some("b0"))
+    );
+    let b2 = store.event("evt_b2").await.unwrap().unwrap();
+    assert_eq!(
+        (b2.status.as_str(), b2.attempts, b2.last_error.as_deref()),
+        ("failed", 1, Some("boom"))
+    );
+    let unleased = store
+        .write_inbox(&[ev("evt_b3")], "inbox-1", false, 0, &[])
+        .await
+        .unwrap();
+    assert_eq!(unleased, vec![true]);
+    assert!(
+        store
+            .due_events(10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.event_id == "evt_b3"),
+        "unleased events are due at once"
+    );
+
     // History.
     store.record_event("b0", "note", "hello").await.unwrap();
     assert_eq!(store.events_of("b0").await.unwrap()[0].1, "hello");

@@ -62,25 +62,8 @@ pub struct NewEvent {
     pub payload: String,
 }
 
-/// Records one outcome of an event leased to `owner`, counting the attempt and releasing the lease.
-fn finish_query<'q>(
-    r: &'q EventResult,
-    owner: &'q str,
-    at: i64,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    sqlx::query(
-        "UPDATE webhook_event SET status = $3, business_id = COALESCE($4, business_id), last_error = $5, \
-         applied_at = CASE WHEN $3 IN ('applied', 'ignored') THEN $6 ELSE applied_at END, next_attempt_at = $7, \
-         attempts = attempts + 1, lease_owner = NULL, lease_until = NULL WHERE event_id = $1 AND lease_owner = $2",
-    )
-    .bind(&r.event_id)
-    .bind(owner)
-    .bind(r.status)
-    .bind(&r.business_id)
-    .bind(&r.error)
-    .bind(at)
-    .bind(r.retry_at)
-}
+/// Rows per multi-row statement (8 parameters each: far below SQLite's and PostgreSQL's limits).
+const ROWS_PER_STATEMENT: usize = 256;
 
 impl Store {
     /// Stores a batch of events in one transaction (one disk sync for all: group commit). Returns, per
@@ -115,35 +98,93 @@ impl Store {
         until: i64,
         results: &[EventResult],
     ) -> Result<Vec<bool>, StoreError> {
-        let lease = lease_new.then_some((owner, until));
         let received = now();
-        // Rows are inserted in event-id order, whatever the arrival order: two replicas committing
-        // batches that share events then take the rows' locks in the same order and queue instead of
-        // deadlocking (PostgreSQL would abort one batch, and every event in it would be answered 503).
-        let mut order: Vec<usize> = (0..events.len()).collect();
-        order.sort_by(|&a, &b| events[a].id.cmp(&events[b].id));
-        let mut tx = self.pool.begin().await?;
+        let lease = lease_new.then_some((owner, until));
         let mut stored = vec![false; events.len()];
-        for i in order {
-            let e = &events[i];
-            let done = sqlx::query(
-                "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, payload, status, attempts, \
-                 lease_owner, lease_until) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8) ON CONFLICT (event_id) DO NOTHING",
-            )
-            .bind(&e.id)
-            .bind(&e.event_type)
-            .bind(e.created)
-            .bind(received)
-            .bind(e.source)
-            .bind(&e.payload)
-            .bind(lease.map(|(o, _)| o))
-            .bind(lease.map(|(_, u)| u))
-            .execute(&mut *tx)
-            .await?;
-            stored[i] = done.rows_affected() == 1;
+        // The first delivery of an id in this batch may be new; a later one in the same batch is a duplicate.
+        let mut first: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            first.entry(e.id.as_str()).or_insert(i);
         }
-        for r in results {
-            finish_query(r, owner, received).execute(&mut *tx).await?;
+        // Rows go in event-id order, whatever the arrival order: two replicas committing batches that share
+        // events then take the rows' locks in the same order and queue instead of deadlocking (PostgreSQL
+        // would abort one batch, and every event in it would be answered 503).
+        let mut unique: Vec<usize> = first.values().copied().collect();
+        unique.sort_by(|&a, &b| events[a].id.cmp(&events[b].id));
+        let mut tx = self.pool.begin().await?;
+        // Multi-row statements: one round trip per few hundred events instead of one per event.
+        for chunk in unique.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, payload, status, attempts, \
+                 lease_owner, lease_until) VALUES ",
+            );
+            for k in 0..chunk.len() {
+                let p = k * 8;
+                let sep = if k == 0 { "" } else { ", " };
+                sql.push_str(&format!(
+                    "{sep}(${}, ${}, ${}, ${}, ${}, ${}, 'pending', 0, ${}, ${})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7,
+                    p + 8
+                ));
+            }
+            sql.push_str(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
+            let mut q = sqlx::query(&sql);
+            for &i in chunk {
+                let e = &events[i];
+                q = q
+                    .bind(&e.id)
+                    .bind(&e.event_type)
+                    .bind(e.created)
+                    .bind(received)
+                    .bind(e.source)
+                    .bind(&e.payload)
+                    .bind(lease.map(|(o, _)| o))
+                    .bind(lease.map(|(_, u)| u));
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                let id: String = row.try_get("event_id")?;
+                if let Some(&i) = first.get(id.as_str()) {
+                    stored[i] = true;
+                }
+            }
+        }
+        for chunk in results.chunks(ROWS_PER_STATEMENT) {
+            let mut sql = String::from(
+                "UPDATE webhook_event SET status = v.column2, business_id = COALESCE(v.column3, webhook_event.business_id), \
+                 last_error = v.column4, applied_at = CASE WHEN v.column2 IN ('applied', 'ignored') THEN $1 ELSE webhook_event.applied_at END, \
+                 next_attempt_at = v.column5, attempts = webhook_event.attempts + 1, lease_owner = NULL, lease_until = NULL \
+                 FROM (VALUES ",
+            );
+            for k in 0..chunk.len() {
+                let p = 2 + k * 5;
+                let sep = if k == 0 { "" } else { ", " };
+                sql.push_str(&format!(
+                    "{sep}(${}, ${}, ${}, ${}, CAST(${} AS BIGINT))",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                ));
+            }
+            sql.push_str(") AS v WHERE webhook_event.event_id = v.column1 AND webhook_event.lease_owner = $2");
+            let mut q = sqlx::query(&sql).bind(received).bind(owner);
+            for r in chunk {
+                q = q
+                    .bind(&r.event_id)
+                    .bind(r.status)
+                    .bind(&r.business_id)
+                    .bind(&r.error)
+                    .bind(r.retry_at);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(stored)
