@@ -135,7 +135,8 @@ impl Store {
                 ));
             }
             sql.push_str(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
-            let mut q = sqlx::query(&sql);
+            // Not cached as prepared statements: every batch size is another statement text.
+            let mut q = sqlx::query(&sql).persistent(false);
             for &i in chunk {
                 let e = &events[i];
                 q = q
@@ -175,7 +176,10 @@ impl Store {
                 ));
             }
             sql.push_str(") AS v WHERE webhook_event.event_id = v.column1 AND webhook_event.lease_owner = $2");
-            let mut q = sqlx::query(&sql).bind(received).bind(owner);
+            let mut q = sqlx::query(&sql)
+                .persistent(false)
+                .bind(received)
+                .bind(owner);
             for r in chunk {
                 q = q
                     .bind(&r.event_id)

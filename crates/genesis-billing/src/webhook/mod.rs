@@ -45,7 +45,11 @@ pub enum ReceiveError {
     Unavailable,
 }
 
-type CommitRequest = (NewEvent, oneshot::Sender<Result<bool, ()>>);
+/// An event to store, its applier lane, and where to answer once it is on disk.
+type CommitRequest = (NewEvent, usize, oneshot::Sender<Result<bool, ()>>);
+
+/// Appliers working side by side; each takes the events of its share of customers, in order.
+const APPLY_LANES: usize = 4;
 
 /// Stored events waiting for the applier in memory. Beyond this, new events are stored unleased and
 /// `retry_due` applies them from the database, so memory stays bounded under any burst.
@@ -58,19 +62,33 @@ struct Envelope {
     #[serde(rename = "type")]
     kind: String,
     created: i64,
-    /// Parsed only to require `data.object` to be an object.
-    #[allow(dead_code)]
+    /// Required to hold an object; read only for the customer it concerns.
     data: EnvelopeData,
 }
 
 #[derive(serde::Deserialize)]
 struct EnvelopeData {
-    #[allow(dead_code)]
     object: AnyObject,
 }
 
-/// Any JSON object, skipped without building it.
-struct AnyObject;
+/// Any JSON object, skipped without building it, except the fields that say which customer it concerns.
+#[derive(Default)]
+struct AnyObject {
+    customer: Option<String>,
+    id: Option<String>,
+    object: Option<String>,
+}
+
+impl AnyObject {
+    /// The customer an object concerns (its `customer`, or itself for a customer), for routing.
+    fn customer_key(&self) -> Option<&str> {
+        match (&self.customer, self.object.as_deref()) {
+            (Some(c), _) => Some(c),
+            (None, Some("customer")) => self.id.as_deref(),
+            _ => None,
+        }
+    }
+}
 
 impl<'de> serde::Deserialize<'de> for AnyObject {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -84,15 +102,36 @@ impl<'de> serde::Deserialize<'de> for AnyObject {
                 self,
                 mut map: A,
             ) -> Result<AnyObject, A::Error> {
-                while map
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(AnyObject)
+                let mut found = AnyObject::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let slot = match &*key {
+                        "customer" => &mut found.customer,
+                        "id" => &mut found.id,
+                        "object" => &mut found.object,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    // An expanded object or a null is not a routing key; skip it.
+                    *slot = match map.next_value::<Value>()? {
+                        Value::String(v) => Some(v),
+                        _ => None,
+                    };
+                }
+                Ok(found)
             }
         }
         d.deserialize_map(Visitor)
     }
+}
+
+/// Which applier lane an event goes to: events about one customer keep their order in one lane.
+fn lane_of(key: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % APPLY_LANES as u64) as usize
 }
 
 /// The webhook receiver and its background work.
@@ -127,19 +166,23 @@ impl Inbox {
             lease: Duration::from_secs(60),
         });
         let (commits, commit_rx) = mpsc::channel(COMMIT_QUEUE);
-        let (applies, apply_rx) = mpsc::channel(APPLY_QUEUE);
         // Events this inbox stores are leased to it until applied, under this owner id.
         let owner: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let (outcomes, outcome_rx) = mpsc::unbounded_channel();
+        let mut lanes = Vec::with_capacity(APPLY_LANES);
+        for _ in 0..APPLY_LANES {
+            let (lane, lane_rx) = mpsc::channel(APPLY_QUEUE / APPLY_LANES);
+            tokio::spawn(apply_loop(applier.clone(), lane_rx, outcomes.clone()));
+            lanes.push(lane);
+        }
         tokio::spawn(commit_loop(
             applier.service.clone(),
             owner,
             applier.lease,
             commit_rx,
-            applies,
+            lanes,
             outcome_rx,
         ));
-        tokio::spawn(apply_loop(applier.clone(), apply_rx, outcomes));
         Self {
             applier,
             secrets,
@@ -180,7 +223,7 @@ impl Inbox {
             id,
             kind,
             created,
-            data: _,
+            data,
         }) = serde_json::from_slice::<Envelope>(body)
         else {
             return Err(self.reject(Rejection::BadPayload));
@@ -188,6 +231,7 @@ impl Inbox {
         if !id.starts_with("evt_") || id.len() > 255 || kind.len() > 255 {
             return Err(self.reject(Rejection::BadPayload));
         }
+        let lane = lane_of(data.object.customer_key().unwrap_or(&id));
         // serde_json accepted the body, so it is valid UTF-8.
         let payload = String::from_utf8_lossy(body).into_owned();
         let new = NewEvent {
@@ -199,7 +243,7 @@ impl Inbox {
         };
         let (reply, stored) = oneshot::channel();
         self.commits
-            .send((new, reply))
+            .send((new, lane, reply))
             .await
             .map_err(|_| ReceiveError::Unavailable)?;
         match stored.await {
@@ -401,7 +445,7 @@ async fn commit_loop(
     owner: Arc<str>,
     lease: Duration,
     mut queue: mpsc::Receiver<CommitRequest>,
-    applies: mpsc::Sender<NewEvent>,
+    applies: Vec<mpsc::Sender<NewEvent>>,
     mut outcomes: mpsc::UnboundedReceiver<EventResult>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -426,10 +470,15 @@ async fn commit_loop(
                 Err(_) => break,
             }
         }
-        let (events, replies): (Vec<NewEvent>, Vec<_>) = batch.drain(..).unzip();
+        let mut events = Vec::with_capacity(batch.len());
+        let mut routes = Vec::with_capacity(batch.len());
+        for (event, lane, reply) in batch.drain(..) {
+            events.push(event);
+            routes.push((lane, reply));
+        }
         // Leased to this inbox and handed over in memory while the applier keeps up; otherwise stored
         // free, for `retry_due` to pick up from the database.
-        let keep_up = applies.capacity() >= events.len();
+        let keep_up = applies.iter().all(|lane| lane.capacity() >= events.len());
         let until = now() + lease.as_secs() as i64;
         match service
             .store()
@@ -437,10 +486,10 @@ async fn commit_loop(
             .await
         {
             Ok(stored) => {
-                for ((event, reply), new) in events.into_iter().zip(replies).zip(stored) {
+                for ((event, (lane, reply)), new) in events.into_iter().zip(routes).zip(stored) {
                     let _ = reply.send(Ok(new));
                     if new && keep_up {
-                        let _ = applies.try_send(event);
+                        let _ = applies[lane].try_send(event);
                     }
                 }
             }
@@ -448,7 +497,7 @@ async fn commit_loop(
                 // The outcomes are lost with the transaction; their events stay leased and pending, and
                 // `retry_due` applies them again once the lease expires.
                 tracing::error!(error = %e, count = events.len(), "cannot store webhook events");
-                for reply in replies {
+                for (_, reply) in routes {
                     let _ = reply.send(Err(()));
                 }
             }
