@@ -528,3 +528,96 @@ async fn wait_event(world: &World, id: &str, status: &str) {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_apply_is_visible_listed_as_failed_and_replayed_by_the_cli() {
+    let (world, app) = wired().await;
+    let id = create(&app, "Flaky Stripe").await;
+    // Applying checkout.session.completed reads the SetupIntent from Stripe: make that fail.
+    world.sim.set_faults(vec![common::fault(
+        stripe_sim::FaultKind::Http500,
+        1.0,
+        Some("GET /v1/setup_intents"),
+    )]);
+    let link: Value = app
+        .admin(Method::POST, &format!("/v1/businesses/{id}/checkout"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = link["checkout_session"].as_str().unwrap();
+    let (status, _) = world
+        .sim_call(
+            Method::POST,
+            &format!("/_sim/checkout/sessions/{session}/complete"),
+            &[("payment_method", "pm_card_visa")],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let failed = {
+        let mut found = None;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while found.is_none() {
+            found = world
+                .service
+                .store()
+                .list_events(Some("failed"), 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .next();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the failed apply to be recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        found.unwrap()
+    };
+    assert_eq!(
+        (failed.event_type.as_str(), failed.attempts),
+        ("checkout.session.completed", 1)
+    );
+    assert!(
+        failed.last_error.as_deref().unwrap().contains("500"),
+        "{:?}",
+        failed.last_error
+    );
+
+    let env = [
+        ("STRIPE_API_KEY", common::KEY.to_owned()),
+        ("STRIPE_API_BASE", world.sim.base_url()),
+        ("DATABASE_URL", common::db_url(&world.dir)),
+        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
+    ];
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    };
+    let listed = tokio::task::block_in_place(|| run(&["--json", "webhooks", "list", "--failed"]));
+    let events: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(events[0]["event_id"], failed.event_id.as_str());
+    assert_eq!(events[0]["status"], "failed");
+
+    world.sim.set_faults(vec![]);
+    let replayed =
+        tokio::task::block_in_place(|| run(&["--json", "webhooks", "replay", &failed.event_id]));
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    let after: Value = serde_json::from_slice(&replayed.stdout).unwrap();
+    assert_eq!(after["status"], "applied");
+    assert_eq!(
+        record(&world, &id).await.subscription_status.as_deref(),
+        Some("active")
+    );
+    let missing = tokio::task::block_in_place(|| run(&["webhooks", "replay", "evt_nothing"]));
+    assert_eq!(missing.status.code(), Some(1));
+}
