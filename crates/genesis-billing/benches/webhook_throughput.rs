@@ -38,6 +38,17 @@
 //! - `WEBHOOK_BENCH_PRINT_EVENT=1` prints one signed event and exits.
 //! - `WEBHOOK_BENCH_DIR`: where the temporary databases go (default: the system temp dir). It must be a
 //!   real disk for "durable" to mean anything; the file system type is printed.
+//! - `WEBHOOK_BENCH_DATABASE` (sqlite): `postgres` runs the service on PostgreSQL instead (issue 6). A fresh
+//!   database `gb_bench_<random>` is created for the run with `psql … -c 'CREATE DATABASE …'`, the service is
+//!   started with `DATABASE_URL=postgres://…/gb_bench_<random>`, the durability check counts the rows with
+//!   `psql … -tAc 'SELECT count(*) FROM webhook_event'`, and the database is dropped `WITH (FORCE)` at the
+//!   end (also when the run fails). The Python baseline, a SQLite design, is not run in this mode.
+//! - `WEBHOOK_BENCH_POSTGRES_URL` (`postgres://postgres@127.0.0.1:5432/postgres`): the admin connection
+//!   `psql` uses to create and drop the database; the service's URL is this one with the database replaced.
+//! - `WEBHOOK_BENCH_REPLICAS` (1; more only with `postgres`): `serve` processes on the one database. The
+//!   closed loop's connections are split evenly between them (connection k goes to replica k mod N); in the
+//!   open loop event i goes to replica i mod N, each replica with its share of the connections. Events/s and
+//!   latencies are for the whole fleet, server CPU is the sum of the replicas, peak RSS is given per replica.
 //!
 //! Exit status: non-zero if a target acknowledged an event that is not in its database (or on a setup
 //! failure). The goals are reported, not enforced: this is a benchmark, not a timed test.
@@ -91,6 +102,9 @@ struct Opts {
     python: String,
     skip_baseline: bool,
     dir: Option<PathBuf>,
+    /// `WEBHOOK_BENCH_DATABASE=postgres`: the admin URL `psql` creates and drops the bench database with.
+    postgres_admin: Option<String>,
+    replicas: usize,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -130,6 +144,22 @@ impl Opts {
             skip_baseline: std::env::var("WEBHOOK_BENCH_SKIP_BASELINE")
                 .is_ok_and(|v| !v.is_empty() && v != "0"),
             dir: std::env::var_os("WEBHOOK_BENCH_DIR").map(PathBuf::from),
+            postgres_admin: match std::env::var("WEBHOOK_BENCH_DATABASE")
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "" | "sqlite" => None,
+                "postgres" | "postgresql" | "pg" => Some(
+                    std::env::var("WEBHOOK_BENCH_POSTGRES_URL")
+                        .ok()
+                        .filter(|v| !v.trim().is_empty())
+                        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".into()),
+                ),
+                other => panic!("WEBHOOK_BENCH_DATABASE={other:?}: expected sqlite or postgres"),
+            },
+            replicas: env_num("WEBHOOK_BENCH_REPLICAS", 1usize).max(1),
         }
     }
 }
@@ -336,25 +366,51 @@ fn hex32(bytes: &[u8]) -> [u8; 64] {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Targets: the two server processes
+// Targets: the server processes
 
-struct Target {
-    name: &'static str,
-    child: Child,
-    addr: SocketAddr,
-    path: &'static str,
-    db: PathBuf,
-    table: &'static str,
-    /// Counts the stored events not yet applied, where the target applies events after acknowledging them.
-    backlog_sql: Option<&'static str>,
-    log: PathBuf,
-    /// Events the warm-up and measured phases had acknowledged, and requests whose fate is unknown
-    /// (transport error or timeout: the server may have stored them).
-    acked: u64,
-    abandoned: u64,
+/// Where a target keeps its events.
+enum Store {
+    /// A SQLite file, read with the `sqlite3` CLI (or Python's `sqlite3`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`WEBHOOK_BENCH_DATABASE=postgres`), read with `psql`.
+    Postgres { url: String },
 }
 
-impl Target {
+impl Store {
+    /// One value read by a separate process while the server runs.
+    fn scalar(&self, sql: &str, python: &str) -> Result<String, String> {
+        match self {
+            Store::Sqlite(db) => sqlite_scalar(db, sql, python),
+            Store::Postgres { url } => psql(url, sql),
+        }
+    }
+
+    /// How commits are made durable, as far as it can be read from outside: SQLite's journal mode (persistent
+    /// in the file when it is WAL; `synchronous` is per connection and cannot be read from outside), or
+    /// PostgreSQL's `synchronous_commit` and `fsync`.
+    fn durability_setting(&self, python: &str) -> String {
+        match self {
+            Store::Sqlite(db) => format!(
+                "journal mode {}",
+                sqlite_scalar(db, "PRAGMA journal_mode", python).unwrap_or_default()
+            ),
+            Store::Postgres { url } => format!(
+                "synchronous_commit {}, fsync {}",
+                psql(url, "SHOW synchronous_commit").unwrap_or_default(),
+                psql(url, "SHOW fsync").unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// One server process.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Proc {
     fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -363,12 +419,15 @@ impl Target {
         HeaderValue::from_str(&self.addr.to_string()).expect("ascii")
     }
 
-    fn stop(&mut self) {
-        // SIGTERM for a graceful stop (the workspace forbids unsafe code, so no libc::kill), then SIGKILL.
+    fn terminate(&self) {
+        // SIGTERM for a graceful stop (the workspace forbids unsafe code, so no libc::kill).
         let _ = Command::new("kill")
             .args(["-TERM", &self.pid().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+    }
+
+    /// Waits up to `deadline` for the process to exit after `terminate`, then kills it.
+    fn reap(&mut self, deadline: Instant) {
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -377,6 +436,11 @@ impl Target {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    fn stop(&mut self) {
+        self.terminate();
+        self.reap(Instant::now() + Duration::from_secs(10));
     }
 
     fn log_tail(&self) -> String {
@@ -390,7 +454,7 @@ impl Target {
     }
 }
 
-impl Drop for Target {
+impl Drop for Proc {
     fn drop(&mut self) {
         if self.alive() {
             self.stop();
@@ -398,14 +462,140 @@ impl Drop for Target {
     }
 }
 
-fn start_service(dir: &Path) -> Result<Target, String> {
-    let db = dir.join("bench.db");
+struct Target {
+    name: String,
+    /// The server processes: one, or several replicas on one PostgreSQL database.
+    procs: Vec<Proc>,
+    path: &'static str,
+    store: Store,
+    table: &'static str,
+    /// Counts the stored events not yet applied, where the target applies events after acknowledging them.
+    backlog_sql: Option<&'static str>,
+    /// Events the warm-up and measured phases had acknowledged, and requests whose fate is unknown
+    /// (transport error or timeout: the server may have stored them).
+    acked: u64,
+    abandoned: u64,
+}
+
+impl Target {
+    fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Proc::pid).collect()
+    }
+
+    /// Stops every process: all are sent SIGTERM first, so replicas shut down side by side.
+    fn stop(&mut self) {
+        for p in &self.procs {
+            p.terminate();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in &mut self.procs {
+            p.reap(deadline);
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.procs.iter_mut().all(Proc::alive)
+    }
+
+    /// "" for a single process, else " 2" etc.: how notes name a replica.
+    fn replica_label(&self, n: usize) -> String {
+        if self.procs.len() > 1 {
+            format!(" replica {}", n + 1)
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// A database created for this run on PostgreSQL, dropped (`WITH (FORCE)`) when this goes out of scope: at
+/// the end of the run, or on the way out of a failed one.
+struct PgDatabase {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn create(admin: &str) -> Result<Self, String> {
+        let name = format!("gb_bench_{:016x}", fastrand::u64(..));
+        let url = database_url(admin, &name)?;
+        psql(admin, &format!("CREATE DATABASE {name}"))
+            .map_err(|e| format!("cannot create the bench database: {e}"))?;
+        Ok(Self {
+            admin: admin.to_owned(),
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        match psql(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        ) {
+            Ok(_) => eprintln!("webhook_throughput: dropped database {}", self.name),
+            Err(e) => eprintln!(
+                "webhook_throughput: could not drop database {} (drop it by hand): {e}",
+                self.name
+            ),
+        }
+    }
+}
+
+/// `admin` (a `postgres://` URL) with its database replaced by `name`, query parameters kept.
+fn database_url(admin: &str, name: &str) -> Result<String, String> {
+    let (base, query) = admin
+        .split_once('?')
+        .map_or((admin, None), |(b, q)| (b, Some(q)));
+    let (scheme, rest) = base
+        .split_once("://")
+        .ok_or_else(|| format!("WEBHOOK_BENCH_POSTGRES_URL={admin:?} is not a postgres:// URL"))?;
+    let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
+    Ok(format!(
+        "{scheme}://{authority}/{name}{}",
+        query.map_or(String::new(), |q| format!("?{q}"))
+    ))
+}
+
+/// One statement run by `psql` on `url`; its output, unaligned and without headers.
+fn psql(url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "psql {sql:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(text)
+}
+
+/// Starts one `serve` process on `database_url` and waits for its listening line (on PostgreSQL the first
+/// replica has run the migrations by then).
+fn start_service_proc(dir: &Path, database_url: &str) -> Result<Proc, String> {
     let log = dir.join("service.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("DATABASE_URL", database_url)
         .env("STRIPE_WEBHOOK_SECRET", SECRET)
         .env("GENESIS_ADMIN_TOKEN", "x")
         .stdin(Stdio::null())
@@ -434,18 +624,58 @@ fn start_service(dir: &Path) -> Result<Target, String> {
             ));
         }
     };
-    Ok(Target {
-        name: "genesis-billing",
+    Ok(Proc {
         child,
         addr: addr.parse().map_err(|e| format!("{addr}: {e}"))?,
+        log,
+    })
+}
+
+/// The service on a SQLite file in `dir`.
+fn start_service(dir: &Path) -> Result<Target, String> {
+    let db = dir.join("bench.db");
+    let proc = start_service_proc(dir, &format!("sqlite://{}", db.display()))?;
+    Ok(service_target(
+        "genesis-billing".into(),
+        vec![proc],
+        Store::Sqlite(db),
+    ))
+}
+
+/// `replicas` service processes on one PostgreSQL database, started one after the other; their logs go to
+/// `dir/replica-N`.
+fn start_service_postgres(dir: &Path, pg: &PgDatabase, replicas: usize) -> Result<Target, String> {
+    let mut procs = Vec::with_capacity(replicas);
+    for n in 1..=replicas {
+        procs.push(start_service_proc(
+            &mkdir(dir.join(format!("replica-{n}")))?,
+            &pg.url,
+        )?);
+    }
+    let name = format!(
+        "genesis-billing (PostgreSQL, {replicas} replica{})",
+        if replicas == 1 { "" } else { "s" }
+    );
+    Ok(service_target(
+        name,
+        procs,
+        Store::Postgres {
+            url: pg.url.clone(),
+        },
+    ))
+}
+
+fn service_target(name: String, procs: Vec<Proc>, store: Store) -> Target {
+    Target {
+        name,
+        procs,
         path: "/stripe/webhook",
-        db,
+        store,
         table: "webhook_event",
         backlog_sql: Some("SELECT count(*) FROM webhook_event WHERE status = 'pending'"),
-        log,
         acked: 0,
         abandoned: 0,
-    })
+    }
 }
 
 fn start_baseline(dir: &Path, python: &str) -> Result<Target, String> {
@@ -486,37 +716,40 @@ fn start_baseline(dir: &Path, python: &str) -> Result<Target, String> {
         .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
         .spawn()
         .map_err(|e| format!("cannot start the baseline: {e}"))?;
-    let mut target = Target {
-        name: "baseline (Python)",
+    let mut proc = Proc {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        path: "/webhook",
-        db,
-        table: "stripe_event",
-        backlog_sql: None,
         log,
-        acked: 0,
-        abandoned: 0,
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if !target.alive() {
+        if !proc.alive() {
             return Err(format!(
                 "the baseline exited; its log:\n{}",
-                target.log_tail()
+                proc.log_tail()
             ));
         }
-        if health_ok(target.addr) {
-            return Ok(target);
+        if health_ok(proc.addr) {
+            break;
         }
         if Instant::now() > deadline {
             return Err(format!(
                 "the baseline never answered GET /health; its log:\n{}",
-                target.log_tail()
+                proc.log_tail()
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(Target {
+        name: "baseline (Python)".into(),
+        procs: vec![proc],
+        path: "/webhook",
+        store: Store::Sqlite(db),
+        table: "stripe_event",
+        backlog_sql: None,
+        acked: 0,
+        abandoned: 0,
+    })
 }
 
 /// `GET /health` answered 200, on a plain blocking socket.
@@ -566,6 +799,36 @@ fn cpu_secs(pid: &str) -> f64 {
         .filter_map(|&n| fields.get(n)?.parse::<f64>().ok())
         .sum();
     ticks / clock_ticks()
+}
+
+/// CPU seconds of each process named `postgres` (the server and its backends, all databases), by pid.
+fn postgres_cpu_by_pid() -> BTreeMap<String, f64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return BTreeMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| {
+            let cpu = cpu_secs(&pid);
+            (pid, cpu)
+        })
+        .collect()
+}
+
+/// PostgreSQL's CPU seconds since a snapshot: on PostgreSQL, the database's share of the machine. A backend
+/// that exited in between takes its time with it, so this is a lower bound (the service's pool keeps its
+/// connections open).
+fn postgres_cpu_since(before: &BTreeMap<String, f64>) -> f64 {
+    postgres_cpu_by_pid()
+        .iter()
+        .map(|(pid, cpu)| (cpu - before.get(pid).copied().unwrap_or(0.0)).max(0.0))
+        .sum()
 }
 
 /// Busy CPU seconds of the whole machine (all cores, every process), from /proc/stat.
@@ -632,10 +895,10 @@ fn sqlite_scalar(db: &Path, sql: &str, python: &str) -> Result<String, String> {
 }
 
 /// Rows in `table`.
-fn count_rows(db: &Path, table: &str, python: &str) -> Result<u64, String> {
-    let text = sqlite_scalar(db, &format!("SELECT count(*) FROM {table}"), python)?;
+fn count_rows(store: &Store, table: &str, python: &str) -> Result<u64, String> {
+    let text = store.scalar(&format!("SELECT count(*) FROM {table}"), python)?;
     text.parse()
-        .map_err(|_| format!("row count of {}: {text:?}", db.display()))
+        .map_err(|_| format!("row count of {table}: {text:?}"))
 }
 
 /// Appends of one event's size, each followed by fdatasync, for `secs`: what one durable commit per event
@@ -710,17 +973,21 @@ impl Tally {
 
 struct Shared {
     pool: Pool,
-    addr: SocketAddr,
+    /// Address and `Host` header of each server process (replica).
+    replicas: Vec<(SocketAddr, HeaderValue)>,
     path: &'static str,
-    host: HeaderValue,
     timeout: Duration,
+    /// Closed loop: the next event, for every connection.
     next: AtomicU64,
+    /// Open loop, per replica r: how many of its events (r, r + N, r + 2N, …) were taken.
+    next_by_replica: Vec<AtomicU64>,
 }
 
-/// Sends event `i` on `conn` (reconnecting if the connection was lost) and records the outcome;
-/// `origin` is when the latency starts.
+/// Sends event `i` on `conn` to replica `replica` (reconnecting if the connection was lost) and records the
+/// outcome; `origin` is when the latency starts.
 async fn send_one(
     shared: &Shared,
+    replica: usize,
     conn: &mut Option<Sender>,
     i: usize,
     origin: Instant,
@@ -734,13 +1001,13 @@ async fn send_one(
             }
         }
         if conn.is_none() {
-            let mut fresh = connect(shared.addr).await?;
+            let mut fresh = connect(shared.replicas[replica].0).await?;
             fresh.ready().await?;
             *conn = Some(fresh);
         }
         let sender = conn.as_mut().expect("connected");
         let request = Request::post(shared.path)
-            .header(HOST, shared.host.clone())
+            .header(HOST, shared.replicas[replica].1.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header("stripe-signature", shared.pool.signature_header(i))
             .body(Full::new(shared.pool.body(i)))?;
@@ -794,8 +1061,15 @@ struct PhaseResult {
     elapsed: Duration,
     scheduled: Option<u64>,
     pool_exhausted: bool,
+    /// Summed over the replicas; per replica in `server_cpu_by_replica`.
     server_cpu: f64,
-    /// CPU used by every other process on the machine during the phase (not the server, not us).
+    server_cpu_by_replica: Vec<f64>,
+    /// 2xx answers from each replica.
+    ok_by_replica: Vec<u64>,
+    /// On PostgreSQL: CPU of the `postgres` processes during the phase.
+    postgres_cpu: Option<f64>,
+    /// CPU used by every other process on the machine during the phase (not the server, not us, not
+    /// PostgreSQL when measured).
     other_cpu: f64,
     client_cpu: f64,
 }
@@ -829,26 +1103,32 @@ async fn run_phase(
     label: String,
 ) -> Result<PhaseResult, String> {
     let conns = opts.conns;
+    let n_replicas = target.procs.len();
     let shared = Arc::new(Shared {
         pool,
-        addr: target.addr,
+        replicas: target.procs.iter().map(|p| (p.addr, p.host())).collect(),
         path: target.path,
-        host: target.host(),
         timeout: opts.timeout,
         next: AtomicU64::new(0),
+        next_by_replica: (0..n_replicas).map(|_| AtomicU64::new(0)).collect(),
     });
-    // Connections are opened before the clock starts.
+    // Connections are opened before the clock starts; connection k goes to replica k mod N.
     let mut senders = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        senders.push(
-            connect(target.addr)
+    for k in 0..conns {
+        let replica = k % n_replicas;
+        senders.push((
+            replica,
+            connect(shared.replicas[replica].0)
                 .await
                 .map_err(|e| format!("{}: cannot connect: {e}", target.name))?,
-        );
+        ));
     }
+    let pids: Vec<String> = target.pids().iter().map(u32::to_string).collect();
     let exhausted = Arc::new(AtomicBool::new(false));
+    let on_postgres = matches!(target.store, Store::Postgres { .. });
+    let postgres_cpu0 = on_postgres.then(postgres_cpu_by_pid);
     let machine0 = machine_busy_secs();
-    let server_cpu0 = cpu_secs(&target.pid().to_string());
+    let server_cpu0: Vec<f64> = pids.iter().map(|p| cpu_secs(p)).collect();
     let client_cpu0 = cpu_secs("self");
     let start = Instant::now();
     let scheduled = match mode {
@@ -856,7 +1136,7 @@ async fn run_phase(
         Mode::Closed { .. } => None,
     };
     let mut handles = Vec::with_capacity(conns);
-    for sender in senders {
+    for (replica, sender) in senders {
         let shared = shared.clone();
         let exhausted = exhausted.clone();
         handles.push(tokio::spawn(async move {
@@ -875,15 +1155,19 @@ async fn run_phase(
                             exhausted.store(true, Ordering::Relaxed);
                             break;
                         }
-                        send_one(&shared, &mut conn, i, Instant::now(), &mut tally).await;
+                        send_one(&shared, replica, &mut conn, i, Instant::now(), &mut tally).await;
                     }
                 }
                 Mode::Open { rate, secs, grace } => {
                     let total = (rate as f64 * secs).round() as u64;
                     let interval_ns = 1e9 / rate as f64;
                     let stop = start + Duration::from_secs_f64(secs) + grace;
+                    // This replica's events: replica, replica + N, replica + 2N, … (so with one
+                    // replica, every event in order).
+                    let n = n_replicas as u64;
                     loop {
-                        let i = shared.next.fetch_add(1, Ordering::Relaxed);
+                        let i = replica as u64
+                            + n * shared.next_by_replica[replica].fetch_add(1, Ordering::Relaxed);
                         if i >= total || Instant::now() >= stop {
                             break;
                         }
@@ -899,19 +1183,28 @@ async fn run_phase(
                             // Behind schedule (every connection was busy): the wait counts.
                             scheduled
                         };
-                        send_one(&shared, &mut conn, i as usize, origin, &mut tally).await;
+                        send_one(&shared, replica, &mut conn, i as usize, origin, &mut tally).await;
                     }
                 }
             }
-            tally
+            (replica, tally)
         }));
     }
     let mut tally = Tally::default();
+    let mut ok_by_replica = vec![0u64; n_replicas];
     for h in handles {
-        tally.merge(h.await.map_err(|e| format!("load generator task: {e}"))?);
+        let (replica, t) = h.await.map_err(|e| format!("load generator task: {e}"))?;
+        ok_by_replica[replica] += t.ok;
+        tally.merge(t);
     }
-    let server_cpu = cpu_secs(&target.pid().to_string()) - server_cpu0;
+    let server_cpu_by_replica: Vec<f64> = pids
+        .iter()
+        .zip(&server_cpu0)
+        .map(|(p, c0)| cpu_secs(p) - c0)
+        .collect();
+    let server_cpu: f64 = server_cpu_by_replica.iter().sum();
     let machine = machine_busy_secs() - machine0;
+    let postgres_cpu = postgres_cpu0.as_ref().map(postgres_cpu_since);
     let client_cpu = cpu_secs("self") - client_cpu0;
     tally.latencies.sort_unstable();
     let elapsed = tally.last_done.unwrap_or(start).duration_since(start);
@@ -922,7 +1215,10 @@ async fn run_phase(
         scheduled,
         pool_exhausted: exhausted.load(Ordering::Relaxed),
         server_cpu,
-        other_cpu: (machine - server_cpu - client_cpu).max(0.0),
+        server_cpu_by_replica,
+        ok_by_replica,
+        postgres_cpu,
+        other_cpu: (machine - server_cpu - client_cpu - postgres_cpu.unwrap_or(0.0)).max(0.0),
         client_cpu,
     })
 }
@@ -931,21 +1227,23 @@ async fn run_phase(
 // One target: warm-up, closed loop, steady rates, durability checks
 
 struct TargetReport {
-    name: &'static str,
+    name: String,
     closed: PhaseResult,
     steady: Vec<PhaseResult>,
-    peak_rss_kb: Option<u64>,
+    /// Per server process (replica).
+    peak_rss_kb: Vec<Option<u64>>,
     rows: u64,
     acked: u64,
     abandoned: u64,
     durability_ok: bool,
-    journal_mode: String,
+    /// How the database makes a commit durable, e.g. "journal mode wal".
+    durability_setting: String,
     notes: Vec<String>,
 }
 
 /// Counts the rows after a phase and checks them against what was acknowledged so far.
 fn check_rows(target: &Target, python: &str) -> Result<(u64, bool), String> {
-    let rows = count_rows(&target.db, target.table, python)?;
+    let rows = count_rows(&target.store, target.table, python)?;
     // Every 2xx must be stored; a request abandoned by the client may or may not have been.
     let ok = rows >= target.acked && rows <= target.acked + target.abandoned;
     Ok((rows, ok))
@@ -999,12 +1297,17 @@ async fn bench_target(
                 ));
             }
             eprintln!(
-                "[{}] {}: {} 2xx, {:.0}/s; rows {rows} vs acknowledged {}",
+                "[{}] {}: {} 2xx, {:.0}/s; rows {rows} vs acknowledged {}{}",
                 target.name,
                 r.label,
                 r.tally.ok,
                 r.per_sec(),
-                target.acked
+                target.acked,
+                if r.ok_by_replica.len() > 1 {
+                    format!(" (2xx per replica: {:?})", r.ok_by_replica)
+                } else {
+                    String::new()
+                }
             );
             Ok(())
         };
@@ -1069,20 +1372,29 @@ async fn bench_target(
         account(&mut target, &r, &mut notes)?;
         phases.push(r);
     }
-    let peak_rss_kb = proc_status_kb(target.pid(), "VmHWM");
-    if !target.alive() {
-        notes.push(format!(
-            "the process died during the run; its log:\n{}",
-            target.log_tail()
-        ));
+    let peak_rss_kb: Vec<Option<u64>> = target
+        .pids()
+        .into_iter()
+        .map(|pid| proc_status_kb(pid, "VmHWM"))
+        .collect();
+    for n in 0..target.procs.len() {
+        if !target.procs[n].alive() {
+            notes.push(format!(
+                "{} died during the run; its log:\n{}",
+                if target.procs.len() > 1 {
+                    format!("replica {}", n + 1)
+                } else {
+                    "the process".into()
+                },
+                target.procs[n].log_tail()
+            ));
+        }
     }
     let (rows, _) = check_rows(&target, &opts.python)?;
-    // Persistent in the file when it is WAL; `synchronous` is per connection and cannot be read from outside.
-    let journal_mode =
-        sqlite_scalar(&target.db, "PRAGMA journal_mode", &opts.python).unwrap_or_default();
+    let durability_setting = target.store.durability_setting(&opts.python);
     if let Some(sql) = target.backlog_sql {
         // Acknowledged is not applied: how far applying lags behind at the end of the run.
-        if let Ok(pending) = sqlite_scalar(&target.db, sql, &opts.python) {
+        if let Ok(pending) = target.store.scalar(sql, &opts.python) {
             notes.push(format!(
                 "{}: {} of {} stored events were still pending (stored, not yet applied) when the run ended",
                 target.name,
@@ -1092,20 +1404,49 @@ async fn bench_target(
         }
     }
     target.stop();
-    let log = std::fs::read_to_string(&target.log).unwrap_or_default();
-    let log_lines = log.lines().filter(|l| !l.trim().is_empty()).count();
-    if log_lines > 0 {
-        notes.push(format!(
-            "{} wrote {log_lines} log lines on stderr; the last: {}",
-            target.name,
-            log.lines()
-                .rfind(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-        ));
+    for (n, proc) in target.procs.iter().enumerate() {
+        let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
+        let log_lines = log.lines().filter(|l| !l.trim().is_empty()).count();
+        if log_lines > 0 {
+            notes.push(format!(
+                "{}{} wrote {log_lines} log lines on stderr; the last: {}",
+                target.name,
+                target.replica_label(n),
+                log.lines()
+                    .rfind(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .trim()
+            ));
+        }
+    }
+    if target.procs.len() > 1 {
+        // How evenly the fleet shared the work.
+        for p in std::iter::once(&closed).chain(&phases) {
+            let secs = p.elapsed.as_secs_f64().max(1e-9);
+            let split: Vec<String> = p
+                .ok_by_replica
+                .iter()
+                .zip(&p.server_cpu_by_replica)
+                .enumerate()
+                .map(|(n, (ok, cpu))| {
+                    format!(
+                        "replica {}: {} 2xx, {:.0}% CPU",
+                        n + 1,
+                        thousands(*ok as f64),
+                        100.0 * cpu / secs
+                    )
+                })
+                .collect();
+            notes.push(format!(
+                "{}, {}: {}",
+                target.name,
+                p.label,
+                split.join("; ")
+            ));
+        }
     }
     Ok(TargetReport {
-        name: target.name,
+        name: target.name.clone(),
         closed,
         steady: phases,
         peak_rss_kb,
@@ -1113,7 +1454,7 @@ async fn bench_target(
         acked: target.acked,
         abandoned: target.abandoned,
         durability_ok,
-        journal_mode,
+        durability_setting,
         notes,
     })
 }
@@ -1187,12 +1528,14 @@ fn fs_type(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// `postgres`: on PostgreSQL, a description of the database server (version, address, data directory).
 fn print_report(
     opts: &Opts,
     reports: &[TargetReport],
     dir: &Path,
     fsyncs: [Option<f64>; 2],
     revision: &str,
+    postgres: Option<&str>,
 ) {
     let baseline = reports.iter().find(|r| r.name.starts_with("baseline"));
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -1207,13 +1550,40 @@ fn print_report(
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let mut out = String::new();
     use std::fmt::Write as _;
-    let _ = writeln!(out, "\n## Webhook throughput");
+    let databases = match postgres {
+        None => {
+            let _ = writeln!(out, "\n## Webhook throughput");
+            format!("databases in {} ({})", dir.display(), fs_type(dir))
+        }
+        Some(pg) => {
+            let _ = writeln!(
+                out,
+                "\n## Webhook throughput on PostgreSQL, {} replica{}",
+                opts.replicas,
+                if opts.replicas == 1 { "" } else { "s" }
+            );
+            format!(
+                "database on {pg}; server logs in {}{}",
+                dir.display(),
+                if opts.replicas > 1 {
+                    format!(
+                        "; {} replicas, the connections split evenly, steady-rate events alternating",
+                        opts.replicas
+                    )
+                } else {
+                    String::new()
+                }
+            )
+        }
+    };
     let _ = writeln!(
         out,
-        "\ncommit {revision}; {cores} cores ({cpu}), shared by the load generator and the server; databases in {} ({}); \
+        "\ncommit {revision}; {cores} cores ({cpu}), shared by the load generator and the server{}; {databases}; \
          {} B signed `customer.subscription.updated` events; closed loop {} keep-alive connections for {} s; steady rates for {} s.\n",
-        dir.display(),
-        fs_type(dir),
+        match postgres {
+            None => "",
+            Some(_) => " processes and PostgreSQL",
+        },
         BODY_SIZE,
         opts.conns,
         opts.secs,
@@ -1236,9 +1606,7 @@ fn print_report(
         let ratio = baseline
             .map(|b| format!("{:.1}×", r.closed.per_sec() / b.closed.per_sec().max(1e-9)))
             .unwrap_or_else(|| "–".into());
-        let rss = r
-            .peak_rss_kb
-            .map_or("–".into(), |kb| format!("{:.1} MB", kb as f64 / 1024.0));
+        let rss = rss_mb(&r.peak_rss_kb);
         let rows = format!(
             "{} / {}{}",
             thousands(r.rows as f64),
@@ -1269,18 +1637,20 @@ fn print_report(
     let _ = writeln!(out, "\nPhases:\n");
     let _ = writeln!(
         out,
-        "| target | phase | 2xx | achieved/s | p50 | p99 | max | errors | server CPU | server CPU/event | load generator CPU | other processes' CPU |"
+        "| target | phase | 2xx | achieved/s | p50 | p99 | max | errors | server CPU | server CPU/event | load generator CPU |{} other processes' CPU |",
+        if postgres.is_some() { " PostgreSQL CPU |" } else { "" }
     );
     let _ = writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|{}---:|",
+        if postgres.is_some() { "---:|" } else { "" }
     );
     for r in reports {
         for p in std::iter::once(&r.closed).chain(&r.steady) {
             let secs = p.elapsed.as_secs_f64().max(1e-9);
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0}% | {:.0} µs | {:.0}% | {:.0}% |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0}% | {:.0} µs | {:.0}% |{} {:.0}% |",
                 r.name,
                 p.label,
                 thousands(p.tally.ok as f64),
@@ -1292,6 +1662,8 @@ fn print_report(
                 100.0 * p.server_cpu / secs,
                 1e6 * p.server_cpu / (p.tally.ok.max(1) as f64),
                 100.0 * p.client_cpu / secs,
+                p.postgres_cpu
+                    .map_or(String::new(), |c| format!(" {:.0}% |", 100.0 * c / secs)),
                 100.0 * p.other_cpu / secs,
             );
         }
@@ -1300,16 +1672,37 @@ fn print_report(
         out,
         "\n(CPU as % of one core over the phase; 200% is the whole machine. \"Other processes\" is the rest of the \
          machine's busy time meanwhile: other programs, and kernel threads such as the file system's journal and \
-         disk flushing on behalf of the server.)"
+         disk flushing on behalf of the server{}.)",
+        if postgres.is_some() {
+            " and PostgreSQL; \"PostgreSQL CPU\" is every `postgres` process (server and backends)"
+        } else {
+            ""
+        }
     );
 
-    if let Some(ours) = reports.iter().find(|r| r.name == "genesis-billing") {
+    if let Some(ours) = reports
+        .iter()
+        .find(|r| r.name.starts_with("genesis-billing"))
+    {
         let steady = ours.steady.first();
-        let _ = writeln!(out, "\nGoals (issue 4):");
+        let _ = writeln!(
+            out,
+            "\nGoals (issue 4{}):",
+            if postgres.is_some() {
+                ", set for one process on SQLite; shown for comparison"
+            } else {
+                ""
+            }
+        );
         let eps = ours.closed.per_sec();
         let _ = writeln!(
             out,
-            "- ≥ 20,000 events/s durably stored with SQLite: {} ({}/s)",
+            "- ≥ 20,000 events/s durably stored with {}: {} ({}/s)",
+            if postgres.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            },
             yes(eps >= 20_000.0),
             thousands(eps)
         );
@@ -1340,12 +1733,17 @@ fn print_report(
                 ms(Some(p99))
             );
         }
-        if let Some(kb) = ours.peak_rss_kb {
+        if ours.peak_rss_kb.iter().all(Option::is_some) {
             let _ = writeln!(
                 out,
-                "- RSS < 50 MB: {} ({:.1} MB)",
-                yes(kb < 50 * 1024),
-                kb as f64 / 1024.0
+                "- RSS < 50 MB{}: {} ({})",
+                if ours.peak_rss_kb.len() > 1 {
+                    " per replica"
+                } else {
+                    ""
+                },
+                yes(ours.peak_rss_kb.iter().flatten().all(|&kb| kb < 50 * 1024)),
+                rss_mb(&ours.peak_rss_kb)
             );
         }
     }
@@ -1356,9 +1754,9 @@ fn print_report(
     for r in reports {
         let _ = writeln!(
             out,
-            "- {} (journal mode {}): {} rows, {} acknowledged, {} requests abandoned by the client: {}",
+            "- {} ({}): {} rows, {} acknowledged, {} requests abandoned by the client: {}",
             r.name,
-            r.journal_mode,
+            r.durability_setting,
             thousands(r.rows as f64),
             thousands(r.acked as f64),
             r.abandoned,
@@ -1385,6 +1783,14 @@ fn print_report(
     }
     print!("{out}");
     let _ = std::io::stdout().flush();
+}
+
+/// Peak RSS of each process, e.g. "47.4 MB" or "47.4 MB, 45.9 MB".
+fn rss_mb(kbs: &[Option<u64>]) -> String {
+    kbs.iter()
+        .map(|kb| kb.map_or("–".into(), |kb| format!("{:.1} MB", kb as f64 / 1024.0)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn yes(b: bool) -> &'static str {
@@ -1428,6 +1834,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(opts: Opts) -> Result<bool, String> {
+    if opts.replicas > 1 && opts.postgres_admin.is_none() {
+        return Err(format!(
+            "WEBHOOK_BENCH_REPLICAS={} needs WEBHOOK_BENCH_DATABASE=postgres (replicas share one PostgreSQL database)",
+            opts.replicas
+        ));
+    }
     let base = opts.dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
     let dir = tempfile::Builder::new()
@@ -1454,10 +1866,35 @@ async fn run(opts: Opts) -> Result<bool, String> {
         if dirty { " (working tree dirty)" } else { "" }
     );
     let fsync_before = fsync_probe(dir.path(), 1.0);
+    // On PostgreSQL: a fresh database for this run, dropped when `pg` goes out of scope, which is after the
+    // server processes have been stopped (they are stopped by `bench_target`, or dropped on an early return,
+    // before this earlier-declared guard).
+    let pg = match &opts.postgres_admin {
+        Some(admin) => {
+            let db = PgDatabase::create(admin)?;
+            eprintln!(
+                "webhook_throughput: PostgreSQL database {} ({} replica{})",
+                db.name,
+                opts.replicas,
+                if opts.replicas == 1 { "" } else { "s" }
+            );
+            Some(db)
+        }
+        None => None,
+    };
+    let postgres = pg.as_ref().map(|db| describe_postgres(&db.url, &db.name));
     // Both processes are started first (a missing Python package fails before anything is measured), then
     // measured one after the other; the idle one uses no CPU.
-    let service = start_service(&mkdir(dir.path().join("service"))?)?;
+    let service = match &pg {
+        None => start_service(&mkdir(dir.path().join("service"))?)?,
+        Some(db) => start_service_postgres(dir.path(), db, opts.replicas)?,
+    };
     let baseline = if opts.skip_baseline {
+        None
+    } else if pg.is_some() {
+        eprintln!(
+            "webhook_throughput: the Python baseline (one SQLite insert per event) is not run on PostgreSQL"
+        );
         None
     } else {
         Some(start_baseline(
@@ -1484,8 +1921,34 @@ async fn run(opts: Opts) -> Result<bool, String> {
         dir.path(),
         [fsync_before, fsync_after],
         &revision,
+        postgres.as_deref(),
     );
     Ok(reports.iter().all(|r| r.durability_ok))
+}
+
+/// "PostgreSQL 15.x at 127.0.0.1:5432, database gb_bench_…, data directory … (ext4)", as far as readable.
+fn describe_postgres(url: &str, name: &str) -> String {
+    let version = psql(url, "SHOW server_version").unwrap_or_default();
+    let address = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(""))
+        .map(|a| a.rsplit_once('@').map_or(a, |(_, host)| host))
+        .unwrap_or("");
+    let data = psql(url, "SHOW data_directory").unwrap_or_default();
+    let data = if data.is_empty() {
+        String::new()
+    } else {
+        let fs = fs_type(Path::new(&data));
+        format!(
+            ", data directory {data}{}",
+            if fs.is_empty() {
+                String::new()
+            } else {
+                format!(" ({fs})")
+            }
+        )
+    };
+    format!("PostgreSQL {version} at {address}, database {name}{data}")
 }
 
 fn mkdir(path: PathBuf) -> Result<PathBuf, String> {
