@@ -20,6 +20,49 @@ pub const HANDLED_EVENTS: &[&str] = &[
     "customer.deleted",
 ];
 
+/// What identifies the business an event is about, read the way each handler reads its object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventKeys {
+    /// Metadata `business_id`.
+    pub business_id: Option<String>,
+    pub subscription: Option<String>,
+    pub customer: Option<String>,
+}
+
+/// The keys of an event of a handled type; `None` for types genesis-billing does not handle.
+pub fn event_keys(event: &Value) -> Option<EventKeys> {
+    let object = &event["data"]["object"];
+    let meta = |o: &Value| o["metadata"]["business_id"].as_str().map(str::to_owned);
+    Some(match event["type"].as_str()? {
+        "customer.subscription.created"
+        | "customer.subscription.updated"
+        | "customer.subscription.deleted" => EventKeys {
+            business_id: meta(object),
+            subscription: id_of(&object["id"]),
+            customer: id_of(&object["customer"]),
+        },
+        "invoice.paid" | "invoice.payment_succeeded" | "invoice.payment_failed" => {
+            let details = &object["parent"]["subscription_details"];
+            EventKeys {
+                business_id: meta(details),
+                subscription: id_of(&details["subscription"]),
+                customer: id_of(&object["customer"]),
+            }
+        }
+        "checkout.session.completed" | "checkout.session.expired" => EventKeys {
+            business_id: meta(object),
+            subscription: None,
+            customer: id_of(&object["customer"]),
+        },
+        "customer.deleted" => EventKeys {
+            business_id: meta(object),
+            subscription: None,
+            customer: id_of(&object["id"]),
+        },
+        _ => return None,
+    })
+}
+
 /// What applying one event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
@@ -51,42 +94,50 @@ impl BillingService {
         let kind = event["type"].as_str().unwrap_or("");
         let created = event["created"].as_i64().unwrap_or(0);
         let object = &event["data"]["object"];
+        let Some(keys) = event_keys(event) else {
+            return Ok(ignored(None, "unhandled event type"));
+        };
         match kind {
             "customer.subscription.created" | "customer.subscription.updated" => {
-                self.on_subscription(object, created).await
+                self.on_subscription(object, created, &keys).await
             }
-            "customer.subscription.deleted" => self.on_subscription_deleted(object, created).await,
+            "customer.subscription.deleted" => {
+                self.on_subscription_deleted(object, created, &keys).await
+            }
             "invoice.paid" | "invoice.payment_succeeded" => {
-                self.on_invoice(object, "invoice_paid").await
+                self.on_invoice(object, "invoice_paid", &keys).await
             }
-            "invoice.payment_failed" => self.on_invoice(object, "invoice_payment_failed").await,
-            "checkout.session.completed" => self.on_checkout_completed(object).await,
-            "checkout.session.expired" => self.on_checkout_expired(object).await,
-            "customer.deleted" => self.on_customer_deleted(object).await,
+            "invoice.payment_failed" => {
+                self.on_invoice(object, "invoice_payment_failed", &keys)
+                    .await
+            }
+            "checkout.session.completed" => self.on_checkout_completed(object, &keys).await,
+            "checkout.session.expired" => self.on_checkout_expired(object, &keys).await,
+            "customer.deleted" => self.on_customer_deleted(object, &keys).await,
             _ => Ok(ignored(None, "unhandled event type")),
         }
     }
 
-    /// The business an object belongs to: by metadata `business_id`, then subscription id, then customer id.
-    async fn business_for(
-        &self,
-        object: &Value,
-        subscription: Option<&str>,
-        customer: Option<&str>,
-    ) -> Result<Option<Business>, BillingError> {
-        let by_metadata = object["metadata"]["business_id"].as_str();
+    /// The business an event is about: by metadata `business_id`, then subscription id, then customer id.
+    async fn business_for(&self, keys: &EventKeys) -> Result<Option<Business>, BillingError> {
         Ok(self
             .store
-            .find_business(by_metadata, subscription, customer)
+            .find_business(
+                keys.business_id.as_deref(),
+                keys.subscription.as_deref(),
+                keys.customer.as_deref(),
+            )
             .await?)
     }
 
-    async fn on_subscription(&self, object: &Value, created: i64) -> Result<Applied, BillingError> {
+    async fn on_subscription(
+        &self,
+        object: &Value,
+        created: i64,
+        keys: &EventKeys,
+    ) -> Result<Applied, BillingError> {
         let sub = Subscription::from_json(object.clone())?;
-        let Some(b) = self
-            .business_for(object, Some(&sub.id), sub.customer.as_deref())
-            .await?
-        else {
+        let Some(b) = self.business_for(keys).await? else {
             return Ok(ignored(None, "unknown business"));
         };
         match &b.stripe_subscription_id {
@@ -155,12 +206,10 @@ impl BillingService {
         &self,
         object: &Value,
         created: i64,
+        keys: &EventKeys,
     ) -> Result<Applied, BillingError> {
         let sub = Subscription::from_json(object.clone())?;
-        let Some(b) = self
-            .business_for(object, Some(&sub.id), sub.customer.as_deref())
-            .await?
-        else {
+        let Some(b) = self.business_for(keys).await? else {
             return Ok(ignored(None, "unknown business"));
         };
         if b.stripe_subscription_id.as_deref() != Some(sub.id.as_str()) {
@@ -213,17 +262,13 @@ impl BillingService {
         Ok(())
     }
 
-    async fn on_invoice(&self, object: &Value, kind: &str) -> Result<Applied, BillingError> {
-        let subscription = id_of(&object["parent"]["subscription_details"]["subscription"]);
-        let customer = id_of(&object["customer"]);
-        let Some(b) = self
-            .business_for(
-                &object["parent"]["subscription_details"],
-                subscription.as_deref(),
-                customer.as_deref(),
-            )
-            .await?
-        else {
+    async fn on_invoice(
+        &self,
+        object: &Value,
+        kind: &str,
+        keys: &EventKeys,
+    ) -> Result<Applied, BillingError> {
+        let Some(b) = self.business_for(keys).await? else {
             return Ok(ignored(None, "unknown business"));
         };
         let detail = format!(
@@ -239,14 +284,16 @@ impl BillingService {
         Ok(applied(&b))
     }
 
-    async fn on_checkout_completed(&self, object: &Value) -> Result<Applied, BillingError> {
+    async fn on_checkout_completed(
+        &self,
+        object: &Value,
+        keys: &EventKeys,
+    ) -> Result<Applied, BillingError> {
         let session = CheckoutSession::from_json(object.clone())?;
         if object["mode"].as_str() != Some("setup") {
             return Ok(ignored(None, "not a setup-mode session"));
         }
-        let b = self
-            .business_for(object, None, session.customer.as_deref())
-            .await?;
+        let b = self.business_for(keys).await?;
         match self.apply_checkout_completed(&session).await? {
             super::CheckoutOutcome::Ignored => {
                 Ok(ignored(b.as_ref(), "session for no active business"))
@@ -258,9 +305,12 @@ impl BillingService {
         }
     }
 
-    async fn on_checkout_expired(&self, object: &Value) -> Result<Applied, BillingError> {
-        let customer = id_of(&object["customer"]);
-        let Some(b) = self.business_for(object, None, customer.as_deref()).await? else {
+    async fn on_checkout_expired(
+        &self,
+        object: &Value,
+        keys: &EventKeys,
+    ) -> Result<Applied, BillingError> {
+        let Some(b) = self.business_for(keys).await? else {
             return Ok(ignored(None, "unknown business"));
         };
         self.store
@@ -273,9 +323,13 @@ impl BillingService {
         Ok(applied(&b))
     }
 
-    async fn on_customer_deleted(&self, object: &Value) -> Result<Applied, BillingError> {
+    async fn on_customer_deleted(
+        &self,
+        object: &Value,
+        keys: &EventKeys,
+    ) -> Result<Applied, BillingError> {
         let customer = id_of(&object["id"]);
-        let Some(b) = self.business_for(object, None, customer.as_deref()).await? else {
+        let Some(b) = self.business_for(keys).await? else {
             return Ok(ignored(None, "unknown business"));
         };
         if b.stripe_customer_id != customer {

@@ -384,6 +384,34 @@ impl Store {
         row.as_ref().map(business_from_row).transpose()
     }
 
+    /// Which of these values name a business (as its id, subscription id or customer id), in one query:
+    /// lets the webhook applier set aside a batch of events about businesses we do not know at once.
+    pub async fn known_business_keys(
+        &self,
+        keys: &[&str],
+    ) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut known = std::collections::HashSet::new();
+        for chunk in keys.chunks(300) {
+            let list = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT business_id AS k FROM business WHERE business_id IN ({list}) \
+                 UNION SELECT stripe_subscription_id FROM business WHERE stripe_subscription_id IN ({list}) \
+                 UNION SELECT stripe_customer_id FROM business WHERE stripe_customer_id IN ({list})"
+            );
+            let mut q = sqlx::query(&sql).persistent(false);
+            for k in chunk {
+                q = q.bind(*k);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                known.insert(row.try_get::<String, _>("k")?);
+            }
+        }
+        Ok(known)
+    }
+
     /// Newest first, paginated by business id.
     pub async fn list_businesses(&self, f: &BusinessFilter) -> Result<Vec<Business>, StoreError> {
         let sql = format!(

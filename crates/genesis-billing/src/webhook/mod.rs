@@ -343,13 +343,25 @@ impl Applier {
         attempts: i64,
         id: &str,
     ) -> EventResult {
-        let metrics = self.service.metrics();
         let result = match serde_json::from_str::<Value>(payload) {
             Ok(v) => self.service.apply_event(&v).await,
             Err(e) => Err(BillingError::Conflict(format!(
                 "stored payload unreadable: {e}"
             ))),
         };
+        self.outcome(event_type, created, attempts, id, result)
+    }
+
+    /// Counts an apply's result and turns it into what the database records.
+    fn outcome(
+        &self,
+        event_type: &str,
+        created: i64,
+        attempts: i64,
+        id: &str,
+        result: Result<Applied, BillingError>,
+    ) -> EventResult {
+        let metrics = self.service.metrics();
         let outcome = |status, business_id, error: Option<String>, retry_at| EventResult {
             event_id: id.to_owned(),
             status,
@@ -507,18 +519,77 @@ async fn commit_loop(
 }
 
 /// Applies newly stored events in arrival order, from memory (no claim, no read of the event), and
-/// reports each outcome to the writer, which records it with its next commit.
+/// reports each outcome to the writer, which records it with its next commit. Events about businesses the
+/// records do not know are set aside a batch at a time, with one query, instead of one lookup each.
 async fn apply_loop(
     applier: Arc<Applier>,
     mut queue: mpsc::Receiver<NewEvent>,
     outcomes: mpsc::UnboundedSender<EventResult>,
 ) {
-    while let Some(e) = queue.recv().await {
-        let result = applier
-            .run(&e.event_type, e.created, &e.payload, 0, &e.id)
-            .await;
-        if outcomes.send(result).is_err() {
-            return;
+    let mut batch = Vec::with_capacity(64);
+    while queue.recv_many(&mut batch, 64).await > 0 {
+        let parsed: Vec<(NewEvent, Option<Value>)> = batch
+            .drain(..)
+            .map(|e| {
+                let v = serde_json::from_str::<Value>(&e.payload).ok();
+                (e, v)
+            })
+            .collect();
+        let keys: Vec<Option<crate::billing::EventKeys>> = parsed
+            .iter()
+            .map(|(_, v)| v.as_ref().and_then(crate::billing::event_keys))
+            .collect();
+        let wanted: Vec<&str> = keys
+            .iter()
+            .flatten()
+            .flat_map(|k| {
+                [
+                    k.business_id.as_deref(),
+                    k.subscription.as_deref(),
+                    k.customer.as_deref(),
+                ]
+            })
+            .flatten()
+            .collect();
+        // If the lookup fails, every event takes the full path, which reports its own error.
+        let known = applier
+            .service
+            .store()
+            .known_business_keys(&wanted)
+            .await
+            .ok();
+        for ((e, value), key) in parsed.into_iter().zip(keys) {
+            let unknown = match (&known, &key) {
+                (Some(known), Some(k)) => ![&k.business_id, &k.subscription, &k.customer]
+                    .into_iter()
+                    .flatten()
+                    .any(|v| known.contains(v)),
+                _ => false,
+            };
+            let result = match value {
+                Some(_) if unknown => applier.outcome(
+                    &e.event_type,
+                    e.created,
+                    0,
+                    &e.id,
+                    Ok(Applied::Ignored {
+                        business_id: None,
+                        why: "unknown business",
+                    }),
+                ),
+                Some(v) => {
+                    let applied = applier.service.apply_event(&v).await;
+                    applier.outcome(&e.event_type, e.created, 0, &e.id, applied)
+                }
+                None => {
+                    applier
+                        .run(&e.event_type, e.created, &e.payload, 0, &e.id)
+                        .await
+                }
+            };
+            if outcomes.send(result).is_err() {
+                return;
+            }
         }
     }
 }
