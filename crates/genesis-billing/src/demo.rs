@@ -185,12 +185,7 @@ async fn walk_through(
 
     say.step("the owners of Acme Analytics, Blue Basket and Ping API add a card through Checkout");
     for id in [&ids[0], &ids[1], &ids[3]] {
-        let session = service.checkout_link(id).await?;
-        say.say(format!(
-            "checkout link: {}",
-            session.url.as_deref().unwrap_or("-")
-        ));
-        complete_checkout(&stage.sim.base_url(), &session.id, "pm_card_visa").await?;
+        add_card(stage, say, id, "pm_card_visa").await?;
         until(
             "checkout.session.completed to activate the subscription",
             || status_is(service, id, "active"),
@@ -200,27 +195,7 @@ async fn walk_through(
     say.say("webhook checkout.session.completed → first invoice paid → subscriptions active");
 
     say.step("a month later Acme's card starts failing: the renewal fails, then recovers");
-    let session = service.checkout_link(&ids[0]).await?;
-    complete_checkout(
-        &stage.sim.base_url(),
-        &session.id,
-        "pm_card_chargeCustomerFail",
-    )
-    .await?;
-    until("the failing card to become the default", || async {
-        service
-            .store()
-            .events_of(&ids[0])
-            .await
-            .map(|e| {
-                e.iter()
-                    .filter(|(k, _, _)| k == "checkout_completed")
-                    .count()
-                    == 2
-            })
-            .unwrap_or(false)
-    })
-    .await?;
+    add_card(stage, say, &ids[0], "pm_card_chargeCustomerFail").await?;
     sim_control(
         &stage.sim.base_url(),
         "/_sim/clock/advance",
@@ -232,22 +207,7 @@ async fn walk_through(
     })
     .await?;
     say.say("webhook invoice.payment_failed + customer.subscription.updated → past_due");
-    let session = service.checkout_link(&ids[0]).await?;
-    complete_checkout(&stage.sim.base_url(), &session.id, "pm_card_visa").await?;
-    until("the new card to become the default", || async {
-        service
-            .store()
-            .events_of(&ids[0])
-            .await
-            .map(|e| {
-                e.iter()
-                    .filter(|(k, _, _)| k == "checkout_completed")
-                    .count()
-                    == 3
-            })
-            .unwrap_or(false)
-    })
-    .await?;
+    add_card(stage, say, &ids[0], "pm_card_visa").await?;
     sim_control(
         &stage.sim.base_url(),
         "/_sim/clock/advance",
@@ -352,6 +312,38 @@ async fn walk_through(
         "takedown": summary,
         "mrr": mrr,
     }))
+}
+
+/// The owner adds a card through a Checkout link; returns once the service has applied the completion.
+async fn add_card(
+    stage: &Stage,
+    say: &Narrator,
+    id: &str,
+    payment_method: &str,
+) -> Result<(), Failure> {
+    let service = &stage.service;
+    let before = completions(service, id).await;
+    let session = service.checkout_link(id).await?;
+    say.say(format!(
+        "checkout link: {}",
+        session.url.as_deref().unwrap_or("-")
+    ));
+    complete_checkout(&stage.sim.base_url(), &session.id, payment_method).await?;
+    until("checkout.session.completed to be applied", || async {
+        completions(service, id).await > before
+    })
+    .await
+}
+
+/// How many completed Checkouts the business's history records.
+async fn completions(service: &BillingService, id: &str) -> usize {
+    match service.store().events_of(id).await {
+        Ok(events) => events
+            .iter()
+            .filter(|(k, _, _)| k == "checkout_completed")
+            .count(),
+        Err(_) => 0,
+    }
 }
 
 /// Plays the customer: the simulator's completion endpoint does what paying in Checkout would.

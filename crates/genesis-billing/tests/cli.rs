@@ -254,3 +254,44 @@ async fn the_revenue_calculator_prints_the_corrected_audit_figures() {
     let bad = run(&["revenue", "--businesses", "10", "--price", "five"], &[]).await;
     assert_eq!(bad.code, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_runs_offline_through_the_whole_lifecycle() {
+    // No key, no Stripe base: the demo brings its own simulator and ignores the environment.
+    let r = run(
+        &["--json", "demo"],
+        &[
+            ("STRIPE_API_KEY", SECRET_KEY),
+            ("STRIPE_API_BASE", "https://api.stripe.com"),
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let businesses = v["businesses"].as_array().unwrap();
+    assert_eq!(businesses.len(), 5);
+    let by_name = |n: &str| businesses.iter().find(|b| b["name"] == n).unwrap().clone();
+    assert_eq!(
+        by_name("Acme Analytics")["subscription_status"],
+        "active",
+        "paid, failed a renewal, recovered"
+    );
+    assert_eq!(
+        by_name("Daily Digest")["billing"],
+        "expired",
+        "unpaid for 23 h"
+    );
+    assert_eq!(
+        by_name("Blue Basket")["takedown_reason"],
+        "subscription_cancelled",
+        "cancelled from Stripe's side"
+    );
+    assert_eq!(
+        by_name("Ping API")["status"],
+        "taken_down",
+        "a drift fixed by reconcile"
+    );
+    assert_eq!(by_name("Tiny Tool")["status"], "taken_down");
+    assert!(!v["drift_found"].as_array().unwrap().is_empty());
+    assert_eq!(v["mrr"][0]["active_cents"], 500);
+}
