@@ -541,7 +541,7 @@ async fn replicas_migrating_postgres_at_once_apply_each_migration_once() {
         .into_iter()
         .map(|r| r.unwrap().len())
         .sum();
-    assert_eq!(applied, 3, "each migration applied by exactly one replica");
+    assert_eq!(applied, 4, "each migration applied by exactly one replica");
     assert!(
         store.get_business("x").await.unwrap().is_none(),
         "the schema works"

@@ -24,6 +24,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "coordination",
         include_str!("../../migrations/0003_coordination.sql"),
     ),
+    (
+        4,
+        "webhook_payload",
+        include_str!("../../migrations/0004_webhook_payload.sql"),
+    ),
 ];
 
 pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<&'static str>, StoreError> {

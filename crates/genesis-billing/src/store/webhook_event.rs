@@ -23,7 +23,11 @@ pub struct StoredEvent {
     pub payload: String,
 }
 
-const COLUMNS: &str = "event_id, event_type, created, received_at, source, payload, status, attempts, last_error, applied_at, business_id";
+const COLUMNS: &str = "e.event_id, e.event_type, e.created, e.received_at, e.source, COALESCE(p.payload, e.payload) AS payload, \
+    e.status, e.attempts, e.last_error, e.applied_at, e.business_id";
+
+/// Events with their bodies (kept apart since migration 4; older rows hold theirs in `webhook_event`).
+const EVENTS: &str = "webhook_event e LEFT JOIN webhook_payload p ON p.event_id = e.event_id";
 
 fn from_row(r: &AnyRow) -> Result<StoredEvent, StoreError> {
     Ok(StoredEvent {
@@ -145,7 +149,7 @@ impl Store {
                     .bind(e.created)
                     .bind(received)
                     .bind(e.source)
-                    .bind(&e.payload)
+                    .bind("")
                     .bind(lease.map(|(o, _)| o))
                     .bind(lease.map(|(_, u)| u));
             }
@@ -155,6 +159,24 @@ impl Store {
                     stored[i] = true;
                 }
             }
+        }
+        let new: Vec<&NewEvent> = events
+            .iter()
+            .zip(&stored)
+            .filter(|(_, s)| **s)
+            .map(|(e, _)| e)
+            .collect();
+        for chunk in new.chunks(ROWS_PER_STATEMENT) {
+            let values = (0..chunk.len())
+                .map(|k| format!("(${}, ${})", 2 * k + 1, 2 * k + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("INSERT INTO webhook_payload (event_id, payload) VALUES {values}");
+            let mut q = sqlx::query(&sql).persistent(false);
+            for e in chunk {
+                q = q.bind(&e.id).bind(&e.payload);
+            }
+            q.execute(&mut *tx).await?;
         }
         for chunk in results.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from(
@@ -203,19 +225,28 @@ impl Store {
         source: &str,
         payload: &str,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, payload, status, attempts) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0) ON CONFLICT (event_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, '', 'pending', 0) ON CONFLICT (event_id) DO NOTHING",
         )
         .bind(id)
         .bind(event_type)
         .bind(created)
         .bind(now())
         .bind(source)
-        .bind(payload)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let stored = done.rows_affected() == 1;
+        if stored {
+            sqlx::query("INSERT INTO webhook_payload (event_id, payload) VALUES ($1, $2)")
+                .bind(id)
+                .bind(payload)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(stored)
     }
 
     /// Takes an event for applying, unless it is finished or another worker holds it.
@@ -270,7 +301,7 @@ impl Store {
     }
 
     pub async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM webhook_event WHERE event_id = $1");
+        let sql = format!("SELECT {COLUMNS} FROM {EVENTS} WHERE e.event_id = $1");
         let row = sqlx::query(&sql)
             .bind(id)
             .fetch_optional(&self.pool)
@@ -284,7 +315,7 @@ impl Store {
         status: Option<&str>,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM webhook_event WHERE ($1 IS NULL OR status = $1) ORDER BY created DESC, event_id DESC LIMIT $2");
+        let sql = format!("SELECT {COLUMNS} FROM {EVENTS} WHERE ($1 IS NULL OR e.status = $1) ORDER BY e.created DESC, e.event_id DESC LIMIT $2");
         let rows = sqlx::query(&sql)
             .bind(status)
             .bind(limit)
@@ -297,9 +328,9 @@ impl Store {
     pub async fn due_events(&self, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
         let t = now();
         let sql = format!(
-            "SELECT {COLUMNS} FROM webhook_event WHERE status IN ('pending', 'failed') \
-             AND (next_attempt_at IS NULL OR next_attempt_at <= $1) AND (lease_until IS NULL OR lease_until < $1) \
-             ORDER BY created, event_id LIMIT $2"
+            "SELECT {COLUMNS} FROM {EVENTS} WHERE e.status IN ('pending', 'failed') \
+             AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= $1) AND (e.lease_until IS NULL OR e.lease_until < $1) \
+             ORDER BY e.created, e.event_id LIMIT $2"
         );
         let rows = sqlx::query(&sql)
             .bind(t)
