@@ -49,9 +49,6 @@ pub enum StripeError {
     /// Stripe answered 2xx with a body we could not read.
     #[error("unreadable response from Stripe: {0}")]
     Decode(String),
-    /// Payments are disabled; nothing was sent.
-    #[error("payments are disabled")]
-    Disabled,
 }
 
 impl StripeError {
@@ -77,7 +74,6 @@ impl StripeError {
             Self::Connection(_) | Self::Timeout => true,
             Self::Api(e) => e.status >= 500 || e.status == 409 || e.status == 429,
             Self::Decode(_) => true,
-            Self::Disabled => false,
         }
     }
 
@@ -101,7 +97,6 @@ impl StripeError {
             Self::Connection(_) => "connection".into(),
             Self::Timeout => "timeout".into(),
             Self::Decode(_) => "decode".into(),
-            Self::Disabled => "disabled".into(),
         }
     }
 }

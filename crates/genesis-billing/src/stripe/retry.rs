@@ -44,7 +44,7 @@ pub fn retry_reason(err: &StripeError) -> Option<&'static str> {
     match err {
         StripeError::Connection(_) => Some("connection"),
         StripeError::Timeout => Some("timeout"),
-        StripeError::Decode(_) | StripeError::Disabled => None,
+        StripeError::Decode(_) => None,
         // A response Stripe stored under the idempotency key comes back identically on every retry.
         StripeError::Api(e) if e.replayed => None,
         StripeError::Api(e) => match (e.should_retry, e.status) {
@@ -135,7 +135,6 @@ mod tests {
             (api(429, None, Some(600)), 1, Decision::Retry { after: s(30), reason: "rate_limited" }),
             (StripeError::Decode("x".into()), 1, Decision::Stop),
             (replayed(500), 1, Decision::Stop),
-            (StripeError::Disabled, 1, Decision::Stop),
         ];
         for (err, attempt, want) in table {
             assert_eq!(
