@@ -26,16 +26,6 @@ async fn create(world: &World, name: &str) -> String {
         .business_id
 }
 
-async fn record(world: &World, id: &str) -> genesis_billing::business::Business {
-    world
-        .service
-        .store()
-        .get_business(id)
-        .await
-        .unwrap()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_it() {
     let world = World::new().await;
@@ -44,7 +34,8 @@ async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_i
     let deleted = create(&world, "Customer deleted").await;
     let fine = create(&world, "Untouched").await;
     // No webhook endpoint is registered: the service hears nothing of these changes.
-    let sub = record(&world, &cancelled)
+    let sub = world
+        .record(&cancelled)
         .await
         .stripe_subscription_id
         .unwrap();
@@ -55,7 +46,8 @@ async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_i
             .0,
         200
     );
-    let sub = record(&world, &relabelled)
+    let sub = world
+        .record(&relabelled)
         .await
         .stripe_subscription_id
         .unwrap();
@@ -70,7 +62,7 @@ async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_i
             .0,
         200
     );
-    let customer = record(&world, &deleted).await.stripe_customer_id.unwrap();
+    let customer = world.record(&deleted).await.stripe_customer_id.unwrap();
     assert_eq!(
         world
             .sim_call(Method::DELETE, &format!("/v1/customers/{customer}"), &[])
@@ -110,16 +102,16 @@ async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_i
         report.drift.iter().all(|d| !d.fixed),
         "a report changes nothing"
     );
-    assert_eq!(record(&world, &cancelled).await.status, Lifecycle::Active);
+    assert_eq!(world.record(&cancelled).await.status, Lifecycle::Active);
 
     let fixed = world.service.reconcile(true, &|_, _| {}).await.unwrap();
     assert!(fixed.drift.iter().all(|d| d.fixed), "{:#?}", fixed.drift);
-    let c = record(&world, &cancelled).await;
+    let c = world.record(&cancelled).await;
     assert_eq!(
         (c.status, c.takedown_reason.as_deref()),
         (Lifecycle::TakenDown, Some("subscription_cancelled"))
     );
-    assert_eq!(record(&world, &deleted).await.status, Lifecycle::TakenDown);
+    assert_eq!(world.record(&deleted).await.status, Lifecycle::TakenDown);
     let sub = &world.subscriptions_of(&relabelled)[0];
     assert_eq!(
         sub["metadata"]["business_id"],
@@ -195,7 +187,7 @@ async fn reconcile_adopts_a_subscription_found_by_metadata_instead_of_creating_a
         "{:#?}",
         report.drift
     );
-    let after = record(&world, &lost.business_id).await;
+    let after = world.record(&lost.business_id).await;
     assert_eq!(after.stripe_subscription_id.as_deref(), sub["id"].as_str());
     assert_eq!(after.billing, Billing::Provisioned);
     assert_eq!(
@@ -235,7 +227,7 @@ async fn raising_the_rollout_bills_the_newly_included_businesses_on_the_next_rec
         report.drift
     );
     for id in &ids {
-        let b = record(&world, id).await;
+        let b = world.record(id).await;
         assert_eq!(b.billing, Billing::Provisioned);
         assert_eq!(world.subscriptions_of(id).len(), 1);
     }
@@ -247,7 +239,7 @@ async fn the_mrr_gauge_goes_down_on_cancellation() {
     let mut ids = Vec::new();
     for i in 0..2 {
         let id = create(&world, &format!("Paying {i}")).await;
-        let sub = record(&world, &id).await.stripe_subscription_id.unwrap();
+        let sub = world.record(&id).await.stripe_subscription_id.unwrap();
         // Activate through the simulator and let reconciliation bring the status home.
         let (_, session) = world
             .sim_call(
@@ -258,7 +250,7 @@ async fn the_mrr_gauge_goes_down_on_cancellation() {
                     ("currency", "usd"),
                     (
                         "customer",
-                        &record(&world, &id).await.stripe_customer_id.unwrap(),
+                        &world.record(&id).await.stripe_customer_id.unwrap(),
                     ),
                     ("success_url", "https://x.test/s"),
                 ],

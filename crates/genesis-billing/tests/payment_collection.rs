@@ -5,35 +5,11 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, wired, App, World};
-use genesis_billing::business::{Billing, Business, Lifecycle};
+use genesis_billing::business::{Billing, Lifecycle};
 use reqwest::Method;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn create(app: &App, name: &str, kind: &str) -> String {
-    let r = app
-        .admin(Method::POST, "/v1/businesses")
-        .json(&json!({"name": name, "business_type": kind}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["business_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-async fn record(world: &World, id: &str) -> Business {
-    world
-        .service
-        .store()
-        .get_business(id)
-        .await
-        .unwrap()
-        .unwrap()
-}
 
 async fn checkout(app: &App, id: &str) -> String {
     let link: Value = app
@@ -73,14 +49,14 @@ async fn history(world: &World, id: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_completed_checkout_pays_the_first_invoice_and_makes_the_card_the_default() {
     let (world, app) = wired(World::new().await).await;
-    let id = create(&app, "Pays", "saas").await;
+    let id = app.create("Pays", "saas").await;
     let session = checkout(&app, &id).await;
     assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
     eventually("active", WAIT, || async {
-        record(&world, &id).await.subscription_status.as_deref() == Some("active")
+        world.record(&id).await.subscription_status.as_deref() == Some("active")
     })
     .await;
-    let b = record(&world, &id).await;
+    let b = world.record(&id).await;
     let customer = world
         .objects("customer")
         .into_iter()
@@ -108,13 +84,13 @@ async fn a_completed_checkout_pays_the_first_invoice_and_makes_the_card_the_defa
 async fn an_unpaid_subscription_expires_after_23_hours_and_a_later_card_starts_a_new_one_that_charges_at_once(
 ) {
     let (world, app) = wired(World::new().await).await;
-    let id = create(&app, "Late payer", "saas").await;
-    let first = record(&world, &id).await.stripe_subscription_id.unwrap();
+    let id = app.create("Late payer", "saas").await;
+    let first = world.record(&id).await.stripe_subscription_id.unwrap();
     world
         .sim_control("/_sim/clock/advance", json!({"seconds": 24 * 3600}))
         .await;
     eventually("expired", WAIT, || async {
-        let b = record(&world, &id).await;
+        let b = world.record(&id).await;
         b.subscription_status.as_deref() == Some("incomplete_expired")
             && b.billing == Billing::Expired
     })
@@ -122,12 +98,12 @@ async fn an_unpaid_subscription_expires_after_23_hours_and_a_later_card_starts_a
     let session = checkout(&app, &id).await;
     assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
     eventually("a new active subscription", WAIT, || async {
-        let b = record(&world, &id).await;
+        let b = world.record(&id).await;
         b.stripe_subscription_id.as_deref() != Some(first.as_str())
             && b.subscription_status.as_deref() == Some("active")
     })
     .await;
-    let b = record(&world, &id).await;
+    let b = world.record(&id).await;
     assert_eq!((b.billing, b.generation), (Billing::Provisioned, 1));
     let subs = world.subscriptions_of(&id);
     assert_eq!(subs.len(), 2);
@@ -152,28 +128,28 @@ async fn a_trial_cancelled_for_a_missing_card_waits_for_one_then_is_replaced() {
     )
     .await;
     let (world, app) = wired(world).await;
-    let id = create(&app, "Trialist", "saas").await;
+    let id = app.create("Trialist", "saas").await;
     assert_eq!(
-        record(&world, &id).await.subscription_status.as_deref(),
+        world.record(&id).await.subscription_status.as_deref(),
         Some("trialing")
     );
     world
         .sim_control("/_sim/clock/advance", json!({"seconds": 8 * 86_400}))
         .await;
     eventually("trial ended without a card", WAIT, || async {
-        let b = record(&world, &id).await;
+        let b = world.record(&id).await;
         b.subscription_status.as_deref() == Some("canceled") && b.billing == Billing::Expired
     })
     .await;
     assert_eq!(
-        record(&world, &id).await.status,
+        world.record(&id).await.status,
         Lifecycle::Active,
         "waiting for a card, not taken down"
     );
     let session = checkout(&app, &id).await;
     assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
     eventually("a replacement subscription", WAIT, || async {
-        let b = record(&world, &id).await;
+        let b = world.record(&id).await;
         b.generation == 1 && b.subscription_status.as_deref() == Some("active")
     })
     .await;
@@ -193,7 +169,7 @@ async fn a_trialing_subscription_just_continues_with_the_new_default_card() {
     )
     .await;
     let (world, app) = wired(world).await;
-    let id = create(&app, "Trial with card", "saas").await;
+    let id = app.create("Trial with card", "saas").await;
     let session = checkout(&app, &id).await;
     assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
     eventually("the checkout to be applied", WAIT, || async {
@@ -202,7 +178,7 @@ async fn a_trialing_subscription_just_continues_with_the_new_default_card() {
             .contains(&"checkout_completed".to_owned())
     })
     .await;
-    let b = record(&world, &id).await;
+    let b = world.record(&id).await;
     assert_eq!(
         (b.subscription_status.as_deref(), b.generation),
         (Some("trialing"), 0)
@@ -213,7 +189,7 @@ async fn a_trialing_subscription_just_continues_with_the_new_default_card() {
 #[tokio::test]
 async fn a_declined_card_changes_nothing_but_is_recorded() {
     let (world, app) = wired(World::new().await).await;
-    let id = create(&app, "Declined", "saas").await;
+    let id = app.create("Declined", "saas").await;
     // Refused by Checkout itself: the session stays open and no event is sent.
     let session = checkout(&app, &id).await;
     assert_eq!(
@@ -231,7 +207,7 @@ async fn a_declined_card_changes_nothing_but_is_recorded() {
             .contains(&"payment_declined".to_owned())
     })
     .await;
-    let b = record(&world, &id).await;
+    let b = world.record(&id).await;
     assert_eq!(
         (b.subscription_status.as_deref(), b.billing, b.status),
         (Some("incomplete"), Billing::Provisioned, Lifecycle::Active)
@@ -241,7 +217,7 @@ async fn a_declined_card_changes_nothing_but_is_recorded() {
 #[tokio::test]
 async fn an_expired_checkout_session_changes_nothing_but_is_recorded() {
     let (world, app) = wired(World::new().await).await;
-    let id = create(&app, "Abandoned", "saas").await;
+    let id = app.create("Abandoned", "saas").await;
     let session = checkout(&app, &id).await;
     assert_eq!(
         world
@@ -261,7 +237,7 @@ async fn an_expired_checkout_session_changes_nothing_but_is_recorded() {
     })
     .await;
     assert_eq!(
-        record(&world, &id).await.subscription_status.as_deref(),
+        world.record(&id).await.subscription_status.as_deref(),
         Some("incomplete")
     );
 }

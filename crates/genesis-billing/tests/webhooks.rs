@@ -299,30 +299,6 @@ async fn wired() -> (World, App) {
     common::wired(World::new().await).await
 }
 
-async fn create(app: &App, name: &str) -> String {
-    let r = app
-        .admin(Method::POST, "/v1/businesses")
-        .json(&json!({"name": name, "business_type": "saas"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    r.json::<Value>().await.unwrap()["business_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-async fn record(world: &World, id: &str) -> genesis_billing::business::Business {
-    world
-        .service
-        .store()
-        .get_business(id)
-        .await
-        .unwrap()
-        .unwrap()
-}
-
 async fn complete_checkout(world: &World, app: &App, id: &str, pm: &str) -> u16 {
     let link: Value = app
         .admin(Method::POST, &format!("/v1/businesses/{id}/checkout"))
@@ -348,7 +324,7 @@ async fn webhooks_from_the_simulator_activate_take_down_and_mark_past_due() {
     let (world, app) = wired().await;
 
     // A payment completed through Checkout turns the subscription active.
-    let paid = create(&app, "Paying").await;
+    let paid = app.create("Paying", "saas").await;
     assert_eq!(
         complete_checkout(&world, &app, &paid, "pm_card_visa").await,
         200
@@ -356,16 +332,13 @@ async fn webhooks_from_the_simulator_activate_take_down_and_mark_past_due() {
     eventually(
         "the subscription to turn active",
         Duration::from_secs(10),
-        || async { record(&world, &paid).await.subscription_status.as_deref() == Some("active") },
+        || async { world.record(&paid).await.subscription_status.as_deref() == Some("active") },
     )
     .await;
 
     // A subscription cancelled in Stripe takes the business down.
-    let doomed = create(&app, "Cancelled in Stripe").await;
-    let sub = record(&world, &doomed)
-        .await
-        .stripe_subscription_id
-        .unwrap();
+    let doomed = app.create("Cancelled in Stripe", "saas").await;
+    let sub = world.record(&doomed).await.stripe_subscription_id.unwrap();
     assert_eq!(
         world
             .sim_call(Method::DELETE, &format!("/v1/subscriptions/{sub}"), &[])
@@ -377,7 +350,7 @@ async fn webhooks_from_the_simulator_activate_take_down_and_mark_past_due() {
         "the business to be taken down",
         Duration::from_secs(10),
         || async {
-            let b = record(&world, &doomed).await;
+            let b = world.record(&doomed).await;
             b.status == Lifecycle::TakenDown
                 && b.takedown_reason.as_deref() == Some("subscription_cancelled")
         },
@@ -412,7 +385,7 @@ async fn webhooks_from_the_simulator_activate_take_down_and_mark_past_due() {
     eventually(
         "the renewal failure to mark it past_due",
         Duration::from_secs(10),
-        || async { record(&world, &paid).await.subscription_status.as_deref() == Some("past_due") },
+        || async { world.record(&paid).await.subscription_status.as_deref() == Some("past_due") },
     )
     .await;
     eventually(
@@ -438,7 +411,7 @@ async fn duplicated_and_reordered_deliveries_are_applied_once_and_records_equal_
     world.sim_control("/_sim/webhooks", json!({"duplicate_probability": 0.5, "reorder_window": 5, "retry_schedule_ms": [50, 100, 200]})).await;
     let mut ids = Vec::new();
     for i in 0..6 {
-        ids.push(create(&app, &format!("Chaos {i}")).await);
+        ids.push(app.create(&format!("Chaos {i}"), "saas").await);
     }
     for id in &ids[..3] {
         assert_eq!(
@@ -446,10 +419,7 @@ async fn duplicated_and_reordered_deliveries_are_applied_once_and_records_equal_
             200
         );
     }
-    let sub = record(&world, &ids[3])
-        .await
-        .stripe_subscription_id
-        .unwrap();
+    let sub = world.record(&ids[3]).await.stripe_subscription_id.unwrap();
     world
         .sim_call(Method::DELETE, &format!("/v1/subscriptions/{sub}"), &[])
         .await;
@@ -460,7 +430,7 @@ async fn duplicated_and_reordered_deliveries_are_applied_once_and_records_equal_
         || async {
             let mut all_match = true;
             for id in &ids {
-                let b = record(&world, id).await;
+                let b = world.record(id).await;
                 let stripe = &world.subscriptions_of(id)[0];
                 all_match &= b.subscription_status.as_deref() == stripe["status"].as_str();
             }
@@ -508,7 +478,7 @@ async fn duplicated_and_reordered_deliveries_are_applied_once_and_records_equal_
             e.status
         );
     }
-    assert_eq!(record(&world, &ids[3]).await.status, Lifecycle::TakenDown);
+    assert_eq!(world.record(&ids[3]).await.status, Lifecycle::TakenDown);
 }
 
 /// Waits until a stored event reaches `status` (events are applied right after they are acknowledged).
@@ -532,7 +502,7 @@ async fn wait_event(world: &World, id: &str, status: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_apply_is_visible_listed_as_failed_and_replayed_by_the_cli() {
     let (world, app) = wired().await;
-    let id = create(&app, "Flaky Stripe").await;
+    let id = app.create("Flaky Stripe", "saas").await;
     // Applying checkout.session.completed reads the SetupIntent from Stripe: make that fail.
     world.sim.set_faults(vec![common::fault(
         stripe_sim::FaultKind::Http500,
@@ -615,7 +585,7 @@ async fn a_failed_apply_is_visible_listed_as_failed_and_replayed_by_the_cli() {
     let after: Value = serde_json::from_slice(&replayed.stdout).unwrap();
     assert_eq!(after["status"], "applied");
     assert_eq!(
-        record(&world, &id).await.subscription_status.as_deref(),
+        world.record(&id).await.subscription_status.as_deref(),
         Some("active")
     );
     let missing = tokio::task::block_in_place(|| run(&["webhooks", "replay", "evt_nothing"]));

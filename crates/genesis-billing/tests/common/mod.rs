@@ -105,6 +105,16 @@ impl World {
         )
     }
 
+    /// The stored record of a business that must exist.
+    pub async fn record(&self, id: &str) -> genesis_billing::business::Business {
+        self.service
+            .store()
+            .get_business(id)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     /// Another service on the same database with other settings (e.g. the kill switch on).
     pub async fn second_service_with(&self, env: &[(&str, &str)]) -> Arc<BillingService> {
         let settings = settings_for(&self.sim.base_url(), &db_url(&self.dir), env);
@@ -265,6 +275,21 @@ impl App {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// Creates a business through the admin API and returns its id.
+    pub async fn create(&self, name: &str, kind: &str) -> String {
+        let r = self
+            .admin(reqwest::Method::POST, "/v1/businesses")
+            .json(&serde_json::json!({"name": name, "business_type": kind}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["business_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
