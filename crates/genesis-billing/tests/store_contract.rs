@@ -4,7 +4,8 @@
 use genesis_billing::business::{Billing, Business, Lifecycle};
 use genesis_billing::config::DatabaseUrl;
 use genesis_billing::store::{
-    now, BusinessFilter, JobLease, NewEvent, Store, StoreOptions, SubscriptionRecord,
+    now, BusinessFilter, Inserted, JobLease, NewEvent, Store, StoreOptions, SubscriptionRecord,
+    Triage,
 };
 use sqlx::Connection;
 
@@ -345,6 +346,7 @@ async fn contract(store: &Store) {
         created: 20,
         source: "webhook",
         payload: "{}".into(),
+        triage: Triage::Apply,
     };
     let stored = store
         .write_inbox(
@@ -356,7 +358,8 @@ async fn contract(store: &Store) {
         )
         .await
         .unwrap();
-    assert_eq!(stored, vec![true, true, false, false]);
+    use Inserted::{Duplicate, Pending};
+    assert_eq!(stored, vec![Pending, Pending, Duplicate, Duplicate]);
     assert!(
         store
             .due_events(10)
@@ -416,7 +419,7 @@ async fn contract(store: &Store) {
         .write_inbox(&[ev("evt_b3")], "inbox-1", false, 0, &[])
         .await
         .unwrap();
-    assert_eq!(unleased, vec![true]);
+    assert_eq!(unleased, vec![Pending]);
     assert!(
         store
             .due_events(10)
@@ -425,6 +428,80 @@ async fn contract(store: &Store) {
             .iter()
             .any(|e| e.event_id == "evt_b3"),
         "unleased events are due at once"
+    );
+
+    // Triage at storage: an event naming a known business (by id, subscription or customer) is pending; one
+    // naming none is stored settled as ignored, and so is an event of a type we do not handle. Neither
+    // settled one is ever due, and a redelivery of either is a duplicate.
+    let triaged = |id: &str, triage: Triage| NewEvent { triage, ..ev(id) };
+    let keys = |k: &[&str]| Triage::IfKnown(k.iter().map(|s| s.to_string()).collect());
+    let stored = store
+        .write_inbox(
+            &[
+                triaged("evt_t1", keys(&["b1"])),
+                triaged("evt_t2", keys(&["sub_nobody", "sub_1"])),
+                triaged("evt_t3", keys(&["cus_1"])),
+                triaged("evt_t4", keys(&["sub_nobody", "cus_nobody"])),
+                triaged("evt_t5", keys(&[])),
+                triaged("evt_t6", Triage::Ignore("unhandled event type")),
+                triaged("evt_t4", keys(&["b1"])),
+            ],
+            "inbox-1",
+            true,
+            now() + 60,
+            &[],
+        )
+        .await
+        .unwrap();
+    let unknown = Inserted::Ignored(genesis_billing::store::UNKNOWN_BUSINESS);
+    assert_eq!(
+        stored,
+        vec![
+            Pending,
+            Pending,
+            Pending,
+            unknown,
+            unknown,
+            Inserted::Ignored("unhandled event type"),
+            Duplicate
+        ]
+    );
+    for (id, why) in [
+        ("evt_t4", "unknown business"),
+        ("evt_t5", "unknown business"),
+        ("evt_t6", "unhandled event type"),
+    ] {
+        let e = store.event(id).await.unwrap().unwrap();
+        assert_eq!(
+            (e.status.as_str(), e.last_error.as_deref(), e.attempts),
+            ("ignored", Some(why), 0),
+            "{id}"
+        );
+        assert!(e.applied_at.is_some(), "{id} is settled");
+        assert_eq!(e.payload, "{}", "{id} keeps its body");
+    }
+    let t1 = store.event("evt_t1").await.unwrap().unwrap();
+    assert_eq!((t1.status.as_str(), t1.attempts), ("pending", 0));
+    let redelivered = store
+        .write_inbox(
+            &[triaged("evt_t4", keys(&["b1"]))],
+            "inbox-1",
+            true,
+            now() + 60,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(redelivered, vec![Duplicate]);
+    assert_eq!(
+        store.event("evt_t4").await.unwrap().unwrap().status,
+        "ignored"
+    );
+    let due = store.due_events(100).await.unwrap();
+    assert!(
+        due.iter().all(|e| !e.event_id.starts_with("evt_t")),
+        "settled events are not due, leased ones not yet: {:?}",
+        due.iter().map(|e| &e.event_id).collect::<Vec<_>>()
     );
 
     // History.
@@ -696,6 +773,7 @@ async fn replicas_storing_the_same_webhook_events_at_once_on_postgres_store_each
         created: 1,
         source: "webhook",
         payload: "{}".into(),
+        triage: Triage::Apply,
     };
     for round in 0..20 {
         // The same events, in opposite orders, committed by two replicas at once.

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::{BillingError, BillingService};
 use crate::business::{Billing, Business, Lifecycle};
+use crate::store::UNKNOWN_BUSINESS;
 use crate::stripe::{id_of, CheckoutSession, Subscription};
 
 /// The event types genesis-billing acts on; `webhooks register` subscribes to exactly these.
@@ -20,6 +21,9 @@ pub const HANDLED_EVENTS: &[&str] = &[
     "customer.deleted",
 ];
 
+/// Why an event of a type genesis-billing does not act on is ignored.
+pub const UNHANDLED_EVENT: &str = "unhandled event type";
+
 /// What identifies the business an event is about, read the way each handler reads its object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventKeys {
@@ -29,35 +33,68 @@ pub struct EventKeys {
     pub customer: Option<String>,
 }
 
+/// The fields of an event's object that its keys are read from. The webhook receiver fills them while it
+/// checks the envelope, without building the object (see `webhook`); appliers read them from the object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyFields {
+    /// `id`.
+    pub id: Option<String>,
+    /// `customer`: an id, or an expanded customer's id.
+    pub customer: Option<String>,
+    /// `metadata.business_id`.
+    pub business_id: Option<String>,
+    /// `parent.subscription_details.subscription` (an invoice's subscription).
+    pub parent_subscription: Option<String>,
+    /// `parent.subscription_details.metadata.business_id`.
+    pub parent_business_id: Option<String>,
+}
+
+impl KeyFields {
+    pub fn of(object: &Value) -> Self {
+        let meta = |o: &Value| o["metadata"]["business_id"].as_str().map(str::to_owned);
+        let details = &object["parent"]["subscription_details"];
+        Self {
+            id: object["id"].as_str().map(str::to_owned),
+            customer: id_of(&object["customer"]),
+            business_id: meta(object),
+            parent_subscription: id_of(&details["subscription"]),
+            parent_business_id: meta(details),
+        }
+    }
+}
+
 /// The keys of an event of a handled type; `None` for types genesis-billing does not handle.
 pub fn event_keys(event: &Value) -> Option<EventKeys> {
-    let object = &event["data"]["object"];
-    let meta = |o: &Value| o["metadata"]["business_id"].as_str().map(str::to_owned);
-    Some(match event["type"].as_str()? {
+    keys_of(
+        event["type"].as_str()?,
+        KeyFields::of(&event["data"]["object"]),
+    )
+}
+
+/// The keys of an event of type `kind` whose object has these fields, read the way its handler reads them.
+pub fn keys_of(kind: &str, f: KeyFields) -> Option<EventKeys> {
+    Some(match kind {
         "customer.subscription.created"
         | "customer.subscription.updated"
         | "customer.subscription.deleted" => EventKeys {
-            business_id: meta(object),
-            subscription: id_of(&object["id"]),
-            customer: id_of(&object["customer"]),
+            business_id: f.business_id,
+            subscription: f.id,
+            customer: f.customer,
         },
-        "invoice.paid" | "invoice.payment_succeeded" | "invoice.payment_failed" => {
-            let details = &object["parent"]["subscription_details"];
-            EventKeys {
-                business_id: meta(details),
-                subscription: id_of(&details["subscription"]),
-                customer: id_of(&object["customer"]),
-            }
-        }
+        "invoice.paid" | "invoice.payment_succeeded" | "invoice.payment_failed" => EventKeys {
+            business_id: f.parent_business_id,
+            subscription: f.parent_subscription,
+            customer: f.customer,
+        },
         "checkout.session.completed" | "checkout.session.expired" => EventKeys {
-            business_id: meta(object),
+            business_id: f.business_id,
             subscription: None,
-            customer: id_of(&object["customer"]),
+            customer: f.customer,
         },
         "customer.deleted" => EventKeys {
-            business_id: meta(object),
+            business_id: f.business_id,
             subscription: None,
-            customer: id_of(&object["id"]),
+            customer: f.id,
         },
         _ => return None,
     })
@@ -95,7 +132,7 @@ impl BillingService {
         let created = event["created"].as_i64().unwrap_or(0);
         let object = &event["data"]["object"];
         let Some(keys) = event_keys(event) else {
-            return Ok(ignored(None, "unhandled event type"));
+            return Ok(ignored(None, UNHANDLED_EVENT));
         };
         match kind {
             "customer.subscription.created" | "customer.subscription.updated" => {
@@ -114,7 +151,7 @@ impl BillingService {
             "checkout.session.completed" => self.on_checkout_completed(object, &keys).await,
             "checkout.session.expired" => self.on_checkout_expired(object, &keys).await,
             "customer.deleted" => self.on_customer_deleted(object, &keys).await,
-            _ => Ok(ignored(None, "unhandled event type")),
+            _ => Ok(ignored(None, UNHANDLED_EVENT)),
         }
     }
 
@@ -138,7 +175,7 @@ impl BillingService {
     ) -> Result<Applied, BillingError> {
         let sub = Subscription::from_json(object.clone())?;
         let Some(b) = self.business_for(keys).await? else {
-            return Ok(ignored(None, "unknown business"));
+            return Ok(ignored(None, UNKNOWN_BUSINESS));
         };
         match &b.stripe_subscription_id {
             Some(current) if *current == sub.id => {}
@@ -210,7 +247,7 @@ impl BillingService {
     ) -> Result<Applied, BillingError> {
         let sub = Subscription::from_json(object.clone())?;
         let Some(b) = self.business_for(keys).await? else {
-            return Ok(ignored(None, "unknown business"));
+            return Ok(ignored(None, UNKNOWN_BUSINESS));
         };
         if b.stripe_subscription_id.as_deref() != Some(sub.id.as_str()) {
             return Ok(ignored(Some(&b), "not the business's current subscription"));
@@ -269,7 +306,7 @@ impl BillingService {
         keys: &EventKeys,
     ) -> Result<Applied, BillingError> {
         let Some(b) = self.business_for(keys).await? else {
-            return Ok(ignored(None, "unknown business"));
+            return Ok(ignored(None, UNKNOWN_BUSINESS));
         };
         let detail = format!(
             "{} {} {}",
@@ -301,7 +338,7 @@ impl BillingService {
             _ => Ok(b
                 .as_ref()
                 .map(applied)
-                .unwrap_or_else(|| ignored(None, "unknown business"))),
+                .unwrap_or_else(|| ignored(None, UNKNOWN_BUSINESS))),
         }
     }
 
@@ -311,7 +348,7 @@ impl BillingService {
         keys: &EventKeys,
     ) -> Result<Applied, BillingError> {
         let Some(b) = self.business_for(keys).await? else {
-            return Ok(ignored(None, "unknown business"));
+            return Ok(ignored(None, UNKNOWN_BUSINESS));
         };
         self.store
             .record_event(
@@ -330,7 +367,7 @@ impl BillingService {
     ) -> Result<Applied, BillingError> {
         let customer = id_of(&object["id"]);
         let Some(b) = self.business_for(keys).await? else {
-            return Ok(ignored(None, "unknown business"));
+            return Ok(ignored(None, UNKNOWN_BUSINESS));
         };
         if b.stripe_customer_id != customer {
             return Ok(ignored(Some(&b), "not the business's customer"));

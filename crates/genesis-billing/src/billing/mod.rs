@@ -24,7 +24,9 @@ use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 use crate::stripe::{Price, StripeClient, StripeError};
 
-pub use events::{event_keys, Applied, EventKeys, HANDLED_EVENTS};
+pub use events::{
+    event_keys, keys_of, Applied, EventKeys, KeyFields, HANDLED_EVENTS, UNHANDLED_EVENT,
+};
 pub use import::{ImportError, ImportReport, MAX_IMPORT_BYTES};
 pub use payment::CheckoutOutcome;
 pub use prices::{PriceStatus, PriceSyncLine};

@@ -1,14 +1,16 @@
 //! Durable records behind one storage interface. All SQL lives here.
 //!
 //! Queries are runtime-checked (`sqlx::query`) through sqlx's `Any` driver with `$n` placeholders, which
-//! SQLite and PostgreSQL both accept, so the domain code never knows which backend it runs on.
+//! SQLite and PostgreSQL both accept, so the domain code never knows which backend it runs on. Statements
+//! built at run time with many parameters write them with [`Params`] instead.
 
 mod coordination;
 mod migrate;
+mod sqlite_inbox;
 mod webhook_event;
 
 pub use coordination::{JobLease, StoreRateBudget};
-pub use webhook_event::{EventResult, NewEvent, StoredEvent};
+pub use webhook_event::{EventResult, Inserted, NewEvent, StoredEvent, Triage, UNKNOWN_BUSINESS};
 
 use std::time::Duration;
 
@@ -23,6 +25,10 @@ use crate::config::DatabaseUrl;
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Worker(String),
     #[error("corrupt record {id}: {reason}")]
     Corrupt { id: String, reason: String },
     #[error("duplicate: {0}")]
@@ -101,12 +107,95 @@ impl Default for StoreOptions {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The webhook inbox's own writer on a SQLite file; `None` on PostgreSQL and in-memory SQLite.
+    inbox: Option<std::sync::Arc<sqlite_inbox::SqliteInbox>>,
 }
 
 const BUSINESS_COLUMNS: &str = "business_id, name, business_type, email, created_at, updated_at, status, billing, \
     billing_error, failed_step, stripe_customer_id, stripe_subscription_id, stripe_payment_intent_id, \
     subscription_status, price_lookup_key, stripe_price_id, monthly_price_cents, currency, generation, \
     stripe_state_at, taken_down_at, takedown_reason, takedown_outcome";
+
+/// Writes the bind parameters of a statement built at run time, numbered in the order they appear.
+///
+/// SQLite finds a numbered parameter's name (`$7`) by a linear scan, and sqlx asks for every parameter's
+/// name when binding, so a statement with thousands of `$n` costs quadratic time: two thirds of the webhook
+/// writer's time at 256 events per batch. Plain `?` are bound by position at no cost, so SQLite gets `?`
+/// and PostgreSQL `$1`, `$2`, …; either way values are bound in the order their parameters appear.
+struct Params {
+    backend: Backend,
+    written: usize,
+}
+
+impl Params {
+    fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            written: 0,
+        }
+    }
+
+    /// Appends the next parameter to `sql`.
+    fn push(&mut self, sql: &mut String) {
+        self.written += 1;
+        match self.backend {
+            Backend::Sqlite => sql.push('?'),
+            Backend::Postgres => {
+                use std::fmt::Write as _;
+                let _ = write!(sql, "${}", self.written);
+            }
+        }
+    }
+
+    /// Appends `n` parameters separated by commas.
+    fn list(&mut self, sql: &mut String, n: usize) {
+        for k in 0..n {
+            if k > 0 {
+                sql.push_str(", ");
+            }
+            self.push(sql);
+        }
+    }
+}
+
+/// Which of these values name a business (as its id, Stripe subscription id or customer id), one query per
+/// few hundred values.
+async fn known_keys(
+    backend: Backend,
+    conn: &mut sqlx::AnyConnection,
+    keys: &[&str],
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut known = std::collections::HashSet::new();
+    for chunk in keys.chunks(300) {
+        let mut sql = String::new();
+        let mut params = Params::new(backend);
+        for (n, column) in [
+            "business_id",
+            "stripe_subscription_id",
+            "stripe_customer_id",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if n > 0 {
+                sql.push_str(" UNION ");
+            }
+            sql.push_str(&format!(
+                "SELECT {column} AS k FROM business WHERE {column} IN ("
+            ));
+            params.list(&mut sql, chunk.len());
+            sql.push(')');
+        }
+        let mut q = sqlx::query(&sql).persistent(false);
+        for k in chunk.iter().cycle().take(3 * chunk.len()) {
+            q = q.bind(*k);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            known.insert(row.try_get::<String, _>("k")?);
+        }
+    }
+    Ok(known)
+}
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
@@ -231,10 +320,13 @@ impl Store {
                 let set_timeout = set_timeout.clone();
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; FULL sync makes a commit survive power loss;
-                        // the busy timeout turns writer contention into a short wait instead of an error.
+                        // 16 KiB pages (only a new file takes them; set before WAL mode creates it) hold
+                        // seven 2 KB webhook bodies where 4 KiB pages hold one, half empty: a third of the
+                        // bytes to write and sync per event (docs/benchmarks.md). WAL lets readers run beside
+                        // the writer; FULL sync makes a commit survive power loss; the busy timeout turns
+                        // writer contention into a short wait instead of an error.
                         conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                            "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
                         )
                         .await?;
@@ -246,7 +338,17 @@ impl Store {
             })
             .connect(&conn_url)
             .await?;
-        Ok(Self { pool, backend })
+        let inbox = match backend {
+            Backend::Sqlite => {
+                sqlite_inbox::SqliteInbox::for_url(&conn_url)?.map(std::sync::Arc::new)
+            }
+            Backend::Postgres => None,
+        };
+        Ok(Self {
+            pool,
+            backend,
+            inbox,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -382,34 +484,6 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(business_from_row).transpose()
-    }
-
-    /// Which of these values name a business (as its id, subscription id or customer id), in one query:
-    /// lets the webhook applier set aside a batch of events about businesses we do not know at once.
-    pub async fn known_business_keys(
-        &self,
-        keys: &[&str],
-    ) -> Result<std::collections::HashSet<String>, StoreError> {
-        let mut known = std::collections::HashSet::new();
-        for chunk in keys.chunks(300) {
-            let list = (1..=chunk.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "SELECT business_id AS k FROM business WHERE business_id IN ({list}) \
-                 UNION SELECT stripe_subscription_id FROM business WHERE stripe_subscription_id IN ({list}) \
-                 UNION SELECT stripe_customer_id FROM business WHERE stripe_customer_id IN ({list})"
-            );
-            let mut q = sqlx::query(&sql).persistent(false);
-            for k in chunk {
-                q = q.bind(*k);
-            }
-            for row in q.fetch_all(&self.pool).await? {
-                known.insert(row.try_get::<String, _>("k")?);
-            }
-        }
-        Ok(known)
     }
 
     /// Newest first, paginated by business id.

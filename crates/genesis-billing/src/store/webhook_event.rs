@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{now, Store, StoreError};
+use super::{known_keys, now, Params, Store, StoreError};
 
 /// A stored Stripe event and how applying it went.
 #[derive(Debug, Clone, Serialize)]
@@ -64,9 +64,37 @@ pub struct NewEvent {
     pub created: i64,
     pub source: &'static str,
     pub payload: String,
+    pub triage: Triage,
 }
 
-/// Rows per multi-row statement (8 parameters each: far below SQLite's and PostgreSQL's limits).
+/// How a new event is stored: pending, to be applied, or settled at once as ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Triage {
+    /// Pending.
+    Apply,
+    /// Pending if one of these values names a business (its id, Stripe subscription id or customer id),
+    /// looked up in the writing transaction; otherwise ignored as "unknown business" (SPEC §1.4: stored
+    /// and ignored), with no apply to wait for.
+    IfKnown(Vec<String>),
+    /// Ignored, for this reason.
+    Ignore(&'static str),
+}
+
+/// What the inbox's write did with one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored now, pending (leased to the writer if it asked).
+    Pending,
+    /// Stored now, settled as ignored for this reason.
+    Ignored(&'static str),
+    /// Stored before: a duplicate delivery, left as it was.
+    Duplicate,
+}
+
+/// Why an event about no business we know is ignored.
+pub const UNKNOWN_BUSINESS: &str = "unknown business";
+
+/// Rows per multi-row statement (at most 10 parameters each: far below SQLite's and PostgreSQL's limits).
 const ROWS_PER_STATEMENT: usize = 256;
 
 impl Store {
@@ -81,19 +109,22 @@ impl Store {
         owner: Option<&str>,
         until: i64,
     ) -> Result<Vec<bool>, StoreError> {
-        self.write_inbox(
-            events,
-            owner.unwrap_or_default(),
-            owner.is_some(),
-            until,
-            &[],
-        )
-        .await
+        let done = self
+            .write_inbox(
+                events,
+                owner.unwrap_or_default(),
+                owner.is_some(),
+                until,
+                &[],
+            )
+            .await?;
+        Ok(done.iter().map(|d| *d != Inserted::Duplicate).collect())
     }
 
     /// The inbox's one write: new events stored and earlier events' outcomes recorded, in a single
     /// transaction, so ingest and apply share one disk sync instead of contending for the writer.
-    /// New events are leased to `owner` until `until` when `lease_new`; `results` are for events it holds.
+    /// New pending events are leased to `owner` until `until` when `lease_new`; `results` are for events it
+    /// holds. Within a batch, the first delivery of an id may be new; later ones are duplicates.
     pub async fn write_inbox(
         &self,
         events: &[NewEvent],
@@ -101,11 +132,15 @@ impl Store {
         lease_new: bool,
         until: i64,
         results: &[EventResult],
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let lease = lease_new.then(|| (owner.to_owned(), until));
+        if let Some(writer) = &self.inbox {
+            return writer
+                .write(events.to_vec(), lease, owner.to_owned(), results.to_vec())
+                .await;
+        }
         let received = now();
-        let lease = lease_new.then_some((owner, until));
-        let mut stored = vec![false; events.len()];
-        // The first delivery of an id in this batch may be new; a later one in the same batch is a duplicate.
+        let mut done = vec![Inserted::Duplicate; events.len()];
         let mut first: std::collections::HashMap<&str, usize> =
             std::collections::HashMap::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
@@ -117,61 +152,75 @@ impl Store {
         let mut unique: Vec<usize> = first.values().copied().collect();
         unique.sort_by(|&a, &b| events[a].id.cmp(&events[b].id));
         let mut tx = self.pool.begin().await?;
+        let wanted: Vec<&str> = unique
+            .iter()
+            .filter_map(|&i| match &events[i].triage {
+                Triage::IfKnown(keys) => Some(keys.iter().map(String::as_str)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let known = known_keys(self.backend, &mut tx, &wanted).await?;
+        let state = |e: &NewEvent| match &e.triage {
+            Triage::Apply => Inserted::Pending,
+            Triage::IfKnown(keys) if keys.iter().any(|k| known.contains(k)) => Inserted::Pending,
+            Triage::IfKnown(_) => Inserted::Ignored(UNKNOWN_BUSINESS),
+            Triage::Ignore(why) => Inserted::Ignored(why),
+        };
         // Multi-row statements: one round trip per few hundred events instead of one per event.
         for chunk in unique.chunks(ROWS_PER_STATEMENT) {
             let mut sql = String::from(
-                "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, payload, status, attempts, \
-                 lease_owner, lease_until) VALUES ",
+                "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, status, last_error, \
+                 applied_at, lease_owner, lease_until, payload, attempts) VALUES ",
             );
+            let mut params = Params::new(self.backend);
             for k in 0..chunk.len() {
-                let p = k * 8;
-                let sep = if k == 0 { "" } else { ", " };
-                sql.push_str(&format!(
-                    "{sep}(${}, ${}, ${}, ${}, ${}, ${}, 'pending', 0, ${}, ${})",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5,
-                    p + 6,
-                    p + 7,
-                    p + 8
-                ));
+                sql.push_str(if k == 0 { "(" } else { ", (" });
+                params.list(&mut sql, 10);
+                sql.push_str(", '', 0)");
             }
             sql.push_str(" ON CONFLICT (event_id) DO NOTHING RETURNING event_id");
             // Not cached as prepared statements: every batch size is another statement text.
             let mut q = sqlx::query(&sql).persistent(false);
             for &i in chunk {
                 let e = &events[i];
+                let (status, why, applied_at, lease) = match state(e) {
+                    Inserted::Ignored(why) => ("ignored", Some(why), Some(received), None),
+                    _ => ("pending", None, None, lease.as_ref()),
+                };
                 q = q
                     .bind(&e.id)
                     .bind(&e.event_type)
                     .bind(e.created)
                     .bind(received)
                     .bind(e.source)
-                    .bind("")
-                    .bind(lease.map(|(o, _)| o))
-                    .bind(lease.map(|(_, u)| u));
+                    .bind(status)
+                    .bind(why)
+                    .bind(applied_at)
+                    .bind(lease.map(|(o, _)| o.as_str()))
+                    .bind(lease.map(|(_, u)| *u));
             }
             for row in q.fetch_all(&mut *tx).await? {
                 let id: String = row.try_get("event_id")?;
                 if let Some(&i) = first.get(id.as_str()) {
-                    stored[i] = true;
+                    done[i] = state(&events[i]);
                 }
             }
         }
         let new: Vec<&NewEvent> = events
             .iter()
-            .zip(&stored)
-            .filter(|(_, s)| **s)
+            .zip(&done)
+            .filter(|(_, d)| **d != Inserted::Duplicate)
             .map(|(e, _)| e)
             .collect();
         for chunk in new.chunks(ROWS_PER_STATEMENT) {
-            let values = (0..chunk.len())
-                .map(|k| format!("(${}, ${})", 2 * k + 1, 2 * k + 2))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!("INSERT INTO webhook_payload (event_id, payload) VALUES {values}");
+            let mut sql = String::from("INSERT INTO webhook_payload (event_id, payload) VALUES ");
+            let mut params = Params::new(self.backend);
+            for k in 0..chunk.len() {
+                sql.push_str(if k == 0 { "(" } else { ", (" });
+                params.list(&mut sql, 2);
+                sql.push(')');
+            }
             let mut q = sqlx::query(&sql).persistent(false);
             for e in chunk {
                 q = q.bind(&e.id).bind(&e.payload);
@@ -179,29 +228,28 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         for chunk in results.chunks(ROWS_PER_STATEMENT) {
+            let mut params = Params::new(self.backend);
             let mut sql = String::from(
                 "UPDATE webhook_event SET status = v.column2, business_id = COALESCE(v.column3, webhook_event.business_id), \
-                 last_error = v.column4, applied_at = CASE WHEN v.column2 IN ('applied', 'ignored') THEN $1 ELSE webhook_event.applied_at END, \
-                 next_attempt_at = v.column5, attempts = webhook_event.attempts + 1, lease_owner = NULL, lease_until = NULL \
-                 FROM (VALUES ",
+                 last_error = v.column4, applied_at = CASE WHEN v.column2 IN ('applied', 'ignored') THEN ",
+            );
+            params.push(&mut sql);
+            sql.push_str(
+                " ELSE webhook_event.applied_at END, next_attempt_at = v.column5, attempts = webhook_event.attempts + 1, \
+                 lease_owner = NULL, lease_until = NULL FROM (VALUES ",
             );
             for k in 0..chunk.len() {
-                let p = 2 + k * 5;
-                let sep = if k == 0 { "" } else { ", " };
-                sql.push_str(&format!(
-                    "{sep}(${}, ${}, ${}, ${}, CAST(${} AS BIGINT))",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4,
-                    p + 5
-                ));
+                sql.push_str(if k == 0 { "(" } else { ", (" });
+                params.list(&mut sql, 4);
+                sql.push_str(", CAST(");
+                params.push(&mut sql);
+                sql.push_str(" AS BIGINT))");
             }
-            sql.push_str(") AS v WHERE webhook_event.event_id = v.column1 AND webhook_event.lease_owner = $2");
-            let mut q = sqlx::query(&sql)
-                .persistent(false)
-                .bind(received)
-                .bind(owner);
+            sql.push_str(
+                ") AS v WHERE webhook_event.event_id = v.column1 AND webhook_event.lease_owner = ",
+            );
+            params.push(&mut sql);
+            let mut q = sqlx::query(&sql).persistent(false).bind(received);
             for r in chunk {
                 q = q
                     .bind(&r.event_id)
@@ -210,10 +258,10 @@ impl Store {
                     .bind(&r.error)
                     .bind(r.retry_at);
             }
-            q.execute(&mut *tx).await?;
+            q.bind(owner).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(stored)
+        Ok(done)
     }
 
     /// Stores an event unless its id is already stored. Returns whether this call stored it.

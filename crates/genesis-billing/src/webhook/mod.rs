@@ -10,8 +10,9 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::billing::KeyFields;
 use crate::billing::{Applied, BillingError, BillingService, HANDLED_EVENTS};
-use crate::store::{now, EventResult, NewEvent, StoredEvent};
+use crate::store::{now, EventResult, Inserted, NewEvent, StoredEvent, Triage};
 use crate::stripe::{Call, Form};
 pub use signature::Rejection;
 
@@ -46,7 +47,7 @@ pub enum ReceiveError {
 }
 
 /// An event to store, its applier lane, and where to answer once it is on disk.
-type CommitRequest = (NewEvent, usize, oneshot::Sender<Result<bool, ()>>);
+type CommitRequest = (NewEvent, usize, oneshot::Sender<Result<Inserted, ()>>);
 
 /// Appliers working side by side; each takes the events of its share of customers, in order.
 const APPLY_LANES: usize = 4;
@@ -62,67 +63,204 @@ struct Envelope {
     #[serde(rename = "type")]
     kind: String,
     created: i64,
-    /// Required to hold an object; read only for the customer it concerns.
+    /// Required to hold an object; read only for the keys naming the business it concerns.
     data: EnvelopeData,
 }
 
 #[derive(serde::Deserialize)]
 struct EnvelopeData {
-    object: AnyObject,
+    object: Lenient<ObjectKeys>,
 }
 
-/// Any JSON object, skipped without building it, except the fields that say which customer it concerns.
-#[derive(Default)]
-struct AnyObject {
-    customer: Option<String>,
-    id: Option<String>,
-    object: Option<String>,
-}
+/// A JSON value read for a few fields, skipping the rest without building it. A value of another shape
+/// than expected (an expanded object where an id was expected, a null) reads as `None`, as it does for
+/// the appliers, which look the same fields up in the full object (`billing::KeyFields::of`).
+struct Lenient<T>(Option<T>);
 
-impl AnyObject {
-    /// The customer an object concerns (its `customer`, or itself for a customer), for routing.
-    fn customer_key(&self) -> Option<&str> {
-        match (&self.customer, self.object.as_deref()) {
-            (Some(c), _) => Some(c),
-            (None, Some("customer")) => self.id.as_deref(),
-            _ => None,
-        }
+/// What a `Lenient` reads from a string or an object; anything else is skipped.
+trait Shape<'de>: Sized {
+    fn from_str(_: &str) -> Option<Self> {
+        None
     }
+    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error>;
 }
 
-impl<'de> serde::Deserialize<'de> for AnyObject {
+impl<'de, T: Shape<'de>> serde::Deserialize<'de> for Lenient<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = AnyObject;
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Shape<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = Lenient<T>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Lenient(T::from_str(v)))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
-                mut map: A,
-            ) -> Result<AnyObject, A::Error> {
-                let mut found = AnyObject::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    let slot = match &*key {
-                        "customer" => &mut found.customer,
-                        "id" => &mut found.id,
-                        "object" => &mut found.object,
-                        _ => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                            continue;
-                        }
-                    };
-                    // An expanded object or a null is not a routing key; skip it.
-                    *slot = match map.next_value::<Value>()? {
-                        Value::String(v) => Some(v),
-                        _ => None,
-                    };
-                }
-                Ok(found)
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::from_map(map).map(Lenient)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Lenient(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Lenient(None))
             }
         }
-        d.deserialize_map(Visitor)
+        d.deserialize_any(Visitor(std::marker::PhantomData))
+    }
+}
+
+/// Reads the fields of a map named by `wanted` into its slots; skips the others.
+fn read_fields<'de, A: serde::de::MapAccess<'de>>(
+    mut map: A,
+    mut wanted: impl FnMut(&str, &mut A) -> Result<bool, A::Error>,
+) -> Result<(), A::Error> {
+    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        if !wanted(&key, &mut map)? {
+            map.next_value::<serde::de::IgnoredAny>()?;
+        }
+    }
+    Ok(())
+}
+
+/// A string, or an expanded object's `id` (as `stripe::id_of` reads it).
+struct Id(String);
+
+impl<'de> Shape<'de> for Id {
+    fn from_str(v: &str) -> Option<Self> {
+        Some(Id(v.to_owned()))
+    }
+    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        let mut id = None;
+        read_fields(map, |key, map| {
+            Ok(key == "id" && {
+                id = map.next_value::<Lenient<Text>>()?.0.map(|t| Id(t.0));
+                true
+            })
+        })?;
+        Ok(id)
+    }
+}
+
+/// A string and nothing else.
+struct Text(String);
+
+impl<'de> Shape<'de> for Text {
+    fn from_str(v: &str) -> Option<Self> {
+        Some(Text(v.to_owned()))
+    }
+    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        read_fields(map, |_, _| Ok(false))?;
+        Ok(None)
+    }
+}
+
+/// `metadata.business_id`.
+struct Metadata(Option<String>);
+
+impl<'de> Shape<'de> for Metadata {
+    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        let mut business = None;
+        read_fields(map, |key, map| {
+            Ok(key == "business_id" && {
+                business = map.next_value::<Lenient<Text>>()?.0.map(|t| t.0);
+                true
+            })
+        })?;
+        Ok(Some(Metadata(business)))
+    }
+}
+
+/// `parent.subscription_details` of an invoice: its subscription and that subscription's metadata.
+struct Parent {
+    subscription: Option<String>,
+    business_id: Option<String>,
+}
+
+impl<'de> Shape<'de> for Parent {
+    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        let mut details = None;
+        read_fields(map, |key, map| {
+            Ok(key == "subscription_details" && {
+                details = map.next_value::<Lenient<Details>>()?.0;
+                true
+            })
+        })?;
+        Ok(details.map(|d| Parent {
+            subscription: d.subscription,
+            business_id: d.business_id,
+        }))
+    }
+}
+
+struct Details {
+    subscription: Option<String>,
+    business_id: Option<String>,
+}
+
+impl<'de> Shape<'de> for Details {
+    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        let mut d = Details {
+            subscription: None,
+            business_id: None,
+        };
+        read_fields(map, |key, map| {
+            match key {
+                "subscription" => d.subscription = map.next_value::<Lenient<Id>>()?.0.map(|i| i.0),
+                "metadata" => {
+                    d.business_id = map.next_value::<Lenient<Metadata>>()?.0.and_then(|m| m.0)
+                }
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(Some(d))
+    }
+}
+
+/// The fields of `data.object` that name the business an event concerns.
+struct ObjectKeys(KeyFields);
+
+impl<'de> Shape<'de> for ObjectKeys {
+    fn from_map<A: serde::de::MapAccess<'de>>(map: A) -> Result<Option<Self>, A::Error> {
+        let mut f = KeyFields::default();
+        read_fields(map, |key, map| {
+            match key {
+                "id" => f.id = map.next_value::<Lenient<Text>>()?.0.map(|t| t.0),
+                "customer" => f.customer = map.next_value::<Lenient<Id>>()?.0.map(|i| i.0),
+                "metadata" => {
+                    f.business_id = map.next_value::<Lenient<Metadata>>()?.0.and_then(|m| m.0)
+                }
+                "parent" => {
+                    if let Some(p) = map.next_value::<Lenient<Parent>>()?.0 {
+                        f.parent_subscription = p.subscription;
+                        f.parent_business_id = p.business_id;
+                    }
+                }
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        Ok(Some(ObjectKeys(f)))
     }
 }
 
@@ -137,9 +275,10 @@ fn lane_of(key: &str) -> usize {
 /// The webhook receiver and its background work.
 ///
 /// One committer task writes every event waiting at that moment in one transaction (group commit): each
-/// response is held until its own event is on disk, and one disk sync serves many events. The event is
+/// response is held until its own event is on disk, and one disk sync serves many events. An event about
+/// no business we know, or of a type we do not handle, is stored already settled as ignored. Any other is
 /// acknowledged once stored — the durable record is what Stripe's retry would otherwise provide — and then
-/// applied in arrival order by one applier task. A crash between the two leaves it `pending`, and
+/// applied in arrival order within its customer's lane. A crash between the two leaves it `pending`, and
 /// `retry_due` applies it after restart.
 pub struct Inbox {
     applier: Arc<Applier>,
@@ -231,32 +370,59 @@ impl Inbox {
         if !id.starts_with("evt_") || id.len() > 255 || kind.len() > 255 {
             return Err(self.reject(Rejection::BadPayload));
         }
-        let lane = lane_of(data.object.customer_key().unwrap_or(&id));
-        // serde_json accepted the body, so it is valid UTF-8.
-        let payload = String::from_utf8_lossy(body).into_owned();
+        // The envelope must hold an object; a body that is not UTF-8 is refused rather than stored altered.
+        let (Some(ObjectKeys(fields)), Ok(payload)) = (data.object.0, std::str::from_utf8(body))
+        else {
+            return Err(self.reject(Rejection::BadPayload));
+        };
+        let keys = crate::billing::keys_of(&kind, fields);
+        // Events about one customer (or, without one, one business or subscription) share a lane.
+        let lane = lane_of(
+            keys.as_ref()
+                .and_then(|k| {
+                    k.customer
+                        .as_ref()
+                        .or(k.business_id.as_ref())
+                        .or(k.subscription.as_ref())
+                })
+                .unwrap_or(&id),
+        );
+        let triage = match keys {
+            Some(k) => Triage::IfKnown(
+                [k.business_id, k.subscription, k.customer]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            ),
+            None => Triage::Ignore(crate::billing::UNHANDLED_EVENT),
+        };
         let new = NewEvent {
             id,
             event_type: kind.clone(),
             created,
             source: "webhook",
-            payload,
+            payload: payload.to_owned(),
+            triage,
         };
         let (reply, stored) = oneshot::channel();
         self.commits
             .send((new, lane, reply))
             .await
             .map_err(|_| ReceiveError::Unavailable)?;
-        match stored.await {
-            Ok(Ok(true)) => Ok(Received::Stored),
-            Ok(Ok(false)) => {
-                self.service().metrics().inc(
-                    "genesis_billing_webhook_events_total",
-                    &[&kind, "duplicate"],
-                );
-                Ok(Received::Duplicate)
-            }
-            _ => Err(ReceiveError::Unavailable),
-        }
+        let outcome = match stored.await {
+            Ok(Ok(Inserted::Duplicate)) => "duplicate",
+            Ok(Ok(Inserted::Ignored(_))) => "ignored",
+            Ok(Ok(Inserted::Pending)) => return Ok(Received::Stored),
+            _ => return Err(ReceiveError::Unavailable),
+        };
+        self.service()
+            .metrics()
+            .inc("genesis_billing_webhook_events_total", &[&kind, outcome]);
+        Ok(if outcome == "duplicate" {
+            Received::Duplicate
+        } else {
+            Received::Stored
+        })
     }
 
     /// Applies a stored event now unless another worker holds it (`webhooks replay`, tests).
@@ -498,9 +664,9 @@ async fn commit_loop(
             .await
         {
             Ok(stored) => {
-                for ((event, (lane, reply)), new) in events.into_iter().zip(routes).zip(stored) {
-                    let _ = reply.send(Ok(new));
-                    if new && keep_up {
+                for ((event, (lane, reply)), done) in events.into_iter().zip(routes).zip(stored) {
+                    let _ = reply.send(Ok(done));
+                    if done == Inserted::Pending && keep_up {
                         let _ = applies[lane].try_send(event);
                     }
                 }
@@ -518,78 +684,70 @@ async fn commit_loop(
     }
 }
 
-/// Applies newly stored events in arrival order, from memory (no claim, no read of the event), and
-/// reports each outcome to the writer, which records it with its next commit. Events about businesses the
-/// records do not know are set aside a batch at a time, with one query, instead of one lookup each.
+/// Applies newly stored pending events in arrival order, from memory (no claim, no read of the event),
+/// and reports each outcome to the writer, which records it with its next commit. (Events about businesses
+/// the records do not know were settled when stored.)
 async fn apply_loop(
     applier: Arc<Applier>,
     mut queue: mpsc::Receiver<NewEvent>,
     outcomes: mpsc::UnboundedSender<EventResult>,
 ) {
-    let mut batch = Vec::with_capacity(64);
-    while queue.recv_many(&mut batch, 64).await > 0 {
-        let parsed: Vec<(NewEvent, Option<Value>)> = batch
-            .drain(..)
-            .map(|e| {
-                let v = serde_json::from_str::<Value>(&e.payload).ok();
-                (e, v)
-            })
-            .collect();
-        let keys: Vec<Option<crate::billing::EventKeys>> = parsed
-            .iter()
-            .map(|(_, v)| v.as_ref().and_then(crate::billing::event_keys))
-            .collect();
-        let wanted: Vec<&str> = keys
-            .iter()
-            .flatten()
-            .flat_map(|k| {
-                [
-                    k.business_id.as_deref(),
-                    k.subscription.as_deref(),
-                    k.customer.as_deref(),
-                ]
-            })
-            .flatten()
-            .collect();
-        // If the lookup fails, every event takes the full path, which reports its own error.
-        let known = applier
-            .service
-            .store()
-            .known_business_keys(&wanted)
-            .await
-            .ok();
-        for ((e, value), key) in parsed.into_iter().zip(keys) {
-            let unknown = match (&known, &key) {
-                (Some(known), Some(k)) => ![&k.business_id, &k.subscription, &k.customer]
-                    .into_iter()
-                    .flatten()
-                    .any(|v| known.contains(v)),
-                _ => false,
-            };
-            let result = match value {
-                Some(_) if unknown => applier.outcome(
-                    &e.event_type,
-                    e.created,
-                    0,
-                    &e.id,
-                    Ok(Applied::Ignored {
-                        business_id: None,
-                        why: "unknown business",
-                    }),
-                ),
-                Some(v) => {
-                    let applied = applier.service.apply_event(&v).await;
-                    applier.outcome(&e.event_type, e.created, 0, &e.id, applied)
-                }
-                None => {
-                    applier
-                        .run(&e.event_type, e.created, &e.payload, 0, &e.id)
-                        .await
-                }
-            };
-            if outcomes.send(result).is_err() {
-                return;
+    while let Some(e) = queue.recv().await {
+        let result = applier
+            .run(&e.event_type, e.created, &e.payload, 0, &e.id)
+            .await;
+        if outcomes.send(result).is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The receiver reads an event's keys from the raw body; the appliers read them from the parsed
+    /// object. Both must agree on every shape Stripe may send, or triage would set aside an event its
+    /// handler would have applied.
+    #[test]
+    fn the_receiver_reads_the_same_keys_as_the_appliers() {
+        let objects = [
+            r#"{"id":"sub_1","object":"subscription","customer":"cus_1","metadata":{"business_id":"b1"}}"#,
+            r#"{"id":"sub_1","customer":{"id":"cus_2","object":"customer","metadata":{"business_id":"nested"}}}"#,
+            r#"{"id":"in_1","customer":null,"metadata":null,"parent":null}"#,
+            r#"{"id":"in_1","customer":7,"metadata":["b1"],"parent":"x"}"#,
+            r#"{"id":"in_1","customer":"cus_1","parent":{"type":"subscription_details","subscription_details":{"subscription":"sub_9","metadata":{"business_id":"b9","other":"x"}}}}"#,
+            r#"{"id":"in_1","parent":{"subscription_details":{"subscription":{"id":"sub_8","items":{"data":[{"id":"si_1"}]}},"metadata":{"business_id":5}}}}"#,
+            r#"{"id":"cs_1","customer":{"id":7},"metadata":{"business_id":"b2","nested":{"a":[1,2,{"b":null}]}},"lines":[[],{}],"amount":1.5,"paid":true}"#,
+            r#"{"id":{"x":1},"customer":"cus_\u00e9","metadata":{"business_id":"b\"q"}}"#,
+            r#"{}"#,
+        ];
+        for object in objects {
+            for kind in HANDLED_EVENTS.iter().chain(&["charge.refunded"]) {
+                let body = format!(
+                    r#"{{"id":"evt_1","type":"{kind}","created":1,"data":{{"object":{object}}}}}"#
+                );
+                let envelope: Envelope = serde_json::from_str(&body).unwrap();
+                let ObjectKeys(read) = envelope.data.object.0.expect("an object");
+                let value: Value = serde_json::from_str(object).unwrap();
+                assert_eq!(read, KeyFields::of(&value), "{object}");
+                let event: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(
+                    crate::billing::keys_of(kind, read),
+                    crate::billing::event_keys(&event),
+                    "{kind} {object}"
+                );
             }
+        }
+    }
+
+    #[test]
+    fn an_envelope_whose_object_is_not_an_object_reads_as_none() {
+        for object in [r#""sub_1""#, "null", "[1]", "3"] {
+            let body =
+                format!(r#"{{"id":"evt_1","type":"x","created":1,"data":{{"object":{object}}}}}"#);
+            let envelope: Envelope = serde_json::from_str(&body).unwrap();
+            assert!(envelope.data.object.0.is_none(), "{object}");
         }
     }
 }

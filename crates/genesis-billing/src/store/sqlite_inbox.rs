@@ -1,0 +1,169 @@
+//! The webhook inbox's writes on a SQLite file, on a connection of their own.
+//!
+//! Through sqlx, each statement is handed to its connection's worker thread and back, and the multi-row
+//! statements built for each batch size are parsed anew every time. Here a whole batch is one blocking call
+//! on a connection kept for it, with single-row statements prepared once (docs/benchmarks.md). It writes
+//! the same rows in the same transaction as the portable path in `webhook_event`, which PostgreSQL and
+//! in-memory SQLite use; the store contract tests hold both to the same results.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
+
+use super::webhook_event::{EventResult, Inserted, NewEvent, Triage, UNKNOWN_BUSINESS};
+use super::{now, StoreError};
+
+/// The writer: one connection, opened at the first write (after the migrations), one batch at a time.
+pub(super) struct SqliteInbox {
+    path: PathBuf,
+    conn: Arc<Mutex<Option<Connection>>>,
+}
+
+impl std::fmt::Debug for SqliteInbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteInbox").finish_non_exhaustive()
+    }
+}
+
+const INSERT_EVENT: &str =
+    "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, status, \
+    last_error, applied_at, lease_owner, lease_until, payload, attempts) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '', 0) ON CONFLICT (event_id) DO NOTHING";
+
+const INSERT_BODY: &str = "INSERT INTO webhook_payload (event_id, payload) VALUES (?1, ?2)";
+
+/// One lookup per column, so each uses its index.
+const KNOWN: &str = "SELECT EXISTS (SELECT 1 FROM business WHERE business_id = ?1) \
+    OR EXISTS (SELECT 1 FROM business WHERE stripe_subscription_id = ?1) \
+    OR EXISTS (SELECT 1 FROM business WHERE stripe_customer_id = ?1)";
+
+const FINISH: &str = "UPDATE webhook_event SET status = ?3, business_id = COALESCE(?4, business_id), last_error = ?5, \
+    applied_at = CASE WHEN ?3 IN ('applied', 'ignored') THEN ?6 ELSE applied_at END, next_attempt_at = ?7, \
+    attempts = attempts + 1, lease_owner = NULL, lease_until = NULL WHERE event_id = ?1 AND lease_owner = ?2";
+
+impl SqliteInbox {
+    /// The writer for a SQLite URL naming a file; `None` for an in-memory or read-only database.
+    pub(super) fn for_url(url: &str) -> Result<Option<Self>, StoreError> {
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+        let path = options.get_filename();
+        // sqlx names an in-memory database `file:sqlx-in-memory-N`; only the pool's connections share it.
+        let in_memory = path.to_string_lossy().starts_with("file:")
+            || url.contains("mode=memory")
+            || url.contains("mode=ro");
+        Ok((!in_memory).then(|| Self {
+            path: path.to_owned(),
+            conn: Arc::default(),
+        }))
+    }
+
+    /// Writes one batch (see `Store::write_inbox`) on a blocking thread.
+    pub(super) async fn write(
+        &self,
+        events: Vec<NewEvent>,
+        lease: Option<(String, i64)>,
+        owner: String,
+        results: Vec<EventResult>,
+    ) -> Result<Vec<Inserted>, StoreError> {
+        let (conn, path) = (self.conn.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut slot = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if slot.is_none() {
+                *slot = Some(open(&path)?);
+            }
+            let conn = slot.as_mut().expect("opened above");
+            write_batch(conn, &events, lease.as_ref(), &owner, &results)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(format!("inbox writer stopped: {e}")))?
+    }
+}
+
+fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // As the pool's connections (`Store::connect_with`): a commit survives power loss, and contention with
+    // them is a short wait, not an error.
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+    Ok(conn)
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    events: &[NewEvent],
+    lease: Option<&(String, i64)>,
+    owner: &str,
+    results: &[EventResult],
+) -> Result<Vec<Inserted>, StoreError> {
+    let received = now();
+    // IMMEDIATE takes the write lock first, so the reads below cannot be invalidated by another writer.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut done = Vec::with_capacity(events.len());
+    {
+        let mut insert = tx.prepare_cached(INSERT_EVENT)?;
+        let mut body = tx.prepare_cached(INSERT_BODY)?;
+        let mut known = tx.prepare_cached(KNOWN)?;
+        for e in events {
+            let state = match &e.triage {
+                Triage::Apply => Inserted::Pending,
+                Triage::IfKnown(keys) => {
+                    let mut any = false;
+                    for k in keys {
+                        if known.query_row([k], |r| r.get::<_, bool>(0))? {
+                            any = true;
+                            break;
+                        }
+                    }
+                    if any {
+                        Inserted::Pending
+                    } else {
+                        Inserted::Ignored(UNKNOWN_BUSINESS)
+                    }
+                }
+                Triage::Ignore(why) => Inserted::Ignored(why),
+            };
+            let (status, why, applied_at, lease) = match state {
+                Inserted::Ignored(why) => ("ignored", Some(why), Some(received), None),
+                _ => ("pending", None, None, lease),
+            };
+            // A row already there (an earlier delivery, or one earlier in this batch) changes nothing.
+            let stored = insert.execute(params![
+                e.id,
+                e.event_type,
+                e.created,
+                received,
+                e.source,
+                status,
+                why,
+                applied_at,
+                lease.map(|(o, _)| o),
+                lease.map(|(_, u)| u),
+            ])? == 1;
+            if stored {
+                body.execute(params![e.id, e.payload])?;
+                done.push(state);
+            } else {
+                done.push(Inserted::Duplicate);
+            }
+        }
+        let mut finish = tx.prepare_cached(FINISH)?;
+        for r in results {
+            finish.execute(params![
+                r.event_id,
+                owner,
+                r.status,
+                r.business_id,
+                r.error,
+                received,
+                r.retry_at
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(done)
+}
