@@ -55,6 +55,14 @@ async fn hostile_webhooks_get_a_4xx_change_nothing_and_are_counted_by_reason() {
     let t = now();
     let mut altered = cancel.clone();
     altered.extend_from_slice(b" ");
+    let mut not_utf8 =
+        br#"{"id":"evt_bytes","type":"invoice.paid","created":1,"data":{"object":{"note":""#
+            .to_vec();
+    not_utf8.extend_from_slice(&[0xff, 0xfe]);
+    not_utf8.extend_from_slice(br#""}}}"#);
+    let not_an_object =
+        br#"{"id":"evt_str","type":"customer.deleted","created":1,"data":{"object":"cus_1"}}"#
+            .to_vec();
     let cases: Vec<(Option<String>, Vec<u8>, u16, &str)> = vec![
         (None, cancel.clone(), 401, "missing_signature"),
         (
@@ -121,6 +129,21 @@ async fn hostile_webhooks_get_a_4xx_change_nothing_and_are_counted_by_reason() {
         (
             Some(sign(SECRET, t, &[0xff, 0xfe])),
             vec![0xff, 0xfe],
+            400,
+            "bad_payload",
+        ),
+        // A well-formed envelope with bytes that are not UTF-8 in a field the receiver skips: refused, never
+        // stored altered.
+        (
+            Some(sign(SECRET, t, &not_utf8)),
+            not_utf8.clone(),
+            400,
+            "bad_payload",
+        ),
+        // `data.object` that is not an object.
+        (
+            Some(sign(SECRET, t, &not_an_object)),
+            not_an_object.clone(),
             400,
             "bad_payload",
         ),
@@ -293,6 +316,27 @@ async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() 
         .unwrap()
         .unwrap();
     assert_eq!(e.last_error.as_deref(), Some("unknown business"));
+    wait_event(&world, "evt_unknown", "ignored").await;
+    let e = world
+        .service
+        .store()
+        .event("evt_unknown")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.last_error.as_deref(), Some("unhandled event type"));
+    for (kind, events) in [
+        ("charge.refunded", 1.0),
+        ("customer.subscription.updated", 2.0),
+    ] {
+        assert_eq!(
+            world
+                .metrics
+                .value("genesis_billing_webhook_events_total", &[kind, "ignored"]),
+            events,
+            "{kind}: counted as ignored (evt_late, evt_stranger)"
+        );
+    }
 }
 
 async fn wired() -> (World, App) {

@@ -10,8 +10,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::billing::KeyFields;
-use crate::billing::{Applied, BillingError, BillingService, HANDLED_EVENTS};
+use crate::billing::{Applied, BillingError, BillingService, KeyFields, HANDLED_EVENTS};
 use crate::store::{now, EventResult, Inserted, NewEvent, StoredEvent, Triage};
 use crate::stripe::{Call, Form};
 pub use signature::Rejection;
