@@ -265,6 +265,10 @@ async fn attempt(ctx: &Ctx, job: &Job) -> bool {
         .send()
         .await;
     let ok = matches!(&result, Ok(r) if r.status().is_success());
+    let result = match result {
+        Ok(r) => Ok((r.status(), drain(r).await)),
+        Err(e) => Err(e),
+    };
     if ok {
         ctx.stats.delivered.fetch_add(1, Ordering::Relaxed);
         if !job.duplicate {
@@ -277,8 +281,8 @@ async fn attempt(ctx: &Ctx, job: &Job) -> bool {
     } else {
         ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok(r) => {
-                tracing::debug!(event = %job.event_id, url = %job.url, status = r.status().as_u16(), "webhook delivery refused")
+            Ok((status, _)) => {
+                tracing::debug!(event = %job.event_id, url = %job.url, status = status.as_u16(), "webhook delivery refused")
             }
             Err(e) => {
                 tracing::debug!(event = %job.event_id, url = %job.url, error = %e, "webhook delivery failed")
@@ -286,6 +290,20 @@ async fn attempt(ctx: &Ctx, job: &Job) -> bool {
         }
     }
     ok
+}
+
+/// Reads the start of the receiver's answer and drops it, as Stripe keeps the start of it for the
+/// dashboard; hanging up without reading would break the receiver's write of its body.
+async fn drain(mut r: reqwest::Response) -> usize {
+    const KEPT: usize = 64 << 10;
+    let mut read = 0;
+    while let Ok(Some(chunk)) = r.chunk().await {
+        read += chunk.len();
+        if read >= KEPT {
+            break;
+        }
+    }
+    read
 }
 
 #[cfg(test)]
