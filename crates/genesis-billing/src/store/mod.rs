@@ -321,10 +321,10 @@ impl Store {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
                         // 16 KiB pages (only a new file takes them; set before WAL mode creates it) hold
-                        // seven 2 KB webhook bodies where 4 KiB pages hold one, half empty: a third of the
-                        // bytes to write and sync per event (docs/benchmarks.md). WAL lets readers run beside
-                        // the writer; FULL sync makes a commit survive power loss; the busy timeout turns
-                        // writer contention into a short wait instead of an error.
+                        // seven 2 KB webhook bodies, where a 4 KiB page holds one and is half empty
+                        // (docs/benchmarks.md). WAL lets readers run beside the writer; FULL sync makes a
+                        // commit survive power loss; the busy timeout turns writer contention into a short
+                        // wait instead of an error.
                         conn.execute(
                             "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
