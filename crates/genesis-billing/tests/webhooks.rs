@@ -307,24 +307,14 @@ async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() 
             .0,
         200
     );
-    wait_event(&world, "evt_stranger", "ignored").await;
-    let e = world
-        .service
-        .store()
-        .event("evt_stranger")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(e.last_error.as_deref(), Some("unknown business"));
-    wait_event(&world, "evt_unknown", "ignored").await;
-    let e = world
-        .service
-        .store()
-        .event("evt_unknown")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(e.last_error.as_deref(), Some("unhandled event type"));
+    for (id, why) in [
+        ("evt_stranger", "unknown business"),
+        ("evt_unknown", "unhandled event type"),
+    ] {
+        wait_event(&world, id, "ignored").await;
+        let e = world.service.store().event(id).await.unwrap().unwrap();
+        assert_eq!(e.last_error.as_deref(), Some(why), "{id}");
+    }
     for (kind, events) in [
         ("charge.refunded", 1.0),
         ("customer.subscription.updated", 2.0),
