@@ -34,6 +34,11 @@
 //!   what it did not send is reported as unsent.
 //! - `WEBHOOK_BENCH_TIMEOUT_SECS` (10): per request.
 //! - `WEBHOOK_BENCH_CLIENT_THREADS` (1): load-generator threads.
+//! - `WEBHOOK_BENCH_BUSINESSES` (0): with N > 0, N businesses with active subscriptions are imported
+//!   (`genesis-billing import`) before the service starts, and event i is about business i mod N, so the
+//!   service applies it after its 2xx (an update of that business's record) instead of settling it as about
+//!   an unknown business when storing it. The run then waits (up to 120 s) for every event to be settled and
+//!   reports how long that took and the events by status.
 //! - `WEBHOOK_BENCH_PYTHON` (python3); `WEBHOOK_BENCH_SKIP_BASELINE=1` measures the service alone.
 //! - `WEBHOOK_BENCH_PRINT_EVENT=1` prints one signed event and exits.
 //! - `WEBHOOK_BENCH_DIR`: where the temporary databases go (default: the system temp dir). It must be a
@@ -81,6 +86,10 @@ const SECRET: &str = "whsec_bench_6f1d0c2a9b8e4f7da3c5e1b2";
 const BODY_SIZE: usize = 2048;
 /// Stands for the per-event key in the body template; every key has exactly this length.
 const KEY_MARK: &str = "KKKKKKKKKKKKKKKK";
+/// Stands for the key of the business an event is about (its subscription, customer, `business_id`): the
+/// event's own key by default, so every event names a business the service does not know; with
+/// `WEBHOOK_BENCH_BUSINESSES=N`, one of N businesses imported before the run.
+const BUSINESS_MARK: &str = "BBBBBBBBBBBBBBBB";
 const API_VERSION: &str = "2026-09-30.endive";
 
 // ---------------------------------------------------------------------------------------------------------
@@ -105,6 +114,8 @@ struct Opts {
     /// `WEBHOOK_BENCH_DATABASE=postgres`: the admin URL `psql` creates and drops the bench database with.
     postgres_admin: Option<String>,
     replicas: usize,
+    /// `WEBHOOK_BENCH_BUSINESSES`: businesses imported before the run, which the events are about.
+    businesses: usize,
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -160,6 +171,7 @@ impl Opts {
                 other => panic!("WEBHOOK_BENCH_DATABASE={other:?}: expected sqlite or postgres"),
             },
             replicas: env_num("WEBHOOK_BENCH_REPLICAS", 1usize).max(1),
+            businesses: env_num("WEBHOOK_BENCH_BUSINESSES", 0usize),
         }
     }
 }
@@ -177,8 +189,8 @@ fn unix_now() -> i64 {
 /// A `customer.subscription.updated` event body at API 2026-09-30.endive (a subscription with its fields
 /// that matter here, null-valued rarely used ones left out, the description padding the body to exactly
 /// `BODY_SIZE`), split where the event's key goes.
-fn body_template(created: i64) -> Vec<String> {
-    let k = KEY_MARK;
+fn body_template(created: i64) -> Vec<(String, Option<bool>)> {
+    let (k, b) = (KEY_MARK, BUSINESS_MARK);
     let period_start = created - 86_400;
     let period_end = period_start + 30 * 86_400;
     let price = serde_json::json!({
@@ -207,7 +219,7 @@ fn body_template(created: i64) -> Vec<String> {
             "created": created,
             "data": {
                 "object": {
-                    "id": format!("sub_1Q{k}"),
+                    "id": format!("sub_1Q{b}"),
                     "object": "subscription",
                     "automatic_tax": {"disabled_reason": null, "enabled": false, "liability": null},
                     "billing_cycle_anchor": period_start,
@@ -217,9 +229,9 @@ fn body_template(created: i64) -> Vec<String> {
                     "collection_method": "charge_automatically",
                     "created": period_start,
                     "currency": "usd",
-                    "customer": format!("cus_Q{k}"),
+                    "customer": format!("cus_Q{b}"),
                     "days_until_due": null,
-                    "default_payment_method": format!("pm_1Q{k}"),
+                    "default_payment_method": format!("pm_1Q{b}"),
                     "default_tax_rates": [],
                     "description": description,
                     "discounts": [],
@@ -227,7 +239,7 @@ fn body_template(created: i64) -> Vec<String> {
                     "items": {
                         "object": "list",
                         "data": [{
-                            "id": format!("si_Q{k}"),
+                            "id": format!("si_Q{b}"),
                             "object": "subscription_item",
                             "created": period_start,
                             "current_period_end": period_end,
@@ -236,16 +248,16 @@ fn body_template(created: i64) -> Vec<String> {
                             "metadata": {},
                             "price": price,
                             "quantity": 1,
-                            "subscription": format!("sub_1Q{k}"),
+                            "subscription": format!("sub_1Q{b}"),
                             "tax_rates": []
                         }],
                         "has_more": false,
                         "total_count": 1,
-                        "url": format!("/v1/subscription_items?subscription=sub_1Q{k}")
+                        "url": format!("/v1/subscription_items?subscription=sub_1Q{b}")
                     },
-                    "latest_invoice": format!("in_1Q{k}"),
+                    "latest_invoice": format!("in_1Q{b}"),
                     "livemode": false,
-                    "metadata": {"business_id": format!("bench-{k}"), "business_type": "saas"},
+                    "metadata": {"business_id": format!("bench-{b}"), "business_type": "saas"},
                     "pause_collection": null,
                     "schedule": null,
                     "start_date": period_start,
@@ -270,12 +282,43 @@ fn body_template(created: i64) -> Vec<String> {
     let description: String = FILLER.chars().cycle().take(BODY_SIZE - bare).collect();
     let full = build(&description);
     assert_eq!(full.len(), BODY_SIZE);
-    full.split(KEY_MARK).map(str::to_owned).collect()
+    split_marks(&full)
+}
+
+/// A template cut at each mark: the text before it, and whether the mark stands for the business's key.
+fn split_marks(full: &str) -> Vec<(String, Option<bool>)> {
+    let mut out = Vec::new();
+    let mut rest = full;
+    loop {
+        let next = [(KEY_MARK, false), (BUSINESS_MARK, true)]
+            .into_iter()
+            .filter_map(|(mark, business)| rest.find(mark).map(|at| (at, business)))
+            .min();
+        match next {
+            Some((at, business)) => {
+                out.push((rest[..at].to_owned(), Some(business)));
+                rest = &rest[at + KEY_MARK.len()..];
+            }
+            None => {
+                out.push((rest.to_owned(), None));
+                return out;
+            }
+        }
+    }
+}
+
+/// The key of the `n`th imported business (`WEBHOOK_BENCH_BUSINESSES`); as long as an event's key.
+fn business_key(n: usize) -> String {
+    format!("bz{n:014}")
 }
 
 /// The events of one phase: bodies are rebuilt from the template on demand, signatures are computed up front.
 struct Pool {
-    segments: Vec<String>,
+    /// The template's text between marks, each followed by the mark it was cut at (none after the last).
+    segments: Vec<(String, Option<bool>)>,
+    /// 0: each event is about a business of its own, unknown to the service; else event i is about imported
+    /// business i mod `businesses`.
+    businesses: usize,
     /// Distinguishes the phases of one run: `{run:04x}{phase:02}`, completed by a 10-digit index.
     prefix: String,
     t: i64,
@@ -283,10 +326,11 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(run: u16, phase: u8, count: usize, threads: usize) -> Self {
+    fn new(run: u16, phase: u8, count: usize, threads: usize, businesses: usize) -> Self {
         let t = unix_now();
         let mut pool = Pool {
             segments: body_template(t),
+            businesses,
             prefix: format!("{run:04x}{phase:02}"),
             t,
             signatures: Vec::new(),
@@ -332,13 +376,20 @@ impl Pool {
 
     fn write_body(&self, i: usize, out: &mut Vec<u8>) {
         let key = format!("{}{:010}", self.prefix, i);
+        let business = match self.businesses {
+            0 => key.clone(),
+            n => business_key(i % n),
+        };
         debug_assert_eq!(key.len(), KEY_MARK.len());
+        debug_assert_eq!(business.len(), BUSINESS_MARK.len());
         out.clear();
-        for (n, seg) in self.segments.iter().enumerate() {
-            if n > 0 {
-                out.extend_from_slice(key.as_bytes());
-            }
+        for (seg, mark) in &self.segments {
             out.extend_from_slice(seg.as_bytes());
+            match mark {
+                Some(false) => out.extend_from_slice(key.as_bytes()),
+                Some(true) => out.extend_from_slice(business.as_bytes()),
+                None => {}
+            }
         }
     }
 
@@ -631,10 +682,55 @@ fn start_service_proc(dir: &Path, database_url: &str) -> Result<Proc, String> {
     })
 }
 
+/// Creates `n` businesses, each with an active subscription, with `genesis-billing import` (no Stripe
+/// needed): the businesses the events are about when `WEBHOOK_BENCH_BUSINESSES` is set.
+fn import_businesses(dir: &Path, database_url: &str, n: usize) -> Result<(), String> {
+    if n == 0 {
+        return Ok(());
+    }
+    let records: serde_json::Map<String, serde_json::Value> = (0..n)
+        .map(|i| {
+            let b = business_key(i);
+            (
+                format!("bench-{b}"),
+                serde_json::json!({
+                    "business_name": format!("Bench {i}"),
+                    "business_type": "saas",
+                    "stripe_customer_id": format!("cus_Q{b}"),
+                    "stripe_subscription_id": format!("sub_1Q{b}"),
+                    "subscription_status": "active",
+                    "monthly_price_usd": 29.0
+                }),
+            )
+        })
+        .collect();
+    let file = dir.join("businesses.json");
+    std::fs::write(&file, serde_json::Value::Object(records).to_string())
+        .map_err(|e| e.to_string())?;
+    let out = Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
+        .arg("import")
+        .arg(&file)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", database_url)
+        .output()
+        .map_err(|e| format!("cannot run genesis-billing import: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "genesis-billing import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    eprintln!("webhook_throughput: imported {n} businesses; the events are about them");
+    Ok(())
+}
+
 /// The service on a SQLite file in `dir`.
-fn start_service(dir: &Path) -> Result<Target, String> {
+fn start_service(dir: &Path, businesses: usize) -> Result<Target, String> {
     let db = dir.join("bench.db");
-    let proc = start_service_proc(dir, &format!("sqlite://{}", db.display()))?;
+    let url = format!("sqlite://{}", db.display());
+    import_businesses(dir, &url, businesses)?;
+    let proc = start_service_proc(dir, &url)?;
     Ok(service_target(
         "genesis-billing".into(),
         vec![proc],
@@ -644,7 +740,13 @@ fn start_service(dir: &Path) -> Result<Target, String> {
 
 /// `replicas` service processes on one PostgreSQL database, started one after the other; their logs go to
 /// `dir/replica-N`.
-fn start_service_postgres(dir: &Path, pg: &PgDatabase, replicas: usize) -> Result<Target, String> {
+fn start_service_postgres(
+    dir: &Path,
+    pg: &PgDatabase,
+    replicas: usize,
+    businesses: usize,
+) -> Result<Target, String> {
+    import_businesses(dir, &pg.url, businesses)?;
     let mut procs = Vec::with_capacity(replicas);
     for n in 1..=replicas {
         procs.push(start_service_proc(
@@ -1262,7 +1364,7 @@ async fn bench_target(
     let mut phase_no = 0u8;
     let mut next_pool = |count: usize| {
         phase_no += 1;
-        Pool::new(run, phase_no, count, threads)
+        Pool::new(run, phase_no, count, threads, opts.businesses)
     };
 
     eprintln!("[{}] warm-up {:.0} s", target.name, opts.warmup_secs);
@@ -1392,7 +1494,53 @@ async fn bench_target(
     }
     let (rows, _) = check_rows(&target, &opts.python)?;
     let durability_setting = target.store.durability_setting(&opts.python);
-    if let Some(sql) = target.backlog_sql {
+    if let (Some(sql), true) = (target.backlog_sql, opts.businesses > 0) {
+        // Events about known businesses are applied after their 2xx: how long until every one is settled.
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(120);
+        let pending = |target: &Target| {
+            target
+                .store
+                .scalar(sql, &opts.python)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let at_end = pending(&target);
+        let mut left = at_end;
+        while left.is_some_and(|n| n > 0) && Instant::now() < deadline && target.alive() {
+            std::thread::sleep(Duration::from_millis(100));
+            left = pending(&target);
+        }
+        notes.push(format!(
+            "{}: {} events pending when the last phase ended; {} {:.1} s later",
+            target.name,
+            at_end.map_or("?".into(), |n| thousands(n as f64)),
+            match left {
+                Some(0) => "all settled".to_owned(),
+                Some(n) => format!("{} still pending", thousands(n as f64)),
+                None => "pending count unreadable".to_owned(),
+            },
+            started.elapsed().as_secs_f64()
+        ));
+        let by_status: Vec<String> = ["applied", "ignored", "pending", "failed", "dead"]
+            .into_iter()
+            .filter_map(|status| {
+                let n = target
+                    .store
+                    .scalar(
+                        &format!("SELECT count(*) FROM webhook_event WHERE status = '{status}'"),
+                        &opts.python,
+                    )
+                    .ok()?;
+                Some(format!("{status} {}", n.parse::<f64>().map_or(n, thousands)))
+            })
+            .collect();
+        notes.push(format!(
+            "{}: stored events by status: {}",
+            target.name,
+            by_status.join(", ")
+        ));
+    } else if let Some(sql) = target.backlog_sql {
         // Acknowledged is not applied: how far applying lags behind at the end of the run.
         if let Ok(pending) = target.store.scalar(sql, &opts.python) {
             notes.push(format!(
@@ -1519,12 +1667,19 @@ fn git(args: &[&str]) -> String {
 }
 
 fn fs_type(dir: &Path) -> String {
-    Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(dir)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    // `findmnt` names ext4 as such; `stat -f` (the fallback) says "ext2/ext3" for all three.
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .arg(dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|t| !t.is_empty())
+    };
+    run("findmnt", &["-n", "-o", "FSTYPE", "--target"])
+        .or_else(|| run("stat", &["-f", "-c", "%T"]))
         .unwrap_or_default()
 }
 
@@ -1579,12 +1734,16 @@ fn print_report(
     let _ = writeln!(
         out,
         "\ncommit {revision}; {cores} cores ({cpu}), shared by the load generator and the server{}; {databases}; \
-         {} B signed `customer.subscription.updated` events; closed loop {} keep-alive connections for {} s; steady rates for {} s.\n",
+         {} B signed `customer.subscription.updated` events about {}; closed loop {} keep-alive connections for {} s; steady rates for {} s.\n",
         match postgres {
             None => "",
             Some(_) => " processes and PostgreSQL",
         },
         BODY_SIZE,
+        match opts.businesses {
+            0 => "businesses the service does not know (settled when stored)".to_owned(),
+            n => format!("{} imported businesses (applied after the 2xx)", thousands(n as f64)),
+        },
         opts.conns,
         opts.secs,
         opts.secs,
@@ -1807,7 +1966,7 @@ fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let opts = Opts::from_env();
     if std::env::var_os("WEBHOOK_BENCH_PRINT_EVENT").is_some() {
-        let pool = Pool::new(0, 0, 1, 1);
+        let pool = Pool::new(0, 0, 1, 1, Opts::from_env().businesses);
         println!(
             "Stripe-Signature: {}",
             pool.signature_header(0).to_str().unwrap_or("")
@@ -1886,8 +2045,8 @@ async fn run(opts: Opts) -> Result<bool, String> {
     // Both processes are started first (a missing Python package fails before anything is measured), then
     // measured one after the other; the idle one uses no CPU.
     let service = match &pg {
-        None => start_service(&mkdir(dir.path().join("service"))?)?,
-        Some(db) => start_service_postgres(dir.path(), db, opts.replicas)?,
+        None => start_service(&mkdir(dir.path().join("service"))?, opts.businesses)?,
+        Some(db) => start_service_postgres(dir.path(), db, opts.replicas, opts.businesses)?,
     };
     let baseline = if opts.skip_baseline {
         None

@@ -89,8 +89,18 @@ fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
     // As the pool's connections (`Store::connect_with`): a commit survives power loss, and contention with
     // them is a short wait, not an error.
     conn.busy_timeout(Duration::from_secs(10))?;
+    conn.busy_handler(Some(retry_soon))?;
     conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
     Ok(conn)
+}
+
+/// SQLite's own busy handler sleeps 1, 2, 5, 10… ms between tries; the appliers' writes hold the lock for
+/// tens of microseconds, so that would hold every waiting delivery a millisecond or more.
+fn retry_soon(tries: i32) -> bool {
+    const QUICK: i32 = 1_000;
+    let pause = if tries < QUICK { 50 } else { 1_000 };
+    std::thread::sleep(Duration::from_micros(pause));
+    tries < QUICK + 10_000
 }
 
 fn write_batch(
