@@ -4,8 +4,8 @@
 use genesis_billing::business::{Billing, Business, Lifecycle};
 use genesis_billing::config::DatabaseUrl;
 use genesis_billing::store::{
-    now, BusinessFilter, Inserted, JobLease, NewEvent, Store, StoreOptions, SubscriptionRecord,
-    Triage,
+    now, BusinessFilter, EventResult, Inserted, JobLease, NewEvent, StatusChange, Store,
+    StoreOptions, SubscriptionRecord, Triage,
 };
 use sqlx::Connection;
 
@@ -354,10 +354,11 @@ async fn contract(store: &Store) {
             "inbox-1",
             true,
             now() + 60,
-            &[],
+            Vec::new(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     use Inserted::{Duplicate, Pending};
     assert_eq!(stored, vec![Pending, Pending, Duplicate, Duplicate]);
     assert!(
@@ -372,10 +373,12 @@ async fn contract(store: &Store) {
     let result =
         |id: &str, status: &'static str, error: Option<&str>| genesis_billing::store::EventResult {
             event_id: id.into(),
+            event_type: "invoice.paid".into(),
             status,
             business_id: Some("b0".into()),
             error: error.map(Into::into),
             retry_at: error.map(|_| now() + 5),
+            change: None,
         };
     store
         .write_inbox(
@@ -383,7 +386,7 @@ async fn contract(store: &Store) {
             "someone-else",
             false,
             0,
-            &[result("evt_b1", "ignored", None)],
+            vec![result("evt_b1", "ignored", None)],
         )
         .await
         .unwrap();
@@ -398,7 +401,7 @@ async fn contract(store: &Store) {
             "inbox-1",
             false,
             0,
-            &[
+            vec![
                 result("evt_b1", "applied", None),
                 result("evt_b2", "failed", Some("boom")),
             ],
@@ -416,9 +419,10 @@ async fn contract(store: &Store) {
         ("failed", 1, Some("boom"))
     );
     let unleased = store
-        .write_inbox(&[ev("evt_b3")], "inbox-1", false, 0, &[])
+        .write_inbox(&[ev("evt_b3")], "inbox-1", false, 0, Vec::new())
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     assert_eq!(unleased, vec![Pending]);
     assert!(
         store
@@ -449,10 +453,11 @@ async fn contract(store: &Store) {
             "inbox-1",
             true,
             now() + 60,
-            &[],
+            Vec::new(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     let unknown = Inserted::Ignored(genesis_billing::store::UNKNOWN_BUSINESS);
     assert_eq!(
         stored,
@@ -488,10 +493,11 @@ async fn contract(store: &Store) {
             "inbox-1",
             true,
             now() + 60,
-            &[],
+            Vec::new(),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .stored;
     assert_eq!(redelivered, vec![Duplicate]);
     assert_eq!(
         store.event("evt_t4").await.unwrap().unwrap().status,
@@ -503,6 +509,145 @@ async fn contract(store: &Store) {
         "settled events are not due, leased ones not yet: {:?}",
         due.iter().map(|e| &e.event_id).collect::<Vec<_>>()
     );
+
+    // A subscription status an applier left to the writer is written with its event's outcome, under the
+    // same rules as `set_subscription_status`: over older state only. An older status, another
+    // subscription's, or a change for an event the writer does not hold leaves the business as it was; a
+    // different status of the same second comes back due, to be checked with Stripe, unless Stripe already
+    // settled it.
+    store
+        .insert_business(&business("bsc", 1), None)
+        .await
+        .unwrap();
+    store
+        .set_subscription(
+            "bsc",
+            &SubscriptionRecord {
+                subscription_id: "sub_sc",
+                status: "active",
+                state_at: 100,
+                ..rec
+            },
+        )
+        .await
+        .unwrap();
+    let ids = ["evt_c1", "evt_c2", "evt_c3", "evt_c4", "evt_c5", "evt_c6"];
+    store
+        .write_inbox(
+            &ids.map(ev),
+            "inbox-1",
+            true,
+            now() + 60,
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let change = |id: &str, sub: &str, status: &str, at: i64, settled: bool| EventResult {
+        business_id: Some("bsc".into()),
+        change: Some(StatusChange {
+            business_id: "bsc".into(),
+            subscription_id: sub.into(),
+            status: status.into(),
+            state_at: at,
+            tie_settled: settled,
+        }),
+        ..result(id, "applied", None)
+    };
+    let state = || async {
+        let b = store.get_business("bsc").await.unwrap().unwrap();
+        (b.subscription_status, b.stripe_state_at)
+    };
+    let written = store
+        .write_inbox(
+            &[],
+            "someone-else",
+            false,
+            0,
+            vec![change("evt_c6", "sub_sc", "canceled", 500, false)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.settled.len(), 1);
+    assert_eq!(
+        state().await,
+        (Some("active".into()), 100),
+        "not the holder: no change"
+    );
+    let written = store
+        .write_inbox(
+            &[],
+            "inbox-1",
+            false,
+            0,
+            vec![
+                change("evt_c1", "sub_sc", "past_due", 200, false),
+                change("evt_c2", "sub_sc", "active", 150, false),
+                change("evt_c3", "sub_other", "canceled", 300, false),
+                change("evt_c4", "sub_sc", "unpaid", 200, false),
+            ],
+        )
+        .await
+        .unwrap();
+    let settled: Vec<(&str, &str)> = written
+        .settled
+        .iter()
+        .map(|r| (r.event_id.as_str(), r.status))
+        .collect();
+    assert_eq!(
+        settled,
+        [
+            ("evt_c1", "applied"),
+            ("evt_c2", "ignored"),
+            ("evt_c3", "ignored"),
+            ("evt_c4", "pending")
+        ]
+    );
+    assert_eq!(state().await, (Some("past_due".into()), 200));
+    for (id, status, why) in [
+        ("evt_c1", "applied", None),
+        ("evt_c2", "ignored", Some("older than the stored state")),
+        (
+            "evt_c3",
+            "ignored",
+            Some("not the business's current subscription"),
+        ),
+    ] {
+        let e = store.event(id).await.unwrap().unwrap();
+        assert_eq!(
+            (e.status.as_str(), e.last_error.as_deref(), e.attempts),
+            (status, why, 1),
+            "{id}"
+        );
+        assert!(e.applied_at.is_some(), "{id} is settled");
+    }
+    let tie = store.event("evt_c4").await.unwrap().unwrap();
+    assert_eq!((tie.status.as_str(), tie.attempts), ("pending", 1));
+    assert!(
+        store
+            .due_events(100)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.event_id == "evt_c4"),
+        "a tie is due again at once"
+    );
+    let claimed = store
+        .claim_event("evt_c4", "inbox-1", now() + 60)
+        .await
+        .unwrap();
+    assert!(claimed.is_some());
+    let written = store
+        .write_inbox(
+            &[],
+            "inbox-1",
+            false,
+            0,
+            vec![change("evt_c4", "sub_sc", "unpaid", 200, true)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(written.settled[0].status, "applied", "Stripe settled the tie");
+    assert_eq!(state().await, (Some("unpaid".into()), 200));
 
     // History.
     store.record_event("b0", "note", "hello").await.unwrap();

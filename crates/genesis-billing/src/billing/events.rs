@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{BillingError, BillingService};
 use crate::business::{Billing, Business, Lifecycle};
-use crate::store::UNKNOWN_BUSINESS;
+use crate::store::{StatusChange, UNKNOWN_BUSINESS};
 use crate::stripe::{id_of, CheckoutSession, Subscription};
 
 /// The event types genesis-billing acts on; `webhooks register` subscribes to exactly these.
@@ -110,6 +110,19 @@ pub enum Applied {
         business_id: Option<String>,
         why: &'static str,
     },
+    /// A subscription's new status, left to the caller to write (`Writes::Deferred`).
+    Deferred {
+        business_id: String,
+        change: StatusChange,
+    },
+}
+
+/// Who writes a subscription's new status: the apply itself, or the webhook inbox's writer, in the
+/// transaction that records the event's outcome (see `StatusChange`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Writes {
+    Now,
+    Deferred,
 }
 
 fn ignored(b: Option<&Business>, why: &'static str) -> Applied {
@@ -126,8 +139,13 @@ fn applied(b: &Business) -> Applied {
 }
 
 impl BillingService {
-    /// Applies one event. Idempotent: applying the same event twice leaves the same records.
-    pub async fn apply_event(&self, event: &Value) -> Result<Applied, BillingError> {
+    /// Applies one event. Idempotent: applying the same event twice leaves the same records. With
+    /// `Writes::Deferred`, a subscription status update (the common event) is returned instead of written.
+    pub async fn apply_event(
+        &self,
+        event: &Value,
+        writes: Writes,
+    ) -> Result<Applied, BillingError> {
         let kind = event["type"].as_str().unwrap_or("");
         let created = event["created"].as_i64().unwrap_or(0);
         let object = &event["data"]["object"];
@@ -136,7 +154,7 @@ impl BillingService {
         };
         match kind {
             "customer.subscription.created" | "customer.subscription.updated" => {
-                self.on_subscription(object, created, &keys).await
+                self.on_subscription(object, created, &keys, writes).await
             }
             "customer.subscription.deleted" => {
                 self.on_subscription_deleted(object, created, &keys).await
@@ -172,6 +190,7 @@ impl BillingService {
         object: &Value,
         created: i64,
         keys: &EventKeys,
+        writes: Writes,
     ) -> Result<Applied, BillingError> {
         let sub = Subscription::from_json(object.clone())?;
         let Some(b) = self.business_for(keys).await? else {
@@ -194,10 +213,23 @@ impl BillingService {
             _ => return Ok(ignored(Some(&b), "not the business's current subscription")),
         }
         let mut status = sub.status.clone();
-        if created == b.stripe_state_at && b.subscription_status.as_deref() != Some(status.as_str())
-        {
+        let tie = created == b.stripe_state_at
+            && b.subscription_status.as_deref() != Some(status.as_str());
+        if tie {
             // Two states within one second: the event order can't tell which is newer, Stripe can.
             status = self.stripe()?.retrieve_subscription(&sub.id).await?.status;
+        }
+        if writes == Writes::Deferred {
+            return Ok(Applied::Deferred {
+                business_id: b.business_id.clone(),
+                change: StatusChange {
+                    business_id: b.business_id,
+                    subscription_id: sub.id,
+                    status,
+                    state_at: created,
+                    tie_settled: tie,
+                },
+            });
         }
         if self
             .store

@@ -10,7 +10,9 @@ mod sqlite_inbox;
 mod webhook_event;
 
 pub use coordination::{JobLease, StoreRateBudget};
-pub use webhook_event::{EventResult, Inserted, NewEvent, StoredEvent, Triage, UNKNOWN_BUSINESS};
+pub use webhook_event::{
+    EventResult, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage, UNKNOWN_BUSINESS,
+};
 
 use std::time::Duration;
 
@@ -110,6 +112,11 @@ pub struct Store {
     /// The webhook inbox's own writer on a SQLite file; `None` on PostgreSQL and in-memory SQLite.
     inbox: Option<std::sync::Arc<sqlite_inbox::SqliteInbox>>,
 }
+
+/// A business's billing after its subscription's status becomes `$3`: a subscription that expired unpaid
+/// ends it; one that comes back (a payment after Checkout) restarts it.
+const BILLING_AFTER_STATUS: &str = "CASE WHEN $3 = 'incomplete_expired' THEN 'expired' \
+    WHEN billing = 'expired' AND $3 IN ('active', 'trialing', 'past_due') THEN 'provisioned' ELSE billing END";
 
 const BUSINESS_COLUMNS: &str = "business_id, name, business_type, email, created_at, updated_at, status, billing, \
     billing_error, failed_step, stripe_customer_id, stripe_subscription_id, stripe_payment_intent_id, \
@@ -654,12 +661,9 @@ impl Store {
         status: &str,
         state_at: i64,
     ) -> Result<bool, StoreError> {
-        let billing_expr = "CASE WHEN $3 = 'incomplete_expired' THEN 'expired' \
-                            WHEN billing = 'expired' AND $3 IN ('active', 'trialing', 'past_due') THEN 'provisioned' \
-                            ELSE billing END";
         let sql = format!(
-            "UPDATE business SET subscription_status = $3, stripe_state_at = $4, billing = {billing_expr}, updated_at = $5 \
-             WHERE business_id = $1 AND stripe_subscription_id = $2 AND stripe_state_at <= $4"
+            "UPDATE business SET subscription_status = $3, stripe_state_at = $4, billing = {BILLING_AFTER_STATUS}, \
+             updated_at = $5 WHERE business_id = $1 AND stripe_subscription_id = $2 AND stripe_state_at <= $4"
         );
         let done = sqlx::query(&sql)
             .bind(id)

@@ -13,7 +13,12 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 
-use super::webhook_event::{EventResult, Inserted, NewEvent, Triage, UNKNOWN_BUSINESS};
+use rusqlite::OptionalExtension;
+
+use super::webhook_event::{
+    change_status_sql, not_written, EventResult, InboxWrite, Inserted, NewEvent, Triage,
+    BUSINESS_STATE, UNKNOWN_BUSINESS,
+};
 use super::{now, StoreError};
 
 /// The writer: one connection, opened at the first write (after the migrations), one batch at a time.
@@ -66,7 +71,7 @@ impl SqliteInbox {
         lease: Option<(String, i64)>,
         owner: String,
         results: Vec<EventResult>,
-    ) -> Result<Vec<Inserted>, StoreError> {
+    ) -> Result<InboxWrite, StoreError> {
         let (conn, path) = (self.conn.clone(), self.path.clone());
         tokio::task::spawn_blocking(move || {
             let mut slot = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -74,7 +79,7 @@ impl SqliteInbox {
                 *slot = Some(open(&path)?);
             }
             let conn = slot.as_mut().expect("opened above");
-            write_batch(conn, &events, lease.as_ref(), &owner, &results)
+            write_batch(conn, &events, lease.as_ref(), &owner, results)
         })
         .await
         .map_err(|e| StoreError::Worker(format!("inbox writer stopped: {e}")))?
@@ -108,8 +113,8 @@ fn write_batch(
     events: &[NewEvent],
     lease: Option<&(String, i64)>,
     owner: &str,
-    results: &[EventResult],
-) -> Result<Vec<Inserted>, StoreError> {
+    mut results: Vec<EventResult>,
+) -> Result<InboxWrite, StoreError> {
     let received = now();
     // IMMEDIATE takes the write lock first, so the reads below cannot be invalidated by another writer.
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -161,8 +166,32 @@ fn write_batch(
                 done.push(Inserted::Duplicate);
             }
         }
+        // The shared statements number their parameters `$n`; rusqlite binds by position, which `?n` keeps.
+        let mut change_status = tx.prepare_cached(&change_status_sql().replace('$', "?"))?;
+        let mut state = tx.prepare_cached(&BUSINESS_STATE.replace('$', "?"))?;
+        for r in &mut results {
+            let Some(change) = r.change.clone() else {
+                continue;
+            };
+            let written = change_status.execute(params![
+                change.business_id,
+                change.subscription_id,
+                change.status,
+                change.state_at,
+                received,
+                i64::from(change.tie_settled),
+                r.event_id,
+                owner
+            ])?;
+            if written == 0 {
+                let now_state = state
+                    .query_row([&change.business_id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                not_written(r, &change, now_state);
+            }
+        }
         let mut finish = tx.prepare_cached(FINISH)?;
-        for r in results {
+        for r in &results {
             finish.execute(params![
                 r.event_id,
                 owner,
@@ -175,5 +204,8 @@ fn write_batch(
         }
     }
     tx.commit()?;
-    Ok(done)
+    Ok(InboxWrite {
+        stored: done,
+        settled: results,
+    })
 }

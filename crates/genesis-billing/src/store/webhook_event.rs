@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{known_keys, now, Params, Store, StoreError};
+use super::{known_keys, now, Params, Store, StoreError, BILLING_AFTER_STATUS};
 
 /// A stored Stripe event and how applying it went.
 #[derive(Debug, Clone, Serialize)]
@@ -45,15 +45,79 @@ fn from_row(r: &AnyRow) -> Result<StoredEvent, StoreError> {
     })
 }
 
-/// How applying one event went, for `finish_events`.
+/// How applying one event went, for the inbox's writer.
 #[derive(Debug, Clone)]
 pub struct EventResult {
     pub event_id: String,
-    /// `applied`, `ignored`, `failed` or `dead`.
+    pub event_type: String,
+    /// `applied`, `ignored`, `failed` or `dead`; `pending` again when a change must be re-checked.
     pub status: &'static str,
     pub business_id: Option<String>,
     pub error: Option<String>,
     pub retry_at: Option<i64>,
+    /// The write the apply left to the writer; `status` is then `applied` until the writer finds otherwise.
+    pub change: Option<StatusChange>,
+}
+
+/// A subscription's status read from an event, written by the inbox's writer in the transaction that
+/// records the event's outcome: the appliers only read, and every write of the webhook path shares the
+/// writer's one disk sync per batch instead of taking the write lock and syncing once per event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusChange {
+    pub business_id: String,
+    pub subscription_id: String,
+    pub status: String,
+    /// The event's `created`. The change is written over older state, or over state of the same second
+    /// when it is the same status or `tie_settled`.
+    pub state_at: i64,
+    /// Stripe was asked which of two states of one second is current, and said `status`.
+    pub tie_settled: bool,
+}
+
+/// What the inbox's write did: per new event, how it was stored; per result, how it was recorded.
+#[derive(Debug, Clone)]
+pub struct InboxWrite {
+    pub stored: Vec<Inserted>,
+    pub settled: Vec<EventResult>,
+}
+
+/// Writes a `StatusChange` for an event the writer holds. Parameters: business, subscription, status,
+/// state_at, now, tie_settled (0/1), event id, writer.
+pub(super) fn change_status_sql() -> String {
+    format!(
+        "UPDATE business SET subscription_status = $3, stripe_state_at = $4, billing = {BILLING_AFTER_STATUS}, \
+         updated_at = $5 WHERE business_id = $1 AND stripe_subscription_id = $2 \
+         AND (stripe_state_at < $4 OR (stripe_state_at = $4 AND (subscription_status = $3 OR $6 = 1))) \
+         AND EXISTS (SELECT 1 FROM webhook_event WHERE event_id = $7 AND lease_owner = $8)"
+    )
+}
+
+/// The state a change that was not written is judged against.
+pub(super) const BUSINESS_STATE: &str = "SELECT stripe_subscription_id, stripe_state_at, subscription_status \
+    FROM business WHERE business_id = $1";
+
+/// Records why a change was not written, from the business's state (subscription, state_at): ignored when
+/// the business, or its subscription, changed meanwhile or it holds newer state; due again at once when it
+/// holds another status of the same second, for an apply that asks Stripe which is current.
+pub(super) fn not_written(
+    r: &mut EventResult,
+    change: &StatusChange,
+    state: Option<(Option<String>, i64)>,
+) {
+    let (status, why) = match state {
+        None => ("ignored", UNKNOWN_BUSINESS),
+        Some((sub, _)) if sub.as_deref() != Some(change.subscription_id.as_str()) => {
+            ("ignored", "not the business's current subscription")
+        }
+        Some((_, at)) if at > change.state_at => ("ignored", "older than the stored state"),
+        Some(_) => (
+            "pending",
+            "another status of the same second is stored: to be checked with Stripe",
+        ),
+    };
+    r.status = status;
+    r.error = Some(why.to_owned());
+    r.retry_at = None;
 }
 
 /// An event to store.
@@ -115,28 +179,29 @@ impl Store {
                 owner.unwrap_or_default(),
                 owner.is_some(),
                 until,
-                &[],
+                Vec::new(),
             )
             .await?;
-        Ok(done.iter().map(|d| *d != Inserted::Duplicate).collect())
+        Ok(done.stored.iter().map(|d| *d != Inserted::Duplicate).collect())
     }
 
     /// The inbox's one write: new events stored and earlier events' outcomes recorded, in a single
     /// transaction, so ingest and apply share one disk sync instead of contending for the writer.
     /// New pending events are leased to `owner` until `until` when `lease_new`; `results` are for events it
-    /// holds. Within a batch, the first delivery of an id may be new; later ones are duplicates.
+    /// holds, with the status changes they carry (see `StatusChange`); `settled` says how each was recorded.
+    /// Within a batch, the first delivery of an id may be new; later ones are duplicates.
     pub async fn write_inbox(
         &self,
         events: &[NewEvent],
         owner: &str,
         lease_new: bool,
         until: i64,
-        results: &[EventResult],
-    ) -> Result<Vec<Inserted>, StoreError> {
+        mut results: Vec<EventResult>,
+    ) -> Result<InboxWrite, StoreError> {
         let lease = lease_new.then(|| (owner.to_owned(), until));
         if let Some(writer) = &self.inbox {
             return writer
-                .write(events.to_vec(), lease, owner.to_owned(), results.to_vec())
+                .write(events.to_vec(), lease, owner.to_owned(), results)
                 .await;
         }
         let received = now();
@@ -227,6 +292,34 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
+        let change_status = change_status_sql();
+        for r in &mut results {
+            let Some(change) = r.change.clone() else {
+                continue;
+            };
+            let written = sqlx::query(&change_status)
+                .bind(&change.business_id)
+                .bind(&change.subscription_id)
+                .bind(&change.status)
+                .bind(change.state_at)
+                .bind(received)
+                .bind(i64::from(change.tie_settled))
+                .bind(&r.event_id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+            if written.rows_affected() == 0 {
+                let state = sqlx::query(BUSINESS_STATE)
+                    .bind(&change.business_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| {
+                        Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?))
+                    })
+                    .transpose()?;
+                not_written(r, &change, state);
+            }
+        }
         for chunk in results.chunks(ROWS_PER_STATEMENT) {
             let mut params = Params::new(self.backend);
             let mut sql = String::from(
@@ -261,7 +354,10 @@ impl Store {
             q.bind(owner).execute(&mut *tx).await?;
         }
         tx.commit().await?;
-        Ok(done)
+        Ok(InboxWrite {
+            stored: done,
+            settled: results,
+        })
     }
 
     /// Stores an event unless its id is already stored. Returns whether this call stored it.

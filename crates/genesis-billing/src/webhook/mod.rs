@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::billing::{Applied, BillingError, BillingService, KeyFields, HANDLED_EVENTS};
+use crate::billing::{Applied, BillingError, BillingService, KeyFields, Writes, HANDLED_EVENTS};
 use crate::store::{now, EventResult, Inserted, NewEvent, StoredEvent, Triage};
 use crate::stripe::{Call, Form};
 pub use signature::Rejection;
@@ -507,9 +507,10 @@ impl Applier {
         payload: &str,
         attempts: i64,
         id: &str,
+        writes: Writes,
     ) -> EventResult {
         let result = match serde_json::from_str::<Value>(payload) {
-            Ok(v) => self.service.apply_event(&v).await,
+            Ok(v) => self.service.apply_event(&v, writes).await,
             Err(e) => Err(BillingError::Conflict(format!(
                 "stored payload unreadable: {e}"
             ))),
@@ -529,30 +530,31 @@ impl Applier {
         let metrics = self.service.metrics();
         let outcome = |status, business_id, error: Option<String>, retry_at| EventResult {
             event_id: id.to_owned(),
+            event_type: event_type.to_owned(),
             status,
             business_id,
             error,
             retry_at,
+            change: None,
         };
         match result {
+            // Counted once the writer has recorded it (`count_outcome`).
+            Ok(Applied::Deferred {
+                business_id,
+                change,
+            }) => EventResult {
+                change: Some(change),
+                ..outcome("applied", Some(business_id), None, None)
+            },
             Ok(Applied::Applied { business_id }) => {
-                metrics.inc(
-                    "genesis_billing_webhook_events_total",
-                    &[event_type, "applied"],
-                );
-                metrics.observe(
-                    "genesis_billing_webhook_apply_lag_seconds",
-                    &[],
-                    (now() - created).max(0) as f64,
-                );
-                outcome("applied", Some(business_id), None, None)
+                let r = outcome("applied", Some(business_id), None, None);
+                count_outcome(metrics, &r, created);
+                r
             }
             Ok(Applied::Ignored { business_id, why }) => {
-                metrics.inc(
-                    "genesis_billing_webhook_events_total",
-                    &[event_type, "ignored"],
-                );
-                outcome("ignored", business_id, Some(why.to_owned()), None)
+                let r = outcome("ignored", business_id, Some(why.to_owned()), None);
+                count_outcome(metrics, &r, created);
+                r
             }
             Err(e) => {
                 metrics.inc(
@@ -596,6 +598,7 @@ impl Applier {
                 &event.payload,
                 event.attempts - 1,
                 id,
+                Writes::Now,
             )
             .await;
         let finished = store
@@ -611,6 +614,24 @@ impl Applier {
         if let Err(e) = finished {
             tracing::error!(event_id = id, error = %e, "cannot record webhook outcome");
         }
+    }
+}
+
+/// Counts an event applied or ignored (the outcomes decided when the apply or the writer recorded it).
+fn count_outcome(metrics: &crate::metrics::Metrics, r: &EventResult, created: i64) {
+    if !matches!(r.status, "applied" | "ignored") {
+        return;
+    }
+    metrics.inc(
+        "genesis_billing_webhook_events_total",
+        &[&r.event_type, r.status],
+    );
+    if r.status == "applied" {
+        metrics.observe(
+            "genesis_billing_webhook_apply_lag_seconds",
+            &[],
+            (now() - created).max(0) as f64,
+        );
     }
 }
 
@@ -659,11 +680,17 @@ async fn commit_loop(
         let until = now() + lease.as_secs() as i64;
         match service
             .store()
-            .write_inbox(&events, &owner, keep_up, until, &results)
+            .write_inbox(&events, &owner, keep_up, until, std::mem::take(&mut results))
             .await
         {
-            Ok(stored) => {
-                for ((event, (lane, reply)), done) in events.into_iter().zip(routes).zip(stored) {
+            Ok(written) => {
+                let metrics = service.metrics();
+                for r in written.settled.iter().filter(|r| r.change.is_some()) {
+                    count_outcome(metrics, r, r.change.as_ref().map_or(0, |c| c.state_at));
+                }
+                for ((event, (lane, reply)), done) in
+                    events.into_iter().zip(routes).zip(written.stored)
+                {
                     let _ = reply.send(Ok(done));
                     if done == Inserted::Pending && keep_up {
                         let _ = applies[lane].try_send(event);
@@ -693,7 +720,7 @@ async fn apply_loop(
 ) {
     while let Some(e) = queue.recv().await {
         let result = applier
-            .run(&e.event_type, e.created, &e.payload, 0, &e.id)
+            .run(&e.event_type, e.created, &e.payload, 0, &e.id, Writes::Deferred)
             .await;
         if outcomes.send(result).is_err() {
             return;
