@@ -649,6 +649,93 @@ async fn contract(store: &Store) {
     assert_eq!(written.settled[0].status, "applied", "Stripe settled the tie");
     assert_eq!(state().await, (Some("unpaid".into()), 200));
 
+    // A subscription status event about a known business's current subscription is written as it is
+    // stored, and the event stored settled; otherwise it is stored as `IfKnown` stores it, for the
+    // appliers. A delivery stored before changes nothing.
+    store.set_customer("bsc", "cus_sc").await.unwrap();
+    let status_event =
+        |id: &str, business: Option<&str>, sub: &str, customer: Option<&str>, status: &str, at: i64| {
+            NewEvent {
+                event_type: "customer.subscription.updated".into(),
+                created: at,
+                triage: Triage::Status {
+                    business_id: business.map(Into::into),
+                    subscription_id: sub.into(),
+                    customer: customer.map(Into::into),
+                    status: status.into(),
+                },
+                ..ev(id)
+            }
+        };
+    let stored = store
+        .write_inbox(
+            &[
+                status_event("evt_s1", Some("bsc"), "sub_sc", None, "active", 300),
+                status_event("evt_s2", None, "sub_sc", None, "past_due", 250),
+                status_event("evt_s3", None, "sub_new", Some("cus_sc"), "active", 400),
+                status_event("evt_s4", None, "sub_nobody", Some("cus_nobody"), "active", 400),
+                status_event("evt_s5", Some("bsc"), "sub_sc", None, "canceled", 300),
+                status_event("evt_s1", Some("bsc"), "sub_sc", None, "past_due", 500),
+            ],
+            "inbox-1",
+            true,
+            now() + 60,
+            Vec::new(),
+        )
+        .await
+        .unwrap()
+        .stored;
+    assert_eq!(
+        stored,
+        vec![
+            Inserted::Applied,
+            Inserted::Ignored("older than the stored state"),
+            Pending,
+            unknown,
+            Pending,
+            Duplicate
+        ]
+    );
+    assert_eq!(state().await, (Some("active".into()), 300));
+    for (id, status, why, attempts) in [
+        ("evt_s1", "applied", None, 1),
+        ("evt_s2", "ignored", Some("older than the stored state"), 1),
+        ("evt_s4", "ignored", Some("unknown business"), 0),
+    ] {
+        let e = store.event(id).await.unwrap().unwrap();
+        assert_eq!(
+            (e.status.as_str(), e.last_error.as_deref(), e.attempts),
+            (status, why, attempts),
+            "{id}"
+        );
+        assert!(e.applied_at.is_some(), "{id} is settled");
+    }
+    assert_eq!(
+        store.event("evt_s1").await.unwrap().unwrap().business_id.as_deref(),
+        Some("bsc")
+    );
+    let due = store.due_events(100).await.unwrap();
+    for id in ["evt_s3", "evt_s5"] {
+        assert_eq!(store.event(id).await.unwrap().unwrap().status, "pending");
+        assert!(
+            due.iter().all(|e| e.event_id != id),
+            "{id} is leased to the writer's appliers"
+        );
+    }
+    let again = store
+        .write_inbox(
+            &[status_event("evt_s1", Some("bsc"), "sub_sc", None, "past_due", 600)],
+            "inbox-1",
+            true,
+            now() + 60,
+            Vec::new(),
+        )
+        .await
+        .unwrap()
+        .stored;
+    assert_eq!(again, vec![Duplicate]);
+    assert_eq!(state().await, (Some("active".into()), 300), "a redelivery changes nothing");
+
     // History.
     store.record_event("b0", "note", "hello").await.unwrap();
     assert_eq!(store.events_of("b0").await.unwrap()[0].1, "hello");

@@ -273,6 +273,14 @@ async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() 
         ),
         1.0
     );
+    assert_eq!(
+        world.metrics.value(
+            "genesis_billing_webhook_events_total",
+            &["customer.subscription.updated", "applied"]
+        ),
+        1.0,
+        "counted applied once"
+    );
 
     // An older state delivered late does not move the record backwards.
     let mut older = world.subscriptions_of(&b.business_id)[0].clone();

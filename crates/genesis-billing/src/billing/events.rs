@@ -47,6 +47,8 @@ pub struct KeyFields {
     pub parent_subscription: Option<String>,
     /// `parent.subscription_details.metadata.business_id`.
     pub parent_business_id: Option<String>,
+    /// `status` (a subscription's).
+    pub status: Option<String>,
 }
 
 impl KeyFields {
@@ -59,6 +61,7 @@ impl KeyFields {
             business_id: meta(object),
             parent_subscription: id_of(&details["subscription"]),
             parent_business_id: meta(details),
+            status: object["status"].as_str().map(str::to_owned),
         }
     }
 }

@@ -16,8 +16,8 @@ use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
 use rusqlite::OptionalExtension;
 
 use super::webhook_event::{
-    change_status_sql, not_written, EventResult, InboxWrite, Inserted, NewEvent, Triage,
-    BUSINESS_STATE, UNKNOWN_BUSINESS,
+    change_status_sql, not_written, why_not_written, EventResult, InboxWrite, Inserted, NewEvent,
+    StatusChange, Triage, BUSINESS_STATE, UNKNOWN_BUSINESS,
 };
 use super::{now, StoreError};
 
@@ -35,8 +35,10 @@ impl std::fmt::Debug for SqliteInbox {
 
 const INSERT_EVENT: &str =
     "INSERT INTO webhook_event (event_id, event_type, created, received_at, source, status, \
-    last_error, applied_at, lease_owner, lease_until, payload, attempts) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, '', 0) ON CONFLICT (event_id) DO NOTHING";
+    last_error, applied_at, lease_owner, lease_until, business_id, payload, attempts) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, '', ?12) ON CONFLICT (event_id) DO NOTHING";
+
+const STORED: &str = "SELECT EXISTS (SELECT 1 FROM webhook_event WHERE event_id = ?1)";
 
 const INSERT_BODY: &str = "INSERT INTO webhook_payload (event_id, payload) VALUES (?1, ?2)";
 
@@ -99,8 +101,9 @@ fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// SQLite's own busy handler sleeps 1, 2, 5, 10… ms between tries; the appliers' writes hold the lock for
-/// tens of microseconds, so that would hold every waiting delivery a millisecond or more.
+/// SQLite's own busy handler sleeps 1, 2, 5, 10… ms between tries; the other writers (the admin API, the
+/// retry loop, a CLI command) mostly hold the lock for tens of microseconds, so that would hold every
+/// waiting delivery a millisecond or more.
 fn retry_soon(tries: i32) -> bool {
     const QUICK: i32 = 1_000;
     let pause = if tries < QUICK { 50 } else { 1_000 };
@@ -123,8 +126,63 @@ fn write_batch(
         let mut insert = tx.prepare_cached(INSERT_EVENT)?;
         let mut body = tx.prepare_cached(INSERT_BODY)?;
         let mut known = tx.prepare_cached(KNOWN)?;
+        let mut stored_before = tx.prepare_cached(STORED)?;
+        // The shared statements number their parameters `$n`; rusqlite binds by position, which `?n` keeps.
+        let mut change_now = tx.prepare_cached(&change_status_sql(false).replace('$', "?"))?;
+        let mut state_of = tx.prepare_cached(&BUSINESS_STATE.replace('$', "?"))?;
         for e in events {
+            let mut business = None;
             let state = match &e.triage {
+                Triage::Status { .. } => {
+                    // An event stored before changes nothing, not even the business.
+                    if stored_before.query_row([&e.id], |r| r.get::<_, bool>(0))? {
+                        done.push(Inserted::Duplicate);
+                        continue;
+                    }
+                    let mut found = None;
+                    for (sql, key) in e.triage.lookups() {
+                        found = tx
+                            .prepare_cached(&sql.replace('$', "?"))?
+                            .query_row([key], |r| {
+                                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                            })
+                            .optional()?;
+                        if found.is_some() {
+                            break;
+                        }
+                    }
+                    match found {
+                        None => Inserted::Ignored(UNKNOWN_BUSINESS),
+                        Some((id, current)) => match StatusChange::of(e, &id) {
+                            Some(c) if current.as_deref() == Some(c.subscription_id.as_str()) => {
+                                business = Some(id);
+                                let written = change_now.execute(params![
+                                    c.business_id,
+                                    c.subscription_id,
+                                    c.status,
+                                    c.state_at,
+                                    received,
+                                    0i64
+                                ])? == 1;
+                                if written {
+                                    Inserted::Applied
+                                } else {
+                                    let now_state = state_of
+                                        .query_row([&c.business_id], |r| {
+                                            Ok((r.get(0)?, r.get(1)?))
+                                        })
+                                        .optional()?;
+                                    match why_not_written(&c, now_state) {
+                                        Some(why) => Inserted::Ignored(why),
+                                        None => Inserted::Pending,
+                                    }
+                                }
+                            }
+                            // Not its current subscription: the appliers adopt or ignore it.
+                            _ => Inserted::Pending,
+                        },
+                    }
+                }
                 Triage::Apply => Inserted::Pending,
                 Triage::IfKnown(keys) => {
                     let mut any = false;
@@ -142,8 +200,11 @@ fn write_batch(
                 }
                 Triage::Ignore(why) => Inserted::Ignored(why),
             };
+            // A status written (or found older) with the event counts as its one apply.
+            let attempts = i64::from(business.is_some() && state != Inserted::Pending);
             let (status, why, applied_at, lease) = match state {
                 Inserted::Ignored(why) => ("ignored", Some(why), Some(received), None),
+                Inserted::Applied => ("applied", None, Some(received), None),
                 _ => ("pending", None, None, lease),
             };
             // A row already there (an earlier delivery, or one earlier in this batch) changes nothing.
@@ -158,6 +219,8 @@ fn write_batch(
                 applied_at,
                 lease.map(|(o, _)| o),
                 lease.map(|(_, u)| u),
+                business,
+                attempts,
             ])? == 1;
             if stored {
                 body.execute(params![e.id, e.payload])?;
@@ -166,14 +229,12 @@ fn write_batch(
                 done.push(Inserted::Duplicate);
             }
         }
-        // The shared statements number their parameters `$n`; rusqlite binds by position, which `?n` keeps.
-        let mut change_status = tx.prepare_cached(&change_status_sql().replace('$', "?"))?;
-        let mut state = tx.prepare_cached(&BUSINESS_STATE.replace('$', "?"))?;
+        let mut change_held = tx.prepare_cached(&change_status_sql(true).replace('$', "?"))?;
         for r in &mut results {
             let Some(change) = r.change.clone() else {
                 continue;
             };
-            let written = change_status.execute(params![
+            let written = change_held.execute(params![
                 change.business_id,
                 change.subscription_id,
                 change.status,
@@ -184,7 +245,7 @@ fn write_batch(
                 owner
             ])?;
             if written == 0 {
-                let now_state = state
+                let now_state = state_of
                     .query_row([&change.business_id], |row| Ok((row.get(0)?, row.get(1)?)))
                     .optional()?;
                 not_written(r, &change, now_state);

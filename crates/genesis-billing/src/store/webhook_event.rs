@@ -81,43 +81,88 @@ pub struct InboxWrite {
     pub settled: Vec<EventResult>,
 }
 
-/// Writes a `StatusChange` for an event the writer holds. Parameters: business, subscription, status,
-/// state_at, now, tie_settled (0/1), event id, writer.
-pub(super) fn change_status_sql() -> String {
+/// Writes a `StatusChange`. Parameters: business, subscription, status, state_at, now, tie_settled (0/1);
+/// when `held`, also the event id and the writer, which must hold the event.
+pub(super) fn change_status_sql(held: bool) -> String {
     format!(
         "UPDATE business SET subscription_status = $3, stripe_state_at = $4, billing = {BILLING_AFTER_STATUS}, \
          updated_at = $5 WHERE business_id = $1 AND stripe_subscription_id = $2 \
-         AND (stripe_state_at < $4 OR (stripe_state_at = $4 AND (subscription_status = $3 OR $6 = 1))) \
-         AND EXISTS (SELECT 1 FROM webhook_event WHERE event_id = $7 AND lease_owner = $8)"
+         AND (stripe_state_at < $4 OR (stripe_state_at = $4 AND (subscription_status = $3 OR $6 = 1))){}",
+        if held {
+            " AND EXISTS (SELECT 1 FROM webhook_event WHERE event_id = $7 AND lease_owner = $8)"
+        } else {
+            ""
+        }
     )
 }
+
+/// The business a `Triage::Status` event is about, looked up as `Store::find_business` does: by metadata
+/// id, subscription, then customer. Returns its id and current subscription.
+pub(super) const BUSINESS_BY: [&str; 3] = [
+    "SELECT business_id, stripe_subscription_id FROM business WHERE business_id = $1",
+    "SELECT business_id, stripe_subscription_id FROM business WHERE stripe_subscription_id = $1 \
+     ORDER BY created_at DESC LIMIT 1",
+    "SELECT business_id, stripe_subscription_id FROM business WHERE stripe_customer_id = $1 \
+     ORDER BY created_at DESC LIMIT 1",
+];
 
 /// The state a change that was not written is judged against.
 pub(super) const BUSINESS_STATE: &str = "SELECT stripe_subscription_id, stripe_state_at, subscription_status \
     FROM business WHERE business_id = $1";
 
-/// Records why a change was not written, from the business's state (subscription, state_at): ignored when
-/// the business, or its subscription, changed meanwhile or it holds newer state; due again at once when it
-/// holds another status of the same second, for an apply that asks Stripe which is current.
+/// Why a change was not written, from the business's state (subscription, state_at): `Some` (ignored)
+/// when the business, or its subscription, changed meanwhile or it holds newer state; `None` when it holds
+/// another status of the same second, for an apply that asks Stripe which is current.
+pub(super) fn why_not_written(
+    change: &StatusChange,
+    state: Option<(Option<String>, i64)>,
+) -> Option<&'static str> {
+    match state {
+        None => Some(UNKNOWN_BUSINESS),
+        Some((sub, _)) if sub.as_deref() != Some(change.subscription_id.as_str()) => {
+            Some("not the business's current subscription")
+        }
+        Some((_, at)) if at > change.state_at => Some("older than the stored state"),
+        Some(_) => None,
+    }
+}
+
+/// Records a change the writer could not write: ignored, or due again at once (see `why_not_written`).
 pub(super) fn not_written(
     r: &mut EventResult,
     change: &StatusChange,
     state: Option<(Option<String>, i64)>,
 ) {
-    let (status, why) = match state {
-        None => ("ignored", UNKNOWN_BUSINESS),
-        Some((sub, _)) if sub.as_deref() != Some(change.subscription_id.as_str()) => {
-            ("ignored", "not the business's current subscription")
-        }
-        Some((_, at)) if at > change.state_at => ("ignored", "older than the stored state"),
-        Some(_) => (
-            "pending",
-            "another status of the same second is stored: to be checked with Stripe",
-        ),
+    let (status, why) = match why_not_written(change, state) {
+        Some(why) => ("ignored", why),
+        None => ("pending", SAME_SECOND),
     };
     r.status = status;
     r.error = Some(why.to_owned());
     r.retry_at = None;
+}
+
+/// Why an event is due again after its status could not be written.
+const SAME_SECOND: &str = "another status of the same second is stored: to be checked with Stripe";
+
+impl StatusChange {
+    /// The change a `Triage::Status` event makes to business `business_id`.
+    pub(super) fn of(event: &NewEvent, business_id: &str) -> Option<Self> {
+        match &event.triage {
+            Triage::Status {
+                subscription_id,
+                status,
+                ..
+            } => Some(Self {
+                business_id: business_id.to_owned(),
+                subscription_id: subscription_id.clone(),
+                status: status.clone(),
+                state_at: event.created,
+                tie_settled: false,
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// An event to store.
@@ -142,6 +187,60 @@ pub enum Triage {
     IfKnown(Vec<String>),
     /// Ignored, for this reason.
     Ignore(&'static str),
+    /// A subscription's status (`customer.subscription.created|updated`). When the business is known and
+    /// this is its current subscription, written with the event, which is stored settled: `applied`, or
+    /// `ignored` if the business holds newer state. Otherwise as `IfKnown` over its keys; the appliers then
+    /// adopt the subscription, ignore it, or ask Stripe about two states of one second.
+    Status {
+        business_id: Option<String>,
+        subscription_id: String,
+        customer: Option<String>,
+        status: String,
+    },
+}
+
+impl Triage {
+    /// For `Status`: each query of `BUSINESS_BY` with the value it looks up, in order.
+    pub(super) fn lookups(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            Triage::Status {
+                business_id,
+                subscription_id,
+                customer,
+                ..
+            } => [
+                business_id.as_deref(),
+                Some(subscription_id.as_str()),
+                customer.as_deref(),
+            ]
+            .into_iter()
+            .zip(BUSINESS_BY)
+            .filter_map(|(key, sql)| Some((sql, key?)))
+            .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The values that may name the business, in `Store::find_business`'s order.
+    fn keys(&self) -> Vec<&str> {
+        match self {
+            Triage::IfKnown(keys) => keys.iter().map(String::as_str).collect(),
+            Triage::Status {
+                business_id,
+                subscription_id,
+                customer,
+                ..
+            } => [
+                business_id.as_deref(),
+                Some(subscription_id.as_str()),
+                customer.as_deref(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            Triage::Apply | Triage::Ignore(_) => Vec::new(),
+        }
+    }
 }
 
 /// What the inbox's write did with one event.
@@ -151,6 +250,8 @@ pub enum Inserted {
     Pending,
     /// Stored now, settled as ignored for this reason.
     Ignored(&'static str),
+    /// Stored now and applied with it (`Triage::Status`).
+    Applied,
     /// Stored before: a duplicate delivery, left as it was.
     Duplicate,
 }
@@ -219,18 +320,14 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let wanted: Vec<&str> = unique
             .iter()
-            .filter_map(|&i| match &events[i].triage {
-                Triage::IfKnown(keys) => Some(keys.iter().map(String::as_str)),
-                _ => None,
-            })
-            .flatten()
+            .flat_map(|&i| events[i].triage.keys())
             .collect();
         let known = known_keys(self.backend, &mut tx, &wanted).await?;
         let state = |e: &NewEvent| match &e.triage {
             Triage::Apply => Inserted::Pending,
-            Triage::IfKnown(keys) if keys.iter().any(|k| known.contains(k)) => Inserted::Pending,
-            Triage::IfKnown(_) => Inserted::Ignored(UNKNOWN_BUSINESS),
             Triage::Ignore(why) => Inserted::Ignored(why),
+            t if t.keys().iter().any(|k| known.contains(*k)) => Inserted::Pending,
+            _ => Inserted::Ignored(UNKNOWN_BUSINESS),
         };
         // Multi-row statements: one round trip per few hundred events instead of one per event.
         for chunk in unique.chunks(ROWS_PER_STATEMENT) {
@@ -292,7 +389,71 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        let change_status = change_status_sql();
+        // Status events just stored about a known business whose current subscription they concern: the
+        // status is written now and the event settled. Changes go in business order, so two replicas'
+        // batches lock the same businesses in the same order.
+        let mut changes: Vec<(usize, StatusChange)> = Vec::new();
+        for &i in &unique {
+            let e = &events[i];
+            if done[i] != Inserted::Pending || !matches!(e.triage, Triage::Status { .. }) {
+                continue;
+            }
+            for (sql, key) in e.triage.lookups() {
+                if let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *tx).await? {
+                    let business: String = row.try_get(0)?;
+                    let current: Option<String> = row.try_get(1)?;
+                    match StatusChange::of(e, &business) {
+                        Some(c) if current.as_deref() == Some(c.subscription_id.as_str()) => {
+                            changes.push((i, c))
+                        }
+                        _ => {}
+                    }
+                    break;
+                }
+            }
+        }
+        changes.sort_by(|a, b| a.1.business_id.cmp(&b.1.business_id));
+        let change_free = change_status_sql(false);
+        for (i, change) in changes {
+            let written = sqlx::query(&change_free)
+                .bind(&change.business_id)
+                .bind(&change.subscription_id)
+                .bind(&change.status)
+                .bind(change.state_at)
+                .bind(received)
+                .bind(0i64)
+                .execute(&mut *tx)
+                .await?;
+            let settled = if written.rows_affected() == 1 {
+                Some(("applied", None))
+            } else {
+                let state = sqlx::query(BUSINESS_STATE)
+                    .bind(&change.business_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
+                    .transpose()?;
+                why_not_written(&change, state).map(|why| ("ignored", Some(why)))
+            };
+            if let Some((status, why)) = settled {
+                sqlx::query(
+                    "UPDATE webhook_event SET status = $2, last_error = $3, applied_at = $4, business_id = $5, \
+                     attempts = 1, lease_owner = NULL, lease_until = NULL WHERE event_id = $1",
+                )
+                .bind(&events[i].id)
+                .bind(status)
+                .bind(why)
+                .bind(received)
+                .bind(&change.business_id)
+                .execute(&mut *tx)
+                .await?;
+                done[i] = match why {
+                    None => Inserted::Applied,
+                    Some(why) => Inserted::Ignored(why),
+                };
+            }
+        }
+        let change_status = change_status_sql(true);
         for r in &mut results {
             let Some(change) = r.change.clone() else {
                 continue;

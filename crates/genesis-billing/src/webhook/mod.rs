@@ -10,7 +10,9 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::billing::{Applied, BillingError, BillingService, KeyFields, Writes, HANDLED_EVENTS};
+use crate::billing::{
+    Applied, BillingError, BillingService, EventKeys, KeyFields, Writes, HANDLED_EVENTS,
+};
 use crate::store::{now, EventResult, Inserted, NewEvent, StoredEvent, Triage};
 use crate::stripe::{Call, Form};
 pub use signature::Rejection;
@@ -245,6 +247,7 @@ impl<'de> Shape<'de> for ObjectKeys {
         read_fields(map, |key, map| {
             match key {
                 "id" => f.id = map.next_value::<Lenient<Text>>()?.0.map(|t| t.0),
+                "status" => f.status = map.next_value::<Lenient<Text>>()?.0.map(|t| t.0),
                 "customer" => f.customer = map.next_value::<Lenient<Id>>()?.0.map(|i| i.0),
                 "metadata" => {
                     f.business_id = map.next_value::<Lenient<Metadata>>()?.0.and_then(|m| m.0)
@@ -374,6 +377,7 @@ impl Inbox {
         else {
             return Err(self.reject(Rejection::BadPayload));
         };
+        let status = fields.status.clone();
         let keys = crate::billing::keys_of(&kind, fields);
         // Events about one customer (or, without one, one business or subscription) share a lane.
         let lane = lane_of(
@@ -386,14 +390,33 @@ impl Inbox {
                 })
                 .unwrap_or(&id),
         );
-        let triage = match keys {
-            Some(k) => Triage::IfKnown(
+        let status = status.filter(|s| crate::business::SUBSCRIPTION_STATUSES.contains(&s.as_str()));
+        let status_event = matches!(
+            kind.as_str(),
+            "customer.subscription.created" | "customer.subscription.updated"
+        );
+        let triage = match (keys, status) {
+            // The common event, a subscription's new status: written as it is stored when it can be.
+            (
+                Some(EventKeys {
+                    business_id,
+                    subscription: Some(subscription_id),
+                    customer,
+                }),
+                Some(status),
+            ) if status_event => Triage::Status {
+                business_id,
+                subscription_id,
+                customer,
+                status,
+            },
+            (Some(k), _) => Triage::IfKnown(
                 [k.business_id, k.subscription, k.customer]
                     .into_iter()
                     .flatten()
                     .collect(),
             ),
-            None => Triage::Ignore(crate::billing::UNHANDLED_EVENT),
+            (None, _) => Triage::Ignore(crate::billing::UNHANDLED_EVENT),
         };
         let new = NewEvent {
             id,
@@ -411,6 +434,14 @@ impl Inbox {
         let outcome = match stored.await {
             Ok(Ok(Inserted::Duplicate)) => "duplicate",
             Ok(Ok(Inserted::Ignored(_))) => "ignored",
+            Ok(Ok(Inserted::Applied)) => {
+                self.service().metrics().observe(
+                    "genesis_billing_webhook_apply_lag_seconds",
+                    &[],
+                    (now() - created).max(0) as f64,
+                );
+                "applied"
+            }
             Ok(Ok(Inserted::Pending)) => return Ok(Received::Stored),
             _ => return Err(ReceiveError::Unavailable),
         };
@@ -746,6 +777,9 @@ mod tests {
             r#"{"id":"in_1","parent":{"subscription_details":{"subscription":{"id":"sub_8","items":{"data":[{"id":"si_1"}]}},"metadata":{"business_id":5}}}}"#,
             r#"{"id":"cs_1","customer":{"id":7},"metadata":{"business_id":"b2","nested":{"a":[1,2,{"b":null}]}},"lines":[[],{}],"amount":1.5,"paid":true}"#,
             r#"{"id":{"x":1},"customer":"cus_\u00e9","metadata":{"business_id":"b\"q"}}"#,
+            r#"{"id":"sub_1","status":"past_due","customer":"cus_1"}"#,
+            r#"{"id":"sub_1","status":null}"#,
+            r#"{"id":"sub_1","status":{"value":"active"}}"#,
             r#"{}"#,
         ];
         for object in objects {
