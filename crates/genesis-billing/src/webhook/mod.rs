@@ -278,10 +278,12 @@ fn lane_of(key: &str) -> usize {
 ///
 /// One committer task writes every event waiting at that moment in one transaction (group commit): each
 /// response is held until its own event is on disk, and one disk sync serves many events. An event about
-/// no business we know, or of a type we do not handle, is stored already settled as ignored. Any other is
-/// acknowledged once stored — the durable record is what Stripe's retry would otherwise provide — and then
-/// applied in arrival order within its customer's lane. A crash between the two leaves it `pending`, and
-/// `retry_due` applies it after restart.
+/// no business we know, or of a type we do not handle, is stored already settled as ignored; a subscription
+/// status for a business's current subscription is written in the transaction that stores it
+/// (`Triage::Status`). Any other is acknowledged once stored — the durable record is what Stripe's retry
+/// would otherwise provide — and then applied in arrival order within its customer's lane, a status it finds
+/// left to the writer's next commit with the outcome (`Writes::Deferred`). A crash between the two leaves it
+/// `pending`, and `retry_due` applies it after restart.
 pub struct Inbox {
     applier: Arc<Applier>,
     secrets: Vec<SecretString>,
