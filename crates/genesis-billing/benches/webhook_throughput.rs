@@ -1532,7 +1532,10 @@ async fn bench_target(
                         &opts.python,
                     )
                     .ok()?;
-                Some(format!("{status} {}", n.parse::<f64>().map_or(n, thousands)))
+                Some(format!(
+                    "{status} {}",
+                    n.parse::<f64>().map_or(n, thousands)
+                ))
             })
             .collect();
         notes.push(format!(

@@ -533,13 +533,7 @@ async fn contract(store: &Store) {
         .unwrap();
     let ids = ["evt_c1", "evt_c2", "evt_c3", "evt_c4", "evt_c5", "evt_c6"];
     store
-        .write_inbox(
-            &ids.map(ev),
-            "inbox-1",
-            true,
-            now() + 60,
-            Vec::new(),
-        )
+        .write_inbox(&ids.map(ev), "inbox-1", true, now() + 60, Vec::new())
         .await
         .unwrap();
     let change = |id: &str, sub: &str, status: &str, at: i64, settled: bool| EventResult {
@@ -646,34 +640,48 @@ async fn contract(store: &Store) {
         )
         .await
         .unwrap();
-    assert_eq!(written.settled[0].status, "applied", "Stripe settled the tie");
+    assert_eq!(
+        written.settled[0].status, "applied",
+        "Stripe settled the tie"
+    );
     assert_eq!(state().await, (Some("unpaid".into()), 200));
 
     // A subscription status event about a known business's current subscription is written as it is
     // stored, and the event stored settled; otherwise it is stored as `IfKnown` stores it, for the
     // appliers. A delivery stored before changes nothing.
     store.set_customer("bsc", "cus_sc").await.unwrap();
-    let status_event =
-        |id: &str, business: Option<&str>, sub: &str, customer: Option<&str>, status: &str, at: i64| {
-            NewEvent {
-                event_type: "customer.subscription.updated".into(),
-                created: at,
-                triage: Triage::Status {
-                    business_id: business.map(Into::into),
-                    subscription_id: sub.into(),
-                    customer: customer.map(Into::into),
-                    status: status.into(),
-                },
-                ..ev(id)
-            }
-        };
+    let status_event = |id: &str,
+                        business: Option<&str>,
+                        sub: &str,
+                        customer: Option<&str>,
+                        status: &str,
+                        at: i64| {
+        NewEvent {
+            event_type: "customer.subscription.updated".into(),
+            created: at,
+            triage: Triage::Status {
+                business_id: business.map(Into::into),
+                subscription_id: sub.into(),
+                customer: customer.map(Into::into),
+                status: status.into(),
+            },
+            ..ev(id)
+        }
+    };
     let stored = store
         .write_inbox(
             &[
                 status_event("evt_s1", Some("bsc"), "sub_sc", None, "active", 300),
                 status_event("evt_s2", None, "sub_sc", None, "past_due", 250),
                 status_event("evt_s3", None, "sub_new", Some("cus_sc"), "active", 400),
-                status_event("evt_s4", None, "sub_nobody", Some("cus_nobody"), "active", 400),
+                status_event(
+                    "evt_s4",
+                    None,
+                    "sub_nobody",
+                    Some("cus_nobody"),
+                    "active",
+                    400,
+                ),
                 status_event("evt_s5", Some("bsc"), "sub_sc", None, "canceled", 300),
                 status_event("evt_s1", Some("bsc"), "sub_sc", None, "past_due", 500),
             ],
@@ -711,7 +719,13 @@ async fn contract(store: &Store) {
         assert!(e.applied_at.is_some(), "{id} is settled");
     }
     assert_eq!(
-        store.event("evt_s1").await.unwrap().unwrap().business_id.as_deref(),
+        store
+            .event("evt_s1")
+            .await
+            .unwrap()
+            .unwrap()
+            .business_id
+            .as_deref(),
         Some("bsc")
     );
     let due = store.due_events(100).await.unwrap();
@@ -724,7 +738,14 @@ async fn contract(store: &Store) {
     }
     let again = store
         .write_inbox(
-            &[status_event("evt_s1", Some("bsc"), "sub_sc", None, "past_due", 600)],
+            &[status_event(
+                "evt_s1",
+                Some("bsc"),
+                "sub_sc",
+                None,
+                "past_due",
+                600,
+            )],
             "inbox-1",
             true,
             now() + 60,
@@ -734,7 +755,11 @@ async fn contract(store: &Store) {
         .unwrap()
         .stored;
     assert_eq!(again, vec![Duplicate]);
-    assert_eq!(state().await, (Some("active".into()), 300), "a redelivery changes nothing");
+    assert_eq!(
+        state().await,
+        (Some("active".into()), 300),
+        "a redelivery changes nothing"
+    );
 
     // History.
     store.record_event("b0", "note", "hello").await.unwrap();

@@ -11,7 +11,8 @@ mod webhook_event;
 
 pub use coordination::{JobLease, StoreRateBudget};
 pub use webhook_event::{
-    EventResult, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage, UNKNOWN_BUSINESS,
+    EventResult, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage,
+    UNKNOWN_BUSINESS,
 };
 
 use std::time::Duration;

@@ -8,16 +8,16 @@
 
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, TransactionBehavior};
-
-use rusqlite::OptionalExtension;
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 
 use super::webhook_event::{
     change_status_sql, not_written, why_not_written, EventResult, InboxWrite, Inserted, NewEvent,
-    StatusChange, Triage, BUSINESS_STATE, UNKNOWN_BUSINESS,
+    StatusChange, Triage, BUSINESS_BY, BUSINESS_STATE, UNKNOWN_BUSINESS,
 };
 use super::{now, StoreError};
 
@@ -111,6 +111,67 @@ fn retry_soon(tries: i32) -> bool {
     tries < QUICK + 10_000
 }
 
+/// The shared statements number their parameters `$n`; rusqlite binds by position, which `?n` keeps.
+fn positional(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+// The shared statements in rusqlite's numbering, built once.
+static CHANGE_NOW: LazyLock<String> = LazyLock::new(|| positional(&change_status_sql(false)));
+static CHANGE_HELD: LazyLock<String> = LazyLock::new(|| positional(&change_status_sql(true)));
+static STATE: LazyLock<String> = LazyLock::new(|| positional(BUSINESS_STATE));
+static LOOKUPS: LazyLock<Vec<String>> =
+    LazyLock::new(|| BUSINESS_BY.iter().map(|sql| positional(sql)).collect());
+
+/// Writes a `Triage::Status` event's status as it is stored, where it is for the business's current
+/// subscription. Returns the state to store the event in and, when the status was written or found older
+/// (the event settled), the business.
+fn store_status(
+    tx: &Transaction<'_>,
+    e: &NewEvent,
+    received: i64,
+) -> Result<(Inserted, Option<String>), StoreError> {
+    let mut found = None;
+    for (n, key) in e.triage.lookups() {
+        found = tx
+            .prepare_cached(&LOOKUPS[n])?
+            .query_row([key], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .optional()?;
+        if found.is_some() {
+            break;
+        }
+    }
+    let Some((business, current)) = found else {
+        return Ok((Inserted::Ignored(UNKNOWN_BUSINESS), None));
+    };
+    let change = match StatusChange::of(e, &business) {
+        Some(c) if current.as_deref() == Some(c.subscription_id.as_str()) => c,
+        // Not its current subscription: the appliers adopt or ignore it.
+        _ => return Ok((Inserted::Pending, None)),
+    };
+    let written = tx.prepare_cached(&CHANGE_NOW)?.execute(params![
+        change.business_id,
+        change.subscription_id,
+        change.status,
+        change.state_at,
+        received,
+        0i64
+    ])? == 1;
+    if written {
+        return Ok((Inserted::Applied, Some(business)));
+    }
+    let state = tx
+        .prepare_cached(&STATE)?
+        .query_row([&business], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match why_not_written(&change, state) {
+        Some(why) => (Inserted::Ignored(why), Some(business)),
+        None => (Inserted::Pending, None),
+    })
+}
+
 fn write_batch(
     conn: &mut Connection,
     events: &[NewEvent],
@@ -127,9 +188,6 @@ fn write_batch(
         let mut body = tx.prepare_cached(INSERT_BODY)?;
         let mut known = tx.prepare_cached(KNOWN)?;
         let mut stored_before = tx.prepare_cached(STORED)?;
-        // The shared statements number their parameters `$n`; rusqlite binds by position, which `?n` keeps.
-        let mut change_now = tx.prepare_cached(&change_status_sql(false).replace('$', "?"))?;
-        let mut state_of = tx.prepare_cached(&BUSINESS_STATE.replace('$', "?"))?;
         for e in events {
             let mut business = None;
             let state = match &e.triage {
@@ -139,49 +197,9 @@ fn write_batch(
                         done.push(Inserted::Duplicate);
                         continue;
                     }
-                    let mut found = None;
-                    for (sql, key) in e.triage.lookups() {
-                        found = tx
-                            .prepare_cached(&sql.replace('$', "?"))?
-                            .query_row([key], |r| {
-                                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
-                            })
-                            .optional()?;
-                        if found.is_some() {
-                            break;
-                        }
-                    }
-                    match found {
-                        None => Inserted::Ignored(UNKNOWN_BUSINESS),
-                        Some((id, current)) => match StatusChange::of(e, &id) {
-                            Some(c) if current.as_deref() == Some(c.subscription_id.as_str()) => {
-                                business = Some(id);
-                                let written = change_now.execute(params![
-                                    c.business_id,
-                                    c.subscription_id,
-                                    c.status,
-                                    c.state_at,
-                                    received,
-                                    0i64
-                                ])? == 1;
-                                if written {
-                                    Inserted::Applied
-                                } else {
-                                    let now_state = state_of
-                                        .query_row([&c.business_id], |r| {
-                                            Ok((r.get(0)?, r.get(1)?))
-                                        })
-                                        .optional()?;
-                                    match why_not_written(&c, now_state) {
-                                        Some(why) => Inserted::Ignored(why),
-                                        None => Inserted::Pending,
-                                    }
-                                }
-                            }
-                            // Not its current subscription: the appliers adopt or ignore it.
-                            _ => Inserted::Pending,
-                        },
-                    }
+                    let (state, settled_for) = store_status(&tx, e, received)?;
+                    business = settled_for;
+                    state
                 }
                 Triage::Apply => Inserted::Pending,
                 Triage::IfKnown(keys) => {
@@ -201,7 +219,7 @@ fn write_batch(
                 Triage::Ignore(why) => Inserted::Ignored(why),
             };
             // A status written (or found older) with the event counts as its one apply.
-            let attempts = i64::from(business.is_some() && state != Inserted::Pending);
+            let attempts = i64::from(business.is_some());
             let (status, why, applied_at, lease) = match state {
                 Inserted::Ignored(why) => ("ignored", Some(why), Some(received), None),
                 Inserted::Applied => ("applied", None, Some(received), None),
@@ -229,7 +247,8 @@ fn write_batch(
                 done.push(Inserted::Duplicate);
             }
         }
-        let mut change_held = tx.prepare_cached(&change_status_sql(true).replace('$', "?"))?;
+        let mut change_held = tx.prepare_cached(&CHANGE_HELD)?;
+        let mut state_of = tx.prepare_cached(&STATE)?;
         for r in &mut results {
             let Some(change) = r.change.clone() else {
                 continue;

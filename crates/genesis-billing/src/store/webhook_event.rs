@@ -107,7 +107,8 @@ pub(super) const BUSINESS_BY: [&str; 3] = [
 ];
 
 /// The state a change that was not written is judged against.
-pub(super) const BUSINESS_STATE: &str = "SELECT stripe_subscription_id, stripe_state_at, subscription_status \
+pub(super) const BUSINESS_STATE: &str =
+    "SELECT stripe_subscription_id, stripe_state_at, subscription_status \
     FROM business WHERE business_id = $1";
 
 /// Why a change was not written, from the business's state (subscription, state_at): `Some` (ignored)
@@ -200,8 +201,8 @@ pub enum Triage {
 }
 
 impl Triage {
-    /// For `Status`: each query of `BUSINESS_BY` with the value it looks up, in order.
-    pub(super) fn lookups(&self) -> Vec<(&'static str, &str)> {
+    /// For `Status`: the queries of `BUSINESS_BY` to run, by index, with the value each looks up.
+    pub(super) fn lookups(&self) -> Vec<(usize, &str)> {
         match self {
             Triage::Status {
                 business_id,
@@ -214,8 +215,8 @@ impl Triage {
                 customer.as_deref(),
             ]
             .into_iter()
-            .zip(BUSINESS_BY)
-            .filter_map(|(key, sql)| Some((sql, key?)))
+            .enumerate()
+            .filter_map(|(n, key)| Some((n, key?)))
             .collect(),
             _ => Vec::new(),
         }
@@ -283,7 +284,11 @@ impl Store {
                 Vec::new(),
             )
             .await?;
-        Ok(done.stored.iter().map(|d| *d != Inserted::Duplicate).collect())
+        Ok(done
+            .stored
+            .iter()
+            .map(|d| *d != Inserted::Duplicate)
+            .collect())
     }
 
     /// The inbox's one write: new events stored and earlier events' outcomes recorded, in a single
@@ -398,8 +403,9 @@ impl Store {
             if done[i] != Inserted::Pending || !matches!(e.triage, Triage::Status { .. }) {
                 continue;
             }
-            for (sql, key) in e.triage.lookups() {
-                if let Some(row) = sqlx::query(sql).bind(key).fetch_optional(&mut *tx).await? {
+            for (n, key) in e.triage.lookups() {
+                let lookup = sqlx::query(BUSINESS_BY[n]).bind(key);
+                if let Some(row) = lookup.fetch_optional(&mut *tx).await? {
                     let business: String = row.try_get(0)?;
                     let current: Option<String> = row.try_get(1)?;
                     match StatusChange::of(e, &business) {
@@ -474,9 +480,7 @@ impl Store {
                     .bind(&change.business_id)
                     .fetch_optional(&mut *tx)
                     .await?
-                    .map(|row| {
-                        Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?))
-                    })
+                    .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
                     .transpose()?;
                 not_written(r, &change, state);
             }

@@ -392,7 +392,8 @@ impl Inbox {
                 })
                 .unwrap_or(&id),
         );
-        let status = status.filter(|s| crate::business::SUBSCRIPTION_STATUSES.contains(&s.as_str()));
+        let status =
+            status.filter(|s| crate::business::SUBSCRIPTION_STATUSES.contains(&s.as_str()));
         let status_event = matches!(
             kind.as_str(),
             "customer.subscription.created" | "customer.subscription.updated"
@@ -713,7 +714,13 @@ async fn commit_loop(
         let until = now() + lease.as_secs() as i64;
         match service
             .store()
-            .write_inbox(&events, &owner, keep_up, until, std::mem::take(&mut results))
+            .write_inbox(
+                &events,
+                &owner,
+                keep_up,
+                until,
+                std::mem::take(&mut results),
+            )
             .await
         {
             Ok(written) => {
@@ -753,7 +760,14 @@ async fn apply_loop(
 ) {
     while let Some(e) = queue.recv().await {
         let result = applier
-            .run(&e.event_type, e.created, &e.payload, 0, &e.id, Writes::Deferred)
+            .run(
+                &e.event_type,
+                e.created,
+                &e.payload,
+                0,
+                &e.id,
+                Writes::Deferred,
+            )
             .await;
         if outcomes.send(result).is_err() {
             return;
