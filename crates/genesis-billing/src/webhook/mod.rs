@@ -32,7 +32,7 @@ const MAX_BATCH: usize = 512;
 /// What became of a delivery that passed verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Received {
-    /// Stored now; it is applied right after.
+    /// Stored now, and applied with it or right after.
     Stored,
     /// Already stored by an earlier delivery: acknowledged, not applied again.
     Duplicate,
