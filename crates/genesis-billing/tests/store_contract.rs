@@ -852,6 +852,17 @@ async fn the_store_contract_holds_on_sqlite() {
     fresh.drop_db(store).await;
 }
 
+/// An in-memory SQLite database has no file for the inbox's own writer: its writes take the portable path
+/// that PostgreSQL takes, on SQLite.
+#[tokio::test]
+async fn the_store_contract_holds_on_in_memory_sqlite() {
+    let store = Store::connect(&DatabaseUrl::new("sqlite::memory:"), 1)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    contract(&store).await;
+}
+
 #[tokio::test]
 async fn the_store_contract_holds_on_postgres() {
     let (fresh, store) = Fresh::postgres().await;

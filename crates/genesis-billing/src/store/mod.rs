@@ -166,14 +166,24 @@ impl Params {
     }
 }
 
-/// Which of these values name a business (as its id, Stripe subscription id or customer id), one query per
-/// few hundred values.
-async fn known_keys(
+/// A business as the webhook inbox looks it up: the values that name it, and its current subscription.
+#[derive(Debug, Clone)]
+struct BusinessKeys {
+    business_id: String,
+    subscription: Option<String>,
+    customer: Option<String>,
+    created_at: i64,
+}
+
+/// The businesses these values name (as their id, Stripe subscription id or customer id), one query per few
+/// hundred values.
+async fn businesses_named(
     backend: Backend,
     conn: &mut sqlx::AnyConnection,
     keys: &[&str],
-) -> Result<std::collections::HashSet<String>, StoreError> {
-    let mut known = std::collections::HashSet::new();
+) -> Result<Vec<BusinessKeys>, StoreError> {
+    let mut found: std::collections::HashMap<String, BusinessKeys> =
+        std::collections::HashMap::new();
     for chunk in keys.chunks(300) {
         let mut sql = String::new();
         let mut params = Params::new(backend);
@@ -189,7 +199,8 @@ async fn known_keys(
                 sql.push_str(" UNION ");
             }
             sql.push_str(&format!(
-                "SELECT {column} AS k FROM business WHERE {column} IN ("
+                "SELECT business_id, stripe_subscription_id, stripe_customer_id, created_at FROM business \
+                 WHERE {column} IN ("
             ));
             params.list(&mut sql, chunk.len());
             sql.push(')');
@@ -199,10 +210,31 @@ async fn known_keys(
             q = q.bind(*k);
         }
         for row in q.fetch_all(&mut *conn).await? {
-            known.insert(row.try_get::<String, _>("k")?);
+            let b = BusinessKeys {
+                business_id: row.try_get(0)?,
+                subscription: row.try_get(1)?,
+                customer: row.try_get(2)?,
+                created_at: row.try_get(3)?,
+            };
+            found.insert(b.business_id.clone(), b);
         }
     }
-    Ok(known)
+    Ok(found.into_values().collect())
+}
+
+/// Which of these values name a business (as its id, Stripe subscription id or customer id).
+fn known_keys(businesses: &[BusinessKeys]) -> std::collections::HashSet<&str> {
+    businesses
+        .iter()
+        .flat_map(|b| {
+            [
+                Some(b.business_id.as_str()),
+                b.subscription.as_deref(),
+                b.customer.as_deref(),
+            ]
+        })
+        .flatten()
+        .collect()
 }
 
 /// Seconds since the Unix epoch.

@@ -4,7 +4,12 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{known_keys, now, Params, Store, StoreError, BILLING_AFTER_STATUS};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use super::{
+    businesses_named, known_keys, now, Backend, BusinessKeys, Params, Store, StoreError,
+    BILLING_AFTER_STATUS,
+};
 
 /// A stored Stripe event and how applying it went.
 #[derive(Debug, Clone, Serialize)]
@@ -260,6 +265,137 @@ pub enum Inserted {
 /// Why an event about no business we know is ignored.
 pub const UNKNOWN_BUSINESS: &str = "unknown business";
 
+/// The businesses of a batch by each value that names them (the newest, where several share one).
+struct BusinessIndex<'a> {
+    by: [HashMap<&'a str, &'a BusinessKeys>; 3],
+}
+
+impl<'a> BusinessIndex<'a> {
+    fn new(businesses: &'a [BusinessKeys]) -> Self {
+        let mut by: [HashMap<&'a str, &'a BusinessKeys>; 3] = Default::default();
+        for b in businesses {
+            let names = [
+                Some(b.business_id.as_str()),
+                b.subscription.as_deref(),
+                b.customer.as_deref(),
+            ];
+            for (map, name) in by.iter_mut().zip(names) {
+                if let Some(name) = name {
+                    let slot = map.entry(name).or_insert(b);
+                    if b.created_at > slot.created_at {
+                        *slot = b;
+                    }
+                }
+            }
+        }
+        Self { by }
+    }
+
+    /// The business a `Triage::Status` event is about, found in `BUSINESS_BY`'s order.
+    fn find(&self, triage: &Triage) -> Option<&'a BusinessKeys> {
+        triage
+            .lookups()
+            .into_iter()
+            .find_map(|(n, key)| self.by[n].get(key).copied())
+    }
+}
+
+/// Writes status changes made as their events are stored, a statement per round: each round takes the
+/// next change of every business (a business's changes in arrival order; businesses in id order, so
+/// replicas lock them in the same order). Returns the settled events: (index, business, why ignored);
+/// events whose change meets another status of the same second are left out, pending, for the appliers.
+async fn write_changes(
+    backend: Backend,
+    conn: &mut sqlx::AnyConnection,
+    changes: Vec<(usize, StatusChange)>,
+    received: i64,
+) -> Result<Vec<(usize, String, Option<&'static str>)>, StoreError> {
+    let mut queues: BTreeMap<String, VecDeque<(usize, StatusChange)>> = BTreeMap::new();
+    for (i, c) in changes {
+        queues
+            .entry(c.business_id.clone())
+            .or_default()
+            .push_back((i, c));
+    }
+    let billing = BILLING_AFTER_STATUS.replace("$3", "v.column3");
+    let mut settled = Vec::new();
+    loop {
+        let round: Vec<(usize, StatusChange)> = queues
+            .values_mut()
+            .filter_map(VecDeque::pop_front)
+            .collect();
+        if round.is_empty() {
+            return Ok(settled);
+        }
+        for chunk in round.chunks(ROWS_PER_STATEMENT) {
+            let mut params = Params::new(backend);
+            let mut sql = format!(
+                "UPDATE business SET subscription_status = v.column3, stripe_state_at = v.column4, \
+                 billing = {billing}, updated_at = "
+            );
+            params.push(&mut sql);
+            sql.push_str(" FROM (VALUES ");
+            for k in 0..chunk.len() {
+                sql.push_str(if k == 0 { "(" } else { ", (" });
+                params.list(&mut sql, 3);
+                sql.push_str(", CAST(");
+                params.push(&mut sql);
+                sql.push_str(" AS BIGINT))");
+            }
+            sql.push_str(
+                ") AS v WHERE business.business_id = v.column1 AND business.stripe_subscription_id = v.column2 \
+                 AND (business.stripe_state_at < v.column4 \
+                 OR (business.stripe_state_at = v.column4 AND business.subscription_status = v.column3)) \
+                 RETURNING business.business_id",
+            );
+            let mut q = sqlx::query(&sql).persistent(false).bind(received);
+            for (_, c) in chunk {
+                q = q
+                    .bind(&c.business_id)
+                    .bind(&c.subscription_id)
+                    .bind(&c.status)
+                    .bind(c.state_at);
+            }
+            let written: HashSet<String> = q
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()?;
+            // Why the others were not written, from the state as it now is.
+            let missed: Vec<&StatusChange> = chunk
+                .iter()
+                .map(|(_, c)| c)
+                .filter(|c| !written.contains(&c.business_id))
+                .collect();
+            let mut state: HashMap<String, (Option<String>, i64)> = HashMap::new();
+            if !missed.is_empty() {
+                let mut params = Params::new(backend);
+                let mut sql = String::from(
+                    "SELECT business_id, stripe_subscription_id, stripe_state_at FROM business WHERE business_id IN (",
+                );
+                params.list(&mut sql, missed.len());
+                sql.push(')');
+                let mut q = sqlx::query(&sql).persistent(false);
+                for c in &missed {
+                    q = q.bind(&c.business_id);
+                }
+                for row in q.fetch_all(&mut *conn).await? {
+                    state.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+                }
+            }
+            for (i, c) in chunk {
+                if written.contains(&c.business_id) {
+                    settled.push((*i, c.business_id.clone(), None));
+                } else if let Some(why) = why_not_written(c, state.get(&c.business_id).cloned()) {
+                    settled.push((*i, c.business_id.clone(), Some(why)));
+                }
+            }
+        }
+        queues.retain(|_, q| !q.is_empty());
+    }
+}
+
 /// Rows per multi-row statement (at most 10 parameters each: far below SQLite's and PostgreSQL's limits).
 const ROWS_PER_STATEMENT: usize = 256;
 
@@ -327,11 +463,12 @@ impl Store {
             .iter()
             .flat_map(|&i| events[i].triage.keys())
             .collect();
-        let known = known_keys(self.backend, &mut tx, &wanted).await?;
+        let named = businesses_named(self.backend, &mut tx, &wanted).await?;
+        let known = known_keys(&named);
         let state = |e: &NewEvent| match &e.triage {
             Triage::Apply => Inserted::Pending,
             Triage::Ignore(why) => Inserted::Ignored(why),
-            t if t.keys().iter().any(|k| known.contains(*k)) => Inserted::Pending,
+            t if t.keys().iter().any(|k| known.contains(k)) => Inserted::Pending,
             _ => Inserted::Ignored(UNKNOWN_BUSINESS),
         };
         // Multi-row statements: one round trip per few hundred events instead of one per event.
@@ -395,68 +532,44 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         // Status events just stored about a known business whose current subscription they concern: the
-        // status is written now and the event settled. Changes go in business order, so two replicas'
-        // batches lock the same businesses in the same order.
-        let mut changes: Vec<(usize, StatusChange)> = Vec::new();
-        for &i in &unique {
-            let e = &events[i];
-            if done[i] != Inserted::Pending || !matches!(e.triage, Triage::Status { .. }) {
-                continue;
+        // status is written now and the event settled (`Triage::Status`), a few statements per batch.
+        let index = BusinessIndex::new(&named);
+        let changes: Vec<(usize, StatusChange)> = unique
+            .iter()
+            .filter(|&&i| done[i] == Inserted::Pending)
+            .filter_map(|&i| {
+                let b = index.find(&events[i].triage)?;
+                let change = StatusChange::of(&events[i], &b.business_id)?;
+                (b.subscription.as_deref() == Some(change.subscription_id.as_str()))
+                    .then_some((i, change))
+            })
+            .collect();
+        let settled = write_changes(self.backend, &mut tx, changes, received).await?;
+        for chunk in settled.chunks(ROWS_PER_STATEMENT) {
+            let mut params = Params::new(self.backend);
+            let mut sql = String::from(
+                "UPDATE webhook_event SET status = v.column2, last_error = v.column3, business_id = v.column4, \
+                 attempts = 1, lease_owner = NULL, lease_until = NULL, applied_at = ",
+            );
+            params.push(&mut sql);
+            sql.push_str(" FROM (VALUES ");
+            for k in 0..chunk.len() {
+                sql.push_str(if k == 0 { "(" } else { ", (" });
+                params.list(&mut sql, 4);
+                sql.push(')');
             }
-            for (n, key) in e.triage.lookups() {
-                let lookup = sqlx::query(BUSINESS_BY[n]).bind(key);
-                if let Some(row) = lookup.fetch_optional(&mut *tx).await? {
-                    let business: String = row.try_get(0)?;
-                    let current: Option<String> = row.try_get(1)?;
-                    match StatusChange::of(e, &business) {
-                        Some(c) if current.as_deref() == Some(c.subscription_id.as_str()) => {
-                            changes.push((i, c))
-                        }
-                        _ => {}
-                    }
-                    break;
-                }
+            sql.push_str(") AS v WHERE webhook_event.event_id = v.column1");
+            let mut q = sqlx::query(&sql).persistent(false).bind(received);
+            for (i, business, why) in chunk {
+                q = q
+                    .bind(&events[*i].id)
+                    .bind(if why.is_some() { "ignored" } else { "applied" })
+                    .bind(*why)
+                    .bind(business);
             }
-        }
-        changes.sort_by(|a, b| a.1.business_id.cmp(&b.1.business_id));
-        let change_free = change_status_sql(false);
-        for (i, change) in changes {
-            let written = sqlx::query(&change_free)
-                .bind(&change.business_id)
-                .bind(&change.subscription_id)
-                .bind(&change.status)
-                .bind(change.state_at)
-                .bind(received)
-                .bind(0i64)
-                .execute(&mut *tx)
-                .await?;
-            let settled = if written.rows_affected() == 1 {
-                Some(("applied", None))
-            } else {
-                let state = sqlx::query(BUSINESS_STATE)
-                    .bind(&change.business_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
-                    .transpose()?;
-                why_not_written(&change, state).map(|why| ("ignored", Some(why)))
-            };
-            if let Some((status, why)) = settled {
-                sqlx::query(
-                    "UPDATE webhook_event SET status = $2, last_error = $3, applied_at = $4, business_id = $5, \
-                     attempts = 1, lease_owner = NULL, lease_until = NULL WHERE event_id = $1",
-                )
-                .bind(&events[i].id)
-                .bind(status)
-                .bind(why)
-                .bind(received)
-                .bind(&change.business_id)
-                .execute(&mut *tx)
-                .await?;
-                done[i] = match why {
-                    None => Inserted::Applied,
-                    Some(why) => Inserted::Ignored(why),
-                };
+            q.execute(&mut *tx).await?;
+            for (i, _, why) in chunk {
+                done[*i] = why.map_or(Inserted::Applied, Inserted::Ignored);
             }
         }
         let change_status = change_status_sql(true);
