@@ -761,6 +761,57 @@ async fn contract(store: &Store) {
         "a redelivery changes nothing"
     );
 
+    // Due events are claimed a batch at a time, oldest first, each by one claimer; the attempt is counted
+    // when the claimer records its outcome.
+    let old = |id: &str, created: i64| NewEvent { created, ..ev(id) };
+    store
+        .write_inbox(
+            &[old("evt_d1", 1), old("evt_d2", 2), old("evt_d3", 3)],
+            "inbox-1",
+            false,
+            0,
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let ids = |events: Vec<genesis_billing::store::StoredEvent>| {
+        events
+            .into_iter()
+            .map(|e| (e.event_id, e.attempts, e.payload))
+            .collect::<Vec<_>>()
+    };
+    let first = store.claim_due("claimer-1", now() + 60, 2).await.unwrap();
+    assert_eq!(
+        ids(first),
+        [
+            ("evt_d1".to_owned(), 0, "{}".to_owned()),
+            ("evt_d2".to_owned(), 0, "{}".to_owned())
+        ]
+    );
+    let second = store.claim_due("claimer-2", now() + 60, 1).await.unwrap();
+    assert_eq!(ids(second), [("evt_d3".to_owned(), 0, "{}".to_owned())]);
+    assert!(
+        store
+            .due_events(100)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| !e.event_id.starts_with("evt_d")),
+        "claimed events are not due"
+    );
+    store
+        .write_inbox(
+            &[],
+            "claimer-1",
+            false,
+            0,
+            vec![result("evt_d1", "applied", None)],
+        )
+        .await
+        .unwrap();
+    let d1 = store.event("evt_d1").await.unwrap().unwrap();
+    assert_eq!((d1.status.as_str(), d1.attempts), ("applied", 1));
+
     // History.
     store.record_event("b0", "note", "hello").await.unwrap();
     assert_eq!(store.events_of("b0").await.unwrap()[0].1, "hello");
@@ -886,7 +937,7 @@ async fn replicas_migrating_postgres_at_once_apply_each_migration_once() {
         .into_iter()
         .map(|r| r.unwrap().len())
         .sum();
-    assert_eq!(applied, 4, "each migration applied by exactly one replica");
+    assert_eq!(applied, 5, "each migration applied by exactly one replica");
     assert!(
         store.get_business("x").await.unwrap().is_none(),
         "the schema works"

@@ -635,3 +635,75 @@ async fn a_failed_apply_is_visible_listed_as_failed_and_replayed_by_the_cli() {
     let missing = tokio::task::block_in_place(|| run(&["webhooks", "replay", "evt_nothing"]));
     assert_eq!(missing.status.code(), Some(1));
 }
+
+#[tokio::test]
+async fn events_left_pending_by_a_crash_are_applied_once_each_when_the_service_starts() {
+    let world = World::new().await;
+    let (b, _) = world
+        .service
+        .create_business(
+            NewBusiness {
+                name: "Interrupted".into(),
+                business_type: "saas".into(),
+                email: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    // Stored, unleased and pending: what a service killed before applying them leaves behind.
+    let sub = world.subscriptions_of(&b.business_id)[0].clone();
+    let statuses = ["past_due", "active", "past_due"];
+    for (n, status) in statuses.iter().enumerate() {
+        let mut object = sub.clone();
+        object["status"] = json!(status);
+        let id = format!("evt_left_{n}");
+        let created = b.stripe_state_at + 1 + n as i64;
+        let body = json!({"id": id, "object": "event", "type": "customer.subscription.updated", "created": created, "data": {"object": object}}).to_string();
+        assert!(world
+            .service
+            .store()
+            .insert_event(
+                &id,
+                "customer.subscription.updated",
+                created,
+                "webhook",
+                &body
+            )
+            .await
+            .unwrap());
+    }
+    assert_eq!(
+        world
+            .record(&b.business_id)
+            .await
+            .subscription_status
+            .as_deref(),
+        Some("incomplete"),
+        "nothing applied before the service starts"
+    );
+
+    let _app = App::start(&world, &[ADMIN_TOKEN], &[SECRET.to_owned()], None).await;
+    for n in 0..statuses.len() {
+        wait_event(&world, &format!("evt_left_{n}"), "applied").await;
+    }
+    for n in 0..statuses.len() {
+        let e = world
+            .service
+            .store()
+            .event(&format!("evt_left_{n}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e.attempts, 1, "{} applied once", e.event_id);
+    }
+    assert_eq!(
+        world
+            .record(&b.business_id)
+            .await
+            .subscription_status
+            .as_deref(),
+        Some("past_due"),
+        "the newest state wins"
+    );
+}

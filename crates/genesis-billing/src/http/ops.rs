@@ -176,12 +176,10 @@ pub fn spawn_background(
     let s = state.clone();
     tasks.push(tokio::spawn(async move {
         loop {
-            // Drain what is due (a backlog after a burst or a restart) in bounded rounds, then wait.
-            for _ in 0..50 {
-                if s.inbox.retry_due().await == 0 {
-                    break;
-                }
-            }
+            // Drain what is due (a backlog after a burst or a restart), then wait. Claimed events are
+            // leased and failed ones wait out their backoff, so this ends once the due ones are handed out;
+            // each round waits for the appliers to take its batch.
+            while s.inbox.retry_due().await > 0 {}
             tokio::time::sleep(schedule.webhook_retry).await;
         }
     }));

@@ -29,6 +29,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhook_payload",
         include_str!("../../migrations/0004_webhook_payload.sql"),
     ),
+    (
+        5,
+        "webhook_due",
+        include_str!("../../migrations/0005_webhook_due.sql"),
+    ),
 ];
 
 pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<&'static str>, StoreError> {

@@ -762,6 +762,57 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
+    /// Takes up to `limit` due events (see `due_events`) for `owner` until `until`, oldest first, in one
+    /// statement; replicas claiming at once each get their own. The attempt is counted when its outcome is
+    /// recorded (`write_inbox`).
+    pub async fn claim_due(
+        &self,
+        owner: &str,
+        until: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let t = now();
+        let free = "status IN ('pending', 'failed') AND (lease_until IS NULL OR lease_until < $3)";
+        // The pick is a materialized CTE: as a subquery, PostgreSQL may run it again for each row it
+        // updates, and with SKIP LOCKED each run can pick other rows (the contract test caught a limit of
+        // 2 claiming 3).
+        let (index, lock) = match self.backend {
+            // Without statistics SQLite prefers the status index and sorts every pending event.
+            Backend::Sqlite => (" INDEXED BY webhook_event_due_idx", ""),
+            // Replicas claiming at once skip each other's rows instead of queueing on them.
+            Backend::Postgres => ("", " FOR UPDATE SKIP LOCKED"),
+        };
+        let sql = format!(
+            "WITH picked AS MATERIALIZED (SELECT event_id FROM webhook_event{index} WHERE {free} \
+             AND (next_attempt_at IS NULL OR next_attempt_at <= $3) ORDER BY created, event_id LIMIT $4{lock}) \
+             UPDATE webhook_event SET lease_owner = $1, lease_until = $2 \
+             WHERE event_id IN (SELECT event_id FROM picked) AND {free} RETURNING event_id"
+        );
+        let claimed: Vec<String> = sqlx::query(&sql)
+            .bind(owner)
+            .bind(until)
+            .bind(t)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut params = Params::new(self.backend);
+        let mut sql = format!("SELECT {COLUMNS} FROM {EVENTS} WHERE e.event_id IN (");
+        params.list(&mut sql, claimed.len());
+        sql.push_str(") ORDER BY e.created, e.event_id");
+        let mut q = sqlx::query(&sql).persistent(false);
+        for id in &claimed {
+            q = q.bind(id);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
     /// Puts an event back to pending so it is applied again (`webhooks replay`).
     pub async fn reset_event(&self, id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE webhook_event SET status = 'pending', next_attempt_at = NULL, lease_owner = NULL, lease_until = NULL WHERE event_id = $1")

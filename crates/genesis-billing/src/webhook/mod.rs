@@ -57,6 +57,19 @@ const APPLY_LANES: usize = 4;
 /// `retry_due` applies them from the database, so memory stays bounded under any burst.
 const APPLY_QUEUE: usize = 4096;
 
+/// Most due events `retry_due` claims at once.
+const RETRY_BATCH: usize = 200;
+
+/// A stored event held by this inbox, for an applier lane.
+struct Work {
+    id: String,
+    event_type: String,
+    created: i64,
+    payload: String,
+    /// Earlier attempts, for the backoff.
+    attempts: i64,
+}
+
 /// The part of a Stripe event the receiver checks before storing it.
 #[derive(serde::Deserialize)]
 struct Envelope {
@@ -266,7 +279,20 @@ impl<'de> Shape<'de> for ObjectKeys {
     }
 }
 
-/// Which applier lane an event goes to: events about one customer keep their order in one lane.
+/// Which applier lane an event goes to: events about one customer (or, without one, one business or
+/// subscription) keep their order in one lane.
+fn lane_for(id: &str, keys: Option<&EventKeys>) -> usize {
+    lane_of(
+        keys.and_then(|k| {
+            k.customer
+                .as_ref()
+                .or(k.business_id.as_ref())
+                .or(k.subscription.as_ref())
+        })
+        .map_or(id, String::as_str),
+    )
+}
+
 fn lane_of(key: &str) -> usize {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -289,6 +315,9 @@ pub struct Inbox {
     secrets: Vec<SecretString>,
     tolerance: i64,
     commits: mpsc::Sender<CommitRequest>,
+    /// Who holds the events this inbox applies (the lease owner in the database).
+    owner: Arc<str>,
+    lanes: Vec<mpsc::Sender<Work>>,
 }
 
 /// Applies stored events; a lease in the database keeps two workers off one event.
@@ -320,10 +349,10 @@ impl Inbox {
         }
         tokio::spawn(commit_loop(
             applier.service.clone(),
-            owner,
+            owner.clone(),
             applier.lease,
             commit_rx,
-            lanes,
+            lanes.clone(),
             outcome_rx,
         ));
         Self {
@@ -331,6 +360,8 @@ impl Inbox {
             secrets,
             tolerance: tolerance_secs,
             commits,
+            owner,
+            lanes,
         }
     }
 
@@ -381,17 +412,7 @@ impl Inbox {
         };
         let status = fields.status.clone();
         let keys = crate::billing::keys_of(&kind, fields);
-        // Events about one customer (or, without one, one business or subscription) share a lane.
-        let lane = lane_of(
-            keys.as_ref()
-                .and_then(|k| {
-                    k.customer
-                        .as_ref()
-                        .or(k.business_id.as_ref())
-                        .or(k.subscription.as_ref())
-                })
-                .unwrap_or(&id),
-        );
+        let lane = lane_for(&id, keys.as_ref());
         let status =
             status.filter(|s| crate::business::SUBSCRIPTION_STATUSES.contains(&s.as_str()));
         let status_event = matches!(
@@ -463,19 +484,45 @@ impl Inbox {
         self.applier.apply(id).await;
     }
 
-    /// Retries every event whose backoff has passed (and any left pending by a crash).
+    /// Claims a batch of events whose backoff has passed (and any left pending by a crash or a burst) and
+    /// hands them to the appliers, whose outcomes the writer records as for new events. Returns how many
+    /// it claimed, once the appliers have taken them all.
     pub async fn retry_due(&self) -> usize {
-        let due: Vec<StoredEvent> = match self.service().store().due_events(200).await {
+        let until = now() + self.applier.lease.as_secs() as i64;
+        let store = self.service().store();
+        let due: Vec<StoredEvent> = match store
+            .claim_due(&self.owner, until, RETRY_BATCH as i64)
+            .await
+        {
             Ok(d) => d,
             Err(e) => {
-                tracing::error!(error = %e, "cannot list due webhook events");
+                tracing::error!(error = %e, "cannot claim due webhook events");
                 return 0;
             }
         };
-        for e in &due {
-            self.applier.apply(&e.event_id).await;
+        let claimed = due.len();
+        for e in due {
+            let keys = serde_json::from_str::<Envelope>(&e.payload)
+                .ok()
+                .and_then(|env| Some((env.kind, env.data.object.0?.0)))
+                .and_then(|(kind, fields)| crate::billing::keys_of(&kind, fields));
+            let work = Work {
+                attempts: e.attempts,
+                id: e.event_id,
+                event_type: e.event_type,
+                created: e.created,
+                payload: e.payload,
+            };
+            // Waits while the lane is full: claims never outrun the appliers by more than a batch.
+            if self.lanes[lane_for(&work.id, keys.as_ref())]
+                .send(work)
+                .await
+                .is_err()
+            {
+                break;
+            }
         }
-        due.len()
+        claimed
     }
 
     /// Reads Stripe's event list since the newest stored event and applies what webhooks missed.
@@ -677,7 +724,7 @@ async fn commit_loop(
     owner: Arc<str>,
     lease: Duration,
     mut queue: mpsc::Receiver<CommitRequest>,
-    applies: Vec<mpsc::Sender<NewEvent>>,
+    applies: Vec<mpsc::Sender<Work>>,
     mut outcomes: mpsc::UnboundedReceiver<EventResult>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -733,7 +780,13 @@ async fn commit_loop(
                 {
                     let _ = reply.send(Ok(done));
                     if done == Inserted::Pending && keep_up {
-                        let _ = applies[lane].try_send(event);
+                        let _ = applies[lane].try_send(Work {
+                            id: event.id,
+                            event_type: event.event_type,
+                            created: event.created,
+                            payload: event.payload,
+                            attempts: 0,
+                        });
                     }
                 }
             }
@@ -755,7 +808,7 @@ async fn commit_loop(
 /// the records do not know were settled when stored.)
 async fn apply_loop(
     applier: Arc<Applier>,
-    mut queue: mpsc::Receiver<NewEvent>,
+    mut queue: mpsc::Receiver<Work>,
     outcomes: mpsc::UnboundedSender<EventResult>,
 ) {
     while let Some(e) = queue.recv().await {
@@ -764,7 +817,7 @@ async fn apply_loop(
                 &e.event_type,
                 e.created,
                 &e.payload,
-                0,
+                e.attempts,
                 &e.id,
                 Writes::Deferred,
             )
