@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::postgres::TestDatabase;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -19,75 +21,21 @@ use genesis_billing::store::{now, Store};
 use genesis_billing::stripe::{Call, ClientConfig, Form, RetryPolicy, StripeClient};
 use genesis_billing::webhook::signature::sign;
 use serde_json::{json, Value};
-use sqlx::Connection;
 
 const KEY: &str = "sk_test_replicas_key";
 const WEBHOOK_SECRET: &str = "whsec_replicas_secret";
 const ADMIN: &str = "admin-replicas-token";
 
-/// Where the tests find PostgreSQL (trust auth on the CI machine).
-fn admin_url() -> String {
-    std::env::var("GENESIS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A database of this test's own, dropped `WITH (FORCE)` when the guard goes (also when the test fails).
-struct Database {
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create() -> Self {
-        let name = format!("gb_replicas_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&admin_url())
-            .await
-            .expect("PostgreSQL at GENESIS_TEST_POSTGRES_URL");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        admin.close().await.unwrap();
-        let base = admin_url();
-        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-        Self { name, url }
-    }
-
-    async fn store(&self) -> Store {
-        Store::connect(&DatabaseUrl::new(self.url.clone()), 2)
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        // Drop runs inside the test's runtime, possibly while unwinding: use a runtime of our own.
-        let name = self.name.clone();
-        let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let mut admin = sqlx::PgConnection::connect(&admin_url()).await?;
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await?;
-                Ok::<_, sqlx::Error>(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test database {}: {dropped:?}", self.name);
-        }
-    }
+async fn store_of(db: &TestDatabase) -> Store {
+    Store::connect(&DatabaseUrl::new(db.url.clone()), 2)
+        .await
+        .unwrap()
 }
 
 /// The environment every process of a fleet shares.
 fn fleet_env(
     sim: &stripe_sim::SimHandle,
-    db: &Database,
+    db: &TestDatabase,
     extra: &[(&str, &str)],
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = [
@@ -354,14 +302,14 @@ async fn two_replicas_apply_each_webhook_once_and_finish_the_work_of_a_killed_on
         latency_ms: 40,
         jitter_ms: 40,
     }]);
-    let db = Database::create().await;
+    let db = TestDatabase::create("gb_replicas").await;
     let env = fleet_env(&sim, &db, &[]);
     sync_prices(&env);
     let logs = tempfile::tempdir().unwrap();
     let mut a = Replica::start("A", &env, &logs);
     let b = Replica::start("B", &env, &logs);
     tokio::join!(a.wait_ready(), b.wait_ready());
-    let store = db.store().await;
+    let store = store_of(&db).await;
 
     // A few businesses through each replica.
     let mut first = Vec::new();
@@ -520,7 +468,7 @@ async fn two_replicas_provisioning_together_stay_under_the_fleet_wide_stripe_rat
     })
     .await
     .unwrap();
-    let db = Database::create().await;
+    let db = TestDatabase::create("gb_replicas").await;
     let env = fleet_env(
         &sim,
         &db,
@@ -550,7 +498,7 @@ async fn two_replicas_provisioning_together_stay_under_the_fleet_wide_stripe_rat
         assert_eq!(*status, 201, "{body}");
         assert_billing_provisioned_or_in_hand(body);
     }
-    let store = db.store().await;
+    let store = store_of(&db).await;
     all_work_finished(&store, "every business").await;
     let elapsed = started.elapsed().as_secs_f64();
 

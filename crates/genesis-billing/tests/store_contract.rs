@@ -1,6 +1,9 @@
 //! One contract for the storage interface, run against a real SQLite file and the real PostgreSQL.
-//! Each PostgreSQL test creates its own database and drops it afterwards.
+//! Each PostgreSQL test creates its own database and drops it afterwards, also when it fails.
 
+mod common;
+
+use common::postgres::TestDatabase;
 use genesis_billing::business::{Billing, Business, Lifecycle};
 use genesis_billing::config::DatabaseUrl;
 use genesis_billing::store::{
@@ -9,17 +12,12 @@ use genesis_billing::store::{
 };
 use sqlx::Connection;
 
-/// Where the tests find PostgreSQL (trust auth on the CI machine).
-fn admin_url() -> String {
-    std::env::var("GENESIS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-
-/// A fresh database of either kind; dropped (PostgreSQL) or deleted (SQLite) when the guard goes.
+/// A fresh database of either kind; deleted (SQLite) or dropped (PostgreSQL) when the guard goes, also when
+/// the test panics.
 enum Fresh {
     /// Kept so the directory lives as long as the store.
     Sqlite(#[allow(dead_code)] tempfile::TempDir),
-    Postgres(String),
+    Postgres(TestDatabase),
 }
 
 impl Fresh {
@@ -38,30 +36,25 @@ impl Fresh {
     }
 
     async fn postgres_empty() -> (Self, Store) {
-        let name = format!("gb_contract_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&admin_url())
-            .await
-            .expect("PostgreSQL at GENESIS_TEST_POSTGRES_URL");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
+        let db = TestDatabase::create("gb_contract").await;
+        let store = Store::connect(&DatabaseUrl::new(db.url.clone()), 4)
             .await
             .unwrap();
-        admin.close().await.unwrap();
-        let base = admin_url();
-        let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
-        let store = Store::connect(&DatabaseUrl::new(url), 4).await.unwrap();
-        (Self::Postgres(name), store)
+        (Self::Postgres(db), store)
     }
 
-    async fn drop_db(self, store: Store) {
-        drop(store);
-        if let Self::Postgres(name) = self {
-            let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut admin)
-                .await
-                .unwrap();
+    /// The database's URL (PostgreSQL only).
+    fn url(&self) -> String {
+        match self {
+            Self::Postgres(db) => db.url.clone(),
+            Self::Sqlite(_) => unreachable!("PostgreSQL tests only"),
         }
+    }
+
+    /// Closes the store's connections, then drops the database.
+    fn drop_db(self, store: Store) {
+        drop(store);
+        drop(self);
     }
 }
 
@@ -900,7 +893,7 @@ async fn coordination_contract(store: &Store) {
 async fn the_store_contract_holds_on_sqlite() {
     let (fresh, store) = Fresh::sqlite().await;
     contract(&store).await;
-    fresh.drop_db(store).await;
+    fresh.drop_db(store);
 }
 
 /// An in-memory SQLite database has no file for the inbox's own writer: its writes take the portable path
@@ -919,17 +912,13 @@ async fn the_store_contract_holds_on_postgres() {
     let (fresh, store) = Fresh::postgres().await;
     assert_eq!(store.backend().as_str(), "postgres");
     contract(&store).await;
-    fresh.drop_db(store).await;
+    fresh.drop_db(store);
 }
 
 #[tokio::test]
 async fn replicas_migrating_postgres_at_once_apply_each_migration_once() {
     let (fresh, store) = Fresh::postgres_empty().await;
-    let Fresh::Postgres(name) = &fresh else {
-        unreachable!()
-    };
-    let base = admin_url();
-    let url = DatabaseUrl::new(format!("{}/{name}", &base[..base.rfind('/').unwrap()]));
+    let url = DatabaseUrl::new(fresh.url());
     // A new, empty database and three replicas starting at once.
     let stores = futures_three(&url).await;
     let results = tokio::join!(stores.0.migrate(), stores.1.migrate(), stores.2.migrate());
@@ -943,7 +932,7 @@ async fn replicas_migrating_postgres_at_once_apply_each_migration_once() {
         "the schema works"
     );
     drop(stores);
-    fresh.drop_db(store).await;
+    fresh.drop_db(store);
 }
 
 async fn futures_three(url: &DatabaseUrl) -> (Store, Store, Store) {
@@ -957,11 +946,7 @@ async fn futures_three(url: &DatabaseUrl) -> (Store, Store, Store) {
 #[tokio::test]
 async fn replicas_reserving_rate_slots_at_once_on_postgres_each_get_their_own_slot() {
     let (fresh, store) = Fresh::postgres().await;
-    let Fresh::Postgres(name) = &fresh else {
-        unreachable!()
-    };
-    let base = admin_url();
-    let url = DatabaseUrl::new(format!("{}/{name}", &base[..base.rfind('/').unwrap()]));
+    let url = DatabaseUrl::new(fresh.url());
     let replicas = futures_three(&url).await;
     let mut tasks = tokio::task::JoinSet::new();
     for replica in [replicas.0, replicas.1, replicas.2] {
@@ -985,17 +970,13 @@ async fn replicas_reserving_rate_slots_at_once_on_postgres_each_get_their_own_sl
         slots, expected,
         "sixty distinct consecutive slots, none lost or shared"
     );
-    fresh.drop_db(store).await;
+    fresh.drop_db(store);
 }
 
 #[tokio::test]
 async fn a_statement_stuck_on_postgres_is_cancelled_by_the_configured_timeout() {
     let (fresh, store) = Fresh::postgres().await;
-    let Fresh::Postgres(name) = &fresh else {
-        unreachable!()
-    };
-    let base = admin_url();
-    let url = format!("{}/{name}", &base[..base.rfind('/').unwrap()]);
+    let url = fresh.url();
     // Another session holds the migration lock, so migrating waits on it: a stuck statement.
     let mut other = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("BEGIN").execute(&mut other).await.unwrap();
@@ -1019,7 +1000,7 @@ async fn a_statement_stuck_on_postgres_is_cancelled_by_the_configured_timeout() 
     sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
     other.close().await.unwrap();
     drop(impatient);
-    fresh.drop_db(store).await;
+    fresh.drop_db(store);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1073,18 +1054,14 @@ async fn a_job_lease_is_renewed_while_held_and_freed_by_release_or_by_its_holder
     let (holder, until) = store.job_holder("periodic").await.unwrap().unwrap();
     assert_eq!(holder, owner);
     assert!(until >= now() + 3500, "{until}");
-    fresh.drop_db(store).await;
+    fresh.drop_db(store);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_storing_the_same_webhook_events_at_once_on_postgres_store_each_once_without_deadlock(
 ) {
     let (fresh, store) = Fresh::postgres().await;
-    let Fresh::Postgres(name) = &fresh else {
-        unreachable!()
-    };
-    let base = admin_url();
-    let url = DatabaseUrl::new(format!("{}/{name}", &base[..base.rfind('/').unwrap()]));
+    let url = DatabaseUrl::new(fresh.url());
     let (a, b, _) = futures_three(&url).await;
     let event = |id: String| NewEvent {
         id,
@@ -1111,7 +1088,7 @@ async fn replicas_storing_the_same_webhook_events_at_once_on_postgres_store_each
         }
     }
     assert_eq!(store.list_events(None, 1000).await.unwrap().len(), 160);
-    fresh.drop_db(store).await;
+    fresh.drop_db(store);
 }
 
 #[tokio::test]
