@@ -73,7 +73,7 @@ pub async fn run(json: bool) -> Result<(), Failure> {
     let service = Arc::new(build_service(&settings, metrics.clone()).await?);
 
     say.step("syncing the price catalog into Stripe");
-    let prices = service.sync_prices(true).await?;
+    let prices = service.sync_prices(true, false).await?;
     for p in &prices {
         say.say(format!(
             "{:<28} {:?} {}",

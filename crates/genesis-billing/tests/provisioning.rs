@@ -452,9 +452,9 @@ async fn a_business_whose_price_cannot_be_resolved_fails_and_is_provisioned_afte
         "the customer made before the failure is kept"
     );
 
-    let lines = service.sync_prices(true).await.unwrap();
+    let lines = service.sync_prices(true, false).await.unwrap();
     assert!(lines.iter().all(|l| l.stripe_price_id.is_some()));
-    let again = service.sync_prices(true).await.unwrap();
+    let again = service.sync_prices(true, false).await.unwrap();
     assert!(
         again
             .iter()
@@ -510,4 +510,93 @@ async fn a_burst_of_businesses_on_a_cold_price_cache_reads_the_prices_once() {
         20 * 2 + 1,
         "two writes each and one price lookup in all"
     );
+}
+
+#[tokio::test]
+async fn prices_sync_transfer_moves_a_differing_lookup_key_to_a_price_with_the_catalog_terms() {
+    let sim = stripe_sim::start(stripe_sim::SimConfig {
+        rate_limit_per_second: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = common::settings_for(&sim.base_url(), &common::db_url(&dir), &[]);
+    let metrics = std::sync::Arc::new(genesis_billing::metrics::Metrics::new());
+    let service = genesis_billing::cli::build_service(&settings, metrics)
+        .await
+        .map_err(|_| "build")
+        .unwrap();
+    // The catalog's key already on a price with other terms (say, changed by hand in the dashboard).
+    async fn stripe(base: String, path: &str, form: &[(&str, &str)]) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .bearer_auth(common::KEY)
+            .form(form)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        r.json().await.unwrap()
+    }
+    let product = stripe(sim.base_url(), "/v1/products", &[("name", "Genesis SaaS")]).await;
+    let product = product["id"].as_str().unwrap();
+    let old = stripe(
+        sim.base_url(),
+        "/v1/prices",
+        &[
+            ("product", product),
+            ("unit_amount", "999"),
+            ("currency", "usd"),
+            ("recurring[interval]", "month"),
+            ("lookup_key", "genesis_saas_monthly"),
+        ],
+    )
+    .await;
+    let old = old["id"].as_str().unwrap();
+    let line = |lines: Vec<genesis_billing::billing::PriceSyncLine>| {
+        lines
+            .into_iter()
+            .find(|l| l.lookup_key == "genesis_saas_monthly")
+            .unwrap()
+    };
+    use genesis_billing::billing::PriceStatus;
+
+    let reported = line(service.sync_prices(true, false).await.unwrap());
+    assert_eq!(
+        (reported.status, reported.stripe_price_id.as_deref()),
+        (PriceStatus::Differs, Some(old)),
+        "without --transfer a difference is only reported"
+    );
+    assert!(reported.difference.unwrap().contains("amount"));
+
+    let moved = line(service.sync_prices(true, true).await.unwrap());
+    assert_eq!(moved.status, PriceStatus::Transferred);
+    let moved_to = moved.stripe_price_id.clone().unwrap();
+    assert_ne!(moved_to, old);
+    let prices = sim.objects("price");
+    let by_id = |id: &str| prices.iter().find(|p| p["id"] == id).unwrap().clone();
+    assert_eq!(
+        by_id(old)["lookup_key"],
+        serde_json::Value::Null,
+        "the key left the old price"
+    );
+    let created = by_id(&moved_to);
+    assert_eq!(created["lookup_key"], "genesis_saas_monthly");
+    assert_eq!(created["unit_amount"], moved.amount_cents);
+    assert_eq!(created["product"], product, "the same Product, a new Price");
+
+    let again = line(service.sync_prices(true, true).await.unwrap());
+    assert_eq!(
+        (again.status, again.stripe_price_id.as_deref()),
+        (PriceStatus::Ok, Some(moved_to.as_str())),
+        "a rerun changes nothing"
+    );
+    assert_eq!(sim.objects("price").len(), prices.len());
+
+    let (b, _) = service
+        .create_business(new("After the move", "saas"), None)
+        .await
+        .unwrap();
+    assert_eq!(b.stripe_price_id.as_deref(), Some(moved_to.as_str()));
 }

@@ -18,6 +18,8 @@ pub enum PriceStatus {
     Missing,
     /// A price has the key but another amount, currency or interval; sync reports it and changes nothing.
     Differs,
+    /// It differed, and `prices sync --transfer` moved the key to a new price with the catalog's terms.
+    Transferred,
 }
 
 /// One line of `prices sync` / `prices list`.
@@ -59,8 +61,14 @@ fn difference(entry: &Entry, price: &Price) -> Option<String> {
 }
 
 impl BillingService {
-    /// Compares the catalog with Stripe; with `create`, creates what is missing.
-    pub async fn sync_prices(&self, create: bool) -> Result<Vec<PriceSyncLine>, BillingError> {
+    /// Compares the catalog with Stripe; with `create`, creates what is missing; with `transfer` too, moves
+    /// the lookup key of a price that differs from the catalog to a new price on the same Product with the
+    /// catalog's terms (`transfer_lookup_key`). Subscriptions keep the price they have; new ones get the new.
+    pub async fn sync_prices(
+        &self,
+        create: bool,
+        transfer: bool,
+    ) -> Result<Vec<PriceSyncLine>, BillingError> {
         let stripe = self.stripe()?;
         self.resolve_prices().await?;
         let mut lines = Vec::new();
@@ -75,9 +83,29 @@ impl BillingService {
             let entry = self.catalog.prices[&types[0]].clone();
             let cached = self.prices.read().await.get(key).cloned();
             let (status, price_id, diff) = match cached {
-                Some(p) => match difference(&entry, &p) {
-                    None => (PriceStatus::Ok, Some(p.id), None),
-                    Some(d) => (PriceStatus::Differs, Some(p.id), Some(d)),
+                Some(p) => match (difference(&entry, &p), &p.product) {
+                    (None, _) => (PriceStatus::Ok, Some(p.id), None),
+                    (Some(d), Some(product)) if create && transfer => {
+                        // Keyed by the price it replaces: a rerun replays, and moving the key back to
+                        // terms it once had makes a new price rather than replaying the old one.
+                        let price = stripe
+                            .create_price(
+                                product,
+                                entry.amount_cents,
+                                &entry.currency,
+                                &entry.interval,
+                                key,
+                                true,
+                                format!("genesis:catalog:{key}:transfer-from:{}", p.id),
+                            )
+                            .await?;
+                        self.prices
+                            .write()
+                            .await
+                            .insert(key.to_owned(), price.clone());
+                        (PriceStatus::Transferred, Some(price.id), Some(d))
+                    }
+                    (Some(d), _) => (PriceStatus::Differs, Some(p.id), Some(d)),
                 },
                 None if !create => (PriceStatus::Missing, None, None),
                 None => {

@@ -172,7 +172,12 @@ struct CreateArgs {
 #[derive(Debug, Subcommand)]
 enum PricesCommand {
     /// Create missing Products and Prices by lookup key; report differences.
-    Sync,
+    Sync {
+        /// Move the lookup key of a price that differs from the catalog to a new price with the catalog's
+        /// terms (existing subscriptions keep their price; new ones get the new one).
+        #[arg(long)]
+        transfer: bool,
+    },
     /// Show each catalog entry and its Stripe Price id.
     List,
 }
@@ -842,8 +847,11 @@ fn calculator(n: i64, price: &str, fees: FeeSchedule, json: bool) -> Result<Exit
 }
 
 async fn prices(service: &BillingService, cmd: PricesCommand, json: bool) -> Result<(), Failure> {
-    let create = matches!(cmd, PricesCommand::Sync);
-    let lines = service.sync_prices(create).await?;
+    let (create, transfer) = match cmd {
+        PricesCommand::Sync { transfer } => (true, transfer),
+        PricesCommand::List => (false, false),
+    };
+    let lines = service.sync_prices(create, transfer).await?;
     if json {
         print_json(&lines);
         return Ok(());

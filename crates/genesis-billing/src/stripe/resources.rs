@@ -99,6 +99,8 @@ pub struct Price {
     pub currency: String,
     pub interval: Option<String>,
     pub interval_count: i64,
+    /// The Product it prices (an id, or an expanded product's id).
+    pub product: Option<String>,
 }
 
 impl Price {
@@ -111,6 +113,7 @@ impl Price {
             currency: str_field(raw, "currency").unwrap_or_default(),
             interval: raw["recurring"]["interval"].as_str().map(str::to_owned),
             interval_count: raw["recurring"]["interval_count"].as_i64().unwrap_or(1),
+            product: id_of(&raw["product"]),
         })
     }
 }

@@ -85,7 +85,7 @@ impl World {
                 .expect("service builds"),
         );
         if service.payments_enabled() {
-            service.sync_prices(true).await.expect("prices sync");
+            service.sync_prices(true, false).await.expect("prices sync");
         }
         Self {
             sim,
