@@ -486,7 +486,7 @@ impl Inbox {
 
     /// Claims a batch of events whose backoff has passed (and any left pending by a crash or a burst) and
     /// hands them to the appliers, whose outcomes the writer records as for new events. Returns how many
-    /// it claimed, once the appliers have taken them all.
+    /// it claimed, once the appliers have taken them all (0 if they are gone).
     pub async fn retry_due(&self) -> usize {
         let until = now() + self.applier.lease.as_secs() as i64;
         let store = self.service().store();
@@ -519,7 +519,8 @@ impl Inbox {
                 .await
                 .is_err()
             {
-                break;
+                // The appliers are gone (shutting down): the rest stay leased and are retried later.
+                return 0;
             }
         }
         claimed
