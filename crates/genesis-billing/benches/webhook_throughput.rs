@@ -39,6 +39,8 @@
 //!   service applies it after its 2xx (an update of that business's record) instead of settling it as about
 //!   an unknown business when storing it. The run then waits (up to 120 s) for every event to be settled and
 //!   reports how long that took and the events by status.
+//! - `WEBHOOK_BENCH_EVENT` (`customer.subscription.updated`): or `invoice.paid`, a paid renewal invoice of
+//!   2 KiB that names its subscription and business under `parent.subscription_details`.
 //! - `WEBHOOK_BENCH_PYTHON` (python3); `WEBHOOK_BENCH_SKIP_BASELINE=1` measures the service alone.
 //! - `WEBHOOK_BENCH_PRINT_EVENT=1` prints one signed event and exits.
 //! - `WEBHOOK_BENCH_DIR`: where the temporary databases go (default: the system temp dir). It must be a
@@ -116,6 +118,24 @@ struct Opts {
     replicas: usize,
     /// `WEBHOOK_BENCH_BUSINESSES`: businesses imported before the run, which the events are about.
     businesses: usize,
+    /// `WEBHOOK_BENCH_EVENT`: the type of event sent.
+    event: EventKind,
+}
+
+/// The event types the bench can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventKind {
+    SubscriptionUpdated,
+    InvoicePaid,
+}
+
+impl EventKind {
+    fn name(self) -> &'static str {
+        match self {
+            EventKind::SubscriptionUpdated => "customer.subscription.updated",
+            EventKind::InvoicePaid => "invoice.paid",
+        }
+    }
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -172,6 +192,16 @@ impl Opts {
             },
             replicas: env_num("WEBHOOK_BENCH_REPLICAS", 1usize).max(1),
             businesses: env_num("WEBHOOK_BENCH_BUSINESSES", 0usize),
+            event: match std::env::var("WEBHOOK_BENCH_EVENT")
+                .unwrap_or_default()
+                .trim()
+            {
+                "" | "customer.subscription.updated" => EventKind::SubscriptionUpdated,
+                "invoice.paid" => EventKind::InvoicePaid,
+                other => panic!(
+                    "WEBHOOK_BENCH_EVENT={other:?}: expected customer.subscription.updated or invoice.paid"
+                ),
+            },
         }
     }
 }
@@ -275,6 +305,82 @@ fn body_template(created: i64) -> Vec<(String, Option<bool>)> {
         })
         .to_string()
     };
+    padded(build)
+}
+
+/// An `invoice.paid` event body at API 2026-09-30.endive: a subscription's paid renewal invoice, which names
+/// its subscription and business under `parent.subscription_details` (`WEBHOOK_BENCH_EVENT=invoice.paid`).
+fn invoice_template(created: i64) -> Vec<(String, Option<bool>)> {
+    let (k, b) = (KEY_MARK, BUSINESS_MARK);
+    let period_start = created - 30 * 86_400;
+    let build = |description: &str| {
+        serde_json::json!({
+            "id": format!("evt_1Q{k}"),
+            "object": "event",
+            "api_version": API_VERSION,
+            "created": created,
+            "data": {
+                "object": {
+                    "id": format!("in_1Q{k}"),
+                    "object": "invoice",
+                    "account_country": "US",
+                    "amount_due": 2900,
+                    "amount_paid": 2900,
+                    "amount_remaining": 0,
+                    "attempt_count": 1,
+                    "attempted": true,
+                    "billing_reason": "subscription_cycle",
+                    "collection_method": "charge_automatically",
+                    "created": created,
+                    "currency": "usd",
+                    "customer": format!("cus_Q{b}"),
+                    "description": description,
+                    "lines": {
+                        "object": "list",
+                        "data": [{
+                            "id": format!("il_1Q{k}"),
+                            "object": "line_item",
+                            "amount": 2900,
+                            "currency": "usd",
+                            "description": "1 × Genesis SaaS (at $29.00 / month)",
+                            "period": {"end": created, "start": period_start},
+                            "pricing": {"price_details": {"price": "price_1QbenchSaasStarterMonthly", "product": "prod_QbenchSaasStarter"}, "type": "price_details", "unit_amount_decimal": "2900"},
+                            "quantity": 1
+                        }],
+                        "has_more": false,
+                        "total_count": 1,
+                        "url": format!("/v1/invoices/in_1Q{k}/lines")
+                    },
+                    "livemode": false,
+                    "metadata": {},
+                    "parent": {
+                        "type": "subscription_details",
+                        "quote_details": null,
+                        "subscription_details": {
+                            "metadata": {"business_id": format!("bench-{b}"), "business_type": "saas"},
+                            "subscription": format!("sub_1Q{b}")
+                        }
+                    },
+                    "period_end": created,
+                    "period_start": period_start,
+                    "status": "paid",
+                    "status_transitions": {"finalized_at": created, "paid_at": created},
+                    "subtotal": 2900,
+                    "total": 2900
+                }
+            },
+            "livemode": false,
+            "pending_webhooks": 1,
+            "request": {"id": null, "idempotency_key": null},
+            "type": "invoice.paid"
+        })
+        .to_string()
+    };
+    padded(build)
+}
+
+/// The event `build` makes with a description that pads it to exactly `BODY_SIZE`, cut at its marks.
+fn padded(build: impl Fn(&str) -> String) -> Vec<(String, Option<bool>)> {
     let bare = build("").len();
     assert!(bare < BODY_SIZE, "template alone is {bare} bytes");
     const FILLER: &str =
@@ -326,10 +432,20 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(run: u16, phase: u8, count: usize, threads: usize, businesses: usize) -> Self {
+    fn new(
+        run: u16,
+        phase: u8,
+        count: usize,
+        threads: usize,
+        businesses: usize,
+        event: EventKind,
+    ) -> Self {
         let t = unix_now();
         let mut pool = Pool {
-            segments: body_template(t),
+            segments: match event {
+                EventKind::SubscriptionUpdated => body_template(t),
+                EventKind::InvoicePaid => invoice_template(t),
+            },
             businesses,
             prefix: format!("{run:04x}{phase:02}"),
             t,
@@ -1364,7 +1480,7 @@ async fn bench_target(
     let mut phase_no = 0u8;
     let mut next_pool = |count: usize| {
         phase_no += 1;
-        Pool::new(run, phase_no, count, threads, opts.businesses)
+        Pool::new(run, phase_no, count, threads, opts.businesses, opts.event)
     };
 
     eprintln!("[{}] warm-up {:.0} s", target.name, opts.warmup_secs);
@@ -1737,12 +1853,13 @@ fn print_report(
     let _ = writeln!(
         out,
         "\ncommit {revision}; {cores} cores ({cpu}), shared by the load generator and the server{}; {databases}; \
-         {} B signed `customer.subscription.updated` events about {}; closed loop {} keep-alive connections for {} s; steady rates for {} s.\n",
+         {} B signed `{}` events about {}; closed loop {} keep-alive connections for {} s; steady rates for {} s.\n",
         match postgres {
             None => "",
             Some(_) => " processes and PostgreSQL",
         },
         BODY_SIZE,
+        opts.event.name(),
         match opts.businesses {
             0 => "businesses the service does not know (settled when stored)".to_owned(),
             n => format!("{} imported businesses (applied after the 2xx)", thousands(n as f64)),
@@ -1969,7 +2086,8 @@ fn main() -> ExitCode {
     // `cargo bench` passes `--bench`; a filter argument is accepted and ignored.
     let opts = Opts::from_env();
     if std::env::var_os("WEBHOOK_BENCH_PRINT_EVENT").is_some() {
-        let pool = Pool::new(0, 0, 1, 1, Opts::from_env().businesses);
+        let opts = Opts::from_env();
+        let pool = Pool::new(0, 0, 1, 1, opts.businesses, opts.event);
         println!(
             "Stripe-Signature: {}",
             pool.signature_header(0).to_str().unwrap_or("")
