@@ -7,8 +7,8 @@ use common::postgres::TestDatabase;
 use genesis_billing::business::{Billing, Business, Lifecycle};
 use genesis_billing::config::DatabaseUrl;
 use genesis_billing::store::{
-    now, BusinessFilter, EventResult, Inserted, JobLease, NewEvent, StatusChange, Store,
-    StoreOptions, SubscriptionRecord, Triage,
+    now, BusinessFilter, EventResult, HistoryEntry, Inserted, JobLease, NewEvent, StatusChange,
+    Store, StoreOptions, SubscriptionRecord, Triage,
 };
 use sqlx::Connection;
 
@@ -372,6 +372,8 @@ async fn contract(store: &Store) {
             error: error.map(Into::into),
             retry_at: error.map(|_| now() + 5),
             change: None,
+            history: None,
+            created: 20,
         };
     store
         .write_inbox(
@@ -804,6 +806,68 @@ async fn contract(store: &Store) {
         .unwrap();
     let d1 = store.event("evt_d1").await.unwrap().unwrap();
     assert_eq!((d1.status.as_str(), d1.attempts), ("applied", 1));
+
+    // A history line an applier left to the writer is added with the event's outcome, only by the holder.
+    store
+        .write_inbox(
+            &[ev("evt_h1"), ev("evt_h2")],
+            "inbox-1",
+            true,
+            now() + 60,
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let line = |id: &str, detail: &str| EventResult {
+        history: Some(HistoryEntry {
+            business_id: "bsc".into(),
+            kind: "invoice_paid".into(),
+            detail: detail.into(),
+        }),
+        ..result(id, "applied", None)
+    };
+    let lines = || async {
+        store
+            .events_of("bsc")
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(kind, _, _)| kind == "invoice_paid")
+            .map(|(_, detail, _)| detail)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    store
+        .write_inbox(
+            &[],
+            "someone-else",
+            false,
+            0,
+            vec![line("evt_h1", "in_x 900 usd")],
+        )
+        .await
+        .unwrap();
+    assert!(lines().await.is_empty(), "not the holder: nothing added");
+    store
+        .write_inbox(
+            &[],
+            "inbox-1",
+            false,
+            0,
+            vec![
+                line("evt_h1", "in_1 2900 usd"),
+                line("evt_h2", "in_2 2900 usd"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        lines().await,
+        ["in_1 2900 usd".to_owned(), "in_2 2900 usd".to_owned()].into()
+    );
+    assert_eq!(
+        store.event("evt_h1").await.unwrap().unwrap().status,
+        "applied"
+    );
 
     // History.
     store.record_event("b0", "note", "hello").await.unwrap();

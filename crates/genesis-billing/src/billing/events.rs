@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::{BillingError, BillingService};
 use crate::business::{Billing, Business, Lifecycle};
-use crate::store::{StatusChange, UNKNOWN_BUSINESS};
+use crate::store::{HistoryEntry, StatusChange, UNKNOWN_BUSINESS};
 use crate::stripe::{id_of, CheckoutSession, Subscription};
 
 /// The event types genesis-billing acts on; `webhooks register` subscribes to exactly these.
@@ -113,15 +113,24 @@ pub enum Applied {
         business_id: Option<String>,
         why: &'static str,
     },
-    /// A subscription's new status, left to the caller to write (`Writes::Deferred`).
+    /// A write left to the caller (`Writes::Deferred`).
     Deferred {
         business_id: String,
-        change: StatusChange,
+        write: Deferred,
     },
 }
 
-/// Who writes a subscription's new status: the apply itself, or the webhook inbox's writer, in the
-/// transaction that records the event's outcome (see `StatusChange`).
+/// What an apply with `Writes::Deferred` leaves to the webhook inbox's writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deferred {
+    /// A subscription's new status.
+    Status(StatusChange),
+    /// A line of the business's history (an invoice paid or failed).
+    History(HistoryEntry),
+}
+
+/// Who writes a subscription's new status or an invoice's history line: the apply itself, or the webhook
+/// inbox's writer, in the transaction that records the event's outcome (see `StatusChange`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Writes {
     Now,
@@ -143,7 +152,8 @@ fn applied(b: &Business) -> Applied {
 
 impl BillingService {
     /// Applies one event. Idempotent: applying the same event twice leaves the same records. With
-    /// `Writes::Deferred`, a subscription status update (the common event) is returned instead of written.
+    /// `Writes::Deferred`, a subscription status or an invoice's history line (the common events) is
+    /// returned instead of written.
     pub async fn apply_event(
         &self,
         event: &Value,
@@ -163,10 +173,10 @@ impl BillingService {
                 self.on_subscription_deleted(object, created, &keys).await
             }
             "invoice.paid" | "invoice.payment_succeeded" => {
-                self.on_invoice(object, "invoice_paid", &keys).await
+                self.on_invoice(object, "invoice_paid", &keys, writes).await
             }
             "invoice.payment_failed" => {
-                self.on_invoice(object, "invoice_payment_failed", &keys)
+                self.on_invoice(object, "invoice_payment_failed", &keys, writes)
                     .await
             }
             "checkout.session.completed" => self.on_checkout_completed(object, &keys).await,
@@ -225,13 +235,13 @@ impl BillingService {
         if writes == Writes::Deferred {
             return Ok(Applied::Deferred {
                 business_id: b.business_id.clone(),
-                change: StatusChange {
+                write: Deferred::Status(StatusChange {
                     business_id: b.business_id,
                     subscription_id: sub.id,
                     status,
                     state_at: created,
                     tie_settled: tie,
-                },
+                }),
             });
         }
         if self
@@ -339,6 +349,7 @@ impl BillingService {
         object: &Value,
         kind: &str,
         keys: &EventKeys,
+        writes: Writes,
     ) -> Result<Applied, BillingError> {
         let Some(b) = self.business_for(keys).await? else {
             return Ok(ignored(None, UNKNOWN_BUSINESS));
@@ -350,6 +361,16 @@ impl BillingService {
             object["currency"].as_str().unwrap_or("")
         );
         // The subscription's own events carry its status; the invoice is history.
+        if writes == Writes::Deferred {
+            return Ok(Applied::Deferred {
+                business_id: b.business_id.clone(),
+                write: Deferred::History(HistoryEntry {
+                    business_id: b.business_id,
+                    kind: kind.to_owned(),
+                    detail,
+                }),
+            });
+        }
         self.store
             .record_event(&b.business_id, kind, &detail)
             .await?;

@@ -25,7 +25,8 @@ use crate::store::{Store, StoreError};
 use crate::stripe::{Price, StripeClient, StripeError};
 
 pub use events::{
-    event_keys, keys_of, Applied, EventKeys, KeyFields, Writes, HANDLED_EVENTS, UNHANDLED_EVENT,
+    event_keys, keys_of, Applied, Deferred, EventKeys, KeyFields, Writes, HANDLED_EVENTS,
+    UNHANDLED_EVENT,
 };
 pub use import::{ImportError, ImportReport, MAX_IMPORT_BYTES};
 pub use payment::CheckoutOutcome;

@@ -11,7 +11,7 @@ mod webhook_event;
 
 pub use coordination::{JobLease, StoreRateBudget};
 pub use webhook_event::{
-    EventResult, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage,
+    EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage,
     UNKNOWN_BUSINESS,
 };
 

@@ -17,7 +17,7 @@ use rusqlite::{
 
 use super::webhook_event::{
     change_status_sql, not_written, why_not_written, EventResult, InboxWrite, Inserted, NewEvent,
-    StatusChange, Triage, BUSINESS_BY, BUSINESS_STATE, UNKNOWN_BUSINESS,
+    StatusChange, Triage, BUSINESS_BY, BUSINESS_STATE, RECORD_HISTORY, UNKNOWN_BUSINESS,
 };
 use super::{now, StoreError};
 
@@ -120,6 +120,7 @@ fn positional(sql: &str) -> String {
 static CHANGE_NOW: LazyLock<String> = LazyLock::new(|| positional(&change_status_sql(false)));
 static CHANGE_HELD: LazyLock<String> = LazyLock::new(|| positional(&change_status_sql(true)));
 static STATE: LazyLock<String> = LazyLock::new(|| positional(BUSINESS_STATE));
+static HISTORY: LazyLock<String> = LazyLock::new(|| positional(RECORD_HISTORY));
 static LOOKUPS: LazyLock<Vec<String>> =
     LazyLock::new(|| BUSINESS_BY.iter().map(|sql| positional(sql)).collect());
 
@@ -245,6 +246,20 @@ fn write_batch(
                 done.push(state);
             } else {
                 done.push(Inserted::Duplicate);
+            }
+        }
+        let mut history = tx.prepare_cached(&HISTORY)?;
+        for r in &results {
+            if let Some(h) = &r.history {
+                history.execute(params![
+                    uuid::Uuid::new_v4().to_string(),
+                    h.business_id,
+                    h.kind,
+                    h.detail,
+                    received,
+                    r.event_id,
+                    owner
+                ])?;
             }
         }
         let mut change_held = tx.prepare_cached(&CHANGE_HELD)?;

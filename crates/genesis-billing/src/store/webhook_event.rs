@@ -62,7 +62,25 @@ pub struct EventResult {
     pub retry_at: Option<i64>,
     /// The write the apply left to the writer; `status` is then `applied` until the writer finds otherwise.
     pub change: Option<StatusChange>,
+    /// A history line the apply left to the writer.
+    pub history: Option<HistoryEntry>,
+    /// The event's `created`, for the apply lag.
+    pub created: i64,
 }
+
+/// A line of a business's billing history (`billing_event`) that applying an event adds, written by the
+/// inbox's writer with the event's outcome, as a `StatusChange` is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub business_id: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// Adds a `HistoryEntry` for an event the writer holds. Parameters: id, business, kind, detail, now, event
+/// id, writer.
+pub(super) const RECORD_HISTORY: &str = "INSERT INTO billing_event (id, business_id, kind, detail, created_at) \
+    SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM webhook_event WHERE event_id = $6 AND lease_owner = $7)";
 
 /// A subscription's status read from an event, written by the inbox's writer in the transaction that
 /// records the event's outcome: the appliers only read, and every write of the webhook path shares the
@@ -571,6 +589,21 @@ impl Store {
             for (i, _, why) in chunk {
                 done[*i] = why.map_or(Inserted::Applied, Inserted::Ignored);
             }
+        }
+        for r in &results {
+            let Some(h) = &r.history else {
+                continue;
+            };
+            sqlx::query(RECORD_HISTORY)
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(&h.business_id)
+                .bind(&h.kind)
+                .bind(&h.detail)
+                .bind(received)
+                .bind(&r.event_id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
         }
         let change_status = change_status_sql(true);
         for r in &mut results {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::billing::{
-    Applied, BillingError, BillingService, EventKeys, KeyFields, Writes, HANDLED_EVENTS,
+    Applied, BillingError, BillingService, Deferred, EventKeys, KeyFields, Writes, HANDLED_EVENTS,
 };
 use crate::store::{now, EventResult, Inserted, NewEvent, StoredEvent, Triage};
 use crate::stripe::{Call, Form};
@@ -618,24 +618,32 @@ impl Applier {
             error,
             retry_at,
             change: None,
+            history: None,
+            created,
         };
         match result {
             // Counted once the writer has recorded it (`count_outcome`).
-            Ok(Applied::Deferred {
-                business_id,
-                change,
-            }) => EventResult {
-                change: Some(change),
-                ..outcome("applied", Some(business_id), None, None)
-            },
+            Ok(Applied::Deferred { business_id, write }) => {
+                let r = outcome("applied", Some(business_id), None, None);
+                match write {
+                    Deferred::Status(change) => EventResult {
+                        change: Some(change),
+                        ..r
+                    },
+                    Deferred::History(entry) => EventResult {
+                        history: Some(entry),
+                        ..r
+                    },
+                }
+            }
             Ok(Applied::Applied { business_id }) => {
                 let r = outcome("applied", Some(business_id), None, None);
-                count_outcome(metrics, &r, created);
+                count_outcome(metrics, &r);
                 r
             }
             Ok(Applied::Ignored { business_id, why }) => {
                 let r = outcome("ignored", business_id, Some(why.to_owned()), None);
-                count_outcome(metrics, &r, created);
+                count_outcome(metrics, &r);
                 r
             }
             Err(e) => {
@@ -700,7 +708,7 @@ impl Applier {
 }
 
 /// Counts an event applied or ignored (the outcomes decided when the apply or the writer recorded it).
-fn count_outcome(metrics: &crate::metrics::Metrics, r: &EventResult, created: i64) {
+fn count_outcome(metrics: &crate::metrics::Metrics, r: &EventResult) {
     if !matches!(r.status, "applied" | "ignored") {
         return;
     }
@@ -712,7 +720,7 @@ fn count_outcome(metrics: &crate::metrics::Metrics, r: &EventResult, created: i6
         metrics.observe(
             "genesis_billing_webhook_apply_lag_seconds",
             &[],
-            (now() - created).max(0) as f64,
+            (now() - r.created).max(0) as f64,
         );
     }
 }
@@ -773,8 +781,9 @@ async fn commit_loop(
         {
             Ok(written) => {
                 let metrics = service.metrics();
-                for r in written.settled.iter().filter(|r| r.change.is_some()) {
-                    count_outcome(metrics, r, r.change.as_ref().map_or(0, |c| c.state_at));
+                let deferred = |r: &&EventResult| r.change.is_some() || r.history.is_some();
+                for r in written.settled.iter().filter(deferred) {
+                    count_outcome(metrics, r);
                 }
                 for ((event, (lane, reply)), done) in
                     events.into_iter().zip(routes).zip(written.stored)
