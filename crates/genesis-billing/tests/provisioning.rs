@@ -421,8 +421,13 @@ fn uuid_like(n: u32) -> String {
     format!("00000000-0000-4000-8000-{n:012}")
 }
 
-#[tokio::test]
-async fn a_business_whose_price_cannot_be_resolved_fails_and_is_provisioned_after_prices_sync() {
+/// A service on a SQLite file against a simulator of its own with no prices created yet (`World` syncs
+/// them); the directory holds the database.
+async fn service_without_prices() -> (
+    stripe_sim::SimHandle,
+    tempfile::TempDir,
+    genesis_billing::billing::BillingService,
+) {
     let sim = stripe_sim::start(stripe_sim::SimConfig {
         rate_limit_per_second: 0,
         ..Default::default()
@@ -436,6 +441,12 @@ async fn a_business_whose_price_cannot_be_resolved_fails_and_is_provisioned_afte
         .await
         .map_err(|_| "build")
         .unwrap();
+    (sim, dir, service)
+}
+
+#[tokio::test]
+async fn a_business_whose_price_cannot_be_resolved_fails_and_is_provisioned_after_prices_sync() {
+    let (sim, _dir, service) = service_without_prices().await;
     let (b, _) = service
         .create_business(new("Early", "saas"), None)
         .await
@@ -514,19 +525,7 @@ async fn a_burst_of_businesses_on_a_cold_price_cache_reads_the_prices_once() {
 
 #[tokio::test]
 async fn prices_sync_transfer_moves_a_differing_lookup_key_to_a_price_with_the_catalog_terms() {
-    let sim = stripe_sim::start(stripe_sim::SimConfig {
-        rate_limit_per_second: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let settings = common::settings_for(&sim.base_url(), &common::db_url(&dir), &[]);
-    let metrics = std::sync::Arc::new(genesis_billing::metrics::Metrics::new());
-    let service = genesis_billing::cli::build_service(&settings, metrics)
-        .await
-        .map_err(|_| "build")
-        .unwrap();
+    let (sim, _dir, service) = service_without_prices().await;
     // The catalog's key already on a price with other terms (say, changed by hand in the dashboard).
     async fn stripe(base: String, path: &str, form: &[(&str, &str)]) -> serde_json::Value {
         let r = reqwest::Client::new()

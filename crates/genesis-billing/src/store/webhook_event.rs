@@ -249,19 +249,7 @@ impl Triage {
     fn keys(&self) -> Vec<&str> {
         match self {
             Triage::IfKnown(keys) => keys.iter().map(String::as_str).collect(),
-            Triage::Status {
-                business_id,
-                subscription_id,
-                customer,
-                ..
-            } => [
-                business_id.as_deref(),
-                Some(subscription_id.as_str()),
-                customer.as_deref(),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
+            Triage::Status { .. } => self.lookups().into_iter().map(|(_, key)| key).collect(),
             Triage::Apply | Triage::Ignore(_) => Vec::new(),
         }
     }
