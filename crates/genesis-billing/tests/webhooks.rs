@@ -657,36 +657,22 @@ async fn events_left_pending_by_a_crash_are_applied_once_each_when_the_service_s
             .await
             .unwrap());
     }
+    let status = || async { world.record(&b.business_id).await.subscription_status };
     assert_eq!(
-        world
-            .record(&b.business_id)
-            .await
-            .subscription_status
-            .as_deref(),
+        status().await.as_deref(),
         Some("incomplete"),
         "nothing applied before the service starts"
     );
 
     let _app = App::start(&world, &[ADMIN_TOKEN], &[SECRET.to_owned()], None).await;
     for n in 0..statuses.len() {
-        wait_event(&world, &format!("evt_left_{n}"), "applied").await;
-    }
-    for n in 0..statuses.len() {
-        let e = world
-            .service
-            .store()
-            .event(&format!("evt_left_{n}"))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(e.attempts, 1, "{} applied once", e.event_id);
+        let id = format!("evt_left_{n}");
+        wait_event(&world, &id, "applied").await;
+        let e = world.service.store().event(&id).await.unwrap().unwrap();
+        assert_eq!(e.attempts, 1, "{id} applied once");
     }
     assert_eq!(
-        world
-            .record(&b.business_id)
-            .await
-            .subscription_status
-            .as_deref(),
+        status().await.as_deref(),
         Some("past_due"),
         "the newest state wins"
     );
