@@ -402,6 +402,12 @@ async fn write_changes(
     }
 }
 
+/// An event due for an attempt at `$1` (now): unsettled, past its backoff, held by no one. Unqualified,
+/// so it reads the same with or without the `webhook_payload` join.
+const DUE: &str =
+    "status IN ('pending', 'failed') AND (next_attempt_at IS NULL OR next_attempt_at <= $1) \
+    AND (lease_until IS NULL OR lease_until < $1)";
+
 /// Rows per multi-row statement (at most 10 parameters each: far below SQLite's and PostgreSQL's limits).
 const ROWS_PER_STATEMENT: usize = 256;
 
@@ -771,9 +777,7 @@ impl Store {
     pub async fn due_events(&self, limit: i64) -> Result<Vec<StoredEvent>, StoreError> {
         let t = now();
         let sql = format!(
-            "SELECT {COLUMNS} FROM {EVENTS} WHERE e.status IN ('pending', 'failed') \
-             AND (e.next_attempt_at IS NULL OR e.next_attempt_at <= $1) AND (e.lease_until IS NULL OR e.lease_until < $1) \
-             ORDER BY e.created, e.event_id LIMIT $2"
+            "SELECT {COLUMNS} FROM {EVENTS} WHERE {DUE} ORDER BY e.created, e.event_id LIMIT $2"
         );
         let rows = sqlx::query(&sql)
             .bind(t)
@@ -793,7 +797,6 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let t = now();
-        let free = "status IN ('pending', 'failed') AND (lease_until IS NULL OR lease_until < $3)";
         // The pick is a materialized CTE: as a subquery, PostgreSQL may run it again for each row it
         // updates, and with SKIP LOCKED each run can pick other rows (the contract test caught a limit of
         // 2 claiming 3).
@@ -804,16 +807,16 @@ impl Store {
             Backend::Postgres => ("", " FOR UPDATE SKIP LOCKED"),
         };
         let sql = format!(
-            "WITH picked AS MATERIALIZED (SELECT event_id FROM webhook_event{index} WHERE {free} \
-             AND (next_attempt_at IS NULL OR next_attempt_at <= $3) ORDER BY created, event_id LIMIT $4{lock}) \
-             UPDATE webhook_event SET lease_owner = $1, lease_until = $2 \
-             WHERE event_id IN (SELECT event_id FROM picked) AND {free} RETURNING event_id"
+            "WITH picked AS MATERIALIZED (SELECT event_id FROM webhook_event{index} WHERE {DUE} \
+             ORDER BY created, event_id LIMIT $2{lock}) \
+             UPDATE webhook_event SET lease_owner = $3, lease_until = $4 \
+             WHERE event_id IN (SELECT event_id FROM picked) AND {DUE} RETURNING event_id"
         );
         let claimed: Vec<String> = sqlx::query(&sql)
-            .bind(owner)
-            .bind(until)
             .bind(t)
             .bind(limit)
+            .bind(owner)
+            .bind(until)
             .fetch_all(&self.pool)
             .await?
             .iter()
