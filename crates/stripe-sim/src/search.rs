@@ -7,6 +7,7 @@ use crate::form::Node;
 use crate::params::{validate, Params, Spec};
 use crate::resources::{expand_all, limit};
 use crate::state::State;
+use crate::store::OrderKey;
 
 /// Parameters of every search endpoint.
 const SEARCH: &[(&str, Spec)] = &[
@@ -205,23 +206,24 @@ pub fn search(
     let p = Params::root(params);
     let query = parse_query(p.req("query")?, fields)?;
     let limit = limit(&p)?;
-    let ids = state.store.ids(kind);
-    let end = match p.nonempty("page") {
+    let empty = std::collections::BTreeMap::new();
+    let index = state.store.by_created(kind).unwrap_or(&empty);
+    // Newest first, as lists; the page token is the position (`created`, insertion number) of the last hit.
+    let older: Box<dyn Iterator<Item = (&OrderKey, &String)>> = match p.nonempty("page") {
         Some(page) => {
-            let seq: u64 = page
+            let key: OrderKey = page
                 .strip_prefix("page_")
-                .and_then(|s| s.parse().ok())
+                .and_then(|s| s.split_once('_'))
+                .and_then(|(c, s)| Some((c.parse().ok()?, s.parse().ok()?)))
                 .ok_or_else(|| {
                     ApiError::invalid("Invalid page: the page token is not valid.", Some("page"))
                 })?;
-            ids.partition_point(|(s, _)| *s < seq)
+            Box::new(index.range(..key).rev())
         }
-        None => ids.len(),
+        None => Box::new(index.iter().rev()),
     };
-    let mut hits: Vec<(u64, Value)> = ids[..end]
-        .iter()
-        .rev()
-        .filter_map(|(seq, id)| state.store.get(id).map(|v| (*seq, v)))
+    let mut hits: Vec<(OrderKey, Value)> = older
+        .filter_map(|(key, id)| state.store.get(id).map(|v| (*key, v)))
         .filter(|(_, v)| visible(v))
         .filter(|(_, v)| {
             if query.any {
@@ -231,12 +233,12 @@ pub fn search(
             }
         })
         .take(limit + 1)
-        .map(|(s, v)| (s, v.clone()))
+        .map(|(k, v)| (k, v.clone()))
         .collect();
     let has_more = hits.len() > limit;
     hits.truncate(limit);
     let next_page = if has_more {
-        hits.last().map(|(s, _)| format!("page_{s}"))
+        hits.last().map(|((c, s), _)| format!("page_{c}_{s}"))
     } else {
         None
     };

@@ -1,6 +1,6 @@
-//! In-memory object storage with Stripe-like ids, insertion-ordered indexes per object type, and atomic persistence to a file.
+//! In-memory object storage with Stripe-like ids, per-type indexes (by insertion, and by `created` for lists), and atomic persistence to a file.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::Context;
@@ -28,12 +28,22 @@ pub struct Entry {
     pub internal: Value,
 }
 
-/// Every object, by id, with per-type indexes in insertion order.
+/// Where an object sits in its type's lists: `created`, then insertion number (lists run newest first).
+pub type OrderKey = (i64, u64);
+
+/// Every object, by id, with per-type indexes in insertion order and in list order.
 #[derive(Debug, Default)]
 pub struct Store {
     entries: HashMap<String, Entry>,
     by_type: HashMap<String, Vec<(u64, String)>>,
+    // `created` is set once at insertion, so the key never goes stale. Objects of a test-clock customer carry the
+    // clock's time, which insertion order alone would list out of order.
+    by_created: HashMap<String, BTreeMap<OrderKey, String>>,
     next_seq: u64,
+}
+
+fn order_key(e: &Entry) -> OrderKey {
+    (e.value["created"].as_i64().unwrap_or(0), e.seq)
 }
 
 impl Store {
@@ -48,18 +58,20 @@ impl Store {
         let kind = value["object"].as_str().unwrap_or_default().to_owned();
         self.next_seq += 1;
         let seq = self.next_seq;
+        let entry = Entry {
+            seq,
+            value,
+            internal,
+        };
+        self.by_created
+            .entry(kind.clone())
+            .or_default()
+            .insert(order_key(&entry), id.clone());
         self.by_type
             .entry(kind)
             .or_default()
             .push((seq, id.clone()));
-        self.entries.insert(
-            id,
-            Entry {
-                seq,
-                value,
-                internal,
-            },
-        );
+        self.entries.insert(id, entry);
     }
 
     /// An object's wire JSON.
@@ -96,13 +108,21 @@ impl Store {
                     v.remove(i);
                 }
             }
+            if let Some(m) = self.by_created.get_mut(kind) {
+                m.remove(&order_key(&entry));
+            }
         }
         Some(entry)
     }
 
-    /// The insertion number of an object.
-    pub fn seq_of(&self, id: &str) -> Option<u64> {
-        self.entries.get(id).map(|e| e.seq)
+    /// Where an object sits in its type's lists.
+    pub fn order_of(&self, id: &str) -> Option<OrderKey> {
+        self.entries.get(id).map(order_key)
+    }
+
+    /// Ids of one type in list order (oldest `created` first, then by insertion); lists read it backwards.
+    pub fn by_created(&self, kind: &str) -> Option<&BTreeMap<OrderKey, String>> {
+        self.by_created.get(kind)
     }
 
     /// Ids of one type, oldest first, with their insertion numbers.
@@ -139,6 +159,11 @@ impl Store {
             let id = e.value["id"].as_str().unwrap_or_default().to_owned();
             let kind = e.value["object"].as_str().unwrap_or_default().to_owned();
             store.next_seq = store.next_seq.max(e.seq);
+            store
+                .by_created
+                .entry(kind.clone())
+                .or_default()
+                .insert(order_key(&e), id.clone());
             store
                 .by_type
                 .entry(kind)

@@ -531,3 +531,167 @@ async fn sim_controls_validate_their_json() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// Pages through a list with `starting_after`, then back with `ending_before`; returns the forward order.
+async fn page_through(sim: &Sim, path: &str, limit: usize) -> Vec<serde_json::Value> {
+    let lim = limit.to_string();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut q = vec![("limit", lim.as_str())];
+        if let Some(a) = &after {
+            q.push(("starting_after", a.as_str()));
+        }
+        let page = sim.get(path, &q).await;
+        assert_eq!(page.status, 200, "{:?}", page.body);
+        let data = page.body["data"].as_array().unwrap().clone();
+        assert!(data.len() <= limit);
+        seen.extend(data.iter().cloned());
+        if page.body["has_more"] != true {
+            break;
+        }
+        after = Some(data.last().unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    let mut back: Vec<serde_json::Value> = Vec::new();
+    let mut before = seen.last().map(|v| v["id"].as_str().unwrap().to_owned());
+    while let Some(b) = before.take() {
+        let page = sim
+            .get(
+                path,
+                &[("limit", lim.as_str()), ("ending_before", b.as_str())],
+            )
+            .await;
+        let data = page.body["data"].as_array().unwrap().clone();
+        for v in data.iter().rev() {
+            back.push(v.clone());
+        }
+        if page.body["has_more"] == true {
+            before = data.first().map(|v| v["id"].as_str().unwrap().to_owned());
+        }
+    }
+    back.reverse();
+    let ids = |vs: &[serde_json::Value]| -> Vec<String> {
+        vs.iter()
+            .map(|v| v["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(&back),
+        ids(&seen[..seen.len() - 1]),
+        "{path}: ending_before pages back through the same order"
+    );
+    seen
+}
+
+fn assert_newest_first(path: &str, items: &[serde_json::Value]) {
+    let created: Vec<i64> = items
+        .iter()
+        .map(|v| v["created"].as_i64().unwrap())
+        .collect();
+    assert!(
+        created.windows(2).all(|w| w[0] >= w[1]),
+        "{path} is not newest first by created: {created:?}"
+    );
+}
+
+#[tokio::test]
+async fn lists_are_newest_first_by_created_across_pages_after_a_test_clock_advance() {
+    let sim = Sim::start().await;
+    let price = sim.monthly_price(900).await;
+    // A clock ahead of real time: what happens on it is stamped later than the clock's own (real-time) events.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let start = now + 100 * 86_400;
+    let clock = sim
+        .post(
+            "/v1/test_helpers/test_clocks",
+            &[("frozen_time", &start.to_string())],
+        )
+        .await
+        .id();
+    let cus = sim
+        .customer(&[
+            ("test_clock", &clock),
+            ("payment_method", "pm_card_visa"),
+            ("invoice_settings[default_payment_method]", "pm_card_visa"),
+        ])
+        .await;
+    let sub = sim.subscribe(&cus, &price, &[]).await;
+    assert_eq!(sub.body["created"], start);
+    let adv = sim
+        .post(
+            &format!("/v1/test_helpers/test_clocks/{clock}/advance"),
+            &[("frozen_time", &(start + 65 * 86_400).to_string())],
+        )
+        .await;
+    assert_eq!(adv.status, 200, "{:?}", adv.body);
+    // Objects made afterwards in real time are older than the clock's, though inserted last.
+    let plain = sim.customer_with_card("pm_card_visa").await;
+    assert_eq!(sim.subscribe(&plain, &price, &[]).await.status, 200);
+
+    let events = page_through(&sim, "/v1/events", 4).await;
+    assert_eq!(events.len(), sim.handle.objects("event").len());
+    assert_newest_first("/v1/events", &events);
+    let ready = events
+        .iter()
+        .position(|e| e["type"] == "test_helpers.test_clock.ready")
+        .unwrap();
+    let renewal = events
+        .iter()
+        .position(|e| e["type"] == "invoice.paid" && e["created"].as_i64().unwrap() > start)
+        .unwrap();
+    assert!(
+        renewal < ready,
+        "a renewal paid at clock time comes before the clock's real-time ready event"
+    );
+    for (path, kind) in [
+        ("/v1/invoices", "invoice"),
+        ("/v1/customers", "customer"),
+        ("/v1/subscriptions", "subscription"),
+        ("/v1/payment_intents", "payment_intent"),
+    ] {
+        let items = page_through(&sim, path, 2).await;
+        let stored = sim
+            .handle
+            .objects(kind)
+            .into_iter()
+            .filter(|v| v["deleted"] != true)
+            .count();
+        assert!(items.len() >= 2, "{path}");
+        assert_eq!(items.len(), stored, "{path}");
+        assert_newest_first(path, &items);
+    }
+    let search = sim
+        .get(
+            "/v1/subscriptions/search",
+            &[("query", "status:'active'"), ("limit", "1")],
+        )
+        .await;
+    let next = search.body["next_page"].as_str().unwrap().to_owned();
+    let page2 = sim
+        .get(
+            "/v1/subscriptions/search",
+            &[
+                ("query", "status:'active'"),
+                ("limit", "1"),
+                ("page", &next),
+            ],
+        )
+        .await;
+    assert_eq!(page2.status, 200, "{:?}", page2.body);
+    assert!(
+        search.body["data"][0]["created"].as_i64() >= page2.body["data"][0]["created"].as_i64()
+    );
+    assert_ne!(search.body["data"][0]["id"], page2.body["data"][0]["id"]);
+    for bad in ["page_x", "page_1", "page_1_x", "nope", "page_1_2_3"] {
+        let r = sim
+            .get(
+                "/v1/subscriptions/search",
+                &[("query", "status:'active'"), ("page", bad)],
+            )
+            .await;
+        assert_eq!(r.status, 400, "{bad}: {:?}", r.body);
+    }
+}

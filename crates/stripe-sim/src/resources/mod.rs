@@ -12,12 +12,15 @@ pub mod subscription;
 pub mod test_clock;
 pub mod webhook_endpoint;
 
+use std::ops::Bound::{Excluded, Unbounded};
+
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
 use crate::form::Node;
 use crate::params::{validate, Params, Spec, LIST};
 use crate::state::State;
+use crate::store::OrderKey;
 
 /// A route's work: runs under the state lock with the decoded parameters.
 pub type Handler = Box<dyn FnOnce(&mut State, &Node) -> ApiResult<Value> + Send>;
@@ -220,7 +223,8 @@ pub fn list(
             Some("ending_before"),
         ));
     }
-    let ids = state.store.ids(kind);
+    let empty = std::collections::BTreeMap::new();
+    let index = state.store.by_created(kind).unwrap_or(&empty);
     let keep = |id: &String| {
         state.store.get(id).filter(|v| {
             v["deleted"] != true
@@ -232,16 +236,16 @@ pub fn list(
         state
             .store
             .get_typed(kind, id)
-            .and_then(|_| state.store.seq_of(id))
+            .and_then(|_| state.store.order_of(id))
             .ok_or_else(|| ApiError::no_such(noun(kind), id, param))
     };
+    // Newest first by `created`, ties newest inserted first; cursors are positions in that order.
     let mut data: Vec<Value>;
     let has_more;
     if let Some(b) = before {
-        let seq = cursor(b, "ending_before")?;
-        let start = ids.partition_point(|(s, _)| *s <= seq);
-        data = ids[start..]
-            .iter()
+        let key = cursor(b, "ending_before")?;
+        data = index
+            .range((Excluded(key), Unbounded))
             .filter_map(|(_, id)| keep(id))
             .take(limit + 1)
             .cloned()
@@ -250,16 +254,11 @@ pub fn list(
         data.truncate(limit);
         data.reverse();
     } else {
-        let end = match after {
-            Some(a) => {
-                let seq = cursor(a, "starting_after")?;
-                ids.partition_point(|(s, _)| *s < seq)
-            }
-            None => ids.len(),
+        let older: Box<dyn Iterator<Item = (&OrderKey, &String)>> = match after {
+            Some(a) => Box::new(index.range(..cursor(a, "starting_after")?).rev()),
+            None => Box::new(index.iter().rev()),
         };
-        data = ids[..end]
-            .iter()
-            .rev()
+        data = older
             .filter_map(|(_, id)| keep(id))
             .take(limit + 1)
             .cloned()
