@@ -162,6 +162,9 @@ pub fn create_invoice(
                 "unit_amount_decimal": price["unit_amount_decimal"],
             },
             "quantity": qty,
+            "quantity_decimal": qty.to_string(),
+            "subscription": sub_id,
+            "subtotal": amount,
             "taxes": [],
         }));
     }
@@ -189,6 +192,7 @@ pub fn create_invoice(
         "currency": currency,
         "custom_fields": null,
         "customer": customer,
+        "customer_account": null,
         "customer_address": null,
         "customer_email": cust["email"],
         "customer_name": cust["name"],

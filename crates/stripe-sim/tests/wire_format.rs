@@ -695,3 +695,391 @@ async fn lists_are_newest_first_by_created_across_pages_after_a_test_clock_advan
         assert_eq!(r.status, 400, "{bad}: {:?}", r.body);
     }
 }
+
+/// Stripe's always-present fields per object at 2026-09-30.endive, from the Node SDK's declarations.
+const REQUIRED_FIELDS: &str = include_str!("../conformance/endive_required_fields.json");
+
+/// The definition that describes a rendered object, by its `object` (and `deleted`).
+fn definition_of(v: &serde_json::Value) -> Option<&'static str> {
+    let deleted = v["deleted"] == true;
+    Some(match (v["object"].as_str()?, deleted) {
+        ("customer", false) => "Customer",
+        ("customer", true) => "DeletedCustomer",
+        ("product", false) => "Product",
+        ("product", true) => "DeletedProduct",
+        ("price", _) => "Price",
+        ("plan", _) => "Plan",
+        ("subscription", _) => "Subscription",
+        ("subscription_item", _) => "SubscriptionItem",
+        ("invoice", _) => "Invoice",
+        ("line_item", _) => "InvoiceLineItem",
+        ("invoice_payment", _) => "InvoicePayment",
+        ("payment_method", _) => "PaymentMethod",
+        ("payment_intent", _) => "PaymentIntent",
+        ("charge", _) => "Charge",
+        ("setup_intent", _) => "SetupIntent",
+        ("checkout.session", _) => "Checkout.Session",
+        ("item", _) => "LineItem",
+        ("event", _) => "Event",
+        ("webhook_endpoint", false) => "WebhookEndpoint",
+        ("webhook_endpoint", true) => "DeletedWebhookEndpoint",
+        ("test_helpers.test_clock", false) => "TestHelpers.TestClock",
+        ("test_helpers.test_clock", true) => "TestHelpers.DeletedTestClock",
+        ("list", _) => "ApiList",
+        ("search_result", _) => "ApiSearchResult",
+        _ => return None,
+    })
+}
+
+/// Checks one value against a shape of the fixture, recording `Definition.path.field` for each missing field.
+fn check_shape(
+    defs: &serde_json::Value,
+    v: &serde_json::Value,
+    shape: &serde_json::Value,
+    path: &str,
+    missing: &mut std::collections::BTreeSet<String>,
+) {
+    if let Some(items) = v.as_array() {
+        for item in items {
+            check_shape(defs, item, shape, &format!("{path}[]"), missing);
+        }
+        return;
+    }
+    let Some(obj) = v.as_object() else { return };
+    if let Some(r) = shape["ref"].as_str() {
+        return check_shape(defs, v, &defs[r], path, missing);
+    }
+    if let Some(of) = shape["list"].as_str() {
+        check_shape(defs, v, &defs["ApiList"], path, missing);
+        return check_shape(
+            defs,
+            &v["data"],
+            &defs[of],
+            &format!("{path}.data"),
+            missing,
+        );
+    }
+    for f in shape["required"].as_array().into_iter().flatten() {
+        let f = f.as_str().unwrap();
+        if !obj.contains_key(f) {
+            missing.insert(format!("{path}.{f}"));
+        }
+    }
+    for (f, sub) in shape["nested"].as_object().into_iter().flatten() {
+        if let Some(x) = obj.get(f) {
+            check_shape(defs, x, sub, &format!("{path}.{f}"), missing);
+        }
+    }
+}
+
+/// Checks every Stripe object inside a response (lists, expansions, event payloads included).
+fn check_all(
+    defs: &serde_json::Value,
+    v: &serde_json::Value,
+    seen: &mut std::collections::BTreeSet<&'static str>,
+    missing: &mut std::collections::BTreeSet<String>,
+) {
+    match v {
+        serde_json::Value::Object(o) => {
+            if let Some(name) = definition_of(v) {
+                seen.insert(name);
+                check_shape(defs, v, &defs[name], name, missing);
+            }
+            for x in o.values() {
+                check_all(defs, x, seen, missing);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for x in a {
+                check_all(defs, x, seen, missing);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_object_carries_every_field_stripe_always_sends_at_endive() {
+    let fixture: serde_json::Value = serde_json::from_str(REQUIRED_FIELDS).unwrap();
+    assert_eq!(fixture["api_version"], "2026-09-30.endive");
+    let defs = &fixture["definitions"];
+    let sim = Sim::start().await;
+    let mut bodies: Vec<serde_json::Value> = Vec::new();
+    let mut keep = |r: common::Resp, what: &str| {
+        assert!(r.status == 200, "{what}: {} {:?}", r.status, r.body);
+        bodies.push(r.body.clone());
+        r
+    };
+    let hook = keep(
+        sim.post(
+            "/v1/webhook_endpoints",
+            &[
+                ("url", "http://127.0.0.1:9/hook"),
+                ("enabled_events[]", "*"),
+            ],
+        )
+        .await,
+        "webhook endpoint",
+    );
+    sim.sim("/_sim/webhooks", json!({"enabled": false})).await;
+    let product = keep(
+        sim.post("/v1/products", &[("name", "Plan")]).await,
+        "product",
+    );
+    let price = keep(
+        sim.post(
+            "/v1/prices",
+            &[
+                ("currency", "usd"),
+                ("unit_amount", "1200"),
+                ("recurring[interval]", "month"),
+                ("product", &product.id()),
+                ("lookup_key", "plan_monthly"),
+            ],
+        )
+        .await,
+        "price",
+    );
+    let clock = keep(
+        sim.post(
+            "/v1/test_helpers/test_clocks",
+            &[("frozen_time", "1767225600"), ("name", "conformance")],
+        )
+        .await,
+        "test clock",
+    );
+    let cus = keep(
+        sim.post(
+            "/v1/customers",
+            &[
+                ("name", "Acme"),
+                ("email", "billing@acme.test"),
+                ("test_clock", &clock.id()),
+                ("payment_method", "pm_card_visa"),
+                ("invoice_settings[default_payment_method]", "pm_card_visa"),
+            ],
+        )
+        .await,
+        "customer",
+    );
+    let sub = keep(
+        sim.post(
+            "/v1/subscriptions",
+            &[
+                ("customer", &cus.id()),
+                ("items[0][price]", &price.id()),
+                ("expand[]", "latest_invoice.payments"),
+            ],
+        )
+        .await,
+        "subscription",
+    );
+    keep(
+        sim.post(
+            &format!("/v1/test_helpers/test_clocks/{}/advance", clock.id()),
+            &[("frozen_time", "1772409600")],
+        )
+        .await,
+        "advance",
+    );
+    let inv = sub.body["latest_invoice"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    keep(
+        sim.get(
+            &format!("/v1/invoices/{inv}"),
+            &[
+                ("expand[]", "payments"),
+                ("expand[]", "confirmation_secret"),
+            ],
+        )
+        .await,
+        "invoice",
+    );
+    keep(
+        sim.get(&format!("/v1/invoices/{inv}/lines"), &[]).await,
+        "lines",
+    );
+    // A subscription whose first payment fails leaves an open invoice to pay by hand.
+    let other = keep(
+        sim.post(
+            "/v1/customers",
+            &[
+                ("payment_method", "pm_card_chargeCustomerFail"),
+                (
+                    "invoice_settings[default_payment_method]",
+                    "pm_card_chargeCustomerFail",
+                ),
+            ],
+        )
+        .await,
+        "customer 2",
+    );
+    let incomplete = keep(
+        sim.post(
+            "/v1/subscriptions",
+            &[
+                ("customer", &other.id()),
+                ("items[0][price]", &price.id()),
+                ("payment_behavior", "default_incomplete"),
+            ],
+        )
+        .await,
+        "incomplete subscription",
+    );
+    let open = incomplete.body["latest_invoice"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    keep(
+        sim.post(
+            &format!("/v1/invoices/{open}/pay"),
+            &[("payment_method", "pm_card_visa")],
+        )
+        .await,
+        "pay",
+    );
+    let pi = keep(
+        sim.post(
+            "/v1/payment_intents",
+            &[
+                ("amount", "500"),
+                ("currency", "usd"),
+                ("payment_method", "pm_card_visa"),
+                ("confirm", "true"),
+                ("expand[]", "latest_charge"),
+                ("expand[]", "payment_method"),
+            ],
+        )
+        .await,
+        "payment intent",
+    );
+    assert_eq!(pi.body["latest_charge"]["object"], "charge");
+    let idle = sim
+        .post(
+            "/v1/payment_intents",
+            &[("amount", "700"), ("currency", "usd")],
+        )
+        .await;
+    keep(
+        sim.post(&format!("/v1/payment_intents/{}/cancel", idle.id()), &[])
+            .await,
+        "canceled payment intent",
+    );
+    let other_id = other.id();
+    for (mode, extra) in [
+        ("subscription", vec![("line_items[0][price]", price.id())]),
+        ("setup", vec![("currency", "usd".to_owned())]),
+    ] {
+        let mut p: Vec<(&str, &str)> = vec![
+            ("mode", mode),
+            ("customer", &other_id),
+            ("success_url", "https://example.com/ok"),
+        ];
+        for (k, v) in &extra {
+            p.push((k, v.as_str()));
+        }
+        if mode == "subscription" {
+            p.push(("line_items[0][quantity]", "1"));
+        }
+        let cs = keep(sim.post("/v1/checkout/sessions", &p).await, "checkout");
+        keep(
+            sim.get(
+                &format!("/v1/checkout/sessions/{}/line_items", cs.id()),
+                &[],
+            )
+            .await,
+            "checkout line items",
+        );
+        let done = keep(
+            sim.sim(
+                &format!("/_sim/checkout/sessions/{}/complete", cs.id()),
+                json!({}),
+            )
+            .await,
+            "checkout complete",
+        );
+        if let Some(si) = done.body["setup_intent"].as_str() {
+            keep(
+                sim.get(&format!("/v1/setup_intents/{si}"), &[]).await,
+                "setup intent",
+            );
+        }
+    }
+    for path in [
+        "/v1/customers",
+        "/v1/products",
+        "/v1/prices",
+        "/v1/subscriptions",
+        "/v1/invoices",
+        "/v1/payment_intents",
+        "/v1/payment_methods",
+        "/v1/checkout/sessions",
+        "/v1/webhook_endpoints",
+        "/v1/test_helpers/test_clocks",
+    ] {
+        keep(sim.get(path, &[("limit", "100")]).await, path);
+    }
+    keep(
+        sim.get(
+            &format!("/v1/customers/{}/payment_methods", other.id()),
+            &[],
+        )
+        .await,
+        "customer payment methods",
+    );
+    keep(
+        sim.get("/v1/subscriptions/search", &[("query", "status:'active'")])
+            .await,
+        "search",
+    );
+    keep(sim.get("/v1/events", &[("limit", "100")]).await, "events");
+    keep(
+        sim.delete(&format!("/v1/customers/{}", other.id())).await,
+        "delete customer",
+    );
+    keep(
+        sim.get(&format!("/v1/customers/{}", other.id()), &[]).await,
+        "deleted customer",
+    );
+    let spare = sim.post("/v1/products", &[("name", "Spare")]).await;
+    keep(
+        sim.delete(&format!("/v1/products/{}", spare.id())).await,
+        "delete product",
+    );
+    keep(
+        sim.delete(&format!("/v1/webhook_endpoints/{}", hook.id()))
+            .await,
+        "delete endpoint",
+    );
+    keep(
+        sim.delete(&format!("/v1/test_helpers/test_clocks/{}", clock.id()))
+            .await,
+        "delete clock",
+    );
+    // Events about deletions too, and whatever the webhook queue would have sent.
+    keep(
+        sim.get("/v1/events", &[("limit", "100")]).await,
+        "events after deletions",
+    );
+
+    let mut seen = std::collections::BTreeSet::new();
+    let mut missing = std::collections::BTreeSet::new();
+    for b in &bodies {
+        check_all(defs, b, &mut seen, &mut missing);
+    }
+    let unchecked: Vec<&String> = defs
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.as_str() != "Address" && !seen.contains(k.as_str()))
+        .collect();
+    assert!(unchecked.is_empty(), "no response produced: {unchecked:?}");
+    assert!(
+        missing.is_empty(),
+        "{} fields Stripe always sends are missing:\n{}",
+        missing.len(),
+        missing.iter().cloned().collect::<Vec<_>>().join("\n")
+    );
+}

@@ -166,6 +166,7 @@ pub fn create(state: &mut State, params: &Node) -> ApiResult<Value> {
         "adaptive_pricing": null,
         "after_expiration": null,
         "allow_promotion_codes": p.bool("allow_promotion_codes"),
+        "allowed_payment_method_types": null,
         "amount_subtotal": amount,
         "amount_total": amount,
         "automatic_tax": {"enabled": false, "liability": null, "provider": null, "status": null},
@@ -178,26 +179,34 @@ pub fn create(state: &mut State, params: &Node) -> ApiResult<Value> {
         "consent_collection": null,
         "created": now,
         "currency": currency,
+        "currency_conversion": null,
         "custom_fields": [],
         "custom_text": {"after_submit": null, "shipping_address": null, "submit": null, "terms_of_service_acceptance": null},
         "customer": customer,
+        "customer_account": null,
         "customer_creation": if customer.is_some() { Value::Null } else { json!(p.nonempty("customer_creation").unwrap_or("if_required")) },
         "customer_details": null,
         "customer_email": p.nonempty("customer_email"),
         "discounts": [],
         "expires_at": expires_at,
+        "integration_identifier": null,
         "invoice": null,
         "invoice_creation": null,
         "livemode": false,
         "locale": p.nonempty("locale"),
+        "managed_payments": null,
         "metadata": {},
         "mode": mode,
         "payment_intent": null,
         "payment_link": null,
         "payment_method_collection": p.nonempty("payment_method_collection").unwrap_or("always"),
         "payment_method_configuration_details": null,
+        "origin_context": null,
         "payment_method_options": {},
+        // Only the create parameter went away at endive; the field still lists the types offered.
+        "payment_method_types": ["card"],
         "payment_status": if mode == "setup" { "no_payment_required" } else { "unpaid" },
+        "permissions": null,
         "phone_number_collection": {"enabled": false},
         "recovered_from": null,
         "saved_payment_method_options": null,
@@ -264,7 +273,9 @@ pub fn line_items(state: &mut State, params: &Node, id: &str) -> ApiResult<Value
                 "amount_tax": 0,
                 "amount_total": amount,
                 "currency": price["currency"],
+                "adjustable_quantity": null,
                 "description": price["nickname"],
+                "metadata": {},
                 "price": price,
                 "quantity": qty,
             })
@@ -389,6 +400,7 @@ pub fn complete(state: &mut State, id: &str, pm_ref: &str) -> ApiResult<Value> {
             let si = json!({
                 "id": seti,
                 "object": "setup_intent",
+                "allowed_payment_method_types": null,
                 "application": null,
                 "automatic_payment_methods": null,
                 "cancellation_reason": null,
@@ -396,6 +408,7 @@ pub fn complete(state: &mut State, id: &str, pm_ref: &str) -> ApiResult<Value> {
                 "created": now,
                 "customer": customer,
                 "description": null,
+                "excluded_payment_method_types": null,
                 "flow_directions": null,
                 "last_setup_error": null,
                 "latest_attempt": null,
@@ -487,7 +500,7 @@ pub fn complete(state: &mut State, id: &str, pm_ref: &str) -> ApiResult<Value> {
     v["status"] = json!("complete");
     v["url"] = Value::Null;
     v["customer"] = json!(customer);
-    v["customer_details"] = json!({"address": null, "email": email, "name": null, "phone": null, "tax_exempt": "none", "tax_ids": []});
+    v["customer_details"] = json!({"address": null, "business_name": null, "email": email, "individual_name": null, "name": null, "phone": null, "tax_exempt": "none", "tax_ids": []});
     if let Some(c) = changes.as_object() {
         for (k, val) in c {
             v[k.as_str()] = val.clone();

@@ -29,6 +29,7 @@ pub fn insert(
         "amount_capturable": 0,
         "amount_details": {"tip": {}},
         "amount_received": 0,
+        "allowed_payment_method_types": null,
         "application": null,
         "application_fee_amount": null,
         "automatic_payment_methods": {"allow_redirects": "always", "enabled": true},
@@ -40,10 +41,13 @@ pub fn insert(
         "created": now,
         "currency": currency,
         "customer": customer,
+        "customer_account": null,
         "description": description,
+        "excluded_payment_method_types": null,
         "last_payment_error": null,
         "latest_charge": null,
         "livemode": false,
+        "managed_payments": null,
         "metadata": {},
         "next_action": null,
         "on_behalf_of": null,
@@ -51,11 +55,13 @@ pub fn insert(
         "payment_method_configuration_details": null,
         "payment_method_options": {"card": {"request_three_d_secure": "automatic"}},
         "payment_method_types": ["card"],
+        "payment_record": null,
         "processing": null,
         "receipt_email": null,
         "review": null,
         "setup_future_usage": null,
         "shipping": null,
+        "source": null,
         "statement_descriptor": null,
         "statement_descriptor_suffix": null,
         "status": "requires_payment_method",
@@ -71,12 +77,28 @@ pub fn insert(
 pub fn charge(state: &mut State, pi: &str, pm: &str, now: i64) -> ApiResult<()> {
     let failure = payment_method::charge_error(state, pm);
     let pm_json = state.store.get(pm).cloned().unwrap_or(Value::Null);
+    let billing_details = pm_json["billing_details"].clone();
     let Some(v) = state.store.get_mut(pi) else {
         return Err(ApiError::no_such("payment_intent", pi, "payment_intent"));
     };
     let amount = v["amount"].as_i64().unwrap_or(0);
     let customer = v["customer"].clone();
     let currency = v["currency"].clone();
+    let description = v["description"].clone();
+    let card = &pm_json["card"];
+    let payment_method_details = json!({
+        "type": "card",
+        "card": {
+            "amount_authorized": if failure.is_none() { json!(amount) } else { Value::Null },
+            "authorization_code": null, "brand": card["brand"], "checks": card["checks"],
+            "country": card["country"], "electronic_commerce_indicator": null,
+            "exp_month": card["exp_month"], "exp_year": card["exp_year"],
+            "fingerprint": card["fingerprint"], "funding": card["funding"], "installments": null,
+            "last4": card["last4"], "mandate": null, "network": card["brand"],
+            "network_transaction_id": null, "regulated_status": card["regulated_status"],
+            "three_d_secure": null, "transaction_link_id": null, "wallet": null,
+        },
+    });
     v["payment_method"] = json!(pm);
     let charge_id = new_id("ch_");
     v["latest_charge"] = json!(charge_id);
@@ -87,15 +109,29 @@ pub fn charge(state: &mut State, pi: &str, pm: &str, now: i64) -> ApiResult<()> 
             "amount": amount,
             "amount_captured": if err.is_none() { amount } else { 0 },
             "amount_refunded": 0,
+            "application": null,
+            "application_fee": null,
+            "application_fee_amount": null,
+            "balance_transaction": null,
+            "billing_details": billing_details,
+            "calculated_statement_descriptor": "STRIPE-SIM",
             "captured": err.is_none(),
             "created": now,
             "currency": currency,
             "customer": customer,
+            "description": description,
+            "disputed": false,
+            "failure_balance_transaction": null,
             "failure_code": err.and_then(|e| e.code.clone()),
             "failure_message": err.map(|e| e.message.clone()),
+            "fraud_details": {},
             "livemode": false,
             "metadata": {},
+            "on_behalf_of": null,
             "outcome": {
+                "advice_code": null,
+                "network_advice_code": null,
+                "network_decline_code": null,
                 "network_status": if err.is_none() { "approved_by_network" } else { "declined_by_network" },
                 "reason": err.and_then(|e| e.decline_code.clone()),
                 "risk_level": "normal",
@@ -105,8 +141,20 @@ pub fn charge(state: &mut State, pi: &str, pm: &str, now: i64) -> ApiResult<()> 
             "paid": err.is_none(),
             "payment_intent": pi,
             "payment_method": pm,
+            "payment_method_details": payment_method_details,
+            "receipt_email": null,
+            "receipt_number": null,
+            "receipt_url": null,
             "refunded": false,
+            "review": null,
+            "shipping": null,
+            "source": null,
+            "source_transfer": null,
+            "statement_descriptor": null,
+            "statement_descriptor_suffix": null,
             "status": status,
+            "transfer_data": null,
+            "transfer_group": null,
         })
     };
     match failure {

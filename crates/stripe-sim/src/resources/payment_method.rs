@@ -182,6 +182,7 @@ fn create_from_card(state: &mut State, card: &TestCard, now: i64) -> String {
         },
         "created": now,
         "customer": null,
+        "customer_account": null,
         "livemode": false,
         "metadata": {},
         "type": "card",

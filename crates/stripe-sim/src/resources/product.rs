@@ -64,6 +64,7 @@ pub fn insert(state: &mut State, p: &Params, id: Option<&str>, now: i64) -> ApiR
         "shippable": p.bool("shippable"),
         "statement_descriptor": opt(p, "statement_descriptor"),
         "tax_code": opt(p, "tax_code"),
+        "tax_details": null,
         "type": "service",
         "unit_label": opt(p, "unit_label"),
         "updated": now,

@@ -116,6 +116,32 @@ fn check_price(state: &State, id: &str, param: &str) -> ApiResult<Value> {
     Ok(price)
 }
 
+/// The legacy Plan view of a recurring price, which subscription items still carry at endive.
+pub fn plan_of(price: &Value) -> Value {
+    let r = &price["recurring"];
+    json!({
+        "id": price["id"],
+        "object": "plan",
+        "active": price["active"],
+        "amount": price["unit_amount"],
+        "amount_decimal": price["unit_amount_decimal"],
+        "billing_scheme": price["billing_scheme"],
+        "created": price["created"],
+        "currency": price["currency"],
+        "interval": r["interval"],
+        "interval_count": r["interval_count"],
+        "livemode": false,
+        "metadata": price["metadata"],
+        "meter": r["meter"],
+        "nickname": price["nickname"],
+        "product": price["product"],
+        "tiers_mode": price["tiers_mode"],
+        "transform_usage": null,
+        "trial_period_days": r["trial_period_days"],
+        "usage_type": r["usage_type"],
+    })
+}
+
 fn item_json(
     sub_id: &str,
     price: Value,
@@ -131,8 +157,10 @@ fn item_json(
         "created": now,
         "current_period_end": period.1,
         "current_period_start": period.0,
+        "current_trial": null,
         "discounts": [],
         "metadata": {},
+        "plan": plan_of(&price),
         "price": price,
         "quantity": qty,
         "subscription": sub_id,
@@ -318,6 +346,7 @@ fn update_items(state: &mut State, p: &Params, sub: &mut Value, now: i64) -> Api
                     continue;
                 }
                 if let Some(pr) = price {
+                    items[pos]["plan"] = plan_of(&pr);
                     items[pos]["price"] = pr;
                 }
                 if let Some(q) = node_int(node, "quantity") {
