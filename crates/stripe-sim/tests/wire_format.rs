@@ -967,8 +967,48 @@ async fn every_object_carries_every_field_stripe_always_sends_at_endive() {
             .await,
         "canceled payment intent",
     );
+    // A price change renders the item's plan again; a cancel fills cancellation_details.
+    let item = sub.body["items"]["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let yearly = sim
+        .post(
+            "/v1/prices",
+            &[
+                ("currency", "usd"),
+                ("unit_amount", "12000"),
+                ("recurring[interval]", "year"),
+                ("product", &product.id()),
+            ],
+        )
+        .await;
+    keep(
+        sim.post(
+            &format!("/v1/subscriptions/{}", sub.id()),
+            &[("items[0][id]", &item), ("items[0][price]", &yearly.id())],
+        )
+        .await,
+        "subscription price change",
+    );
+    keep(
+        sim.delete(&format!("/v1/subscriptions/{}", incomplete.id()))
+            .await,
+        "subscription cancel",
+    );
+    let one_time = sim
+        .post(
+            "/v1/prices",
+            &[
+                ("currency", "usd"),
+                ("unit_amount", "300"),
+                ("product", &product.id()),
+            ],
+        )
+        .await;
     let other_id = other.id();
     for (mode, extra) in [
+        ("payment", vec![("line_items[0][price]", one_time.id())]),
         ("subscription", vec![("line_items[0][price]", price.id())]),
         ("setup", vec![("currency", "usd".to_owned())]),
     ] {
@@ -980,7 +1020,7 @@ async fn every_object_carries_every_field_stripe_always_sends_at_endive() {
         for (k, v) in &extra {
             p.push((k, v.as_str()));
         }
-        if mode == "subscription" {
+        if mode != "setup" {
             p.push(("line_items[0][quantity]", "1"));
         }
         let cs = keep(sim.post("/v1/checkout/sessions", &p).await, "checkout");
@@ -1000,6 +1040,16 @@ async fn every_object_carries_every_field_stripe_always_sends_at_endive() {
             .await,
             "checkout complete",
         );
+        if let Some(pi) = done.body["payment_intent"].as_str() {
+            keep(
+                sim.get(
+                    &format!("/v1/payment_intents/{pi}"),
+                    &[("expand[]", "latest_charge")],
+                )
+                .await,
+                "checkout payment intent",
+            );
+        }
         if let Some(si) = done.body["setup_intent"].as_str() {
             keep(
                 sim.get(&format!("/v1/setup_intents/{si}"), &[]).await,
