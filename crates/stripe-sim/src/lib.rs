@@ -172,7 +172,7 @@ impl SimHandle {
         format!("http://{}", self.addr)
     }
 
-    /// Every stored object of a Stripe `object` type, in wire shape, oldest first; deleted customers and canceled subscriptions included (a deleted customer carries `deleted: true`).
+    /// Every stored object of a Stripe `object` type, in wire shape, in the order they were stored (lists order by `created`); deleted customers and canceled subscriptions included (a deleted customer carries `deleted: true`).
     pub fn objects(&self, object: &str) -> Vec<serde_json::Value> {
         lock(&self.app.state)
             .store
