@@ -1155,6 +1155,53 @@ async fn replicas_storing_the_same_webhook_events_at_once_on_postgres_store_each
     fresh.drop_db(store);
 }
 
+/// Records a migration this binary does not know, as a newer genesis-billing would have.
+async fn record_future_migration(url: &str) {
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO schema_migration (version, name, applied_at) VALUES (9001, 'from_the_future', 0)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+}
+
+async fn assert_refused_as_newer(url: &DatabaseUrl) {
+    let store = Store::connect(url, 2).await.unwrap();
+    let err = store.migrate().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("newer genesis-billing")
+            && msg.contains("9001")
+            && msg.contains("from_the_future"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_sqlite_database_migrated_by_a_newer_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = format!("sqlite://{}", dir.path().join("newer.db").display());
+    let url = DatabaseUrl::new(raw.clone());
+    Store::connect(&url, 2)
+        .await
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    record_future_migration(&raw).await;
+    assert_refused_as_newer(&url).await;
+}
+
+#[tokio::test]
+async fn a_postgres_database_migrated_by_a_newer_version_is_refused() {
+    let (fresh, store) = Fresh::postgres().await;
+    record_future_migration(&fresh.url()).await;
+    assert_refused_as_newer(&DatabaseUrl::new(fresh.url())).await;
+    fresh.drop_db(store);
+}
+
 #[tokio::test]
 async fn a_database_url_password_never_shows() {
     let url = DatabaseUrl::new("postgres://billing:s3cr3t-pw@db.internal:5432/billing");

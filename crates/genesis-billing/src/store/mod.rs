@@ -38,6 +38,15 @@ pub enum StoreError {
     Duplicate(String),
     #[error("migration failed: {0}")]
     Migration(String),
+    #[error(
+        "the database was migrated by a newer genesis-billing: it has migration {version} ({name}), and this \
+         binary knows migrations up to {known} only; run a version that knows it"
+    )]
+    SchemaTooNew {
+        version: i64,
+        name: String,
+        known: i64,
+    },
 }
 
 /// Which database the store runs on.
