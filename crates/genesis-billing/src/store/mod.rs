@@ -49,6 +49,44 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// The database refused what was written (a constraint, a value it cannot store), as opposed to
+    /// being unreachable, busy or out of time: writing the same rows again in smaller parts can succeed.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => {
+                let code = db.code().unwrap_or_default();
+                match db.kind() {
+                    sqlx::error::ErrorKind::UniqueViolation
+                    | sqlx::error::ErrorKind::ForeignKeyViolation
+                    | sqlx::error::ErrorKind::NotNullViolation
+                    | sqlx::error::ErrorKind::CheckViolation => true,
+                    // PostgreSQL classes: 22 data exception (a NUL in text), 23 integrity, P0 raised by a
+                    // trigger. Connection, transaction-rollback, resource and timeout classes are not.
+                    _ => {
+                        ["22", "23", "P0"].iter().any(|c| code.starts_with(c))
+                        // SQLite: constraint (19 and its extended codes), too big, mismatch.
+                        || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 18..=20))
+                    }
+                }
+            }
+            Self::Database(
+                sqlx::Error::Encode(_)
+                | sqlx::Error::InvalidArgument(_)
+                | sqlx::Error::ColumnDecode { .. },
+            ) => true,
+            Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TooBig
+                    | rusqlite::ErrorCode::TypeMismatch
+            ),
+            Self::Sqlite(rusqlite::Error::ToSqlConversionFailure(_)) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Which database the store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
