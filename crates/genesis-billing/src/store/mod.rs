@@ -865,3 +865,30 @@ impl Store {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refused_row_is_worth_writing_again_in_parts() {
+        let sqlite = |code| {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        assert!(sqlite(rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER).is_refusal());
+        assert!(sqlite(rusqlite::ffi::SQLITE_TOOBIG).is_refusal());
+        // An outage, a busy database or a timeout would fail every part again, one slow try at a time.
+        assert!(!sqlite(rusqlite::ffi::SQLITE_BUSY).is_refusal());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_IOERR).is_refusal());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_FULL).is_refusal());
+        assert!(!StoreError::Database(sqlx::Error::PoolTimedOut).is_refusal());
+        assert!(
+            !StoreError::Database(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()))
+                .is_refusal()
+        );
+        assert!(!StoreError::Worker("inbox writer stopped".into()).is_refusal());
+    }
+}
