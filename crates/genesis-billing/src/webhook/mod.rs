@@ -568,7 +568,8 @@ impl Inbox {
                 "applied"
             }
             Ok(Ok(Inserted::Pending)) => return Ok(Received::Stored),
-            _ => return Err(ReceiveError::Unavailable),
+            // Not stored (the database refused it even alone, or failed): Stripe delivers it again.
+            Ok(Ok(Inserted::Failed) | Err(())) | Err(_) => return Err(ReceiveError::Unavailable),
         };
         self.service()
             .metrics()
