@@ -27,7 +27,7 @@ wait_url() {
 "$bin_dir/stripe-sim" --listen 127.0.0.1:0 --rate-limit 0 >"$work/sim.out" 2>"$work/sim.err" &
 sim_pid=$!
 export SIM_URL=$(wait_url "$work/sim.out")
-export GB_TOKEN="ci-admin-token"
+export GB_TOKEN="ci-admin-token-with-service"
 export STRIPE_API_KEY="sk_test_ci_with_service"
 export STRIPE_API_BASE=$SIM_URL
 export DATABASE_URL="sqlite://$work/billing.db"

@@ -73,7 +73,7 @@ def main():
 
         serve = subprocess.Popen(
             [BIN, "serve", "--listen", "127.0.0.1:0"],
-            env={**env, "STRIPE_WEBHOOK_SECRET": "whsec_backlog", "GENESIS_ADMIN_TOKEN": "x"},
+            env={**env, "STRIPE_WEBHOOK_SECRET": "whsec_backlog_benchmark", "GENESIS_ADMIN_TOKEN": "backlog-admin-token-unused"},
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             for line in serve.stdout:

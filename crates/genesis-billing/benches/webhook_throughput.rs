@@ -764,7 +764,7 @@ fn start_service_proc(dir: &Path, database_url: &str) -> Result<Proc, String> {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", database_url)
         .env("STRIPE_WEBHOOK_SECRET", SECRET)
-        .env("GENESIS_ADMIN_TOKEN", "x")
+        .env("GENESIS_ADMIN_TOKEN", "bench-admin-token-unused")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)

@@ -27,6 +27,11 @@ pub enum ConfigError {
     },
     #[error("{var} is empty")]
     Empty { var: String },
+    #[error("{source_name}: {problem}")]
+    WeakSecret {
+        source_name: String,
+        problem: String,
+    },
     #[error("invalid {name}: {reason}")]
     Invalid { name: String, reason: String },
     #[error("cannot read config file {path}: {reason}")]
@@ -93,25 +98,46 @@ impl DatabaseUrl {
         let u = self.expose();
         u.starts_with("postgres://") || u.starts_with("postgresql://")
     }
-    /// The URL with any password replaced by `***`.
+    /// The URL with any password replaced by `***`: the one in the user info (parsed, so an `@` in the
+    /// password cannot move the split) and the value of any query parameter that holds a secret. A URL
+    /// that does not parse shows only its scheme.
     pub fn redacted(&self) -> String {
-        let url = self.expose();
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return url.to_owned();
+        let raw = self.expose();
+        let Ok(mut url) = url::Url::parse(raw) else {
+            let scheme = raw.split_once("://").map_or("", |(s, _)| s);
+            return format!("{scheme}://***");
         };
-        match rest.split_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                let masked = if userinfo.contains(':') {
-                    format!("{user}:***")
-                } else {
-                    user.to_owned()
-                };
-                format!("{scheme}://{masked}@{host}")
-            }
-            None => url.to_owned(),
+        let secret_params = url.query_pairs().any(|(k, _)| is_secret_param(&k));
+        if url.password().is_none() && !secret_params {
+            return raw.to_owned();
         }
+        if url.password().is_some() && url.set_password(Some("***")).is_err() {
+            return format!("{}://***", url.scheme());
+        }
+        if secret_params {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if is_secret_param(&k) {
+                        "***".to_owned()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
     }
+}
+
+/// Connection parameters whose value is a secret (`password`, `sslpassword`, any `…token`, `…secret`).
+fn is_secret_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "passwd", "pwd", "secret", "token"]
+        .iter()
+        .any(|s| name.contains(s))
 }
 
 impl std::fmt::Debug for DatabaseUrl {
@@ -252,14 +278,83 @@ fn secret_var(env: &dyn Env, name: &str) -> Result<Option<SecretString>, ConfigE
     }
 }
 
+/// Shortest webhook signing secret accepted (Stripe's are `whsec_` and 32 more characters).
+pub const MIN_WEBHOOK_SECRET_LEN: usize = 16;
+
+/// Shortest admin token accepted: a guessable token would open the admin API.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+
 /// Splits a comma-separated secret list without ever copying it into a plain `String` that outlives us.
 fn split_secrets(v: &SecretString) -> Vec<SecretString> {
     v.expose_secret()
         .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
         .map(|s| SecretString::from(s.to_owned()))
         .collect()
+}
+
+/// The one check every webhook secret and admin token passes, whatever its source: trimmed, then
+/// non-empty, without whitespace or control characters, and at least `min` characters. The error names
+/// the source and the entry's position, never its text.
+fn check_secrets(
+    secrets: Vec<SecretString>,
+    source_name: &str,
+    what: &str,
+    min: usize,
+) -> Result<Vec<SecretString>, ConfigError> {
+    let weak = |n: usize, problem: String| ConfigError::WeakSecret {
+        source_name: source_name.to_owned(),
+        problem: format!("{what} {n} {problem}"),
+    };
+    secrets
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let v = s.expose_secret().trim();
+            if v.is_empty() {
+                return Err(weak(i + 1, "is empty".to_owned()));
+            }
+            if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(weak(
+                    i + 1,
+                    "contains whitespace or control characters".to_owned(),
+                ));
+            }
+            if v.chars().count() < min {
+                return Err(weak(i + 1, format!("is shorter than {min} characters")));
+            }
+            Ok(SecretString::from(v.to_owned()))
+        })
+        .collect()
+}
+
+/// A secret list from the config file key `file_key`, else from `var` (or `var_FILE`), checked.
+fn secret_list(
+    file_value: Option<Vec<String>>,
+    file_key: &str,
+    env: &dyn Env,
+    var: &str,
+    what: &str,
+    min: usize,
+) -> Result<Vec<SecretString>, ConfigError> {
+    match file_value {
+        Some(list) => check_secrets(
+            list.into_iter().map(SecretString::from).collect(),
+            &format!("{file_key} in the config file"),
+            what,
+            min,
+        ),
+        None => {
+            let source = if env.var(var).is_some() {
+                var.to_owned()
+            } else {
+                format!("{var}_FILE")
+            };
+            match secret_var(env, var)? {
+                Some(v) => check_secrets(split_secrets(&v), &source, what, min),
+                None => Ok(Vec::new()),
+            }
+        }
+    }
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool, ConfigError> {
@@ -427,18 +522,22 @@ impl Settings {
             .parse()
             .map_err(|_| invalid("GENESIS_BILLING_LISTEN", "expected HOST:PORT"))?;
 
-        let admin_tokens = match file.admin_tokens {
-            Some(tokens) => tokens.into_iter().map(SecretString::from).collect(),
-            None => secret_var(env, "GENESIS_ADMIN_TOKEN")?
-                .map(|v| split_secrets(&v))
-                .unwrap_or_default(),
-        };
-        let webhook_secrets = match file.webhook_secrets {
-            Some(s) => s.into_iter().map(SecretString::from).collect(),
-            None => secret_var(env, "STRIPE_WEBHOOK_SECRET")?
-                .map(|v| split_secrets(&v))
-                .unwrap_or_default(),
-        };
+        let admin_tokens = secret_list(
+            file.admin_tokens,
+            "admin_tokens",
+            env,
+            "GENESIS_ADMIN_TOKEN",
+            "admin token",
+            MIN_ADMIN_TOKEN_LEN,
+        )?;
+        let webhook_secrets = secret_list(
+            file.webhook_secrets,
+            "webhook_secrets",
+            env,
+            "STRIPE_WEBHOOK_SECRET",
+            "webhook secret",
+            MIN_WEBHOOK_SECRET_LEN,
+        )?;
 
         let db_max_connections = env_num(env, "GENESIS_BILLING_DB_MAX_CONNECTIONS", 16u32)?;
         if !(1..=1000).contains(&db_max_connections) {
@@ -683,6 +782,137 @@ mod tests {
         );
         assert_eq!(url.to_string(), "postgres://billing:***@db:5432/billing");
         assert!(!format!("{url:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_database_url_hides_every_form_of_password() {
+        for (raw, shown) in [
+            // The last `@` before the host ends the user info.
+            (
+                "postgres://billing:PW@X@db/billing",
+                "postgres://billing:***@db/billing",
+            ),
+            (
+                "postgresql://billing:p%40ss%3Aw0rd@db:5432/billing",
+                "postgresql://billing:***@db:5432/billing",
+            ),
+            (
+                "postgres://billing@db/billing?password=hunter2&sslmode=require",
+                "postgres://billing@db/billing?password=***&sslmode=require",
+            ),
+            (
+                "postgres://db/billing?sslpassword=hunter2&user=billing",
+                "postgres://db/billing?sslpassword=***&user=billing",
+            ),
+            (
+                "postgres://billing:hunter2@db/billing?PASSWORD=hunter2",
+                "postgres://billing:***@db/billing?PASSWORD=***",
+            ),
+            ("sqlite://genesis-billing.db", "sqlite://genesis-billing.db"),
+            ("sqlite::memory:", "sqlite::memory:"),
+            ("postgres://billing:hunter2@[::1", "postgres://***"),
+        ] {
+            let url = DatabaseUrl::new(raw);
+            assert_eq!(url.to_string(), shown, "{raw}");
+            assert_eq!(format!("{url:?}"), format!("DatabaseUrl({shown})"));
+            for secret in ["hunter2", "PW@X", "p%40ss", "p@ss"] {
+                assert!(!url.to_string().contains(secret), "{raw}");
+                assert!(!format!("{url:?}").contains(secret), "{raw}");
+            }
+        }
+    }
+
+    /// The sources a secret list is read from, each holding `value` for the setting.
+    fn each_source(
+        dir: &Path,
+        file_key: &str,
+        var: &str,
+        value: &str,
+    ) -> Vec<(String, Result<Settings, ConfigError>)> {
+        let config = dir.join("c.toml");
+        let list: Vec<&str> = value.split(',').collect();
+        std::fs::write(&config, format!("{file_key} = {}\n", toml_list(&list))).unwrap();
+        let flags = Flags {
+            config_file: Some(config),
+            ..Flags::default()
+        };
+        let from_file = Settings::load(&flags, &[]);
+        let from_env = load(&[(var, value)]);
+        let secret_file = dir.join("secret");
+        std::fs::write(&secret_file, value).unwrap();
+        let file_var = format!("{var}_FILE");
+        let from_secret_file = load(&[(file_var.as_str(), secret_file.to_str().unwrap())]);
+        vec![
+            ("config file".to_owned(), from_file),
+            (var.to_owned(), from_env),
+            (file_var, from_secret_file),
+        ]
+    }
+
+    fn toml_list(items: &[&str]) -> String {
+        let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+        format!("[{}]", quoted.join(", "))
+    }
+
+    #[test]
+    fn weak_secrets_are_refused_from_every_source_without_being_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "GOODSECRETGOODSECRET42";
+        for (file_key, var) in [
+            ("webhook_secrets", "STRIPE_WEBHOOK_SECRET"),
+            ("admin_tokens", "GENESIS_ADMIN_TOKEN"),
+        ] {
+            for bad in [
+                "".to_owned(),
+                "   ".to_owned(),
+                "LEAK15CHARSLEAK".to_owned(),
+                "LEAKY LEAKY LEAKY LEAKY".to_owned(),
+                "LEAKY\tLEAKYLEAKYLEAKY".to_owned(),
+                format!("{good},"),
+                format!("{good},LEAKSHORT"),
+            ] {
+                for (source, loaded) in each_source(dir.path(), file_key, var, &bad) {
+                    let Err(err) = loaded else {
+                        panic!("{var} {bad:?} from the {source} was accepted");
+                    };
+                    let msg = err.to_string();
+                    assert!(
+                        msg.contains(var) || msg.contains(file_key),
+                        "{source}: {msg}"
+                    );
+                    assert!(!msg.contains("LEAK"), "{source}: {msg}");
+                    assert!(!msg.contains(good), "{source}: {msg}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn strong_secrets_are_accepted_from_every_source_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let value = "whsec_0123456789abcdef0123456789abcdef, admin-token-for-tests";
+        for (file_key, var) in [
+            ("webhook_secrets", "STRIPE_WEBHOOK_SECRET"),
+            ("admin_tokens", "GENESIS_ADMIN_TOKEN"),
+        ] {
+            for (source, loaded) in each_source(dir.path(), file_key, var, value) {
+                let s = loaded.unwrap_or_else(|e| panic!("{source}: {e}"));
+                let list = if file_key == "admin_tokens" {
+                    s.admin_tokens
+                } else {
+                    s.webhook_secrets
+                };
+                let got: Vec<&str> = list.iter().map(|t| t.expose_secret()).collect();
+                assert_eq!(
+                    got,
+                    [
+                        "whsec_0123456789abcdef0123456789abcdef",
+                        "admin-token-for-tests"
+                    ],
+                    "{source}"
+                );
+            }
+        }
     }
 
     #[test]

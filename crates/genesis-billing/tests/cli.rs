@@ -295,3 +295,69 @@ async fn the_demo_runs_offline_through_the_whole_lifecycle() {
     assert!(!v["drift_found"].as_array().unwrap().is_empty());
     assert_eq!(v["mrr"][0]["active_cents"], 500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_migrate_commands_started_at_once_on_a_new_sqlite_file_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    let db = format!("sqlite://{}", path.display());
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            let db = db.clone();
+            tokio::spawn(async move { run(&["--json", "migrate"], &[("DATABASE_URL", &db)]).await })
+        })
+        .collect();
+    for r in runs {
+        let r = r.await.unwrap();
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(!r.stderr.contains("locked"), "{}", r.stderr);
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let (rows, versions): (i64, i64) = conn
+        .query_row(
+            "SELECT COUNT(*), COUNT(DISTINCT version) FROM schema_migration",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(rows, versions, "each migration recorded once");
+    let tables: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'business'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(tables, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_migrated_by_a_newer_version_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("newer.db");
+    let db = format!("sqlite://{}", path.display());
+    let env = [("DATABASE_URL", db.as_str())];
+    assert_eq!(run(&["migrate"], &env).await.code, 0);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO schema_migration (version, name, applied_at) VALUES (9001, 'from_the_future', 0)",
+        [],
+    )
+    .unwrap();
+    let tables_before: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+        .unwrap();
+    for args in [&["migrate"][..], &["business", "list"][..]] {
+        let r = run(args, &env).await;
+        assert_ne!(r.code, 0, "{args:?} ran on a newer schema");
+        assert!(
+            r.stderr.contains("newer genesis-billing") && r.stderr.contains("9001"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    let tables_after: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tables_before, tables_after, "nothing changed");
+}

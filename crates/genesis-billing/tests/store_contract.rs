@@ -1155,6 +1155,161 @@ async fn replicas_storing_the_same_webhook_events_at_once_on_postgres_store_each
     fresh.drop_db(store);
 }
 
+/// A batch in which the database refuses some events: every other event, and the outcome the batch
+/// carries, are written all the same; the refused ones are reported `Failed` and not stored.
+async fn one_refused_event_fails_no_other(store: &Store, url: &str, backend: &str) {
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    // A trigger that refuses one event id, as a constraint would.
+    let trigger = if backend == "postgres" {
+        "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN \
+         IF NEW.event_id = 'evt_poison' THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER refuse_poison BEFORE INSERT ON webhook_event FOR EACH ROW EXECUTE FUNCTION refuse_poison();"
+    } else {
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON webhook_event WHEN NEW.event_id = 'evt_poison' \
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END;"
+    };
+    sqlx::raw_sql(trigger).execute(&mut conn).await.unwrap();
+    conn.close().await.unwrap();
+    let ev = |id: &str, event_type: &str| NewEvent {
+        id: id.into(),
+        event_type: event_type.into(),
+        created: 30,
+        source: "webhook",
+        payload: "{}".into(),
+        triage: Triage::Apply,
+    };
+    let held = store
+        .write_inbox(
+            &[ev("evt_held", "invoice.paid")],
+            "inbox-1",
+            true,
+            now() + 60,
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held.stored, vec![Inserted::Pending]);
+    let mut batch = vec![
+        ev("evt_good_1", "invoice.paid"),
+        ev("evt_poison", "invoice.paid"),
+        ev("evt_good_2", "invoice.paid"),
+    ];
+    if backend == "postgres" {
+        // PostgreSQL stores no NUL in text.
+        batch.push(ev("evt_nul", "invoice.\0paid"));
+    }
+    let outcome = EventResult {
+        event_id: "evt_held".into(),
+        event_type: "invoice.paid".into(),
+        status: "applied",
+        business_id: None,
+        error: None,
+        retry_at: None,
+        change: None,
+        history: None,
+        created: 30,
+    };
+    let written = store
+        .write_inbox(&batch, "inbox-1", true, now() + 60, vec![outcome])
+        .await
+        .unwrap();
+    let mut want = vec![Inserted::Pending, Inserted::Failed, Inserted::Pending];
+    if backend == "postgres" {
+        want.push(Inserted::Failed);
+    }
+    assert_eq!(written.stored, want);
+    assert_eq!(written.settled.len(), 1);
+    assert_eq!(
+        store.event("evt_held").await.unwrap().unwrap().status,
+        "applied",
+        "the outcome in the refused batch is recorded"
+    );
+    for good in ["evt_good_1", "evt_good_2"] {
+        let e = store.event(good).await.unwrap().expect(good);
+        assert_eq!((e.status.as_str(), e.payload.as_str()), ("pending", "{}"));
+    }
+    for refused in ["evt_poison", "evt_nul"] {
+        assert!(store.event(refused).await.unwrap().is_none(), "{refused}");
+    }
+    // A delivery of a good event again is a duplicate, as for any stored event.
+    let again = store
+        .write_inbox(
+            &[ev("evt_good_1", "invoice.paid")],
+            "inbox-1",
+            true,
+            now() + 60,
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.stored, vec![Inserted::Duplicate]);
+}
+
+#[tokio::test]
+async fn one_event_the_database_refuses_fails_no_other_in_its_batch_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = format!("sqlite://{}", dir.path().join("poison.db").display());
+    let store = Store::connect(&DatabaseUrl::new(raw.clone()), 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    one_refused_event_fails_no_other(&store, &raw, "sqlite").await;
+}
+
+#[tokio::test]
+async fn one_event_the_database_refuses_fails_no_other_in_its_batch_on_postgres() {
+    let (fresh, store) = Fresh::postgres().await;
+    one_refused_event_fails_no_other(&store, &fresh.url(), "postgres").await;
+    fresh.drop_db(store);
+}
+
+/// Records a migration this binary does not know, as a newer genesis-billing would have.
+async fn record_future_migration(url: &str) {
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO schema_migration (version, name, applied_at) VALUES (9001, 'from_the_future', 0)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+}
+
+async fn assert_refused_as_newer(url: &DatabaseUrl) {
+    let store = Store::connect(url, 2).await.unwrap();
+    let err = store.migrate().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("newer genesis-billing")
+            && msg.contains("9001")
+            && msg.contains("from_the_future"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn a_sqlite_database_migrated_by_a_newer_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = format!("sqlite://{}", dir.path().join("newer.db").display());
+    let url = DatabaseUrl::new(raw.clone());
+    Store::connect(&url, 2)
+        .await
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    record_future_migration(&raw).await;
+    assert_refused_as_newer(&url).await;
+}
+
+#[tokio::test]
+async fn a_postgres_database_migrated_by_a_newer_version_is_refused() {
+    let (fresh, store) = Fresh::postgres().await;
+    record_future_migration(&fresh.url()).await;
+    assert_refused_as_newer(&DatabaseUrl::new(fresh.url())).await;
+    fresh.drop_db(store);
+}
+
 #[tokio::test]
 async fn a_database_url_password_never_shows() {
     let url = DatabaseUrl::new("postgres://billing:s3cr3t-pw@db.internal:5432/billing");

@@ -677,3 +677,252 @@ async fn events_left_pending_by_a_crash_are_applied_once_each_when_the_service_s
         "the newest state wins"
     );
 }
+
+/// A cancellation of `b`'s subscription: applied, it would take the business down.
+fn cancellation(b: &Business) -> Value {
+    json!({"id": b.stripe_subscription_id, "object": "subscription", "status": "canceled", "customer": b.stripe_customer_id, "metadata": {"business_id": b.business_id}})
+}
+
+/// `value` wrapped in `levels` single-key objects.
+fn nested(levels: usize, value: Value) -> Value {
+    (0..levels).fold(value, |inner, _| json!({ "n": inner }))
+}
+
+async fn assert_untouched(world: &World, before: &Business) {
+    let now = world
+        .service
+        .store()
+        .get_business(&before.business_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            now.status,
+            now.billing,
+            now.subscription_status.as_deref(),
+            now.stripe_state_at,
+            now.updated_at
+        ),
+        (
+            before.status,
+            before.billing,
+            before.subscription_status.as_deref(),
+            before.stripe_state_at,
+            before.updated_at
+        ),
+        "the business record is unchanged"
+    );
+}
+
+#[tokio::test]
+async fn deep_nesting_and_ids_or_types_outside_stripes_character_set_are_refused_before_storing() {
+    let world = World::new().await;
+    let b = saas_business(&world, "Charset").await;
+    let before = world
+        .service
+        .store()
+        .get_business(&b.business_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let app = App::start(&world, &[ADMIN_TOKEN], &[SECRET.to_owned()], None).await;
+    let envelope = |id: &str, kind: &str, object: Value| json!({"id": id, "object": "event", "type": kind, "created": now(), "livemode": false, "data": {"object": object}});
+    let cancel = "customer.subscription.deleted";
+    let mut deep = cancellation(&b);
+    deep["metadata"]["deep"] = nested(200, json!(1));
+    // The envelope, `data`, the object and its metadata are four levels: 61 more make 65, one over.
+    let mut just_over = cancellation(&b);
+    just_over["metadata"]["deep"] = nested(61, json!(1));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "nested 200 levels deep",
+            envelope("evt_deep", cancel, deep).to_string().into_bytes(),
+        ),
+        (
+            "nested one level over the limit",
+            envelope("evt_just_over", cancel, just_over)
+                .to_string()
+                .into_bytes(),
+        ),
+        // serde_json escapes the NUL as \u0000 in the body, which the receiver reads as a NUL.
+        (
+            "an id with a NUL",
+            event("evt_a\0b", cancel, cancellation(&b)),
+        ),
+        (
+            "an id with a hyphen",
+            event("evt_a-b", cancel, cancellation(&b)),
+        ),
+        (
+            "an id with a non-ASCII letter",
+            event("evt_\u{e9}t\u{e9}", cancel, cancellation(&b)),
+        ),
+        (
+            "an id of another object",
+            event("sub_123", cancel, cancellation(&b)),
+        ),
+        (
+            "an id of 300 characters",
+            event(
+                &format!("evt_{}", "a".repeat(296)),
+                cancel,
+                cancellation(&b),
+            ),
+        ),
+        (
+            "a type with a NUL",
+            event(
+                "evt_type_nul",
+                "customer.subscription.deleted\0",
+                cancellation(&b),
+            ),
+        ),
+        (
+            "a type in capitals",
+            event(
+                "evt_type_caps",
+                "Customer.Subscription.Deleted",
+                cancellation(&b),
+            ),
+        ),
+        (
+            "a type with a space",
+            event(
+                "evt_type_space",
+                "customer subscription.deleted",
+                cancellation(&b),
+            ),
+        ),
+        (
+            "an empty type",
+            event("evt_type_empty", "", cancellation(&b)),
+        ),
+    ];
+    let rejected = || {
+        world
+            .metrics
+            .value("genesis_billing_webhook_rejected_total", &["bad_payload"])
+    };
+    for (what, body) in cases {
+        let counted = rejected();
+        let (status, v) = post(&app, Some(sign(SECRET, now(), &body)), body).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (400, Some("bad_payload")),
+            "{what}: {v}"
+        );
+        assert_eq!(rejected(), counted + 1.0, "{what} counted once");
+    }
+    assert!(
+        world
+            .service
+            .store()
+            .list_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing stored"
+    );
+    assert_untouched(&world, &before).await;
+
+    // At the limit exactly (3 + 61 levels), an event is stored (an unhandled type, settled as ignored).
+    let mut at_limit = json!({"id": "ch_1", "object": "charge"});
+    at_limit["deep"] = nested(61, json!(1));
+    let body = envelope("evt_at_limit", "charge.refunded", at_limit)
+        .to_string()
+        .into_bytes();
+    let (status, v) = post(&app, Some(sign(SECRET, now(), &body)), body).await;
+    assert_eq!(status, 200, "{v}");
+    wait_event(&world, "evt_at_limit", "ignored").await;
+}
+
+#[tokio::test]
+async fn events_of_the_other_mode_or_of_a_connected_account_are_stored_ignored_and_change_nothing()
+{
+    let world = World::new().await;
+    let b = saas_business(&world, "Not ours").await;
+    let before = world
+        .service
+        .store()
+        .get_business(&b.business_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let app = App::start(&world, &[ADMIN_TOKEN], &[SECRET.to_owned()], None).await;
+    let envelope = |id: &str, livemode: bool, account: Option<&str>| {
+        let mut e = json!({"id": id, "object": "event", "type": "customer.subscription.deleted", "created": now(), "livemode": livemode, "data": {"object": cancellation(&b)}});
+        if let Some(a) = account {
+            e["account"] = json!(a);
+        }
+        e.to_string().into_bytes()
+    };
+    for (id, body, why) in [
+        (
+            "evt_live",
+            envelope("evt_live", true, None),
+            "livemode mismatch",
+        ),
+        (
+            "evt_connect",
+            envelope("evt_connect", false, Some("acct_1Connected")),
+            "event from a connected account",
+        ),
+    ] {
+        let (status, v) = post(&app, Some(sign(SECRET, now(), &body)), body).await;
+        assert_eq!(
+            (status, v["received"].as_bool()),
+            (200, Some(true)),
+            "{id}: {v}"
+        );
+        wait_event(&world, id, "ignored").await;
+        let e = world.service.store().event(id).await.unwrap().unwrap();
+        assert_eq!(e.last_error.as_deref(), Some(why), "{id}");
+    }
+    assert_untouched(&world, &before).await;
+
+    // The applier holds stored events to the same rules (events stored earlier, or read from Stripe's list).
+    let inbox = genesis_billing::webhook::Inbox::new(
+        world.service.clone(),
+        Vec::new(),
+        300,
+        Some(genesis_billing::config::StripeMode::Test),
+    );
+    let mut deep = cancellation(&b);
+    deep["metadata"]["deep"] = nested(100, json!(1));
+    let deep = json!({"id": "evt_stored_deep", "type": "customer.subscription.deleted", "created": now(), "data": {"object": deep}});
+    for (id, body, why) in [
+        (
+            "evt_stored_live",
+            String::from_utf8(envelope("evt_stored_live", true, None)).unwrap(),
+            "livemode mismatch",
+        ),
+        (
+            "evt_stored_connect",
+            String::from_utf8(envelope("evt_stored_connect", false, Some("acct_2"))).unwrap(),
+            "event from a connected account",
+        ),
+        ("evt_stored_deep", deep.to_string(), "nested too deep"),
+    ] {
+        assert!(world
+            .service
+            .store()
+            .insert_event(
+                id,
+                "customer.subscription.deleted",
+                now(),
+                "gap_fill",
+                &body
+            )
+            .await
+            .unwrap());
+        inbox.apply(id).await;
+        let e = world.service.store().event(id).await.unwrap().unwrap();
+        assert_eq!(
+            (e.status.as_str(), e.last_error.as_deref()),
+            ("ignored", Some(why)),
+            "{id}"
+        );
+    }
+    assert_untouched(&world, &before).await;
+}

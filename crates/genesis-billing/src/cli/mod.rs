@@ -461,6 +461,7 @@ pub fn app_state(settings: &Settings, service: Arc<BillingService>) -> Arc<crate
         service.clone(),
         settings.webhook_secrets.clone(),
         settings.webhook_tolerance_secs,
+        settings.key_mode,
     ));
     Arc::new(crate::http::AppState::new(
         service,
@@ -609,6 +610,7 @@ async fn reconcile(
         service.clone(),
         settings.webhook_secrets.clone(),
         settings.webhook_tolerance_secs,
+        settings.key_mode,
     );
     let missed = inbox.gap_fill().await?;
     let bar = progress_bar(0, "businesses");

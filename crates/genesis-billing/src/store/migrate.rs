@@ -3,7 +3,7 @@
 //! Our own runner rather than `sqlx::migrate!`: that macro would compile sqlx's drivers a second time into
 //! a proc-macro, which costs minutes on a 2-core machine, for twenty lines of logic.
 
-use sqlx::AnyPool;
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::{now, Backend, StoreError};
 
@@ -36,53 +36,103 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
+/// Applies the migrations not applied yet, each in its own transaction that holds the database's
+/// migration lock, so several processes starting at once on one database take turns: the first migrates,
+/// the others wait and find the work done. Refuses a database that has a migration this binary does not
+/// know (written by a newer genesis-billing), before changing anything.
 pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<&'static str>, StoreError> {
-    let mut tx = pool.begin().await?;
-    lock(&mut tx, backend).await?;
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS schema_migration (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-    )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    let mut conn = pool.acquire().await?;
+    begin(&mut conn, backend).await?;
+    let ready = prepare(&mut conn).await;
+    end(&mut conn, ready).await?;
     let mut applied = Vec::new();
     for (version, name, sql) in MIGRATIONS {
-        let mut tx = pool.begin().await?;
-        lock(&mut tx, backend).await?;
-        let done = sqlx::query("SELECT version FROM schema_migration WHERE version = $1")
-            .bind(version)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if done.is_some() {
-            continue;
+        begin(&mut conn, backend).await?;
+        let done = apply(&mut conn, *version, name, sql).await;
+        if end(&mut conn, done).await? {
+            applied.push(*name);
         }
-        sqlx::raw_sql(sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| StoreError::Migration(format!("{version} {name}: {e}")))?;
-        sqlx::query("INSERT INTO schema_migration (version, name, applied_at) VALUES ($1, $2, $3)")
-            .bind(version)
-            .bind(*name)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        applied.push(*name);
     }
     Ok(applied)
 }
 
-/// Serialises replicas migrating one PostgreSQL database: the first migrates, the others wait here and
-/// then find the work done. (Even `CREATE TABLE IF NOT EXISTS` races without it.) SQLite's write lock
-/// already serialises writers.
-async fn lock(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    backend: Backend,
-) -> Result<(), StoreError> {
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock(7351001)")
-            .execute(&mut **tx)
-            .await?;
+/// Creates the migration table if needed and refuses a database migrated by a newer binary.
+async fn prepare(conn: &mut AnyConnection) -> Result<(), StoreError> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migration (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let newest_known = MIGRATIONS.last().map_or(0, |(version, _, _)| *version);
+    let newer = sqlx::query(
+        "SELECT version, name FROM schema_migration WHERE version > $1 ORDER BY version DESC LIMIT 1",
+    )
+    .bind(newest_known)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match newer {
+        Some(row) => Err(StoreError::SchemaTooNew {
+            version: row.try_get(0)?,
+            name: row.try_get(1)?,
+            known: newest_known,
+        }),
+        None => Ok(()),
     }
+}
+
+/// Applies one migration unless it is applied already; says whether it applied it.
+async fn apply(
+    conn: &mut AnyConnection,
+    version: i64,
+    name: &str,
+    sql: &str,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query("SELECT version FROM schema_migration WHERE version = $1")
+        .bind(version)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if done.is_some() {
+        return Ok(false);
+    }
+    sqlx::raw_sql(sql)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| StoreError::Migration(format!("{version} {name}: {e}")))?;
+    sqlx::query("INSERT INTO schema_migration (version, name, applied_at) VALUES ($1, $2, $3)")
+        .bind(version)
+        .bind(name)
+        .bind(now())
+        .execute(&mut *conn)
+        .await?;
+    Ok(true)
+}
+
+/// Starts a transaction holding the database's migration lock.
+///
+/// PostgreSQL: an advisory lock held to the end of the transaction (even `CREATE TABLE IF NOT EXISTS`
+/// races without it). SQLite: `BEGIN IMMEDIATE` takes the write lock before the first read, waiting out
+/// the busy timeout; a deferred transaction would read, then fail with "database is locked" when another
+/// process had written in between.
+async fn begin(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {
+    let begin = match backend {
+        Backend::Sqlite => "BEGIN IMMEDIATE",
+        Backend::Postgres => "BEGIN; SELECT pg_advisory_xact_lock(7351001)",
+    };
+    sqlx::raw_sql(begin).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// Commits the transaction if its work succeeded, else rolls it back and returns the work's error.
+async fn end<T>(conn: &mut AnyConnection, work: Result<T, StoreError>) -> Result<T, StoreError> {
+    match work {
+        Ok(v) => {
+            sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+            Ok(v)
+        }
+        Err(e) => {
+            // Leaves the pooled connection outside any transaction; the work's error is the one to report.
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            Err(e)
+        }
+    }
 }

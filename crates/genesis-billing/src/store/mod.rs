@@ -38,6 +38,53 @@ pub enum StoreError {
     Duplicate(String),
     #[error("migration failed: {0}")]
     Migration(String),
+    #[error(
+        "the database was migrated by a newer genesis-billing: it has migration {version} ({name}), and this \
+         binary knows migrations up to {known} only; run a version that knows it"
+    )]
+    SchemaTooNew {
+        version: i64,
+        name: String,
+        known: i64,
+    },
+}
+
+impl StoreError {
+    /// The database refused what was written (a constraint, a value it cannot store), as opposed to
+    /// being unreachable, busy or out of time: writing the same rows again in smaller parts can succeed.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => {
+                let code = db.code().unwrap_or_default();
+                match db.kind() {
+                    sqlx::error::ErrorKind::UniqueViolation
+                    | sqlx::error::ErrorKind::ForeignKeyViolation
+                    | sqlx::error::ErrorKind::NotNullViolation
+                    | sqlx::error::ErrorKind::CheckViolation => true,
+                    // PostgreSQL classes: 22 data exception (a NUL in text), 23 integrity, P0 raised by a
+                    // trigger. Connection, transaction-rollback, resource and timeout classes are not.
+                    _ => {
+                        ["22", "23", "P0"].iter().any(|c| code.starts_with(c))
+                        // SQLite: constraint (19 and its extended codes), too big, mismatch.
+                        || code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 18..=20))
+                    }
+                }
+            }
+            Self::Database(
+                sqlx::Error::Encode(_)
+                | sqlx::Error::InvalidArgument(_)
+                | sqlx::Error::ColumnDecode { .. },
+            ) => true,
+            Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::ConstraintViolation
+                    | rusqlite::ErrorCode::TooBig
+                    | rusqlite::ErrorCode::TypeMismatch
+            ),
+            Self::Sqlite(rusqlite::Error::ToSqlConversionFailure(_)) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Which database the store runs on.
@@ -816,5 +863,32 @@ impl Store {
                 ))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refused_row_is_worth_writing_again_in_parts() {
+        let sqlite = |code| {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        assert!(sqlite(rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER).is_refusal());
+        assert!(sqlite(rusqlite::ffi::SQLITE_TOOBIG).is_refusal());
+        // An outage, a busy database or a timeout would fail every part again, one slow try at a time.
+        assert!(!sqlite(rusqlite::ffi::SQLITE_BUSY).is_refusal());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_IOERR).is_refusal());
+        assert!(!sqlite(rusqlite::ffi::SQLITE_FULL).is_refusal());
+        assert!(!StoreError::Database(sqlx::Error::PoolTimedOut).is_refusal());
+        assert!(
+            !StoreError::Database(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()))
+                .is_refusal()
+        );
+        assert!(!StoreError::Worker("inbox writer stopped".into()).is_refusal());
     }
 }

@@ -266,6 +266,8 @@ pub enum Inserted {
     Applied,
     /// Stored before: a duplicate delivery, left as it was.
     Duplicate,
+    /// Not stored: the database refused this event even on its own (the rest of its batch was written).
+    Failed,
 }
 
 /// Why an event about no business we know is ignored.
@@ -432,6 +434,11 @@ impl Store {
                 Vec::new(),
             )
             .await?;
+        if done.stored.contains(&Inserted::Failed) {
+            return Err(StoreError::Worker(
+                "the database refused an event of the batch (the others were stored)".to_owned(),
+            ));
+        }
         Ok(done
             .stored
             .iter()
@@ -444,7 +451,70 @@ impl Store {
     /// New pending events are leased to `owner` until `until` when `lease_new`; `results` are for events it
     /// holds, with the status changes they carry (see `StatusChange`); `settled` says how each was recorded.
     /// Within a batch, the first delivery of an id may be new; later ones are duplicates.
+    ///
+    /// If the database refuses the batch (a row it will not take, not an outage), its outcomes and then its
+    /// events are written again one per transaction, so one bad event never fails the others; an event
+    /// refused alone is `Inserted::Failed`, and an outcome refused alone is left out of `settled` (its event
+    /// stays leased, and `retry_due` applies it again once the lease expires).
     pub async fn write_inbox(
+        &self,
+        events: &[NewEvent],
+        owner: &str,
+        lease_new: bool,
+        until: i64,
+        results: Vec<EventResult>,
+    ) -> Result<InboxWrite, StoreError> {
+        if events.len() + results.len() <= 1 {
+            return self
+                .write_inbox_batch(events, owner, lease_new, until, results)
+                .await;
+        }
+        // The batch's write changes outcomes as it records them; a retry starts from the originals.
+        let err = match self
+            .write_inbox_batch(events, owner, lease_new, until, results.clone())
+            .await
+        {
+            Ok(written) => return Ok(written),
+            Err(e) if !e.is_refusal() => return Err(e),
+            Err(e) => e,
+        };
+        tracing::warn!(
+            error = %err,
+            events = events.len(),
+            outcomes = results.len(),
+            "the database refused a webhook batch: writing its events one by one"
+        );
+        let mut settled = Vec::with_capacity(results.len());
+        for r in results {
+            let id = r.event_id.clone();
+            match self
+                .write_inbox_batch(&[], owner, lease_new, until, vec![r])
+                .await
+            {
+                Ok(written) => settled.extend(written.settled),
+                Err(e) => {
+                    tracing::error!(event_id = ?id, error = %e, "cannot record a webhook event's outcome")
+                }
+            }
+        }
+        let mut stored = Vec::with_capacity(events.len());
+        for e in events {
+            match self
+                .write_inbox_batch(std::slice::from_ref(e), owner, lease_new, until, Vec::new())
+                .await
+            {
+                Ok(written) => stored.extend(written.stored),
+                Err(err) => {
+                    tracing::error!(event_id = ?e.id, error = %err, "cannot store a webhook event");
+                    stored.push(Inserted::Failed);
+                }
+            }
+        }
+        Ok(InboxWrite { stored, settled })
+    }
+
+    /// `write_inbox` for one batch in one transaction.
+    async fn write_inbox_batch(
         &self,
         events: &[NewEvent],
         owner: &str,

@@ -13,12 +13,95 @@ use tokio::sync::{mpsc, oneshot};
 use crate::billing::{
     Applied, BillingError, BillingService, Deferred, EventKeys, KeyFields, Writes, HANDLED_EVENTS,
 };
+use crate::config::StripeMode;
 use crate::store::{now, EventResult, Inserted, NewEvent, StoredEvent, Triage};
 use crate::stripe::{Call, Form};
 pub use signature::Rejection;
 
 /// Largest webhook body accepted (SPEC §1.4).
 pub const MAX_BODY: usize = 1 << 20;
+
+/// Deepest nesting of arrays and objects in an event, checked on receipt (deeper: 400) and again on apply
+/// (ignored), so the applier never meets a stored event it cannot parse. Stripe's events nest about ten
+/// levels; serde_json's own limit (128) would stop the applier but not the receiver, which skips values.
+pub const MAX_DEPTH: usize = 64;
+
+/// Longest event id accepted.
+pub const MAX_ID_LEN: usize = 255;
+
+/// Why an event whose `livemode` differs from the configured key's mode is stored ignored.
+pub const LIVEMODE_MISMATCH: &str = "livemode mismatch";
+
+/// Why an event about a connected account (Stripe Connect, which we never use) is stored ignored.
+pub const CONNECTED_ACCOUNT: &str = "event from a connected account";
+
+/// Why a stored event nested deeper than `MAX_DEPTH` is ignored on apply.
+pub const TOO_DEEP: &str = "nested too deep";
+
+/// Whether `json` nests arrays and objects deeper than `MAX_DEPTH`. A scan of the bytes that skips
+/// strings, not a parse (about 1 µs for a 2 KB event): the receiver reads only the envelope and skips the
+/// rest unbuilt, without serde_json's depth limit.
+pub fn too_deep(json: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                // Skip the string: to the next quote not escaped.
+                i += 1;
+                while i < json.len() {
+                    match json[i] {
+                        b'\\' => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+/// Stripe's event ids: `evt_` and letters, digits or `_`, at most `MAX_ID_LEN` bytes.
+pub fn valid_event_id(id: &str) -> bool {
+    id.len() <= MAX_ID_LEN
+        && id.strip_prefix("evt_").is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+}
+
+/// Stripe's event types: lowercase letters, digits, `_` and `.`, at most 255 bytes.
+pub fn valid_event_type(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind.len() <= 255
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+}
+
+/// Why an event is not for us though validly signed: a connected account's, or of the other mode than
+/// the key's (`None`: no key configured, so no mode to hold it to).
+fn not_ours(
+    livemode: Option<bool>,
+    account: Option<&str>,
+    mode: Option<StripeMode>,
+) -> Option<&'static str> {
+    if account.is_some() {
+        return Some(CONNECTED_ACCOUNT);
+    }
+    match (livemode, mode) {
+        (Some(live), Some(mode)) if live != (mode == StripeMode::Live) => Some(LIVEMODE_MISMATCH),
+        _ => None,
+    }
+}
 
 /// Applies after which a failing event is dead-lettered and only `webhooks replay` retries it.
 const MAX_ATTEMPTS: i64 = 8;
@@ -79,6 +162,9 @@ struct Envelope {
     created: i64,
     /// Required to hold an object; read only for the keys naming the business it concerns.
     data: EnvelopeData,
+    livemode: Option<bool>,
+    /// Present on events about a connected account.
+    account: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -324,18 +410,23 @@ pub struct Inbox {
 struct Applier {
     service: Arc<BillingService>,
     lease: Duration,
+    /// The configured key's mode, which every event's `livemode` must match.
+    mode: Option<StripeMode>,
 }
 
 impl Inbox {
-    /// Starts the committer and applier tasks; they stop when the inbox is dropped.
+    /// Starts the committer and applier tasks; they stop when the inbox is dropped. `mode` is the
+    /// configured key's (`Settings::key_mode`): events of the other mode are stored ignored.
     pub fn new(
         service: Arc<BillingService>,
         secrets: Vec<SecretString>,
         tolerance_secs: i64,
+        mode: Option<StripeMode>,
     ) -> Self {
         let applier = Arc::new(Applier {
             service,
             lease: Duration::from_secs(60),
+            mode,
         });
         let (commits, commit_rx) = mpsc::channel(COMMIT_QUEUE);
         // Events this inbox stores are leased to it until applied, under this owner id.
@@ -392,17 +483,23 @@ impl Inbox {
         }
         signature::verify(signature, body, &self.secrets, now(), self.tolerance)
             .map_err(|r| self.reject(r))?;
+        // Refused before it is stored: the applier could not parse it.
+        if too_deep(body) {
+            return Err(self.reject(Rejection::BadPayload));
+        }
         // Only the envelope is read here; the applier reads the object itself.
         let Ok(Envelope {
             id,
             kind,
             created,
             data,
+            livemode,
+            account,
         }) = serde_json::from_slice::<Envelope>(body)
         else {
             return Err(self.reject(Rejection::BadPayload));
         };
-        if !id.starts_with("evt_") || id.len() > 255 || kind.len() > 255 {
+        if !valid_event_id(&id) || !valid_event_type(&kind) {
             return Err(self.reject(Rejection::BadPayload));
         }
         // The envelope must hold an object; a body that is not UTF-8 is refused rather than stored altered.
@@ -442,6 +539,10 @@ impl Inbox {
             ),
             (None, _) => Triage::Ignore(crate::billing::UNHANDLED_EVENT),
         };
+        let triage = match not_ours(livemode, account.as_deref(), self.applier.mode) {
+            Some(why) => Triage::Ignore(why),
+            None => triage,
+        };
         let new = NewEvent {
             id,
             event_type: kind.clone(),
@@ -467,7 +568,8 @@ impl Inbox {
                 "applied"
             }
             Ok(Ok(Inserted::Pending)) => return Ok(Received::Stored),
-            _ => return Err(ReceiveError::Unavailable),
+            // Not stored (the database refused it even alone, or failed): Stripe delivers it again.
+            Ok(Ok(Inserted::Failed) | Err(())) | Err(_) => return Err(ReceiveError::Unavailable),
         };
         self.service()
             .metrics()
@@ -555,6 +657,9 @@ impl Inbox {
                 ) else {
                     continue;
                 };
+                if !valid_event_id(id) || !valid_event_type(kind) {
+                    continue;
+                }
                 if service
                     .store()
                     .insert_event(id, kind, created, "gap_fill", &event.to_string())
@@ -591,11 +696,27 @@ impl Applier {
         id: &str,
         writes: Writes,
     ) -> EventResult {
-        let result = match serde_json::from_str::<Value>(payload) {
-            Ok(v) => self.service.apply_event(&v, writes).await,
-            Err(e) => Err(BillingError::Conflict(format!(
-                "stored payload unreadable: {e}"
-            ))),
+        let ignored = |why| {
+            Ok(Applied::Ignored {
+                business_id: None,
+                why,
+            })
+        };
+        // Events stored before these checks existed, or read from Stripe's list, meet them here.
+        let result = if too_deep(payload.as_bytes()) {
+            ignored(TOO_DEEP)
+        } else {
+            match serde_json::from_str::<Value>(payload) {
+                Ok(v) => {
+                    match not_ours(v["livemode"].as_bool(), v["account"].as_str(), self.mode) {
+                        Some(why) => ignored(why),
+                        None => self.service.apply_event(&v, writes).await,
+                    }
+                }
+                Err(e) => Err(BillingError::Conflict(format!(
+                    "stored payload unreadable: {e}"
+                ))),
+            }
         };
         self.outcome(event_type, created, attempts, id, result)
     }
@@ -878,6 +999,103 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_up_to_the_limit() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!too_deep(nested(MAX_DEPTH).as_bytes()));
+        assert!(too_deep(nested(MAX_DEPTH + 1).as_bytes()));
+        let objects = |n: usize| format!("{}1{}", r#"{"a":"#.repeat(n), "}".repeat(n));
+        assert!(!too_deep(objects(MAX_DEPTH).as_bytes()));
+        assert!(too_deep(objects(MAX_DEPTH + 1).as_bytes()));
+        // Brackets inside strings, escaped quotes and backslashes do not count.
+        let in_string = format!(
+            r#"{{"a":"{}\"{}\\","b":[1]}}"#,
+            "[".repeat(200),
+            "{".repeat(200)
+        );
+        assert!(
+            serde_json::from_str::<Value>(&in_string).is_ok(),
+            "{in_string}"
+        );
+        assert!(!too_deep(in_string.as_bytes()));
+        // Siblings do not add up.
+        let wide = format!("[{}]", vec![nested(MAX_DEPTH - 1); 100].join(","));
+        assert!(!too_deep(wide.as_bytes()));
+        // Cut-off bodies end the scan without reading past the end.
+        for cut in [&b"\"\\"[..], b"[\"abc", b"[\"a\\", b"\\"] {
+            assert!(!too_deep(cut));
+        }
+        // serde_json builds what the receiver accepts.
+        assert!(serde_json::from_str::<Value>(&nested(MAX_DEPTH)).is_ok());
+    }
+
+    #[test]
+    fn event_ids_and_types_are_held_to_stripes_character_set() {
+        for id in [
+            "evt_1",
+            "evt_1QabcDEF_23",
+            &format!("evt_{}", "a".repeat(251)),
+        ] {
+            assert!(valid_event_id(id), "{id}");
+        }
+        for id in [
+            "",
+            "evt_",
+            "evt",
+            "EVT_1",
+            "ev_1",
+            "evt_a-b",
+            "evt_a b",
+            "evt_a\0",
+            "evt_\u{e9}",
+            "evt_a.b",
+            "evt_a\n",
+            &format!("evt_{}", "a".repeat(252)),
+        ] {
+            assert!(!valid_event_id(id), "{id:?}");
+        }
+        for kind in [
+            "invoice.paid",
+            "customer.subscription.updated",
+            "v2.core.event_1",
+        ] {
+            assert!(valid_event_type(kind), "{kind}");
+        }
+        for kind in [
+            "",
+            "Invoice.paid",
+            "invoice paid",
+            "invoice.paid\0",
+            "invoice-paid",
+            "invoice.paid\n",
+            "invoice/paid",
+            &"a".repeat(256),
+        ] {
+            assert!(!valid_event_type(kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn an_event_of_the_other_mode_or_a_connected_account_is_not_ours() {
+        use StripeMode::{Live, Test};
+        assert_eq!(not_ours(Some(false), None, Some(Test)), None);
+        assert_eq!(not_ours(Some(true), None, Some(Live)), None);
+        assert_eq!(
+            not_ours(Some(true), None, Some(Test)),
+            Some(LIVEMODE_MISMATCH)
+        );
+        assert_eq!(
+            not_ours(Some(false), None, Some(Live)),
+            Some(LIVEMODE_MISMATCH)
+        );
+        assert_eq!(not_ours(None, None, Some(Test)), None);
+        assert_eq!(not_ours(Some(true), None, None), None, "no key: no mode");
+        assert_eq!(
+            not_ours(Some(false), Some("acct_1"), Some(Test)),
+            Some(CONNECTED_ACCOUNT)
+        );
     }
 
     #[test]
