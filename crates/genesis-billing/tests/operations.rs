@@ -456,3 +456,81 @@ async fn smoke_runs_a_throwaway_business_through_the_lifecycle_and_refuses_live_
     assert_eq!(live.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&live.stderr).contains("refuses live keys"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_all_pages_through_stripe_and_reconcile_never_takes_a_rolled_back_business_down() {
+    let world = World::new().await;
+    // More than two of Stripe's pages of 100.
+    let mut ids = Vec::new();
+    for i in 0..230 {
+        ids.push(create(&world, &format!("Paged {i}")).await);
+    }
+    let env = [
+        ("STRIPE_API_KEY", KEY.to_owned()),
+        ("STRIPE_API_BASE", world.sim.base_url()),
+        ("DATABASE_URL", common::db_url(&world.dir)),
+        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
+    ];
+    let run = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+
+    // One cancelled in Stripe by a roll-back that died before recording it: no webhook endpoint is
+    // registered, so reconciliation is what finds it.
+    let first = world.service.rollback_page(None).await.unwrap();
+    assert_eq!(first.live.len(), 100);
+    assert!(first.next.is_some());
+    let crashed = &first.live[0];
+    world
+        .service
+        .cancel_in_stripe_for_rollback(crashed)
+        .await
+        .unwrap();
+    let report = world.service.reconcile(true, &|_, _| {}).await.unwrap();
+    assert!(report
+        .drift
+        .iter()
+        .any(|d| d.business_id.as_deref() == Some(crashed.business_id.as_str()) && d.fixed));
+    let b = world.record(&crashed.business_id).await;
+    assert_eq!(
+        b.status,
+        Lifecycle::Active,
+        "reconcile does not take it down"
+    );
+    assert_eq!(b.billing, Billing::Skipped);
+    assert_eq!(b.subscription_status.as_deref(), Some("canceled"));
+
+    let dry = tokio::task::block_in_place(|| run(&["--json", "cancel-all"]));
+    assert_eq!(dry["would_cancel"].as_array().unwrap().len(), 229, "{dry}");
+    assert_eq!(dry["would_cancel_count"], 229);
+    let listed: std::collections::HashSet<&str> = dry["would_cancel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["business_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 229, "each listed once");
+
+    let done = tokio::task::block_in_place(|| run(&["--json", "cancel-all", "--confirm"]));
+    assert_eq!(done["cancelled"], 229, "{done}");
+    assert_eq!(done["live"], 229);
+    for id in &ids {
+        let b = world.record(id).await;
+        assert_eq!(b.status, Lifecycle::Active);
+        assert_eq!(b.billing, Billing::Skipped);
+        assert_eq!(b.subscription_status.as_deref(), Some("canceled"));
+        assert_eq!(world.customers_of(id).len(), 1, "customer kept");
+    }
+    let again = tokio::task::block_in_place(|| run(&["--json", "cancel-all"]));
+    assert_eq!(again["would_cancel_count"], 0, "{again}");
+}

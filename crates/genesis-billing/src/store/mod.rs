@@ -741,6 +741,29 @@ impl Store {
         Ok(())
     }
 
+    /// Marks billing of an active business `skipped` with `why` because its subscription `subscription`
+    /// was rolled back; returns false when it already was (or the subscription is not its current one),
+    /// so of two concurrent writers only one records it.
+    pub async fn set_rolled_back(
+        &self,
+        id: &str,
+        subscription: &str,
+        why: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE business SET billing = 'skipped', failed_step = NULL, billing_error = $3, updated_at = $4 \
+             WHERE business_id = $1 AND stripe_subscription_id = $2 AND status = 'active' \
+             AND NOT (billing = 'skipped' AND billing_error IS NOT NULL AND billing_error = $3)",
+        )
+        .bind(id)
+        .bind(subscription)
+        .bind(why)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Marks a business taken down; returns false when it already was.
     pub async fn mark_taken_down(
         &self,
