@@ -1101,14 +1101,28 @@ async fn business(
             if json {
                 print_json(&report);
             } else {
+                let c = &report.counts;
                 println!(
-                    "provisioned {}, still failing {}, takedowns finished {}, takedowns failing {}, held by other workers {}",
-                    report.provisioned.len(),
-                    report.failed.len(),
-                    report.takedowns_finished.len(),
-                    report.takedowns_failed.len(),
-                    report.busy.len()
+                    "provisioned {}, still failing {}, takedowns finished {}, takedowns failing {}, taken over from stopped processes {}",
+                    c.provisioned, c.failed, c.takedowns_finished, c.takedowns_failed, c.taken_over
                 );
+                if let Some(until) = report.busy_until {
+                    // Never "nothing to do" while work is unfinished: say who holds it and until when.
+                    println!(
+                        "{} businesses held by live workers (or workers on other hosts) until {} at the latest; run resume again then",
+                        c.busy,
+                        crate::business::rfc3339(until)
+                    );
+                    for w in report.busy.iter().take(20) {
+                        println!(
+                            "  {}  held by {} pid {} until {}",
+                            w.business_id,
+                            w.host.as_deref().unwrap_or("an unrecorded host"),
+                            w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                            crate::business::rfc3339(w.lease_until)
+                        );
+                    }
+                }
             }
         }
         BusinessCommand::CheckoutLink { id } => match service.checkout_link(&id).await {
