@@ -510,20 +510,41 @@ async fn cancel_all_pages_through_stripe_and_reconcile_never_takes_a_rolled_back
     assert_eq!(b.billing, Billing::Skipped);
     assert_eq!(b.subscription_status.as_deref(), Some("canceled"));
 
+    // Another cancelled by a roll-back that died before recording it: the next run only records it.
+    let unrecorded = &first.live[1];
+    world
+        .service
+        .cancel_in_stripe_for_rollback(unrecorded)
+        .await
+        .unwrap();
+    // And one cancelled in the dashboard: not ours, so cancel-all leaves it to webhooks and reconcile.
+    let dashboard = &first.live[2];
+    let (status, _) = world
+        .sim_call(
+            Method::DELETE,
+            &format!("/v1/subscriptions/{}", dashboard.subscription_id),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200);
+    ids.retain(|id| *id != dashboard.business_id);
+
     let dry = tokio::task::block_in_place(|| run(&["--json", "cancel-all"]));
-    assert_eq!(dry["would_cancel"].as_array().unwrap().len(), 229, "{dry}");
-    assert_eq!(dry["would_cancel_count"], 229);
+    assert_eq!(dry["would_cancel"].as_array().unwrap().len(), 227, "{dry}");
+    assert_eq!(dry["would_cancel_count"], 227);
+    assert_eq!(dry["records_to_update"], 1);
     let listed: std::collections::HashSet<&str> = dry["would_cancel"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["business_id"].as_str().unwrap())
         .collect();
-    assert_eq!(listed.len(), 229, "each listed once");
+    assert_eq!(listed.len(), 227, "each listed once");
 
     let done = tokio::task::block_in_place(|| run(&["--json", "cancel-all", "--confirm"]));
-    assert_eq!(done["cancelled"], 229, "{done}");
-    assert_eq!(done["live"], 229);
+    assert_eq!(done["cancelled"], 227, "{done}");
+    assert_eq!(done["live"], 227);
+    assert_eq!(done["records_updated"], 1);
     for id in &ids {
         let b = world.record(id).await;
         assert_eq!(b.status, Lifecycle::Active);
@@ -531,6 +552,10 @@ async fn cancel_all_pages_through_stripe_and_reconcile_never_takes_a_rolled_back
         assert_eq!(b.subscription_status.as_deref(), Some("canceled"));
         assert_eq!(world.customers_of(id).len(), 1, "customer kept");
     }
+    let untouched = world.record(&dashboard.business_id).await;
+    assert_eq!(untouched.billing, Billing::Provisioned);
+    assert_eq!(untouched.subscription_status.as_deref(), Some("incomplete"));
     let again = tokio::task::block_in_place(|| run(&["--json", "cancel-all"]));
     assert_eq!(again["would_cancel_count"], 0, "{again}");
+    assert_eq!(again["records_to_update"], 0, "{again}");
 }

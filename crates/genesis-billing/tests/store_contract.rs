@@ -265,6 +265,37 @@ async fn contract(store: &Store) {
         .unwrap()
         .is_none());
 
+    // A roll-back's intent names the business's current subscription; others are not found by it.
+    assert!(store
+        .rolled_back_among(&["b0", "b2", "nobody"])
+        .await
+        .unwrap()
+        .is_empty());
+    store
+        .begin_intent(
+            "genesis:b0:subscription:sub_1:rollback_cancel",
+            "b0",
+            "rollback_cancel",
+        )
+        .await
+        .unwrap();
+    store
+        .begin_intent(
+            "genesis:b2:subscription:sub_other:rollback_cancel",
+            "b2",
+            "rollback_cancel",
+        )
+        .await
+        .unwrap();
+    let rolled: Vec<String> = store
+        .rolled_back_among(&["b0", "b2", "nobody"])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.business_id)
+        .collect();
+    assert_eq!(rolled, ["b0"]);
+
     // Takedown is marked once.
     assert!(store.mark_taken_down("b1", "r", 5000).await.unwrap());
     assert!(!store.mark_taken_down("b1", "r", 5001).await.unwrap());

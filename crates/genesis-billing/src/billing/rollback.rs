@@ -35,7 +35,8 @@ pub struct RollbackPage {
     pub next: Option<String>,
 }
 
-/// The intent recorded before a roll-back cancels `subscription` of `business_id`.
+/// The intent recorded before a roll-back cancels `subscription` of `business_id` (`Store::rolled_back_among`
+/// builds the same key in SQL).
 fn rollback_key(business_id: &str, subscription: &str) -> String {
     format!("genesis:{business_id}:subscription:{subscription}:rollback_cancel")
 }
@@ -53,6 +54,7 @@ impl BillingService {
                 .flatten(),
             ..RollbackPage::default()
         };
+        let mut ended = Vec::new();
         for s in page.data {
             let Some(business_id) = s.metadata.get("business_id").cloned() else {
                 continue;
@@ -64,18 +66,34 @@ impl BillingService {
             };
             if is_live_subscription(&s.status) {
                 out.live.push(entry);
-            } else if let Some(b) = self.store.get_business(&entry.business_id).await? {
-                let stale = b.status == Lifecycle::Active
-                    && b.stripe_subscription_id.as_deref() == Some(s.id.as_str())
-                    && b.subscription_status
-                        .as_deref()
-                        .is_some_and(is_live_subscription);
-                // Only our own cancellations: one decided in Stripe is the webhooks' and reconcile's to apply.
-                if stale && self.cancelled_by_rollback(&b.business_id, &s.id).await? {
-                    out.records_to_update.push(entry);
-                }
+            } else {
+                ended.push(entry);
             }
         }
+        // Ended in Stripe while our record still shows them live, and cancelled by us (a cancellation
+        // decided in Stripe is the webhooks' and reconcile's to apply): one query for the page.
+        let ids: Vec<&str> = ended.iter().map(|e| e.business_id.as_str()).collect();
+        let stale: std::collections::HashMap<String, Business> = self
+            .store
+            .rolled_back_among(&ids)
+            .await?
+            .into_iter()
+            .filter(|b| {
+                b.status == Lifecycle::Active
+                    && b.subscription_status
+                        .as_deref()
+                        .is_some_and(is_live_subscription)
+            })
+            .map(|b| (b.business_id.clone(), b))
+            .collect();
+        out.records_to_update = ended
+            .into_iter()
+            .filter(|e| {
+                stale.get(&e.business_id).is_some_and(|b| {
+                    b.stripe_subscription_id.as_deref() == Some(e.subscription_id.as_str())
+                })
+            })
+            .collect();
         Ok(out)
     }
 

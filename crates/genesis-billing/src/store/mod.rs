@@ -627,6 +627,29 @@ impl Store {
         })
     }
 
+    /// Of the businesses `ids`, those whose current subscription a roll-back recorded its intent to cancel
+    /// (key `genesis:{business}:subscription:{subscription}:rollback_cancel`), in one query for a page.
+    pub async fn rolled_back_among(&self, ids: &[&str]) -> Result<Vec<Business>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(300) {
+            let mut sql =
+                format!("SELECT {BUSINESS_COLUMNS} FROM business b WHERE b.business_id IN (");
+            Params::new(self.backend).list(&mut sql, chunk.len());
+            sql.push_str(
+                ") AND EXISTS (SELECT 1 FROM billing_intent i WHERE i.idempotency_key = \
+                 'genesis:' || b.business_id || ':subscription:' || b.stripe_subscription_id || ':rollback_cancel')",
+            );
+            let mut q = sqlx::query(&sql).persistent(false);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                found.push(business_from_row(&row)?);
+            }
+        }
+        Ok(found)
+    }
+
     /// Marks an intent done (with the object it produced) or failed (with the reason).
     pub async fn finish_intent(
         &self,
