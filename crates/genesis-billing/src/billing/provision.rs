@@ -43,6 +43,8 @@ pub struct ResumeCounts {
     pub busy: u64,
     /// Leases taken over from a worker on this host whose process is gone (counted in the outcomes too).
     pub taken_over: u64,
+    /// Businesses whose billing waits for payments to be enabled (`ENABLE_PAYMENTS=false`).
+    pub waiting_for_payments: u64,
 }
 
 /// A business another worker holds: who, and until when.
@@ -481,6 +483,7 @@ impl BillingService {
     ) -> Result<(), BillingError> {
         let b = u.business;
         if b.status == Lifecycle::Active && !self.payments_enabled() {
+            report.counts.waiting_for_payments += 1;
             return Ok(());
         }
         let t = now();

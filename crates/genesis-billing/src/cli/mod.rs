@@ -1106,6 +1106,12 @@ async fn business(
                     "provisioned {}, still failing {}, takedowns finished {}, takedowns failing {}, taken over from stopped processes {}",
                     c.provisioned, c.failed, c.takedowns_finished, c.takedowns_failed, c.taken_over
                 );
+                if c.waiting_for_payments > 0 {
+                    println!(
+                        "{} businesses wait for payments to be enabled (ENABLE_PAYMENTS)",
+                        c.waiting_for_payments
+                    );
+                }
                 if let Some(until) = report.busy_until {
                     // Never "nothing to do" while work is unfinished: say who holds it and until when.
                     println!(
