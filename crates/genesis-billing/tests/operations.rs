@@ -559,3 +559,61 @@ async fn cancel_all_pages_through_stripe_and_reconcile_never_takes_a_rolled_back
     assert_eq!(again["would_cancel_count"], 0, "{again}");
     assert_eq!(again["records_to_update"], 0, "{again}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellations_stripe_refuses_are_reported_change_nothing_and_a_later_dashboard_cancel_still_ends_the_business(
+) {
+    let world = World::new().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(create(&world, &format!("Refused {i}")).await);
+    }
+    let env = [
+        ("STRIPE_API_KEY", KEY.to_owned()),
+        ("STRIPE_API_BASE", world.sim.base_url()),
+        ("DATABASE_URL", common::db_url(&world.dir)),
+        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
+    ];
+    world.sim.set_faults(vec![common::fault(
+        stripe_sim::FaultKind::Http500,
+        1.0,
+        Some("DELETE /v1/subscriptions"),
+    )]);
+    let out = tokio::task::block_in_place(|| {
+        Command::new(bin())
+            .args(["--json", "cancel-all", "--confirm"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    });
+    assert_eq!(out.status.code(), Some(1), "failures make the exit code 1");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cancelled"], 0, "{v}");
+    assert_eq!(v["failed"], 3);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 3);
+    world.sim.set_faults(vec![]);
+    for id in &ids {
+        let b = world.record(id).await;
+        assert_eq!(
+            b.billing,
+            Billing::Provisioned,
+            "nothing recorded for a refused cancel"
+        );
+        assert_eq!(world.subscriptions_of(id)[0]["status"], "incomplete");
+    }
+
+    // Cancelled in the dashboard afterwards: Stripe's decision, not the refused roll-back's.
+    let sub = world.record(&ids[0]).await.stripe_subscription_id.unwrap();
+    assert!(!world
+        .service
+        .cancelled_by_rollback(&ids[0], &sub)
+        .await
+        .unwrap());
+    world
+        .sim_call(Method::DELETE, &format!("/v1/subscriptions/{sub}"), &[])
+        .await;
+    world.service.reconcile(true, &|_, _| {}).await.unwrap();
+    let b = world.record(&ids[0]).await;
+    assert_eq!(b.status, Lifecycle::TakenDown);
+    assert_eq!(b.takedown_reason.as_deref(), Some("subscription_cancelled"));
+}

@@ -153,17 +153,20 @@ impl BillingService {
         Ok(())
     }
 
-    /// Whether a roll-back recorded its intent to cancel this subscription of this business.
+    /// Whether a roll-back recorded its intent to cancel this subscription of this business (and Stripe did
+    /// not refuse it).
     pub async fn cancelled_by_rollback(
         &self,
         business_id: &str,
         subscription: &str,
     ) -> Result<bool, BillingError> {
+        // A failed intent is a cancel Stripe refused while the subscription stayed live: a later
+        // cancellation of it is not ours.
         Ok(self
             .store
             .intent(&rollback_key(business_id, subscription))
             .await?
-            .is_some())
+            .is_some_and(|i| i.state != "failed"))
     }
 
     /// The record of a rolled-back subscription: canceled, billing `skipped`, the business untouched.

@@ -732,7 +732,7 @@ async fn cancel_all(
     lease.release(std::time::Duration::ZERO).await;
     // A failed listing stops the run; what was already cancelled is recorded, and a rerun goes on.
     listed?;
-    let cancelled = tally.live - tally.failed;
+    let cancelled = tally.live.saturating_sub(tally.cancels_failed);
     if json {
         print_json(&serde_json::json!({
             "cancelled": cancelled,
@@ -771,7 +771,9 @@ const MAX_LISTED_ERRORS: usize = 100;
 struct RollbackTally {
     live: u64,
     records_updated: u64,
+    /// Every failure, of a cancellation or of a record's update.
     failed: u64,
+    cancels_failed: u64,
     errors: Vec<(String, String)>,
 }
 
@@ -785,10 +787,11 @@ impl RollbackTally {
 
     fn joined(&mut self, joined: Result<Result<(), (String, String)>, tokio::task::JoinError>) {
         match joined {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => return,
             Ok(Err((id, e))) => self.error(&id, &e),
             Err(e) => self.error("-", &e.to_string()),
         }
+        self.cancels_failed += 1;
     }
 }
 

@@ -628,7 +628,7 @@ impl Store {
     }
 
     /// Of the businesses `ids`, those whose current subscription a roll-back recorded its intent to cancel
-    /// (key `genesis:{business}:subscription:{subscription}:rollback_cancel`), in one query for a page.
+    /// (key `genesis:{business}:subscription:{subscription}:rollback_cancel`, not failed), in one query.
     pub async fn rolled_back_among(&self, ids: &[&str]) -> Result<Vec<Business>, StoreError> {
         let mut found = Vec::new();
         for chunk in ids.chunks(300) {
@@ -637,7 +637,8 @@ impl Store {
             Params::new(self.backend).list(&mut sql, chunk.len());
             sql.push_str(
                 ") AND EXISTS (SELECT 1 FROM billing_intent i WHERE i.idempotency_key = \
-                 'genesis:' || b.business_id || ':subscription:' || b.stripe_subscription_id || ':rollback_cancel')",
+                 'genesis:' || b.business_id || ':subscription:' || b.stripe_subscription_id || ':rollback_cancel' \
+                 AND i.state <> 'failed')",
             );
             let mut q = sqlx::query(&sql).persistent(false);
             for id in chunk {
