@@ -456,3 +456,164 @@ async fn smoke_runs_a_throwaway_business_through_the_lifecycle_and_refuses_live_
     assert_eq!(live.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&live.stderr).contains("refuses live keys"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_all_pages_through_stripe_and_reconcile_never_takes_a_rolled_back_business_down() {
+    let world = World::new().await;
+    // More than two of Stripe's pages of 100.
+    let mut ids = Vec::new();
+    for i in 0..230 {
+        ids.push(create(&world, &format!("Paged {i}")).await);
+    }
+    let env = [
+        ("STRIPE_API_KEY", KEY.to_owned()),
+        ("STRIPE_API_BASE", world.sim.base_url()),
+        ("DATABASE_URL", common::db_url(&world.dir)),
+        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
+    ];
+    let run = |args: &[&str]| {
+        let out = Command::new(bin())
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+
+    // One cancelled in Stripe by a roll-back that died before recording it: no webhook endpoint is
+    // registered, so reconciliation is what finds it.
+    let first = world.service.rollback_page(None).await.unwrap();
+    assert_eq!(first.live.len(), 100);
+    assert!(first.next.is_some());
+    let crashed = &first.live[0];
+    world
+        .service
+        .cancel_in_stripe_for_rollback(crashed)
+        .await
+        .unwrap();
+    let report = world.service.reconcile(true, &|_, _| {}).await.unwrap();
+    assert!(report
+        .drift
+        .iter()
+        .any(|d| d.business_id.as_deref() == Some(crashed.business_id.as_str()) && d.fixed));
+    let b = world.record(&crashed.business_id).await;
+    assert_eq!(
+        b.status,
+        Lifecycle::Active,
+        "reconcile does not take it down"
+    );
+    assert_eq!(b.billing, Billing::Skipped);
+    assert_eq!(b.subscription_status.as_deref(), Some("canceled"));
+
+    // Another cancelled by a roll-back that died before recording it: the next run only records it.
+    let unrecorded = &first.live[1];
+    world
+        .service
+        .cancel_in_stripe_for_rollback(unrecorded)
+        .await
+        .unwrap();
+    // And one cancelled in the dashboard: not ours, so cancel-all leaves it to webhooks and reconcile.
+    let dashboard = &first.live[2];
+    let (status, _) = world
+        .sim_call(
+            Method::DELETE,
+            &format!("/v1/subscriptions/{}", dashboard.subscription_id),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200);
+    ids.retain(|id| *id != dashboard.business_id);
+
+    let dry = tokio::task::block_in_place(|| run(&["--json", "cancel-all"]));
+    assert_eq!(dry["would_cancel"].as_array().unwrap().len(), 227, "{dry}");
+    assert_eq!(dry["would_cancel_count"], 227);
+    assert_eq!(dry["records_to_update"], 1);
+    let listed: std::collections::HashSet<&str> = dry["would_cancel"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["business_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 227, "each listed once");
+
+    let done = tokio::task::block_in_place(|| run(&["--json", "cancel-all", "--confirm"]));
+    assert_eq!(done["cancelled"], 227, "{done}");
+    assert_eq!(done["live"], 227);
+    assert_eq!(done["records_updated"], 1);
+    for id in &ids {
+        let b = world.record(id).await;
+        assert_eq!(b.status, Lifecycle::Active);
+        assert_eq!(b.billing, Billing::Skipped);
+        assert_eq!(b.subscription_status.as_deref(), Some("canceled"));
+        assert_eq!(world.customers_of(id).len(), 1, "customer kept");
+    }
+    let untouched = world.record(&dashboard.business_id).await;
+    assert_eq!(untouched.billing, Billing::Provisioned);
+    assert_eq!(untouched.subscription_status.as_deref(), Some("incomplete"));
+    let again = tokio::task::block_in_place(|| run(&["--json", "cancel-all"]));
+    assert_eq!(again["would_cancel_count"], 0, "{again}");
+    assert_eq!(again["records_to_update"], 0, "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancellations_stripe_refuses_are_reported_change_nothing_and_a_later_dashboard_cancel_still_ends_the_business(
+) {
+    let world = World::new().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(create(&world, &format!("Refused {i}")).await);
+    }
+    let env = [
+        ("STRIPE_API_KEY", KEY.to_owned()),
+        ("STRIPE_API_BASE", world.sim.base_url()),
+        ("DATABASE_URL", common::db_url(&world.dir)),
+        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
+    ];
+    world.sim.set_faults(vec![common::fault(
+        stripe_sim::FaultKind::Http500,
+        1.0,
+        Some("DELETE /v1/subscriptions"),
+    )]);
+    let out = tokio::task::block_in_place(|| {
+        Command::new(bin())
+            .args(["--json", "cancel-all", "--confirm"])
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    });
+    assert_eq!(out.status.code(), Some(1), "failures make the exit code 1");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cancelled"], 0, "{v}");
+    assert_eq!(v["failed"], 3);
+    assert_eq!(v["errors"].as_array().unwrap().len(), 3);
+    world.sim.set_faults(vec![]);
+    for id in &ids {
+        let b = world.record(id).await;
+        assert_eq!(
+            b.billing,
+            Billing::Provisioned,
+            "nothing recorded for a refused cancel"
+        );
+        assert_eq!(world.subscriptions_of(id)[0]["status"], "incomplete");
+    }
+
+    // Cancelled in the dashboard afterwards: Stripe's decision, not the refused roll-back's.
+    let sub = world.record(&ids[0]).await.stripe_subscription_id.unwrap();
+    assert!(!world
+        .service
+        .cancelled_by_rollback(&ids[0], &sub)
+        .await
+        .unwrap());
+    world
+        .sim_call(Method::DELETE, &format!("/v1/subscriptions/{sub}"), &[])
+        .await;
+    world.service.reconcile(true, &|_, _| {}).await.unwrap();
+    let b = world.record(&ids[0]).await;
+    assert_eq!(b.status, Lifecycle::TakenDown);
+    assert_eq!(b.takedown_reason.as_deref(), Some("subscription_cancelled"));
+}

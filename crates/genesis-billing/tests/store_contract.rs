@@ -7,8 +7,8 @@ use common::postgres::TestDatabase;
 use genesis_billing::business::{Billing, Business, Lifecycle};
 use genesis_billing::config::DatabaseUrl;
 use genesis_billing::store::{
-    now, BusinessFilter, EventResult, HistoryEntry, Inserted, JobLease, NewEvent, StatusChange,
-    Store, StoreOptions, SubscriptionRecord, Triage,
+    now, BusinessFilter, EventResult, HistoryEntry, Holder, Inserted, JobLease, NewEvent,
+    StatusChange, Store, StoreOptions, SubscriptionRecord, Triage,
 };
 use sqlx::Connection;
 
@@ -265,27 +265,105 @@ async fn contract(store: &Store) {
         .unwrap()
         .is_none());
 
-    // Takedown is marked once.
-    assert!(store.mark_taken_down("b1", "r", 5000).await.unwrap());
-    assert!(!store.mark_taken_down("b1", "r", 5001).await.unwrap());
-    let unfinished: Vec<String> = store
-        .list_unfinished(now())
+    // A roll-back's intent names the business's current subscription; others are not found by it.
+    assert!(store
+        .rolled_back_among(&["b0", "b2", "nobody"])
+        .await
+        .unwrap()
+        .is_empty());
+    store
+        .begin_intent(
+            "genesis:b0:subscription:sub_1:rollback_cancel",
+            "b0",
+            "rollback_cancel",
+        )
+        .await
+        .unwrap();
+    store
+        .begin_intent(
+            "genesis:b2:subscription:sub_other:rollback_cancel",
+            "b2",
+            "rollback_cancel",
+        )
+        .await
+        .unwrap();
+    let rolled: Vec<String> = store
+        .rolled_back_among(&["b0", "b2", "nobody"])
         .await
         .unwrap()
         .into_iter()
         .map(|b| b.business_id)
         .collect();
+    assert_eq!(rolled, ["b0"]);
+
+    // Takedown is marked once.
+    assert!(store.mark_taken_down("b1", "r", 5000).await.unwrap());
+    assert!(!store.mark_taken_down("b1", "r", 5001).await.unwrap());
+    let unfinished: Vec<String> = store
+        .unfinished_page(None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.business.business_id)
+        .collect();
     assert!(unfinished.contains(&"b1".to_owned()) && unfinished.contains(&"b2".to_owned()));
+    // Paged by (created_at, id): a page of one, then the rest after it, without repeats.
+    let first = store.unfinished_page(None, 1).await.unwrap();
+    let cursor = &first[0].business;
+    let rest = store
+        .unfinished_page(Some((cursor.created_at, &cursor.business_id)), 100)
+        .await
+        .unwrap();
+    assert_eq!(rest.len() + 1, unfinished.len());
+    assert!(!rest
+        .iter()
+        .any(|u| u.business.business_id == cursor.business_id));
     store
         .set_takedown_outcome("b1", Some("cancelled"), Some("canceled"))
         .await
         .unwrap();
     assert!(!store
-        .list_unfinished(now())
+        .unfinished_page(None, 100)
         .await
         .unwrap()
         .iter()
-        .any(|b| b.business_id == "b1"));
+        .any(|u| u.business.business_id == "b1"));
+
+    // A work lease records its holder; only the owner it names can be taken over, and release clears it.
+    let t = now();
+    assert!(store.claim_business("b2", "w1", t + 120, t).await.unwrap());
+    let leased = store.unfinished_page(None, 100).await.unwrap();
+    let b2 = leased
+        .iter()
+        .find(|u| u.business.business_id == "b2")
+        .unwrap();
+    let lease = b2.lease.as_ref().unwrap();
+    assert_eq!((lease.owner.as_str(), lease.until), ("w1", t + 120));
+    assert_eq!(lease.holder.as_ref(), Some(Holder::current()));
+    assert!(!store.claim_business("b2", "w2", t + 120, t).await.unwrap());
+    assert!(!store
+        .take_over_business("b2", "someone-else", "w2", t + 60)
+        .await
+        .unwrap());
+    assert!(store
+        .take_over_business("b2", "w1", "w2", t + 60)
+        .await
+        .unwrap());
+    store.release_business("b2", "w1").await.unwrap();
+    let still = store.unfinished_page(None, 100).await.unwrap();
+    let lease = still
+        .iter()
+        .find(|u| u.business.business_id == "b2")
+        .and_then(|u| u.lease.clone())
+        .unwrap();
+    assert_eq!((lease.owner.as_str(), lease.until), ("w2", t + 60));
+    store.release_business("b2", "w2").await.unwrap();
+    assert!(store
+        .unfinished_page(None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .all(|u| u.lease.is_none()));
 
     // Webhook events: stored once, claimed once, retried when due, replayable.
     assert!(store
@@ -990,7 +1068,7 @@ async fn replicas_migrating_postgres_at_once_apply_each_migration_once() {
         .into_iter()
         .map(|r| r.unwrap().len())
         .sum();
-    assert_eq!(applied, 5, "each migration applied by exactly one replica");
+    assert_eq!(applied, 6, "each migration applied by exactly one replica");
     assert!(
         store.get_business("x").await.unwrap().is_none(),
         "the schema works"

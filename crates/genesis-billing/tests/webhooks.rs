@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, App, World, ADMIN_TOKEN};
-use genesis_billing::business::{Business, Lifecycle, NewBusiness};
+use genesis_billing::business::{Billing, Business, Lifecycle, NewBusiness};
 use genesis_billing::store::now;
 use genesis_billing::webhook::signature::sign;
 use reqwest::Method;
@@ -925,4 +925,213 @@ async fn events_of_the_other_mode_or_of_a_connected_account_are_stored_ignored_a
         );
     }
     assert_untouched(&world, &before).await;
+}
+
+/// The ids of the simulator's `customer.subscription.deleted` events about `subscription`.
+fn deleted_events(world: &World, subscription: &str) -> Vec<String> {
+    world
+        .objects("event")
+        .into_iter()
+        .filter(|e| {
+            e["type"] == "customer.subscription.deleted"
+                && e["data"]["object"]["id"] == subscription
+        })
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until the deleted event of each subscription was delivered, stored and applied.
+async fn wait_deleted_applied(world: &World, subscriptions: &[String]) {
+    eventually(
+        "every deleted event to be applied",
+        Duration::from_secs(20),
+        || async {
+            for sub in subscriptions {
+                let ids = deleted_events(world, sub);
+                if ids.is_empty() {
+                    return false;
+                }
+                for id in ids {
+                    let stored = world.service.store().event(&id).await.unwrap();
+                    if stored.is_none_or(|e| e.status != "applied") {
+                        return false;
+                    }
+                }
+            }
+            true
+        },
+    )
+    .await;
+}
+
+/// Every business in `ids` is up, billing skipped as rolled back, its subscription canceled and its
+/// customer still in Stripe.
+async fn assert_rolled_back_not_taken_down(world: &World, ids: &[String]) {
+    for id in ids {
+        let b = world.record(id).await;
+        assert_eq!(b.status, Lifecycle::Active, "{id} stays up");
+        assert_eq!(b.billing, Billing::Skipped, "{id}'s billing is skipped");
+        assert_eq!(
+            b.billing_error.as_deref(),
+            Some("rolled back by cancel-all")
+        );
+        assert_eq!(b.subscription_status.as_deref(), Some("canceled"));
+        assert_eq!(b.takedown_reason, None);
+        assert_eq!(b.takedown_outcome, None);
+        assert_eq!(world.customers_of(id).len(), 1, "{id}'s customer is kept");
+        let subs = world.subscriptions_of(id);
+        assert_eq!(subs.len(), 1);
+        assert_eq!(subs[0]["status"], "canceled");
+    }
+}
+
+fn cli(world: &World, args: &[&str]) -> std::process::Output {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
+        .args(args)
+        .env("STRIPE_API_KEY", common::KEY)
+        .env("STRIPE_API_BASE", world.sim.base_url())
+        .env("DATABASE_URL", common::db_url(&world.dir))
+        .env("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_all_with_webhooks_flowing_stops_billing_but_never_takes_a_business_down() {
+    let (world, app) = wired().await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(app.create(&format!("Rolled back {i}"), "saas").await);
+    }
+    // A cancellation decided in Stripe still ends its business: only our own are told apart.
+    let dashboard = app.create("Cancelled in the dashboard", "saas").await;
+    let dashboard_sub = world
+        .record(&dashboard)
+        .await
+        .stripe_subscription_id
+        .unwrap();
+    let (status, _) = world
+        .sim_call(
+            Method::DELETE,
+            &format!("/v1/subscriptions/{dashboard_sub}"),
+            &[],
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_deleted_applied(&world, std::slice::from_ref(&dashboard_sub)).await;
+    assert_eq!(world.record(&dashboard).await.status, Lifecycle::TakenDown);
+
+    let out = tokio::task::block_in_place(|| {
+        cli(
+            &world,
+            &["--json", "cancel-all", "--confirm", "--concurrency", "4"],
+        )
+    });
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cancelled"], 12, "{v}");
+    let mut subs = Vec::new();
+    for id in &ids {
+        subs.push(world.record(id).await.stripe_subscription_id.unwrap());
+    }
+    wait_deleted_applied(&world, &subs).await;
+    assert_rolled_back_not_taken_down(&world, &ids).await;
+
+    // Run again: nothing left to cancel, nothing changes, no business goes down.
+    let out = tokio::task::block_in_place(|| cli(&world, &["--json", "cancel-all", "--confirm"]));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cancelled"], 0, "{v}");
+    assert_rolled_back_not_taken_down(&world, &ids).await;
+    for sub in &subs {
+        assert_eq!(deleted_events(&world, sub).len(), 1, "{sub} cancelled once");
+    }
+    let history = world.service.store().events_of(&ids[0]).await.unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|(kind, _, _)| kind == "rollback_cancel")
+            .count(),
+        1,
+        "one history line for the roll-back, whoever recorded it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_event_that_arrives_before_the_roll_back_records_its_work_only_stops_billing() {
+    let (world, app) = wired().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.create(&format!("Early event {i}"), "saas").await);
+    }
+    // The Stripe half of each cancellation, its intent recorded first; the command's own record is held back.
+    let page = world.service.rollback_page(None).await.unwrap();
+    assert_eq!(page.live.len(), 5);
+    for s in &page.live {
+        world
+            .service
+            .cancel_in_stripe_for_rollback(s)
+            .await
+            .unwrap();
+    }
+    let subs: Vec<String> = page
+        .live
+        .iter()
+        .map(|s| s.subscription_id.clone())
+        .collect();
+    wait_deleted_applied(&world, &subs).await;
+    assert_rolled_back_not_taken_down(&world, &ids).await;
+
+    // The command now records what it did: nothing changes.
+    for s in &page.live {
+        world.service.record_rollback(s).await.unwrap();
+    }
+    assert_rolled_back_not_taken_down(&world, &ids).await;
+    let again = world.service.rollback_page(None).await.unwrap();
+    assert!(again.live.is_empty() && again.records_to_update.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_events_that_arrive_after_the_roll_back_recorded_its_work_change_nothing() {
+    let (world, app) = wired().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(app.create(&format!("Late event {i}"), "saas").await);
+    }
+    // Deliveries held back while the command runs and records; they reach us afterwards, read from
+    // Stripe's event list as `reconcile` does when webhooks were missed.
+    world
+        .sim_control("/_sim/webhooks", json!({"enabled": false}))
+        .await;
+    let out = tokio::task::block_in_place(|| cli(&world, &["--json", "cancel-all", "--confirm"]));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["cancelled"], 5, "{v}");
+    assert_rolled_back_not_taken_down(&world, &ids).await;
+    let subs: Vec<String> = world
+        .objects("subscription")
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    for sub in &subs {
+        assert!(world
+            .service
+            .store()
+            .event(&deleted_events(&world, sub)[0])
+            .await
+            .unwrap()
+            .is_none());
+    }
+    world
+        .sim_control("/_sim/webhooks", json!({"enabled": true}))
+        .await;
+    let out = tokio::task::block_in_place(|| cli(&world, &["--json", "reconcile", "--fix"]));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["missed_events_applied"].as_u64().unwrap() >= 5, "{v}");
+    wait_deleted_applied(&world, &subs).await;
+    assert_rolled_back_not_taken_down(&world, &ids).await;
+    drop(app);
 }

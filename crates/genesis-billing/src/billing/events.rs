@@ -301,8 +301,9 @@ impl BillingService {
         Ok(applied(&b))
     }
 
-    /// Stripe ended the business's current subscription (webhook, or found by reconciliation): a trial
-    /// that ran out without a card waits for one; anything else takes the business down.
+    /// Stripe ended the business's current subscription (webhook, or found by reconciliation): our own
+    /// roll-back only stops billing; a trial that ran out without a card waits for one; anything else
+    /// takes the business down.
     pub(super) async fn subscription_ended(
         &self,
         b: &Business,
@@ -313,6 +314,12 @@ impl BillingService {
             .set_subscription_status(&b.business_id, &sub.id, "canceled", at)
             .await?;
         if b.status == Lifecycle::TakenDown {
+            return Ok(());
+        }
+        // Our own roll-back reporting back (its intent is recorded before Stripe is called): billing
+        // stops, the business stays. Only a cancellation decided in Stripe ends a business.
+        if self.cancelled_by_rollback(&b.business_id, &sub.id).await? {
+            self.mark_rolled_back(b, &sub.id, at).await?;
             return Ok(());
         }
         // A trial that ended without a payment method is waiting for one (SPEC §1.2), not over.

@@ -33,7 +33,7 @@ pub use payment::CheckoutOutcome;
 pub use prices::{PriceStatus, PriceSyncLine};
 pub use provision::ResumeReport;
 pub use reconcile::{Drift, ReconcileReport};
-pub use rollback::{LiveSubscription, RollbackPlan};
+pub use rollback::{LiveSubscription, RollbackPage, ROLLED_BACK};
 pub use takedown::TakedownSummary;
 
 /// A domain failure.

@@ -7,7 +7,7 @@ use super::{BillingError, BillingService};
 use crate::business::{
     in_rollout, rfc3339, truncate_chars, Billing, Business, Lifecycle, NewBusiness,
 };
-use crate::store::{now, SubscriptionRecord};
+use crate::store::{now, BusinessLease, HolderState, SubscriptionRecord, UnfinishedBusiness};
 use crate::stripe::{
     Customer, NewCustomer, NewSubscription, StripeClient, StripeError, Subscription,
 };
@@ -15,15 +15,70 @@ use crate::stripe::{
 /// Stripe may prune idempotency keys a day old; past this age a key is no proof against a duplicate.
 const KEY_TRUST_SECS: i64 = 23 * 3600;
 
-/// What `resume` did.
+/// At most this many business ids are listed per outcome in a `ResumeReport`; `counts` has them all.
+pub const MAX_LISTED: usize = 1000;
+
+/// What `resume` did. The id lists hold the first `MAX_LISTED` of each outcome, so a report stays small
+/// whatever the fleet's size; `counts` counts them all.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct ResumeReport {
     pub provisioned: Vec<String>,
     pub failed: Vec<String>,
     pub takedowns_finished: Vec<String>,
     pub takedowns_failed: Vec<String>,
-    /// Held by another worker right now.
-    pub busy: Vec<String>,
+    /// Held by a live worker (or one on another host) right now, with its lease's expiry.
+    pub busy: Vec<BusyWork>,
+    pub counts: ResumeCounts,
+    /// The latest expiry (unix seconds) among the busy leases: by then they are all free to take over.
+    pub busy_until: Option<i64>,
+}
+
+/// How many businesses each outcome of a `resume` counts.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ResumeCounts {
+    pub provisioned: u64,
+    pub failed: u64,
+    pub takedowns_finished: u64,
+    pub takedowns_failed: u64,
+    pub busy: u64,
+    /// Leases taken over from a worker on this host whose process is gone (counted in the outcomes too).
+    pub taken_over: u64,
+    /// Businesses whose billing waits for payments to be enabled (`ENABLE_PAYMENTS=false`).
+    pub waiting_for_payments: u64,
+}
+
+/// A business another worker holds: who, and until when.
+#[derive(Debug, Clone, Serialize)]
+pub struct BusyWork {
+    pub business_id: String,
+    /// Unix seconds.
+    pub lease_until: i64,
+    pub host: Option<String>,
+    pub pid: Option<i64>,
+}
+
+fn listed(list: &mut Vec<String>, count: &mut u64, id: String) {
+    *count += 1;
+    if list.len() < MAX_LISTED {
+        list.push(id);
+    }
+}
+
+impl ResumeReport {
+    fn busy(&mut self, business_id: String, lease: Option<&BusinessLease>) {
+        self.counts.busy += 1;
+        let until = lease.map(|l| l.until).unwrap_or_default();
+        self.busy_until = self.busy_until.max(Some(until));
+        if self.busy.len() < MAX_LISTED {
+            let holder = lease.and_then(|l| l.holder.as_ref());
+            self.busy.push(BusyWork {
+                business_id,
+                lease_until: until,
+                host: holder.and_then(|h| h.host.clone()),
+                pid: holder.map(|h| h.pid),
+            });
+        }
+    }
 }
 
 pub(super) fn customer_key(id: &str) -> String {
@@ -396,30 +451,97 @@ impl BillingService {
         }
     }
 
-    /// Finishes every interrupted provisioning and takedown that no live worker holds.
+    /// Finishes every interrupted provisioning and takedown that no live worker holds, page by page. A
+    /// lease whose holder was a process on this host that is gone (killed) is taken over at once; a live
+    /// holder's, or another host's, is reported busy with its expiry.
     pub async fn resume(&self) -> Result<ResumeReport, BillingError> {
+        const PAGE: i64 = 200;
         let mut report = ResumeReport::default();
-        for b in self.store.list_unfinished(now()).await? {
-            if b.status == Lifecycle::Active {
-                if !self.payments_enabled() {
-                    continue;
-                }
-                let after = self.provision(&b.business_id).await?;
-                match after.billing {
-                    Billing::Provisioned => report.provisioned.push(b.business_id),
-                    Billing::Failed => report.failed.push(b.business_id),
-                    _ => report.busy.push(b.business_id),
-                }
-            } else {
-                match self.finish_takedown_claimed(&b.business_id).await? {
-                    Some(summary) if summary.status == "success" => {
-                        report.takedowns_finished.push(b.business_id)
-                    }
-                    Some(_) => report.takedowns_failed.push(b.business_id),
-                    None => report.busy.push(b.business_id),
-                }
+        let mut after: Option<(i64, String)> = None;
+        loop {
+            let page = self
+                .store
+                .unfinished_page(after.as_ref().map(|(t, id)| (*t, id.as_str())), PAGE)
+                .await?;
+            let last = page
+                .last()
+                .map(|u| (u.business.created_at, u.business.business_id.clone()));
+            for u in page {
+                self.resume_one(u, &mut report).await?;
+            }
+            match last {
+                Some(cursor) => after = Some(cursor),
+                None => return Ok(report),
             }
         }
-        Ok(report)
+    }
+
+    async fn resume_one(
+        &self,
+        u: UnfinishedBusiness,
+        report: &mut ResumeReport,
+    ) -> Result<(), BillingError> {
+        let b = u.business;
+        if b.status == Lifecycle::Active && !self.payments_enabled() {
+            report.counts.waiting_for_payments += 1;
+            return Ok(());
+        }
+        let t = now();
+        let owner = uuid::Uuid::new_v4().to_string();
+        let until = t + self.lease.as_secs() as i64;
+        let claimed = match &u.lease {
+            Some(l) if l.until >= t => {
+                let dead = l
+                    .holder
+                    .as_ref()
+                    .is_some_and(|h| h.state() == HolderState::Dead);
+                let taken = dead
+                    && self
+                        .store
+                        .take_over_business(&b.business_id, &l.owner, &owner, until)
+                        .await?;
+                if taken {
+                    report.counts.taken_over += 1;
+                    tracing::info!(business_id = %b.business_id, holder_pid = ?l.holder.as_ref().map(|h| h.pid), "took over the work of a process that is gone");
+                }
+                taken
+            }
+            _ => {
+                self.store
+                    .claim_business(&b.business_id, &owner, until, t)
+                    .await?
+            }
+        };
+        if !claimed {
+            report.busy(b.business_id, u.lease.as_ref());
+            return Ok(());
+        }
+        let id = b.business_id.clone();
+        let result = if b.status == Lifecycle::Active {
+            self.provision_claimed(&id, &owner)
+                .await
+                .map(|after| match after.billing {
+                    Billing::Failed => listed(&mut report.failed, &mut report.counts.failed, id),
+                    _ => listed(&mut report.provisioned, &mut report.counts.provisioned, id),
+                })
+        } else {
+            self.finish_takedown_owned(&id).await.map(|summary| {
+                match summary {
+                    Some(s) if s.status != "success" => listed(
+                        &mut report.takedowns_failed,
+                        &mut report.counts.takedowns_failed,
+                        id,
+                    ),
+                    // Finished now, or found finished by another worker in between.
+                    _ => listed(
+                        &mut report.takedowns_finished,
+                        &mut report.counts.takedowns_finished,
+                        id,
+                    ),
+                }
+            })
+        };
+        self.store.release_business(&b.business_id, &owner).await?;
+        result
     }
 }

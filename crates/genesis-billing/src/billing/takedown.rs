@@ -136,31 +136,36 @@ impl BillingService {
         {
             return Ok(None);
         }
-        let result = async {
-            let b = self
-                .store
-                .get_business(id)
-                .await?
-                .ok_or_else(|| BillingError::NotFound(id.to_owned()))?;
-            if b.status != Lifecycle::TakenDown || b.takedown_outcome.is_some() {
-                return Ok(None);
-            }
-            let side = self.cancel_in_stripe(&b).await?;
-            let status = if side.finished { "success" } else { "partial" };
-            Ok(Some(TakedownSummary {
-                business_id: id.to_owned(),
-                reason: b.takedown_reason.clone().unwrap_or_default(),
-                timestamp: rfc3339(b.taken_down_at.unwrap_or(t)),
-                status: status.to_owned(),
-                stripe: side.outcome,
-                customer_deleted: side.customer_deleted,
-                customer_delete_error: side.customer_delete_error,
-                note: side.note,
-            }))
-        }
-        .await;
+        let result = self.finish_takedown_owned(id).await;
         self.store.release_business(id, &owner).await?;
         result
+    }
+
+    /// As [`Self::finish_takedown_claimed`], with the business's lease already held by the caller.
+    pub(super) async fn finish_takedown_owned(
+        &self,
+        id: &str,
+    ) -> Result<Option<TakedownSummary>, BillingError> {
+        let b = self
+            .store
+            .get_business(id)
+            .await?
+            .ok_or_else(|| BillingError::NotFound(id.to_owned()))?;
+        if b.status != Lifecycle::TakenDown || b.takedown_outcome.is_some() {
+            return Ok(None);
+        }
+        let side = self.cancel_in_stripe(&b).await?;
+        let status = if side.finished { "success" } else { "partial" };
+        Ok(Some(TakedownSummary {
+            business_id: id.to_owned(),
+            reason: b.takedown_reason.clone().unwrap_or_default(),
+            timestamp: rfc3339(b.taken_down_at.unwrap_or_else(now)),
+            status: status.to_owned(),
+            stripe: side.outcome,
+            customer_deleted: side.customer_deleted,
+            customer_delete_error: side.customer_delete_error,
+            note: side.note,
+        }))
     }
 
     /// Cancels what bills the business and deletes its customer, recording the outcome.

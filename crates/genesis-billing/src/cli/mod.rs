@@ -675,85 +675,173 @@ async fn cancel_all(
     concurrency: u32,
     json: bool,
 ) -> Result<ExitCode, Failure> {
+    if !confirm {
+        return cancel_all_dry_run(&service, json).await;
+    }
     // One roll-back at a time across the fleet: a job lease (see store::coordination), renewed while we
     // run and released at the end. A second run waits for the first; a run that was killed holds it for
     // at most 10 s (the lease is short because it is renewed), so a rerun after a crash starts quickly.
-    let lease = if confirm {
-        let lease = service.lease().min(std::time::Duration::from_secs(10));
-        Some(
-            crate::store::JobLease::claim_waiting(service.store(), "cancel_all", lease)
-                .await
-                .context("while claiming the cancel-all lease")?,
-        )
-    } else {
-        None
-    };
-    let plan = service.plan_rollback().await?;
-    let live = plan.live;
-    if !confirm {
-        if json {
-            print_json(
-                &serde_json::json!({"dry_run": true, "would_cancel": live, "records_to_update": plan.records_to_update}),
-            );
-        } else {
-            for s in &live {
-                println!("{}  {}  {}", s.subscription_id, s.status, s.business_id);
-            }
-            println!(
-                "dry run: {} live subscriptions would be cancelled ({} records of already cancelled ones updated); run with --confirm",
-                live.len(),
-                plan.records_to_update.len()
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    for s in &plan.records_to_update {
-        service.record_rollback(s).await?;
-    }
-    let bar = progress_bar(live.len() as u64, "subscriptions cancelled");
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency as usize));
+    let lease = service.lease().min(std::time::Duration::from_secs(10));
+    let lease = crate::store::JobLease::claim_waiting(service.store(), "cancel_all", lease)
+        .await
+        .context("while claiming the cancel-all lease")?;
+    // Page by page: a page of Stripe's list (100), its live subscriptions cancelled with at most
+    // `concurrency` in flight, then the next page; memory stays bounded whatever the fleet's size. The
+    // total is not known up front, so the bar's length grows as pages reveal live subscriptions.
+    let bar = progress_bar(0, "subscriptions cancelled");
     let mut tasks = tokio::task::JoinSet::new();
-    for s in live.clone() {
-        let (service, semaphore, bar) = (service.clone(), semaphore.clone(), bar.clone());
-        tasks.spawn(async move {
-            let _permit = semaphore.acquire_owned().await;
-            let result = service
-                .cancel_for_rollback(&s)
-                .await
-                .map_err(|e| (s.subscription_id.clone(), e.to_string()));
-            bar.inc(1);
-            result
-        });
-    }
-    let mut errors = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => errors.push(e),
-            Err(e) => errors.push(("-".into(), e.to_string())),
+    let mut tally = RollbackTally::default();
+    let mut after: Option<String> = None;
+    let listed = loop {
+        let page = match service.rollback_page(after.as_deref()).await {
+            Ok(page) => page,
+            Err(e) => break Err(e),
+        };
+        for s in &page.records_to_update {
+            if let Err(e) = service.record_rollback(s).await {
+                tally.error(&s.subscription_id, &e.to_string());
+            } else {
+                tally.records_updated += 1;
+            }
         }
+        tally.live += page.live.len() as u64;
+        bar.inc_length(page.live.len() as u64);
+        for s in page.live {
+            while tasks.len() >= concurrency as usize {
+                if let Some(joined) = tasks.join_next().await {
+                    tally.joined(joined);
+                }
+            }
+            let (service, bar) = (service.clone(), bar.clone());
+            tasks.spawn(async move {
+                let result = service
+                    .cancel_for_rollback(&s)
+                    .await
+                    .map_err(|e| (s.subscription_id.clone(), e.to_string()));
+                bar.inc(1);
+                result
+            });
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break Ok(()),
+        }
+    };
+    while let Some(joined) = tasks.join_next().await {
+        tally.joined(joined);
     }
     bar.finish_and_clear();
-    if let Some(lease) = lease {
-        lease.release(std::time::Duration::ZERO).await;
-    }
+    lease.release(std::time::Duration::ZERO).await;
+    // A failed listing stops the run; what was already cancelled is recorded, and a rerun goes on.
+    listed?;
+    let cancelled = tally.live.saturating_sub(tally.cancels_failed);
     if json {
-        print_json(&serde_json::json!({"cancelled": live.len() - errors.len(), "errors": errors}));
+        print_json(&serde_json::json!({
+            "cancelled": cancelled,
+            "live": tally.live,
+            "records_updated": tally.records_updated,
+            "failed": tally.failed,
+            "errors": tally.errors,
+        }));
     } else {
         println!(
-            "cancelled {} of {} live subscriptions",
-            live.len() - errors.len(),
-            live.len()
+            "cancelled {cancelled} of {} live subscriptions ({} records of already cancelled ones updated)",
+            tally.live, tally.records_updated
         );
-        for (id, e) in &errors {
+        for (id, e) in &tally.errors {
             eprintln!("error: {id}: {e}");
         }
+        if tally.failed as usize > tally.errors.len() {
+            eprintln!(
+                "... and {} more errors",
+                tally.failed as usize - tally.errors.len()
+            );
+        }
     }
-    Ok(if errors.is_empty() {
+    Ok(if tally.failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// At most this many errors are kept for the report of a roll-back; the rest are counted.
+const MAX_LISTED_ERRORS: usize = 100;
+
+/// What a `cancel-all --confirm` run did, counted as it goes.
+#[derive(Debug, Default)]
+struct RollbackTally {
+    live: u64,
+    records_updated: u64,
+    /// Every failure, of a cancellation or of a record's update.
+    failed: u64,
+    cancels_failed: u64,
+    errors: Vec<(String, String)>,
+}
+
+impl RollbackTally {
+    fn error(&mut self, id: &str, e: &str) {
+        self.failed += 1;
+        if self.errors.len() < MAX_LISTED_ERRORS {
+            self.errors.push((id.to_owned(), e.to_owned()));
+        }
+    }
+
+    fn joined(&mut self, joined: Result<Result<(), (String, String)>, tokio::task::JoinError>) {
+        match joined {
+            Ok(Ok(())) => return,
+            Ok(Err((id, e))) => self.error(&id, &e),
+            Err(e) => self.error("-", &e.to_string()),
+        }
+        self.cancels_failed += 1;
+    }
+}
+
+/// `cancel-all` without `--confirm`: streams what would be cancelled, page by page, and counts it.
+/// With `--json` the array is written as it is found, so even a large fleet's list costs no memory.
+async fn cancel_all_dry_run(service: &BillingService, json: bool) -> Result<ExitCode, Failure> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout());
+    let (mut live, mut records) = (0u64, 0u64);
+    let mut after: Option<String> = None;
+    if json {
+        let _ = write!(out, "{{\"dry_run\": true, \"would_cancel\": [");
+    }
+    loop {
+        let page = service.rollback_page(after.as_deref()).await?;
+        for s in &page.live {
+            if json {
+                let sep = if live == 0 { "" } else { "," };
+                let item = serde_json::to_string(s).unwrap_or_default();
+                let _ = write!(out, "{sep}\n  {item}");
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{}  {}  {}",
+                    s.subscription_id, s.status, s.business_id
+                );
+            }
+            live += 1;
+        }
+        records += page.records_to_update.len() as u64;
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    if json {
+        let _ = writeln!(
+            out,
+            "\n], \"would_cancel_count\": {live}, \"records_to_update\": {records}}}"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "dry run: {live} live subscriptions would be cancelled ({records} records of already cancelled ones updated); run with --confirm"
+        );
+    }
+    let _ = out.flush();
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_limited(path: &PathBuf, limit: usize) -> Result<Vec<u8>, Failure> {
@@ -1018,14 +1106,34 @@ async fn business(
             if json {
                 print_json(&report);
             } else {
+                let c = &report.counts;
                 println!(
-                    "provisioned {}, still failing {}, takedowns finished {}, takedowns failing {}, held by other workers {}",
-                    report.provisioned.len(),
-                    report.failed.len(),
-                    report.takedowns_finished.len(),
-                    report.takedowns_failed.len(),
-                    report.busy.len()
+                    "provisioned {}, still failing {}, takedowns finished {}, takedowns failing {}, taken over from stopped processes {}",
+                    c.provisioned, c.failed, c.takedowns_finished, c.takedowns_failed, c.taken_over
                 );
+                if c.waiting_for_payments > 0 {
+                    println!(
+                        "{} businesses wait for payments to be enabled (ENABLE_PAYMENTS)",
+                        c.waiting_for_payments
+                    );
+                }
+                if let Some(until) = report.busy_until {
+                    // Never "nothing to do" while work is unfinished: say who holds it and until when.
+                    println!(
+                        "{} businesses held by live workers (or workers on other hosts) until {} at the latest; run resume again then",
+                        c.busy,
+                        crate::business::rfc3339(until)
+                    );
+                    for w in report.busy.iter().take(20) {
+                        println!(
+                            "  {}  held by {} pid {} until {}",
+                            w.business_id,
+                            w.host.as_deref().unwrap_or("an unrecorded host"),
+                            w.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                            crate::business::rfc3339(w.lease_until)
+                        );
+                    }
+                }
             }
         }
         BusinessCommand::CheckoutLink { id } => match service.checkout_link(&id).await {

@@ -16,12 +16,198 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use std::sync::OnceLock;
+
 use sqlx::Row;
 
-use super::{now, Store, StoreError};
+use super::{business_from_row, now, Store, StoreError, BUSINESS_COLUMNS};
+use crate::business::Business;
 use crate::stripe::rate_limit::{BudgetError, SharedBudget};
 
+/// A process as the holder of a business's work lease: which host, which pid, and when it started, so
+/// `business resume` on the same host can tell a holder that died from a live one without waiting for
+/// the lease to expire. Read from Linux's `/proc`; elsewhere the start is unknown and leases only expire.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    /// The host name (`/proc/sys/kernel/hostname`, else `/etc/hostname`); `None` when unreadable.
+    pub host: Option<String>,
+    pub pid: i64,
+    /// `<boot id>:<start time in clock ticks since boot>` (`/proc/<pid>/stat` field 22): a pid reused by
+    /// another process has another start; another kernel has another boot id.
+    pub started: Option<String>,
+}
+
+/// What a live-or-dead check of a lease holder found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HolderState {
+    /// A process on this host that no longer exists (or whose pid now names another process).
+    Dead,
+    /// Running on this host right now.
+    Alive,
+    /// Another host, or a lease without holder information: only its expiry frees it.
+    Unknown,
+}
+
+impl Holder {
+    /// This process.
+    pub fn current() -> &'static Holder {
+        static CURRENT: OnceLock<Holder> = OnceLock::new();
+        CURRENT.get_or_init(|| {
+            let pid = std::process::id();
+            Holder {
+                host: host_name(),
+                pid: i64::from(pid),
+                started: process_start(i64::from(pid)),
+            }
+        })
+    }
+
+    /// Whether this holder is alive, judged from this host.
+    pub fn state(&self) -> HolderState {
+        let here = Holder::current();
+        let (Some(host), Some(started)) = (&self.host, &self.started) else {
+            return HolderState::Unknown;
+        };
+        // Another host name, or another kernel under the same name (two machines both called `localhost`,
+        // or this one rebooted): its processes cannot be seen from here.
+        let boot = |s: &str| s.split(':').next().unwrap_or_default().to_owned();
+        let same_kernel = here.started.as_deref().map(boot) == Some(boot(started));
+        if here.host.as_deref() != Some(host.as_str()) || !same_kernel {
+            return HolderState::Unknown;
+        }
+        match process_start(self.pid) {
+            Some(now) if now == *started => HolderState::Alive,
+            _ => HolderState::Dead,
+        }
+    }
+}
+
+fn host_name() -> Option<String> {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+}
+
+/// The start of process `pid` as `<boot id>:<start ticks>`; `None` when there is no such process (or no
+/// `/proc` to ask).
+fn process_start(pid: i64) -> Option<String> {
+    static BOOT_ID: OnceLock<Option<String>> = OnceLock::new();
+    let boot = BOOT_ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_owned())
+    });
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let start = start_ticks(&stat)?;
+    Some(format!("{}:{start}", boot.as_deref().unwrap_or("-")))
+}
+
+/// Field 22 (starttime) of a `/proc/<pid>/stat` line. The command name (field 2) is in parentheses and
+/// may hold spaces or ')': fields are counted from the last ')', after which field 3 comes first.
+fn start_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A business with unfinished work, with its work lease as stored.
+#[derive(Debug, Clone)]
+pub struct UnfinishedBusiness {
+    pub business: Business,
+    pub lease: Option<BusinessLease>,
+}
+
+/// A business's work lease: its owner token, its expiry, and its holder when recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusinessLease {
+    pub owner: String,
+    pub until: i64,
+    /// `None` for leases written before holders were recorded.
+    pub holder: Option<Holder>,
+}
+
 impl Store {
+    /// One page of the businesses with unfinished work (billing pending or failed, or a takedown whose
+    /// Stripe side is open), leased or not, oldest first after the cursor `after` (created_at, id).
+    pub async fn unfinished_page(
+        &self,
+        after: Option<(i64, &str)>,
+        limit: i64,
+    ) -> Result<Vec<UnfinishedBusiness>, StoreError> {
+        let (at, id) = after.unwrap_or((i64::MIN, ""));
+        let sql = format!(
+            "SELECT {BUSINESS_COLUMNS}, lease_owner, lease_until, lease_host, lease_pid, lease_started \
+             FROM business \
+             WHERE ((status = 'active' AND billing IN ('pending', 'failed')) \
+                 OR (status = 'taken_down' AND takedown_outcome IS NULL)) \
+             AND (created_at > $1 OR (created_at = $1 AND business_id > $2)) \
+             ORDER BY created_at, business_id LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(at)
+            .bind(id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let owner: Option<String> = r.try_get("lease_owner")?;
+                let until: Option<i64> = r.try_get("lease_until")?;
+                let pid: Option<i64> = r.try_get("lease_pid")?;
+                let lease = match (owner, until) {
+                    (Some(owner), Some(until)) => Some(BusinessLease {
+                        owner,
+                        until,
+                        holder: pid
+                            .map(|pid| -> Result<Holder, StoreError> {
+                                Ok(Holder {
+                                    host: r.try_get("lease_host")?,
+                                    pid,
+                                    started: r.try_get("lease_started")?,
+                                })
+                            })
+                            .transpose()?,
+                    }),
+                    _ => None,
+                };
+                Ok(UnfinishedBusiness {
+                    business: business_from_row(r)?,
+                    lease,
+                })
+            })
+            .collect()
+    }
+
+    /// Takes over the work lease `dead_owner` holds (its holder is known to be gone), for `owner` until
+    /// `until`. Returns false when the lease changed hands meanwhile.
+    pub async fn take_over_business(
+        &self,
+        id: &str,
+        dead_owner: &str,
+        owner: &str,
+        until: i64,
+    ) -> Result<bool, StoreError> {
+        let me = Holder::current();
+        let done = sqlx::query(
+            "UPDATE business SET lease_owner = $3, lease_until = $4, lease_host = $5, lease_pid = $6, \
+             lease_started = $7 WHERE business_id = $1 AND lease_owner = $2",
+        )
+        .bind(id)
+        .bind(dead_owner)
+        .bind(owner)
+        .bind(until)
+        .bind(me.host.as_deref())
+        .bind(me.pid)
+        .bind(me.started.as_deref())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Takes the named job's lease until `until` (unix seconds) unless another owner holds it past `now`.
     /// Returns whether we got it.
     pub async fn claim_job(
@@ -253,5 +439,82 @@ impl JobLease {
 impl Drop for JobLease {
     fn drop(&mut self) {
         self.renewer.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_a_live_holder() {
+        let me = Holder::current();
+        assert_eq!(me.pid, i64::from(std::process::id()));
+        assert!(
+            me.host.is_some(),
+            "the host name is read from /proc or /etc"
+        );
+        assert!(me.started.is_some(), "the start time is read from /proc");
+        assert_eq!(me.state(), HolderState::Alive);
+    }
+
+    #[test]
+    fn a_reused_pid_with_another_start_time_is_a_dead_holder() {
+        let me = Holder::current();
+        let boot = me.started.as_deref().unwrap().split(':').next().unwrap();
+        let earlier = Holder {
+            started: Some(format!("{boot}:1")),
+            ..me.clone()
+        };
+        assert_eq!(earlier.state(), HolderState::Dead);
+    }
+
+    #[test]
+    fn a_process_that_is_gone_is_a_dead_holder() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = i64::from(child.id());
+        let started = process_start(pid);
+        child.wait().unwrap();
+        let gone = Holder {
+            pid,
+            started: started.or_else(|| Holder::current().started.clone()),
+            ..Holder::current().clone()
+        };
+        assert_eq!(gone.state(), HolderState::Dead);
+    }
+
+    #[test]
+    fn another_host_another_kernel_or_an_unrecorded_start_only_expires() {
+        let me = Holder::current();
+        let other_host = Holder {
+            host: Some(format!("{}-elsewhere", me.host.as_deref().unwrap())),
+            ..me.clone()
+        };
+        assert_eq!(other_host.state(), HolderState::Unknown);
+        let other_boot = Holder {
+            started: Some("another-boot:1".into()),
+            ..me.clone()
+        };
+        assert_eq!(other_boot.state(), HolderState::Unknown);
+        let old_row = Holder {
+            started: None,
+            ..me.clone()
+        };
+        assert_eq!(old_row.state(), HolderState::Unknown);
+    }
+
+    #[test]
+    fn a_command_name_with_spaces_and_parentheses_does_not_shift_the_fields() {
+        let tail = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 987654 20 21";
+        assert_eq!(
+            start_ticks(&format!("42 (evil) 1 2 3) {tail}")),
+            Some(987654)
+        );
+        assert_eq!(start_ticks(&format!("42 (plain) {tail}")), Some(987654));
+        assert_eq!(start_ticks("42 (cut short) S 1 2"), None);
+        assert_eq!(start_ticks("no parenthesis at all"), None);
+        assert_eq!(start_ticks(""), None);
+        assert_eq!(process_start(0), None);
+        assert_eq!(process_start(-5), None);
     }
 }

@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhook_due",
         include_str!("../../migrations/0005_webhook_due.sql"),
     ),
+    (
+        6,
+        "business_lease_holder",
+        include_str!("../../migrations/0006_business_lease_holder.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet, each in its own transaction that holds the database's

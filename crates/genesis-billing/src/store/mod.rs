@@ -9,7 +9,9 @@ mod migrate;
 mod sqlite_inbox;
 mod webhook_event;
 
-pub use coordination::{JobLease, StoreRateBudget};
+pub use coordination::{
+    BusinessLease, Holder, HolderState, JobLease, StoreRateBudget, UnfinishedBusiness,
+};
 pub use webhook_event::{
     EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage,
     UNKNOWN_BUSINESS,
@@ -166,7 +168,7 @@ pub struct Store {
 const BILLING_AFTER_STATUS: &str = "CASE WHEN $3 = 'incomplete_expired' THEN 'expired' \
     WHEN billing = 'expired' AND $3 IN ('active', 'trialing', 'past_due') THEN 'provisioned' ELSE billing END";
 
-const BUSINESS_COLUMNS: &str = "business_id, name, business_type, email, created_at, updated_at, status, billing, \
+pub(crate) const BUSINESS_COLUMNS: &str = "business_id, name, business_type, email, created_at, updated_at, status, billing, \
     billing_error, failed_step, stripe_customer_id, stripe_subscription_id, stripe_payment_intent_id, \
     subscription_status, price_lookup_key, stripe_price_id, monthly_price_cents, currency, generation, \
     stripe_state_at, taken_down_at, takedown_reason, takedown_outcome";
@@ -292,7 +294,7 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
-fn business_from_row(row: &AnyRow) -> Result<Business, StoreError> {
+pub(crate) fn business_from_row(row: &AnyRow) -> Result<Business, StoreError> {
     let id: String = row.try_get("business_id")?;
     let status: String = row.try_get("status")?;
     let billing: String = row.try_get("billing")?;
@@ -333,11 +335,13 @@ fn insert_business_query<'q>(
     request_key: Option<&'q str>,
     lease: Option<(&'q str, i64)>,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let me = Holder::current();
     sqlx::query(
         "INSERT INTO business (business_id, name, business_type, email, created_at, updated_at, status, billing, \
          billing_error, stripe_customer_id, stripe_subscription_id, stripe_payment_intent_id, subscription_status, \
-         monthly_price_cents, currency, generation, request_key, lease_owner, lease_until) \
-         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17)",
+         monthly_price_cents, currency, generation, request_key, lease_owner, lease_until, lease_host, lease_pid, \
+         lease_started) \
+         VALUES ($1, $2, $3, $4, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 0, $15, $16, $17, $18, $19, $20)",
     )
     .bind(&b.business_id)
     .bind(&b.name)
@@ -356,6 +360,9 @@ fn insert_business_query<'q>(
     .bind(request_key)
     .bind(lease.map(|(owner, _)| owner))
     .bind(lease.map(|(_, until)| until))
+    .bind(lease.and(me.host.as_deref()))
+    .bind(lease.map(|_| me.pid))
+    .bind(lease.and(me.started.as_deref()))
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -592,19 +599,6 @@ impl Store {
         rows.iter().map(business_from_row).collect()
     }
 
-    /// Businesses with unfinished work: billing pending or failed, or a takedown whose Stripe side is open.
-    pub async fn list_unfinished(&self, now: i64) -> Result<Vec<Business>, StoreError> {
-        let sql = format!(
-            "SELECT {BUSINESS_COLUMNS} FROM business \
-             WHERE ((status = 'active' AND billing IN ('pending', 'failed')) \
-                 OR (status = 'taken_down' AND takedown_outcome IS NULL)) \
-             AND (lease_until IS NULL OR lease_until < $1) \
-             ORDER BY created_at, business_id"
-        );
-        let rows = sqlx::query(&sql).bind(now).fetch_all(&self.pool).await?;
-        rows.iter().map(business_from_row).collect()
-    }
-
     /// Takes the business's work lease unless another live worker holds it. Returns whether we got it.
     pub async fn claim_business(
         &self,
@@ -613,21 +607,26 @@ impl Store {
         until: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
+        let me = Holder::current();
         let done = sqlx::query(
-            "UPDATE business SET lease_owner = $2, lease_until = $3 \
+            "UPDATE business SET lease_owner = $2, lease_until = $3, lease_host = $5, lease_pid = $6, lease_started = $7 \
              WHERE business_id = $1 AND (lease_until IS NULL OR lease_until < $4 OR lease_owner = $2)",
         )
         .bind(id)
         .bind(owner)
         .bind(until)
         .bind(now)
+        .bind(me.host.as_deref())
+        .bind(me.pid)
+        .bind(me.started.as_deref())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     pub async fn release_business(&self, id: &str, owner: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE business SET lease_owner = NULL, lease_until = NULL WHERE business_id = $1 AND lease_owner = $2")
+        sqlx::query("UPDATE business SET lease_owner = NULL, lease_until = NULL, lease_host = NULL, lease_pid = NULL, \
+             lease_started = NULL WHERE business_id = $1 AND lease_owner = $2")
             .bind(id)
             .bind(owner)
             .execute(&self.pool)
@@ -673,6 +672,30 @@ impl Store {
             }),
             None => None,
         })
+    }
+
+    /// Of the businesses `ids`, those whose current subscription a roll-back recorded its intent to cancel
+    /// (key `genesis:{business}:subscription:{subscription}:rollback_cancel`, not failed), in one query.
+    pub async fn rolled_back_among(&self, ids: &[&str]) -> Result<Vec<Business>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(300) {
+            let mut sql =
+                format!("SELECT {BUSINESS_COLUMNS} FROM business b WHERE b.business_id IN (");
+            Params::new(self.backend).list(&mut sql, chunk.len());
+            sql.push_str(
+                ") AND EXISTS (SELECT 1 FROM billing_intent i WHERE i.idempotency_key = \
+                 'genesis:' || b.business_id || ':subscription:' || b.stripe_subscription_id || ':rollback_cancel' \
+                 AND i.state <> 'failed')",
+            );
+            let mut q = sqlx::query(&sql).persistent(false);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                found.push(business_from_row(&row)?);
+            }
+        }
+        Ok(found)
     }
 
     /// Marks an intent done (with the object it produced) or failed (with the reason).
@@ -786,6 +809,29 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Marks billing of an active business `skipped` with `why` because its subscription `subscription`
+    /// was rolled back; returns false when it already was (or the subscription is not its current one),
+    /// so of two concurrent writers only one records it.
+    pub async fn set_rolled_back(
+        &self,
+        id: &str,
+        subscription: &str,
+        why: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE business SET billing = 'skipped', failed_step = NULL, billing_error = $3, updated_at = $4 \
+             WHERE business_id = $1 AND stripe_subscription_id = $2 AND status = 'active' \
+             AND NOT (billing = 'skipped' AND billing_error IS NOT NULL AND billing_error = $3)",
+        )
+        .bind(id)
+        .bind(subscription)
+        .bind(why)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Marks a business taken down; returns false when it already was.
