@@ -617,3 +617,61 @@ async fn cancellations_stripe_refuses_are_reported_change_nothing_and_a_later_da
     assert_eq!(b.status, Lifecycle::TakenDown);
     assert_eq!(b.takedown_reason.as_deref(), Some("subscription_cancelled"));
 }
+
+#[tokio::test]
+async fn a_rerun_finishes_a_roll_back_record_cut_between_its_status_and_its_billing_write() {
+    let world = World::new().await;
+    let id = create(&world, "Half written").await;
+    let page = world.service.rollback_page(None).await.unwrap();
+    let s = page
+        .live
+        .iter()
+        .find(|s| s.business_id == id)
+        .expect("the business's live subscription")
+        .clone();
+    world
+        .service
+        .cancel_in_stripe_for_rollback(&s)
+        .await
+        .unwrap();
+    // What a kill between the two writes of the record leaves: the status, not yet the billing.
+    world
+        .service
+        .store()
+        .set_subscription_status(
+            &id,
+            &s.subscription_id,
+            "canceled",
+            genesis_billing::store::now(),
+        )
+        .await
+        .unwrap();
+    let half = world
+        .service
+        .store()
+        .get_business(&id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(half.billing, Billing::Skipped);
+
+    let rerun = world.service.rollback_page(None).await.unwrap();
+    assert!(rerun.live.is_empty(), "nothing left to cancel in Stripe");
+    assert_eq!(rerun.records_to_update.len(), 1, "the half-written record");
+    world
+        .service
+        .record_rollback(&rerun.records_to_update[0])
+        .await
+        .unwrap();
+    let b = world
+        .service
+        .store()
+        .get_business(&id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (b.status, b.billing, b.subscription_status.as_deref()),
+        (Lifecycle::Active, Billing::Skipped, Some("canceled"))
+    );
+}

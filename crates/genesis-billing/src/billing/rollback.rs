@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use super::{BillingError, BillingService};
-use crate::business::{is_live_subscription, Business, Lifecycle};
+use crate::business::{is_live_subscription, Billing, Business, Lifecycle};
 use crate::store::now;
 
 /// Why billing of a rolled-back business is `skipped`.
@@ -78,11 +78,14 @@ impl BillingService {
             .rolled_back_among(&ids)
             .await?
             .into_iter()
+            // Its record still live, or half written: a kill between the status and the billing write
+            // leaves `canceled` with billing not yet `skipped`.
             .filter(|b| {
                 b.status == Lifecycle::Active
-                    && b.subscription_status
-                        .as_deref()
-                        .is_some_and(is_live_subscription)
+                    && (b.billing != Billing::Skipped
+                        || b.subscription_status
+                            .as_deref()
+                            .is_some_and(is_live_subscription))
             })
             .map(|b| (b.business_id.clone(), b))
             .collect();
