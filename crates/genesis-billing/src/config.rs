@@ -166,6 +166,47 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// PostgreSQL `statement_timeout` per connection, in milliseconds (0 = the server's default).
     pub db_statement_timeout_ms: u64,
+    /// How `serve` bounds slow and hostile clients.
+    pub serve: ServeSettings,
+}
+
+/// Limits of `serve`'s listeners; a client that breaks them is cut off, and other clients keep being served.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// A connection must deliver a request's complete header within this (also the idle keep-alive limit).
+    pub header_read_timeout_secs: u64,
+    /// A request's whole body must arrive within this after its header.
+    pub body_read_timeout_secs: u64,
+    /// Open connections per listener; further clients wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Webhook requests handled at once; beyond it, 503 at once.
+    pub max_in_flight_webhook: usize,
+    /// Admin API requests handled at once; beyond it, 503 at once.
+    pub max_in_flight_admin: usize,
+    /// `/health`, `/metrics` and `/openapi.json` requests handled at once; beyond it, 503 at once.
+    pub max_in_flight_ops: usize,
+    /// After SIGTERM, how long requests in flight may take before their connections are closed.
+    pub shutdown_grace_secs: u64,
+    /// A separate address for `/health` and `/metrics` (then not served on `listen`).
+    pub ops_listen: Option<SocketAddr>,
+    /// Bearer token `/health` and `/metrics` require, when set.
+    pub metrics_token: Option<SecretString>,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            max_connections: 512,
+            max_in_flight_webhook: 128,
+            max_in_flight_admin: 64,
+            max_in_flight_ops: 16,
+            shutdown_grace_secs: 25,
+            ops_listen: None,
+            metrics_token: None,
+        }
+    }
 }
 
 /// Settings given as command-line flags (all optional).
@@ -197,6 +238,15 @@ struct FileConfig {
     stripe_max_attempts: Option<u32>,
     stripe_retry_base_ms: Option<u64>,
     stripe_rate_limit: Option<u32>,
+    header_read_timeout_secs: Option<u64>,
+    body_read_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    max_in_flight_webhook: Option<usize>,
+    max_in_flight_admin: Option<usize>,
+    max_in_flight_ops: Option<usize>,
+    shutdown_grace_secs: Option<u64>,
+    ops_listen: Option<String>,
+    metrics_token: Option<String>,
 }
 
 /// Where environment variables come from; tests pass a map instead of touching the process environment.
@@ -287,6 +337,7 @@ impl Settings {
             Some(p) => read_file_config(p)?,
             None => FileConfig::default(),
         };
+        let serve = serve_settings(&file, env)?;
 
         // The key: flag, config file, then the three variables in order; first one set wins.
         let mut key_source = None;
@@ -449,11 +500,18 @@ impl Settings {
         }
         let db_statement_timeout_ms =
             env_num(env, "GENESIS_BILLING_DB_STATEMENT_TIMEOUT_MS", 30_000u64)?;
+        if serve.ops_listen == Some(listen) && listen.port() != 0 {
+            return Err(invalid(
+                "GENESIS_BILLING_OPS_LISTEN",
+                "must differ from GENESIS_BILLING_LISTEN",
+            ));
+        }
 
         Ok(Self {
             database_url,
             db_max_connections,
             db_statement_timeout_ms,
+            serve,
             stripe,
             key_mode,
             rollout_percent,
@@ -493,6 +551,106 @@ impl Settings {
             .map(|s| s.mode.as_str())
             .unwrap_or("disabled")
     }
+}
+
+/// `serve`'s limits: config file, then environment, then defaults; each within a sane range.
+fn serve_settings(file: &FileConfig, env: &dyn Env) -> Result<ServeSettings, ConfigError> {
+    fn bounded<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+        from_file: Option<T>,
+        env: &dyn Env,
+        name: &str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError> {
+        let v = match from_file {
+            Some(v) => v,
+            None => env_num(env, name, default)?,
+        };
+        if !range.contains(&v) {
+            return Err(invalid(
+                name,
+                format!("expected {} to {}", range.start(), range.end()),
+            ));
+        }
+        Ok(v)
+    }
+    let d = ServeSettings::default();
+    let ops_listen = match file
+        .ops_listen
+        .clone()
+        .or_else(|| env.var("GENESIS_BILLING_OPS_LISTEN"))
+    {
+        Some(v) if !v.trim().is_empty() => Some(
+            v.trim()
+                .parse()
+                .map_err(|_| invalid("GENESIS_BILLING_OPS_LISTEN", "expected HOST:PORT"))?,
+        ),
+        _ => None,
+    };
+    let metrics_token = match &file.metrics_token {
+        Some(t) => {
+            let t = SecretString::from(t.trim().to_owned());
+            if t.expose_secret().is_empty() {
+                return Err(invalid("metrics_token", "is empty"));
+            }
+            Some(t)
+        }
+        None => secret_var(env, "GENESIS_BILLING_METRICS_TOKEN")?
+            .map(|t| SecretString::from(t.expose_secret().trim().to_owned())),
+    };
+    Ok(ServeSettings {
+        header_read_timeout_secs: bounded(
+            file.header_read_timeout_secs,
+            env,
+            "GENESIS_BILLING_HEADER_READ_TIMEOUT_SECS",
+            d.header_read_timeout_secs,
+            1..=300,
+        )?,
+        body_read_timeout_secs: bounded(
+            file.body_read_timeout_secs,
+            env,
+            "GENESIS_BILLING_BODY_READ_TIMEOUT_SECS",
+            d.body_read_timeout_secs,
+            1..=3600,
+        )?,
+        max_connections: bounded(
+            file.max_connections,
+            env,
+            "GENESIS_BILLING_MAX_CONNECTIONS",
+            d.max_connections,
+            1..=1_000_000,
+        )?,
+        max_in_flight_webhook: bounded(
+            file.max_in_flight_webhook,
+            env,
+            "GENESIS_BILLING_MAX_IN_FLIGHT_WEBHOOK",
+            d.max_in_flight_webhook,
+            1..=100_000,
+        )?,
+        max_in_flight_admin: bounded(
+            file.max_in_flight_admin,
+            env,
+            "GENESIS_BILLING_MAX_IN_FLIGHT_ADMIN",
+            d.max_in_flight_admin,
+            1..=100_000,
+        )?,
+        max_in_flight_ops: bounded(
+            file.max_in_flight_ops,
+            env,
+            "GENESIS_BILLING_MAX_IN_FLIGHT_OPS",
+            d.max_in_flight_ops,
+            1..=100_000,
+        )?,
+        shutdown_grace_secs: bounded(
+            file.shutdown_grace_secs,
+            env,
+            "GENESIS_BILLING_SHUTDOWN_GRACE_SECS",
+            d.shutdown_grace_secs,
+            0..=3600,
+        )?,
+        ops_listen,
+        metrics_token,
+    })
 }
 
 fn env_num<T: std::str::FromStr>(env: &dyn Env, name: &str, default: T) -> Result<T, ConfigError> {

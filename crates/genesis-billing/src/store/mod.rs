@@ -5,11 +5,13 @@
 //! built at run time with many parameters write them with [`Params`] instead.
 
 mod coordination;
+mod health;
 mod migrate;
 mod sqlite_inbox;
 mod webhook_event;
 
 pub use coordination::{JobLease, StoreRateBudget};
+pub use health::ProbeFailure;
 pub use webhook_event::{
     EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage,
     UNKNOWN_BUSINESS,
