@@ -855,4 +855,106 @@ mod tests {
         let msg = Settings::load(&flags, &[]).unwrap_err().to_string();
         assert!(!msg.contains("SECRETSECRET"), "{msg}");
     }
+
+    #[test]
+    fn serve_limits_have_safe_defaults_and_come_from_the_file_then_the_environment() {
+        let s = load(&[]).unwrap().serve;
+        assert_eq!(
+            (
+                s.header_read_timeout_secs,
+                s.body_read_timeout_secs,
+                s.max_connections,
+                s.max_in_flight_webhook,
+                s.max_in_flight_admin,
+                s.max_in_flight_ops,
+                s.shutdown_grace_secs,
+            ),
+            (10, 30, 512, 128, 64, 16, 25)
+        );
+        assert!(s.ops_listen.is_none() && s.metrics_token.is_none());
+        let s = load(&[
+            ("GENESIS_BILLING_HEADER_READ_TIMEOUT_SECS", "2"),
+            ("GENESIS_BILLING_MAX_CONNECTIONS", "100"),
+            ("GENESIS_BILLING_OPS_LISTEN", "127.0.0.1:9090"),
+        ])
+        .unwrap()
+        .serve;
+        assert_eq!((s.header_read_timeout_secs, s.max_connections), (2, 100));
+        assert_eq!(s.ops_listen, Some("127.0.0.1:9090".parse().unwrap()));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "max_in_flight_webhook = 7\nshutdown_grace_secs = 3\nops_listen = \"127.0.0.1:9191\"\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config_file: Some(path),
+            ..Flags::default()
+        };
+        let s = Settings::load(
+            &flags,
+            &[
+                ("GENESIS_BILLING_MAX_IN_FLIGHT_WEBHOOK", "9"),
+                ("GENESIS_BILLING_SHUTDOWN_GRACE_SECS", "4"),
+            ],
+        )
+        .unwrap()
+        .serve;
+        assert_eq!((s.max_in_flight_webhook, s.shutdown_grace_secs), (7, 3));
+        assert_eq!(s.ops_listen, Some("127.0.0.1:9191".parse().unwrap()));
+    }
+
+    #[test]
+    fn out_of_range_or_malformed_serve_limits_are_refused() {
+        for (name, bad) in [
+            ("GENESIS_BILLING_HEADER_READ_TIMEOUT_SECS", "0"),
+            ("GENESIS_BILLING_HEADER_READ_TIMEOUT_SECS", "301"),
+            ("GENESIS_BILLING_BODY_READ_TIMEOUT_SECS", "0"),
+            ("GENESIS_BILLING_MAX_CONNECTIONS", "0"),
+            ("GENESIS_BILLING_MAX_CONNECTIONS", "lots"),
+            ("GENESIS_BILLING_MAX_IN_FLIGHT_WEBHOOK", "0"),
+            ("GENESIS_BILLING_MAX_IN_FLIGHT_ADMIN", "-1"),
+            ("GENESIS_BILLING_MAX_IN_FLIGHT_OPS", "0"),
+            ("GENESIS_BILLING_SHUTDOWN_GRACE_SECS", "3601"),
+            ("GENESIS_BILLING_OPS_LISTEN", "localhost"),
+        ] {
+            let err = load(&[(name, bad)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={bad}: {err}");
+        }
+        let err = load(&[
+            ("GENESIS_BILLING_LISTEN", "127.0.0.1:8080"),
+            ("GENESIS_BILLING_OPS_LISTEN", "127.0.0.1:8080"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("must differ"), "{err}");
+    }
+
+    #[test]
+    fn the_metrics_token_is_a_secret_read_from_a_value_or_a_file() {
+        let s = load(&[("GENESIS_BILLING_METRICS_TOKEN", " tok-SECRET ")]).unwrap();
+        assert_eq!(
+            s.serve.metrics_token.as_ref().unwrap().expose_secret(),
+            "tok-SECRET"
+        );
+        assert!(!format!("{s:?}").contains("tok-SECRET"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "tok-FROMFILE\n").unwrap();
+        let s = load(&[("GENESIS_BILLING_METRICS_TOKEN_FILE", path.to_str().unwrap())]).unwrap();
+        assert_eq!(
+            s.serve.metrics_token.unwrap().expose_secret(),
+            "tok-FROMFILE"
+        );
+        assert!(matches!(
+            load(&[
+                ("GENESIS_BILLING_METRICS_TOKEN", "a"),
+                ("GENESIS_BILLING_METRICS_TOKEN_FILE", path.to_str().unwrap()),
+            ])
+            .unwrap_err(),
+            ConfigError::BothValueAndFile(_)
+        ));
+        assert!(load(&[("GENESIS_BILLING_METRICS_TOKEN", "  ")]).is_err());
+    }
 }

@@ -1000,3 +1000,129 @@ async fn health_and_metrics_move_to_the_ops_listener_and_require_the_metrics_tok
     drop(serve);
     sim.shutdown().await;
 }
+
+/// Sends a request head announcing `length` bytes of body, then `first` bytes of it, and keeps trickling
+/// a byte every 100 ms until the server answers; returns the stream's answer.
+async fn trickle(addr: SocketAddr, head: String) -> tokio::task::JoinHandle<String> {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let writer = tokio::spawn(async move {
+        while wr.write_all(b" ").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(20), rd.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        writer.abort();
+        String::from_utf8_lossy(&got).into_owned()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_one_class_leaves_the_others_answering_and_bad_webhooks_are_refused_from_their_header(
+) {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = sim_env(&sim, sqlite_url(&dir));
+    env.extend([
+        ("GENESIS_BILLING_BODY_READ_TIMEOUT_SECS", "6".to_owned()),
+        ("GENESIS_BILLING_MAX_IN_FLIGHT_WEBHOOK", "4".to_owned()),
+        ("GENESIS_BILLING_MAX_IN_FLIGHT_ADMIN", "2".to_owned()),
+    ]);
+    let serve = Serve::start(&env);
+    let (addr, base) = (serve.addr(), serve.base.clone());
+    let client = reqwest::Client::new();
+    assert_eq!(
+        timed_get(&client, &format!("{base}/health"), None).await.0,
+        200
+    );
+
+    // A missing or malformed signature is answered while the announced body has not been sent at all.
+    for signature in [
+        "",
+        "Stripe-Signature: garbage\r\n",
+        "Stripe-Signature: t=1,v1=xyz\r\n",
+    ] {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("POST /stripe/webhook HTTP/1.1\r\nHost: x\r\n{signature}Content-Length: 900000\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut s, Duration::from_secs(2))
+            .await
+            .expect("answered without the body");
+        assert!(
+            answer.starts_with(b"HTTP/1.1 401"),
+            "{signature:?}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    assert_eq!(
+        rejected_count(&client, &base, "malformed_signature").await,
+        2
+    );
+
+    // Four trickling webhooks take the whole webhook budget: the next webhook is told to come back...
+    let mut webhooks = Vec::new();
+    for _ in 0..4 {
+        webhooks.push(trickle(addr, format!("POST /stripe/webhook HTTP/1.1\r\nHost: x\r\nStripe-Signature: t=1,{WELL_FORMED_BAD_SIGNATURE}\r\nContent-Length: 100000\r\n\r\n")).await);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let busy = loop {
+        let (status, took) = signed_webhook(&client, &base).await;
+        if status == 503 || Instant::now() > deadline {
+            break (status, took);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(busy.0, 503, "the webhook budget is full");
+    assert!(
+        busy.1 < Duration::from_secs(1),
+        "refused at once: {:?}",
+        busy.1
+    );
+    // ...while health, metrics and the admin API answer.
+    let (status, _, took) = timed_get(&client, &format!("{base}/health"), None).await;
+    assert!(status == 200 && took < Duration::from_secs(2));
+    let (status, _, took) = timed_get(&client, &format!("{base}/v1/businesses"), Some(ADMIN)).await;
+    assert!(status == 200 && took < Duration::from_secs(2));
+
+    // Two trickling admin calls take the admin budget: webhooks (once theirs frees) and health still answer.
+    let mut admins = Vec::new();
+    for _ in 0..2 {
+        admins.push(trickle(addr, format!("POST /v1/businesses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")).await);
+    }
+    for w in webhooks {
+        assert!(w.await.unwrap().starts_with("HTTP/1.1 408"));
+    }
+    let r = client
+        .get(format!("{base}/v1/revenue"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+    assert_eq!(signed_webhook(&client, &base).await.0, 200);
+    assert_eq!(
+        timed_get(&client, &format!("{base}/health"), None).await.0,
+        200
+    );
+    for a in admins {
+        let answer = a.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("request_timeout"), "{answer}");
+    }
+    drop(serve);
+    sim.shutdown().await;
+}

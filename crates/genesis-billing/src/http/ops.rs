@@ -266,12 +266,7 @@ pub async fn webhook(
     let bytes = match axum::body::to_bytes(body, MAX_BODY + 1).await {
         Ok(b) => b,
         Err(e) if super::server::is_body_timeout(&e) => {
-            return ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                "the request body did not arrive in time",
-            )
-            .into_response();
+            return super::error::body_timeout().into_response();
         }
         Err(e) if is_length_limit(&e) => return rejected(&state, Rejection::TooLarge),
         Err(e) => {
@@ -380,10 +375,11 @@ pub fn spawn_background(
             }
             let fine =
                 matches!(catalog, Some(CatalogHealth::Verified)) && stripe == StripeHealth::Ok;
+            // Stripe first: a reader that sees the catalog verified then also sees Stripe's state.
+            *s.stripe.lock().unwrap_or_else(|p| p.into_inner()) = stripe;
             if let Some(c) = catalog {
                 *s.catalog.write().await = c;
             }
-            *s.stripe.lock().unwrap_or_else(|p| p.into_inner()) = stripe;
             tokio::time::sleep(if fine { STRIPE_RECHECK } else { STRIPE_RETRY }).await;
         }
     }));

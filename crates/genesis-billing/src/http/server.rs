@@ -199,9 +199,9 @@ impl Drop for Busy {
 #[error("request body not received within {0:?}")]
 pub struct BodyTimeout(Duration);
 
-/// Whether a body error is our read deadline.
-pub fn is_body_timeout(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+/// Whether an error (a body error, an extractor's rejection) comes from our body read deadline.
+pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
     while let Some(s) = source {
         if s.is::<BodyTimeout>() {
             return true;
