@@ -183,7 +183,7 @@ pub struct ServeSettings {
     pub max_in_flight_webhook: usize,
     /// Admin API requests handled at once; beyond it, 503 at once.
     pub max_in_flight_admin: usize,
-    /// `/health`, `/metrics` and `/openapi.json` requests handled at once; beyond it, 503 at once.
+    /// `/health` and `/metrics` requests handled at once; beyond it, 503 at once.
     pub max_in_flight_ops: usize,
     /// After SIGTERM, how long requests in flight may take before their connections are closed.
     pub shutdown_grace_secs: u64,

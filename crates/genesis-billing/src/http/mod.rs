@@ -174,10 +174,9 @@ fn router_for(state: Arc<AppState>, role: Role) -> Router {
             require_metrics_token,
         ));
     let public = Router::new()
-        .route(
-            "/openapi.json",
-            get(ops::openapi).route_layer(middleware::from_fn_with_state(state.clone(), ops_gate)),
-        )
+        // A static document: no budget, so a flood of it on a public listener cannot take the ops
+        // budget that `/health` needs on the internal one.
+        .route("/openapi.json", get(ops::openapi))
         // The webhook handler enforces its own 1 MiB limit so an oversized body is counted as `too_large`.
         .route(
             "/stripe/webhook",
