@@ -96,20 +96,30 @@ enum Stage {
     Done(DbHealth),
 }
 
-/// The database probe in progress: concurrent `/health` requests share it, so a stuck database holds one
-/// pooled connection for the probe, not one per request.
+/// A finished probe's result is reused this long: however often `/health` is called, the database sees at
+/// most one probe write per second (a flood of health checks must not compete with webhooks for SQLite's
+/// write lock).
+const DB_PROBE_REUSE: Duration = Duration::from_secs(1);
+
+/// The database probe in progress or just finished: concurrent `/health` requests share it, so a stuck
+/// database holds one pooled connection for the probe, not one per request.
 #[derive(Default)]
-pub struct DbProbe(std::sync::Mutex<Option<watch::Receiver<Stage>>>);
+pub struct DbProbe(std::sync::Mutex<Option<(watch::Receiver<Stage>, std::time::Instant)>>);
 
 async fn database_health(state: &AppState) -> DbHealth {
     let mut rx = {
         let mut current = state.db_probe.0.lock().unwrap_or_else(|p| p.into_inner());
         match current.as_ref() {
-            Some(rx) if !matches!(*rx.borrow(), Stage::Done(_)) => rx.clone(),
+            Some((rx, started))
+                if !matches!(*rx.borrow(), Stage::Done(_))
+                    || started.elapsed() < DB_PROBE_REUSE =>
+            {
+                rx.clone()
+            }
             _ => {
                 let (tx, rx) = watch::channel(Stage::Reading);
                 tokio::spawn(probe_database(state.service.clone(), tx));
-                *current = Some(rx.clone());
+                *current = Some((rx.clone(), std::time::Instant::now()));
                 rx
             }
         }
