@@ -23,19 +23,33 @@ impl Store {
 
     /// Rewrites the one `health_probe` row in a committed transaction: the database takes writes (a
     /// SQLite write lock held elsewhere waits here, a full disk fails the commit).
+    ///
+    /// The transaction is plain SQL on one connection, and a connection whose probe failed is closed, not
+    /// returned to the pool: after a failed `COMMIT` (disk full) SQLite may or may not have rolled back,
+    /// and a pooled connection left inside a transaction would hold the write lock for good.
     pub async fn probe_write(&self) -> Result<(), (ProbeFailure, sqlx::Error)> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|e| (classify_write(&e), e))?;
         let write = async {
-            let mut tx = self.pool.begin().await?;
+            sqlx::query("BEGIN").execute(&mut *conn).await?;
             sqlx::query(
                 "INSERT INTO health_probe (id, checked_at) VALUES (1, $1) \
                  ON CONFLICT (id) DO UPDATE SET checked_at = $1",
             )
             .bind(now())
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
-            tx.commit().await
+            sqlx::query("COMMIT").execute(&mut *conn).await?;
+            Ok(())
         };
-        write.await.map_err(|e| (classify_write(&e), e))
+        let result: Result<(), sqlx::Error> = write.await;
+        if result.is_err() {
+            conn.close_on_drop();
+        }
+        result.map_err(|e| (classify_write(&e), e))
     }
 }
 
