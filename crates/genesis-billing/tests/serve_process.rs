@@ -875,6 +875,37 @@ async fn health_answers_within_2_seconds_with_fixed_codes_when_postgres_refuses_
     .await;
     assert_eq!(body["database_kind"], "postgres");
 
+    // Read-only (as a standby or a full-disk safeguard would make it): reads work, the write probe fails.
+    let terminate =
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'");
+    for sql in [
+        format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = on",
+            db.name
+        ),
+        terminate.clone(),
+    ] {
+        sqlx::query(&sql).execute(&mut admin).await.unwrap();
+    }
+    let (status, _) = health_until(&client, &health, Duration::from_secs(10), |_, b| {
+        b["database"] == "not_writable"
+    })
+    .await;
+    assert_eq!(status, 503);
+    for sql in [
+        format!(
+            "ALTER DATABASE {} RESET default_transaction_read_only",
+            db.name
+        ),
+        terminate.clone(),
+    ] {
+        sqlx::query(&sql).execute(&mut admin).await.unwrap();
+    }
+    health_until(&client, &health, Duration::from_secs(10), |s, b| {
+        s == 200 && b["database"] == "ok"
+    })
+    .await;
+
     // The role may no longer log in, and its sessions are ended: PostgreSQL refuses every new connection
     // with an error naming the role.
     for sql in [
