@@ -192,6 +192,47 @@ pub struct Settings {
     pub db_max_connections: u32,
     /// PostgreSQL `statement_timeout` per connection, in milliseconds (0 = the server's default).
     pub db_statement_timeout_ms: u64,
+    /// How `serve` bounds slow and hostile clients.
+    pub serve: ServeSettings,
+}
+
+/// Limits of `serve`'s listeners; a client that breaks them is cut off, and other clients keep being served.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// A connection must deliver a request's complete header within this (also the idle keep-alive limit).
+    pub header_read_timeout_secs: u64,
+    /// A request's whole body must arrive within this after its header.
+    pub body_read_timeout_secs: u64,
+    /// Open connections per listener; further clients wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Webhook requests handled at once; beyond it, 503 at once.
+    pub max_in_flight_webhook: usize,
+    /// Admin API requests handled at once; beyond it, 503 at once.
+    pub max_in_flight_admin: usize,
+    /// `/health` and `/metrics` requests handled at once; beyond it, 503 at once.
+    pub max_in_flight_ops: usize,
+    /// After SIGTERM, how long requests in flight may take before their connections are closed.
+    pub shutdown_grace_secs: u64,
+    /// A separate address for `/health` and `/metrics` (then not served on `listen`).
+    pub ops_listen: Option<SocketAddr>,
+    /// Bearer token `/health` and `/metrics` require, when set.
+    pub metrics_token: Option<SecretString>,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            max_connections: 512,
+            max_in_flight_webhook: 128,
+            max_in_flight_admin: 64,
+            max_in_flight_ops: 16,
+            shutdown_grace_secs: 25,
+            ops_listen: None,
+            metrics_token: None,
+        }
+    }
 }
 
 /// Settings given as command-line flags (all optional).
@@ -223,6 +264,15 @@ struct FileConfig {
     stripe_max_attempts: Option<u32>,
     stripe_retry_base_ms: Option<u64>,
     stripe_rate_limit: Option<u32>,
+    header_read_timeout_secs: Option<u64>,
+    body_read_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    max_in_flight_webhook: Option<usize>,
+    max_in_flight_admin: Option<usize>,
+    max_in_flight_ops: Option<usize>,
+    shutdown_grace_secs: Option<u64>,
+    ops_listen: Option<String>,
+    metrics_token: Option<String>,
 }
 
 /// Where environment variables come from; tests pass a map instead of touching the process environment.
@@ -382,6 +432,7 @@ impl Settings {
             Some(p) => read_file_config(p)?,
             None => FileConfig::default(),
         };
+        let serve = serve_settings(&file, env)?;
 
         // The key: flag, config file, then the three variables in order; first one set wins.
         let mut key_source = None;
@@ -548,11 +599,18 @@ impl Settings {
         }
         let db_statement_timeout_ms =
             env_num(env, "GENESIS_BILLING_DB_STATEMENT_TIMEOUT_MS", 30_000u64)?;
+        if serve.ops_listen == Some(listen) && listen.port() != 0 {
+            return Err(invalid(
+                "GENESIS_BILLING_OPS_LISTEN",
+                "must differ from GENESIS_BILLING_LISTEN",
+            ));
+        }
 
         Ok(Self {
             database_url,
             db_max_connections,
             db_statement_timeout_ms,
+            serve,
             stripe,
             key_mode,
             rollout_percent,
@@ -592,6 +650,106 @@ impl Settings {
             .map(|s| s.mode.as_str())
             .unwrap_or("disabled")
     }
+}
+
+/// `serve`'s limits: config file, then environment, then defaults; each within a sane range.
+fn serve_settings(file: &FileConfig, env: &dyn Env) -> Result<ServeSettings, ConfigError> {
+    fn bounded<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+        from_file: Option<T>,
+        env: &dyn Env,
+        name: &str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError> {
+        let v = match from_file {
+            Some(v) => v,
+            None => env_num(env, name, default)?,
+        };
+        if !range.contains(&v) {
+            return Err(invalid(
+                name,
+                format!("expected {} to {}", range.start(), range.end()),
+            ));
+        }
+        Ok(v)
+    }
+    let d = ServeSettings::default();
+    let ops_listen = match file
+        .ops_listen
+        .clone()
+        .or_else(|| env.var("GENESIS_BILLING_OPS_LISTEN"))
+    {
+        Some(v) if !v.trim().is_empty() => Some(
+            v.trim()
+                .parse()
+                .map_err(|_| invalid("GENESIS_BILLING_OPS_LISTEN", "expected HOST:PORT"))?,
+        ),
+        _ => None,
+    };
+    let metrics_token = match &file.metrics_token {
+        Some(t) => {
+            let t = SecretString::from(t.trim().to_owned());
+            if t.expose_secret().is_empty() {
+                return Err(invalid("metrics_token", "is empty"));
+            }
+            Some(t)
+        }
+        None => secret_var(env, "GENESIS_BILLING_METRICS_TOKEN")?
+            .map(|t| SecretString::from(t.expose_secret().trim().to_owned())),
+    };
+    Ok(ServeSettings {
+        header_read_timeout_secs: bounded(
+            file.header_read_timeout_secs,
+            env,
+            "GENESIS_BILLING_HEADER_READ_TIMEOUT_SECS",
+            d.header_read_timeout_secs,
+            1..=300,
+        )?,
+        body_read_timeout_secs: bounded(
+            file.body_read_timeout_secs,
+            env,
+            "GENESIS_BILLING_BODY_READ_TIMEOUT_SECS",
+            d.body_read_timeout_secs,
+            1..=3600,
+        )?,
+        max_connections: bounded(
+            file.max_connections,
+            env,
+            "GENESIS_BILLING_MAX_CONNECTIONS",
+            d.max_connections,
+            1..=1_000_000,
+        )?,
+        max_in_flight_webhook: bounded(
+            file.max_in_flight_webhook,
+            env,
+            "GENESIS_BILLING_MAX_IN_FLIGHT_WEBHOOK",
+            d.max_in_flight_webhook,
+            1..=100_000,
+        )?,
+        max_in_flight_admin: bounded(
+            file.max_in_flight_admin,
+            env,
+            "GENESIS_BILLING_MAX_IN_FLIGHT_ADMIN",
+            d.max_in_flight_admin,
+            1..=100_000,
+        )?,
+        max_in_flight_ops: bounded(
+            file.max_in_flight_ops,
+            env,
+            "GENESIS_BILLING_MAX_IN_FLIGHT_OPS",
+            d.max_in_flight_ops,
+            1..=100_000,
+        )?,
+        shutdown_grace_secs: bounded(
+            file.shutdown_grace_secs,
+            env,
+            "GENESIS_BILLING_SHUTDOWN_GRACE_SECS",
+            d.shutdown_grace_secs,
+            0..=3600,
+        )?,
+        ops_listen,
+        metrics_token,
+    })
 }
 
 fn env_num<T: std::str::FromStr>(env: &dyn Env, name: &str, default: T) -> Result<T, ConfigError> {
@@ -926,5 +1084,107 @@ mod tests {
         };
         let msg = Settings::load(&flags, &[]).unwrap_err().to_string();
         assert!(!msg.contains("SECRETSECRET"), "{msg}");
+    }
+
+    #[test]
+    fn serve_limits_have_safe_defaults_and_come_from_the_file_then_the_environment() {
+        let s = load(&[]).unwrap().serve;
+        assert_eq!(
+            (
+                s.header_read_timeout_secs,
+                s.body_read_timeout_secs,
+                s.max_connections,
+                s.max_in_flight_webhook,
+                s.max_in_flight_admin,
+                s.max_in_flight_ops,
+                s.shutdown_grace_secs,
+            ),
+            (10, 30, 512, 128, 64, 16, 25)
+        );
+        assert!(s.ops_listen.is_none() && s.metrics_token.is_none());
+        let s = load(&[
+            ("GENESIS_BILLING_HEADER_READ_TIMEOUT_SECS", "2"),
+            ("GENESIS_BILLING_MAX_CONNECTIONS", "100"),
+            ("GENESIS_BILLING_OPS_LISTEN", "127.0.0.1:9090"),
+        ])
+        .unwrap()
+        .serve;
+        assert_eq!((s.header_read_timeout_secs, s.max_connections), (2, 100));
+        assert_eq!(s.ops_listen, Some("127.0.0.1:9090".parse().unwrap()));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "max_in_flight_webhook = 7\nshutdown_grace_secs = 3\nops_listen = \"127.0.0.1:9191\"\n",
+        )
+        .unwrap();
+        let flags = Flags {
+            config_file: Some(path),
+            ..Flags::default()
+        };
+        let s = Settings::load(
+            &flags,
+            &[
+                ("GENESIS_BILLING_MAX_IN_FLIGHT_WEBHOOK", "9"),
+                ("GENESIS_BILLING_SHUTDOWN_GRACE_SECS", "4"),
+            ],
+        )
+        .unwrap()
+        .serve;
+        assert_eq!((s.max_in_flight_webhook, s.shutdown_grace_secs), (7, 3));
+        assert_eq!(s.ops_listen, Some("127.0.0.1:9191".parse().unwrap()));
+    }
+
+    #[test]
+    fn out_of_range_or_malformed_serve_limits_are_refused() {
+        for (name, bad) in [
+            ("GENESIS_BILLING_HEADER_READ_TIMEOUT_SECS", "0"),
+            ("GENESIS_BILLING_HEADER_READ_TIMEOUT_SECS", "301"),
+            ("GENESIS_BILLING_BODY_READ_TIMEOUT_SECS", "0"),
+            ("GENESIS_BILLING_MAX_CONNECTIONS", "0"),
+            ("GENESIS_BILLING_MAX_CONNECTIONS", "lots"),
+            ("GENESIS_BILLING_MAX_IN_FLIGHT_WEBHOOK", "0"),
+            ("GENESIS_BILLING_MAX_IN_FLIGHT_ADMIN", "-1"),
+            ("GENESIS_BILLING_MAX_IN_FLIGHT_OPS", "0"),
+            ("GENESIS_BILLING_SHUTDOWN_GRACE_SECS", "3601"),
+            ("GENESIS_BILLING_OPS_LISTEN", "localhost"),
+        ] {
+            let err = load(&[(name, bad)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={bad}: {err}");
+        }
+        let err = load(&[
+            ("GENESIS_BILLING_LISTEN", "127.0.0.1:8080"),
+            ("GENESIS_BILLING_OPS_LISTEN", "127.0.0.1:8080"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("must differ"), "{err}");
+    }
+
+    #[test]
+    fn the_metrics_token_is_a_secret_read_from_a_value_or_a_file() {
+        let s = load(&[("GENESIS_BILLING_METRICS_TOKEN", " tok-SECRET ")]).unwrap();
+        assert_eq!(
+            s.serve.metrics_token.as_ref().unwrap().expose_secret(),
+            "tok-SECRET"
+        );
+        assert!(!format!("{s:?}").contains("tok-SECRET"));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "tok-FROMFILE\n").unwrap();
+        let s = load(&[("GENESIS_BILLING_METRICS_TOKEN_FILE", path.to_str().unwrap())]).unwrap();
+        assert_eq!(
+            s.serve.metrics_token.unwrap().expose_secret(),
+            "tok-FROMFILE"
+        );
+        assert!(matches!(
+            load(&[
+                ("GENESIS_BILLING_METRICS_TOKEN", "a"),
+                ("GENESIS_BILLING_METRICS_TOKEN_FILE", path.to_str().unwrap()),
+            ])
+            .unwrap_err(),
+            ConfigError::BothValueAndFile(_)
+        ));
+        assert!(load(&[("GENESIS_BILLING_METRICS_TOKEN", "  ")]).is_err());
     }
 }

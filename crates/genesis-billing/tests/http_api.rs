@@ -310,6 +310,7 @@ async fn health_reports_every_field_and_no_secret() {
     };
     assert_eq!(v["status"], "ok");
     assert_eq!(v["stripe_ready"], true);
+    assert_eq!(v["stripe"], "ok");
     assert_eq!(v["stripe_mode"], "test");
     assert_eq!(v["stripe_key_is_test"], true);
     assert_eq!(v["database"], "ok");

@@ -48,7 +48,13 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| ApiError::new(e.status(), "invalid_request", e.body_text()))?;
+    let body = body.map_err(|e| {
+        if super::server::is_body_timeout(&e) {
+            super::error::body_timeout()
+        } else {
+            ApiError::new(e.status(), "invalid_request", e.body_text())
+        }
+    })?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {

@@ -35,6 +35,15 @@ impl ApiError {
     }
 }
 
+/// 408: the request body did not arrive within `GENESIS_BILLING_BODY_READ_TIMEOUT_SECS`.
+pub fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body did not arrive in time",
+    )
+}
+
 impl From<BillingError> for ApiError {
     fn from(e: BillingError) -> Self {
         match e {

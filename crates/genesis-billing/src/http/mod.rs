@@ -3,6 +3,7 @@
 mod admin;
 pub mod error;
 mod ops;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +20,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::RwLock;
 
 use crate::billing::BillingService;
+use crate::config::ServeSettings;
 use crate::webhook::Inbox;
 use error::{ApiError, REQUEST_ID};
+use server::{Gate, Limits};
 
 /// Largest admin request body; business records are small.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
@@ -42,6 +45,45 @@ pub struct AppState {
     pub stripe_mode: &'static str,
     pub key_is_test: bool,
     pub catalog: RwLock<CatalogHealth>,
+    /// Stripe's reachability as the last background check found it (a fixed code, see `ops::StripeHealth`).
+    stripe: std::sync::Mutex<ops::StripeHealth>,
+    /// The database probe in progress or last finished (one at a time, whatever the request rate).
+    db_probe: ops::DbProbe,
+    /// Connection limits of every listener.
+    pub limits: Limits,
+    /// Separate in-flight budgets: a flood of one class leaves the others answering.
+    gates: Gates,
+    /// SHA-256 of the token `/health` and `/metrics` require, when one is configured.
+    metrics_token_digest: Option<[u8; 32]>,
+    /// Where `/health` and `/metrics` are served when not on the main listener.
+    pub ops_listen: Option<SocketAddr>,
+}
+
+struct Gates {
+    webhook: Gate,
+    admin: Gate,
+    ops: Gate,
+}
+
+impl Gates {
+    fn of(s: &ServeSettings) -> Self {
+        Self {
+            webhook: Gate::new("webhook", s.max_in_flight_webhook),
+            admin: Gate::new("admin", s.max_in_flight_admin),
+            ops: Gate::new("ops", s.max_in_flight_ops),
+        }
+    }
+}
+
+/// Constant-time comparison of a presented token's digest with the known digests.
+fn digest_matches(known: &[[u8; 32]], presented: &str) -> bool {
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let mut ok = 0u8;
+    for k in known {
+        let diff = k.iter().zip(&digest).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        ok |= u8::from(diff == 0);
+    }
+    ok == 1
 }
 
 impl AppState {
@@ -62,27 +104,56 @@ impl AppState {
             stripe_mode,
             key_is_test,
             catalog: RwLock::new(CatalogHealth::Unchecked),
+            stripe: std::sync::Mutex::new(ops::StripeHealth::Unchecked),
+            db_probe: ops::DbProbe::default(),
+            limits: Limits::default(),
+            gates: Gates::of(&ServeSettings::default()),
+            metrics_token_digest: None,
+            ops_listen: None,
         }
+    }
+
+    /// Applies `serve`'s limits, ops listener and metrics token.
+    pub fn with_serve_settings(mut self, s: &ServeSettings) -> Self {
+        self.limits = Limits {
+            header_read_timeout: Duration::from_secs(s.header_read_timeout_secs),
+            body_read_timeout: Duration::from_secs(s.body_read_timeout_secs),
+            max_connections: s.max_connections,
+            shutdown_grace: Duration::from_secs(s.shutdown_grace_secs),
+        };
+        self.gates = Gates::of(s);
+        self.metrics_token_digest = s
+            .metrics_token
+            .as_ref()
+            .map(|t| Sha256::digest(t.expose_secret().as_bytes()).into());
+        self.ops_listen = s.ops_listen;
+        self
     }
 
     /// Whether `presented` equals a configured token. Digests have equal length, and the comparison
     /// visits every byte of every token, so timing reveals nothing.
     fn admin_token_ok(&self, presented: &str) -> bool {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let mut ok = 0u8;
-        for known in &self.admin_token_digests {
-            let diff = known
-                .iter()
-                .zip(&digest)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-            ok |= u8::from(diff == 0);
-        }
-        ok == 1
+        digest_matches(&self.admin_token_digests, presented)
     }
 }
 
-/// The full router.
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Everything (no separate ops listener).
+    All,
+    /// The admin API, webhooks and the OpenAPI document.
+    Public,
+    /// `/health` and `/metrics`.
+    Ops,
+}
+
+/// The full router: every route on one listener.
 pub fn router(state: Arc<AppState>) -> Router {
+    router_for(state, Role::All)
+}
+
+fn router_for(state: Arc<AppState>, role: Role) -> Router {
     let admin = Router::new()
         .route("/v1/businesses", post(admin::create).get(admin::list))
         .route(
@@ -91,19 +162,37 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/businesses/{id}/checkout", post(admin::checkout))
         .route("/v1/revenue", get(admin::revenue))
+        .route_layer(middleware::from_fn_with_state(state.clone(), admin_gate))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT));
-    let open = Router::new()
+    let ops = Router::new()
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), ops_gate))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_metrics_token,
+        ));
+    let public = Router::new()
+        // A static document: no budget, so a flood of it on a public listener cannot take the ops
+        // budget that `/health` needs on the internal one.
         .route("/openapi.json", get(ops::openapi))
         // The webhook handler enforces its own 1 MiB limit so an oversized body is counted as `too_large`.
         .route(
             "/stripe/webhook",
-            post(ops::webhook).layer(DefaultBodyLimit::disable()),
+            post(ops::webhook)
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    ops::webhook_gate,
+                ))
+                .layer(DefaultBodyLimit::disable()),
         );
-    admin
-        .merge(open)
+    let routes = match role {
+        Role::All => admin.merge(public).merge(ops),
+        Role::Public => admin.merge(public),
+        Role::Ops => ops,
+    };
+    routes
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -158,6 +247,65 @@ async fn request_context(request: Request, next: Next) -> Response {
     response
 }
 
+/// 503 with `Retry-After` when a class is at its in-flight limit.
+fn overloaded() -> Response {
+    let mut r = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "too many requests in progress; try again shortly",
+    )
+    .into_response();
+    r.headers_mut()
+        .insert("retry-after", HeaderValue::from_static("1"));
+    r
+}
+
+async fn admin_gate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match state.gates.admin.try_enter() {
+        Some(_slot) => next.run(request).await,
+        None => overloaded(),
+    }
+}
+
+async fn ops_gate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match state.gates.ops.try_enter() {
+        Some(_slot) => next.run(request).await,
+        None => overloaded(),
+    }
+}
+
+/// `/health` and `/metrics` behind `GENESIS_BILLING_METRICS_TOKEN`, when it is set.
+async fn require_metrics_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(known) = &state.metrics_token_digest else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token) if digest_matches(std::slice::from_ref(known), token) => {
+            next.run(request).await
+        }
+        _ => {
+            let mut r = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            r
+        }
+    }
+}
+
 async fn require_admin(
     State(state): State<Arc<AppState>>,
     request: Request,
@@ -195,15 +343,19 @@ async fn require_admin(
 /// A running service; dropping it does not stop it, `shutdown` does.
 pub struct Running {
     pub addr: SocketAddr,
-    shutdown: tokio::sync::watch::Sender<bool>,
+    /// The ops listener (`/health`, `/metrics`), when separate.
+    pub ops_addr: Option<SocketAddr>,
+    shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish, and stops the background loops.
+    /// Stops accepting, lets in-flight requests finish (within the grace period), and stops the
+    /// background loops.
     pub async fn shutdown(self) -> std::io::Result<()> {
-        let _ = self.shutdown.send(true);
+        tracing::info!("shutting down: finishing in-flight requests");
+        self.shutdown.send_replace(true);
         for task in self.background {
             task.abort();
         }
@@ -231,7 +383,8 @@ pub struct Schedule {
     pub reconcile: Option<Duration>,
 }
 
-/// Binds `addr`, resumes unfinished work, starts the background loops and serves until shutdown.
+/// Binds `addr` (and the state's ops address, if any), resumes unfinished work, starts the background
+/// loops and serves until shutdown.
 pub async fn start(
     state: Arc<AppState>,
     addr: SocketAddr,
@@ -239,7 +392,11 @@ pub async fn start(
     stop_on_signal: bool,
 ) -> std::io::Result<Running> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    start_on(state, listener, schedule, stop_on_signal)
+    let ops = match state.ops_listen {
+        Some(ops) => Some(tokio::net::TcpListener::bind(ops).await?),
+        None => None,
+    };
+    start_listeners(state, listener, ops, schedule, stop_on_signal)
 }
 
 /// As `start`, on a listener the caller bound (tests learn the address before building the state).
@@ -249,27 +406,51 @@ pub fn start_on(
     schedule: Schedule,
     stop_on_signal: bool,
 ) -> std::io::Result<Running> {
+    start_listeners(state, listener, None, schedule, stop_on_signal)
+}
+
+/// As `start_on`, with `/health` and `/metrics` on `ops` instead of `listener` when given.
+pub fn start_listeners(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    ops: Option<tokio::net::TcpListener>,
+    schedule: Schedule,
+    stop_on_signal: bool,
+) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let app = router(state.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                if stop_on_signal {
-                    tokio::select! {
-                        _ = shutdown_signal() => {}
-                        _ = rx.changed() => {}
-                    }
-                } else {
-                    let _ = rx.changed().await;
-                }
-                tracing::info!("shutting down: finishing in-flight requests");
+    let ops_addr = ops.as_ref().map(|l| l.local_addr()).transpose()?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let tx = Arc::new(tx);
+    let limits = state.limits.clone();
+    let mut background = Vec::new();
+    if stop_on_signal {
+        let tx = tx.clone();
+        background.push(tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            tx.send_replace(true);
+        }));
+    }
+    let server = match ops {
+        None => tokio::spawn(server::run(listener, router(state.clone()), limits, rx)),
+        Some(ops) => {
+            let main = server::run(
+                listener,
+                router_for(state.clone(), Role::Public),
+                limits.clone(),
+                rx.clone(),
+            );
+            let ops = server::run(ops, router_for(state.clone(), Role::Ops), limits, rx);
+            tokio::spawn(async move {
+                let (a, b) = tokio::join!(main, ops);
+                a.and(b)
             })
-            .await
-    });
-    let background = ops::spawn_background(state, schedule);
+        }
+    };
+    background.extend(ops::spawn_background(state, schedule));
     Ok(Running {
         addr,
+        ops_addr,
         shutdown: tx,
         server,
         background,

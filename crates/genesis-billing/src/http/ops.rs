@@ -4,36 +4,197 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use tokio::sync::watch;
 
 use super::error::ApiError;
 use super::{AppState, CatalogHealth, Schedule};
-use crate::store::JobLease;
+use crate::billing::{BillingError, BillingService};
+use crate::store::{JobLease, ProbeFailure};
+use crate::stripe::StripeError;
+use crate::webhook::signature;
 use crate::webhook::{ReceiveError, Received, Rejection, MAX_BODY};
 
-/// `GET /health` (SPEC §5). 503 only when the database is unreachable: Stripe problems degrade, not kill.
-pub async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let database = match state.service.store().ping().await {
-        Ok(()) => "ok".to_owned(),
-        Err(e) => format!("error: {e}"),
+/// How long `/health` waits for the database probe: with the rest, it answers within 2 s whatever the
+/// database does.
+const DB_PROBE_DEADLINE: Duration = Duration::from_millis(1500);
+/// How often the background check asks Stripe once everything is fine (and 30 s while it is not).
+const STRIPE_RECHECK: Duration = Duration::from_secs(60);
+const STRIPE_RETRY: Duration = Duration::from_secs(30);
+/// Upper bound on one background Stripe check, retries included.
+const STRIPE_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `/health` says about the database: a fixed code; the error itself goes to the log only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbHealth {
+    Ok,
+    /// No connection (refused, authentication failed, no such database, pool exhausted).
+    Unreachable,
+    /// Did not answer a read within the deadline.
+    Timeout,
+    /// Answers reads but a write failed or did not finish in time (locked, read-only, disk full).
+    NotWritable,
+}
+
+impl DbHealth {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Unreachable => "unreachable",
+            Self::Timeout => "timeout",
+            Self::NotWritable => "not_writable",
+        }
+    }
+}
+
+/// What `/health` says about Stripe, from the last background check (never a call per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripeHealth {
+    Unchecked,
+    Ok,
+    Disabled,
+    Unreachable,
+    Timeout,
+    AuthFailed,
+    RateLimited,
+    Error,
+}
+
+impl StripeHealth {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Unchecked => "unchecked",
+            Self::Ok => "ok",
+            Self::Disabled => "disabled",
+            Self::Unreachable => "unreachable",
+            Self::Timeout => "timeout",
+            Self::AuthFailed => "auth_failed",
+            Self::RateLimited => "rate_limited",
+            Self::Error => "error",
+        }
+    }
+
+    fn of(e: &StripeError) -> Self {
+        match e {
+            StripeError::Connection(_) => Self::Unreachable,
+            StripeError::Timeout => Self::Timeout,
+            StripeError::Api(a) if a.status == 401 || a.status == 403 => Self::AuthFailed,
+            StripeError::Api(a) if a.status == 429 => Self::RateLimited,
+            _ => Self::Error,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Reading,
+    Writing,
+    Done(DbHealth),
+}
+
+/// A finished probe's result is reused this long: however often `/health` is called, the database sees at
+/// most one probe write per second (a flood of health checks must not compete with webhooks for SQLite's
+/// write lock).
+const DB_PROBE_REUSE: Duration = Duration::from_secs(1);
+
+/// The database probe in progress or just finished: concurrent `/health` requests share it, so a stuck
+/// database holds one pooled connection for the probe, not one per request.
+#[derive(Default)]
+pub struct DbProbe(std::sync::Mutex<Option<(watch::Receiver<Stage>, std::time::Instant)>>);
+
+async fn database_health(state: &AppState) -> DbHealth {
+    let mut rx = {
+        let mut current = state.db_probe.0.lock().unwrap_or_else(|p| p.into_inner());
+        match current.as_ref() {
+            Some((rx, started))
+                if !matches!(*rx.borrow(), Stage::Done(_))
+                    || started.elapsed() < DB_PROBE_REUSE =>
+            {
+                rx.clone()
+            }
+            _ => {
+                let (tx, rx) = watch::channel(Stage::Reading);
+                tokio::spawn(probe_database(state.service.clone(), tx));
+                *current = Some((rx.clone(), std::time::Instant::now()));
+                rx
+            }
+        }
     };
+    let finished = match tokio::time::timeout(
+        DB_PROBE_DEADLINE,
+        rx.wait_for(|s| matches!(s, Stage::Done(_))),
+    )
+    .await
+    {
+        Ok(Ok(stage)) => Some(*stage),
+        Ok(Err(_)) => Some(Stage::Done(DbHealth::Unreachable)),
+        Err(_) => None,
+    };
+    let stage = finished.unwrap_or_else(|| {
+        let stage = *rx.borrow();
+        tracing::warn!(
+            stage = ?stage,
+            "health: the database probe did not finish within {DB_PROBE_DEADLINE:?}"
+        );
+        stage
+    });
+    match stage {
+        Stage::Done(h) => h,
+        Stage::Reading => DbHealth::Timeout,
+        Stage::Writing => DbHealth::NotWritable,
+    }
+}
+
+/// A read, then a committed write; reports each stage so a waiter that gives up knows which one hung.
+async fn probe_database(service: Arc<BillingService>, tx: watch::Sender<Stage>) {
+    let store = service.store();
+    let health = match store.probe_read().await {
+        Err((_, e)) => {
+            tracing::warn!(error = %e, "health: database read probe failed");
+            DbHealth::Unreachable
+        }
+        Ok(()) => {
+            tx.send_replace(Stage::Writing);
+            match store.probe_write().await {
+                Ok(()) => DbHealth::Ok,
+                Err((failure, e)) => {
+                    tracing::warn!(error = %e, "health: database write probe failed");
+                    match failure {
+                        ProbeFailure::Unreachable => DbHealth::Unreachable,
+                        ProbeFailure::NotWritable => DbHealth::NotWritable,
+                    }
+                }
+            }
+        }
+    };
+    tx.send_replace(Stage::Done(health));
+}
+
+/// `GET /health` (SPEC §5). 503 only when the database is not usable: Stripe problems degrade, not kill.
+/// Every value is a fixed code (README); details go to the log. Answers within 2 s.
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let database = database_health(&state).await;
     let catalog = match &*state.catalog.read().await {
         CatalogHealth::Unchecked => "unchecked".to_owned(),
         CatalogHealth::Verified => "verified".to_owned(),
         CatalogHealth::Problem(p) => p.clone(),
     };
-    let stripe_ready = state.service.payments_enabled() && catalog == "verified";
-    let db_ok = database == "ok";
-    let ok = db_ok && (stripe_ready || !state.service.payments_enabled());
+    let stripe = *state.stripe.lock().unwrap_or_else(|p| p.into_inner());
+    let payments = state.service.payments_enabled();
+    let stripe_ready = payments && catalog == "verified" && stripe == StripeHealth::Ok;
+    let db_ok = database == DbHealth::Ok;
+    let ok = db_ok && (stripe_ready || !payments);
     let body = serde_json::json!({
         "status": if ok { "ok" } else { "degraded" },
         "stripe_ready": stripe_ready,
+        "stripe": stripe.as_str(),
         "stripe_mode": state.stripe_mode,
         "stripe_key_is_test": state.key_is_test,
-        "database": database,
+        "database": database.as_str(),
         "database_kind": state.service.store().backend().as_str(),
         "catalog": catalog,
         "webhook_secret_configured": state.inbox.has_secret(),
@@ -71,15 +232,57 @@ pub async fn openapi() -> Response {
         .into_response()
 }
 
+/// Before a webhook's body is read: a secret must be configured, the `Stripe-Signature` header present
+/// and well formed, and a declared length within 1 MiB; then a slot in the webhook in-flight budget.
+pub async fn webhook_gate(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !state.inbox.has_secret() {
+        return rejected(&state, Rejection::NoSecret);
+    }
+    let shape = match request.headers().get("stripe-signature") {
+        None => Err(Rejection::MissingSignature),
+        Some(v) => match v.to_str() {
+            Ok(v) => signature::check_header(v),
+            Err(_) => Err(Rejection::MalformedSignature),
+        },
+    };
+    if let Err(r) = shape {
+        return rejected(&state, r);
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return rejected(&state, Rejection::TooLarge);
+    }
+    match state.gates.webhook.try_enter() {
+        Some(_slot) => next.run(request).await,
+        None => super::overloaded(),
+    }
+}
+
 /// `POST /stripe/webhook`: raw bytes → signature → store by id → apply → acknowledge.
 pub async fn webhook(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // A chunked body is cut off at the limit while it is read; the read has a deadline (server.rs).
     let bytes = match axum::body::to_bytes(body, MAX_BODY + 1).await {
         Ok(b) => b,
-        Err(_) => return rejected(&state, Rejection::TooLarge),
+        Err(e) if super::server::is_body_timeout(&e) => {
+            return super::error::body_timeout().into_response();
+        }
+        Err(e) if is_length_limit(&e) => return rejected(&state, Rejection::TooLarge),
+        Err(e) => {
+            tracing::debug!(error = %e, "webhook body could not be read");
+            return ApiError::bad_request("the request body could not be read").into_response();
+        }
     };
     let signature = headers
         .get("stripe-signature")
@@ -99,7 +302,20 @@ pub async fn webhook(
     }
 }
 
+/// Whether a body error is the 1 MiB limit being reached.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn rejected(state: &AppState, r: Rejection) -> Response {
+    tracing::warn!(reason = r.reason(), "webhook rejected");
     state
         .service
         .metrics()
@@ -129,29 +345,52 @@ pub fn spawn_background(
     let mut tasks = Vec::new();
     let s = state.clone();
     tasks.push(tokio::spawn(async move {
-        // Verify the catalog until it resolves: serve starts even when Stripe is unreachable (SPEC §5).
+        // Verify the catalog until it resolves, then keep checking Stripe now and then so `/health` can
+        // say whether it is reachable without calling it per request. serve starts even when Stripe is
+        // unreachable (SPEC §5).
         if !s.service.payments_enabled() {
             *s.catalog.write().await = CatalogHealth::Problem("payments disabled".into());
+            *s.stripe.lock().unwrap_or_else(|p| p.into_inner()) = StripeHealth::Disabled;
             return;
         }
         loop {
-            let health = match s.service.resolve_prices().await {
-                Ok(missing) if missing.is_empty() => CatalogHealth::Verified,
-                Ok(missing) => CatalogHealth::Problem(format!(
-                    "unresolved lookup keys: {}",
-                    missing.join(", ")
-                )),
-                Err(e) => CatalogHealth::Problem(format!("cannot reach Stripe: {e}")),
+            let checked =
+                tokio::time::timeout(STRIPE_CHECK_TIMEOUT, s.service.resolve_prices()).await;
+            let (catalog, stripe) = match checked {
+                Ok(Ok(missing)) if missing.is_empty() => {
+                    (Some(CatalogHealth::Verified), StripeHealth::Ok)
+                }
+                Ok(Ok(missing)) => (
+                    Some(CatalogHealth::Problem(format!(
+                        "unresolved lookup keys: {}",
+                        missing.join(", ")
+                    ))),
+                    StripeHealth::Ok,
+                ),
+                Ok(Err(BillingError::Stripe(e))) => {
+                    tracing::warn!(error = %e, "Stripe check failed");
+                    (None, StripeHealth::of(&e))
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Stripe check failed");
+                    (None, StripeHealth::Error)
+                }
+                Err(_) => {
+                    tracing::warn!("Stripe check did not finish within {STRIPE_CHECK_TIMEOUT:?}");
+                    (None, StripeHealth::Timeout)
+                }
             };
-            let verified = matches!(health, CatalogHealth::Verified);
-            if let CatalogHealth::Problem(p) = &health {
+            if let Some(CatalogHealth::Problem(p)) = &catalog {
                 tracing::warn!(problem = %p, "price catalog not verified");
             }
-            *s.catalog.write().await = health;
-            if verified {
-                return;
+            let fine =
+                matches!(catalog, Some(CatalogHealth::Verified)) && stripe == StripeHealth::Ok;
+            // Stripe first: a reader that sees the catalog verified then also sees Stripe's state.
+            *s.stripe.lock().unwrap_or_else(|p| p.into_inner()) = stripe;
+            if let Some(c) = catalog {
+                *s.catalog.write().await = c;
             }
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            tokio::time::sleep(if fine { STRIPE_RECHECK } else { STRIPE_RETRY }).await;
         }
     }));
     let s = state.clone();

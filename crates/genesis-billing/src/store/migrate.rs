@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "business_lease_holder",
         include_str!("../../migrations/0006_business_lease_holder.sql"),
     ),
+    (
+        7,
+        "health_probe",
+        include_str!("../../migrations/0007_health_probe.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet, each in its own transaction that holds the database's

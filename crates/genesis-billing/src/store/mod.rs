@@ -5,6 +5,7 @@
 //! built at run time with many parameters write them with [`Params`] instead.
 
 mod coordination;
+mod health;
 mod migrate;
 mod sqlite_inbox;
 mod webhook_event;
@@ -12,6 +13,7 @@ mod webhook_event;
 pub use coordination::{
     BusinessLease, Holder, HolderState, JobLease, StoreRateBudget, UnfinishedBusiness,
 };
+pub use health::ProbeFailure;
 pub use webhook_event::{
     EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage,
     UNKNOWN_BUSINESS,
