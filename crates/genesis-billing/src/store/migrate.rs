@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "webhook_due",
         include_str!("../../migrations/0005_webhook_due.sql"),
     ),
+    (
+        6,
+        "business_tally",
+        include_str!("../../migrations/0006_business_tally.sql"),
+    ),
 ];
 
 pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<&'static str>, StoreError> {
