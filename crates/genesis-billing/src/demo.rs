@@ -14,7 +14,7 @@ use crate::business::{Business, Lifecycle, NewBusiness};
 use crate::cli::{app_state, build_service, business_table, print_json, revenue_table, Failure};
 use crate::config::{Flags, Settings};
 use crate::metrics::Metrics;
-use crate::revenue::live_mrr;
+use crate::revenue::mrr_from_tally;
 use crate::store::BusinessFilter;
 
 const DEMO_KEY: &str = "sk_test_genesis_demo_key";
@@ -296,12 +296,21 @@ async fn walk_through(
     ));
 
     say.step("records");
+    // The demo's fresh database holds only the businesses it created: one bounded page shows them all.
     let all = service
         .store()
-        .list_businesses(&BusinessFilter::default())
+        .list_businesses(&BusinessFilter {
+            limit: BUSINESSES.len() as i64 + 10,
+            ..BusinessFilter::default()
+        })
         .await
         .context("while reading records")?;
-    let mrr = live_mrr(&all);
+    let tally = service
+        .store()
+        .subscription_tally()
+        .await
+        .context("while reading records")?;
+    let mrr = mrr_from_tally(&tally);
     say.say(business_table(&all).trim_end());
     say.step("revenue (active MRR; incomplete subscriptions earn nothing until paid)");
     say.say(revenue_table(&mrr).trim_end());

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::business::{Business, Lifecycle};
+use crate::store::SubscriptionTally;
 
 /// Stripe's card fee: a share of the charge in basis points plus a fixed amount per charge.
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +135,45 @@ pub fn live_mrr(businesses: &[Business]) -> Vec<MrrLine> {
         .into_values()
         .filter(|l| l.active_count + l.past_due_count + l.trialing_count > 0)
         .collect()
+}
+
+/// Live MRR from the database's tally: the same lines as [`live_mrr`] over every record, from a few rows.
+pub fn mrr_from_tally(tally: &[SubscriptionTally]) -> Vec<MrrLine> {
+    let mut lines: BTreeMap<(String, String), MrrLine> = BTreeMap::new();
+    for t in tally {
+        // As in `live_mrr`: a business counts only with both a price and a currency.
+        let Some(currency) = &t.currency else {
+            continue;
+        };
+        let line = lines
+            .entry((t.business_type.clone(), currency.clone()))
+            .or_insert_with(|| MrrLine {
+                business_type: t.business_type.clone(),
+                currency: currency.clone(),
+                ..MrrLine::default()
+            });
+        let (cents, count) = match t.subscription_status.as_str() {
+            "active" => (&mut line.active_cents, &mut line.active_count),
+            "past_due" => (&mut line.past_due_cents, &mut line.past_due_count),
+            "trialing" => (&mut line.trialing_cents, &mut line.trialing_count),
+            _ => continue,
+        };
+        *cents += t.monthly_cents;
+        *count += t.priced;
+    }
+    lines
+        .into_values()
+        .filter(|l| l.active_count + l.past_due_count + l.trialing_count > 0)
+        .collect()
+}
+
+/// Active businesses by Stripe subscription status, from the database's tally.
+pub fn subscriptions_by_status(tally: &[SubscriptionTally]) -> BTreeMap<String, i64> {
+    let mut by_status = BTreeMap::new();
+    for t in tally {
+        *by_status.entry(t.subscription_status.clone()).or_default() += t.businesses;
+    }
+    by_status
 }
 
 #[cfg(test)]

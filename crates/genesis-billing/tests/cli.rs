@@ -361,3 +361,139 @@ async fn a_sqlite_database_migrated_by_a_newer_version_is_refused_with_a_clear_e
         .unwrap();
     assert_eq!(tables_before, tables_after, "nothing changed");
 }
+
+/// `n` businesses straight into a fresh SQLite file, as an import would leave them; two per second.
+async fn fleet_file(
+    dir: &tempfile::TempDir,
+    n: usize,
+) -> (String, Vec<genesis_billing::business::Business>) {
+    use genesis_billing::business::{Billing, Business, Lifecycle};
+    let url = common::db_url(dir);
+    let store = genesis_billing::store::Store::connect(
+        &genesis_billing::config::DatabaseUrl::new(url.clone()),
+        2,
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let fleet: Vec<Business> = (0..n)
+        .map(|i| Business {
+            business_id: format!("fleet-{i:05}"),
+            name: format!("Fleet {i}"),
+            business_type: ["saas", "api", "content"][i % 3].into(),
+            email: None,
+            created_at: 10_000 + (i as i64) / 2,
+            updated_at: 10_000,
+            status: if i % 11 == 0 {
+                Lifecycle::TakenDown
+            } else {
+                Lifecycle::Active
+            },
+            billing: Billing::Provisioned,
+            billing_error: None,
+            failed_step: None,
+            stripe_customer_id: Some(format!("cus_{i}")),
+            stripe_subscription_id: Some(format!("sub_{i}")),
+            stripe_payment_intent_id: None,
+            subscription_status: Some(
+                ["active", "past_due", "trialing", "incomplete"][i % 4].into(),
+            ),
+            price_lookup_key: None,
+            stripe_price_id: None,
+            monthly_price_cents: Some([500, 1_250][i % 2]),
+            currency: Some(if i % 7 == 0 { "eur" } else { "usd" }.into()),
+            generation: 0,
+            stripe_state_at: 0,
+            taken_down_at: None,
+            takedown_reason: None,
+            takedown_outcome: None,
+        })
+        .collect();
+    for chunk in fleet.chunks(500) {
+        store.insert_businesses(chunk).await.unwrap();
+    }
+    (url, fleet)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn business_list_pages_through_a_fleet_larger_than_a_page_and_revenue_matches_the_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, fleet) = fleet_file(&dir, 2_345).await;
+    let env = [("DATABASE_URL", url.as_str())];
+
+    // Every business, newest first, each exactly once, across three pages of the store.
+    let all = run(&["--json", "business", "list", "--limit", "0"], &env).await;
+    assert_eq!(all.code, 0, "{}", all.stderr);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&all.stdout).unwrap();
+    let ids: Vec<&str> = listed
+        .iter()
+        .map(|b| b["business_id"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<&str> = fleet.iter().map(|b| b.business_id.as_str()).collect();
+    expected.reverse();
+    assert_eq!(ids, expected);
+
+    // A limit above one page, as a table: a header and exactly that many rows, aligned throughout.
+    let table = run(&["business", "list", "--limit", "1500"], &env).await;
+    assert_eq!(table.code, 0, "{}", table.stderr);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 1 + 1_500);
+    assert!(lines[0].starts_with("BUSINESS"));
+    let name_column = lines[0].find("NAME").unwrap();
+    assert!(lines[1..]
+        .iter()
+        .all(|l| l[name_column..].starts_with("Fleet ")));
+    assert!(lines[1].starts_with("fleet-02344"));
+    assert!(lines[1_500].starts_with("fleet-00845"));
+
+    // Resuming after the last id printed continues where the list stopped.
+    let next = run(
+        &[
+            "--json",
+            "business",
+            "list",
+            "--limit",
+            "2",
+            "--after",
+            "fleet-00845",
+        ],
+        &env,
+    )
+    .await;
+    let next: Vec<serde_json::Value> = serde_json::from_str(&next.stdout).unwrap();
+    assert_eq!(next.len(), 2);
+    assert_eq!(
+        (
+            next[0]["business_id"].as_str(),
+            next[1]["business_id"].as_str()
+        ),
+        (Some("fleet-00844"), Some("fleet-00843"))
+    );
+
+    // Past the end: an empty list, in either form.
+    let none = run(
+        &["--json", "business", "list", "--after", "fleet-00000"],
+        &env,
+    )
+    .await;
+    assert_eq!(none.stdout.trim(), "[]");
+    let none = run(&["business", "list", "--after", "fleet-00000"], &env).await;
+    assert_eq!(none.stdout.lines().count(), 1, "{}", none.stdout);
+
+    for bad in [
+        &["business", "list", "--limit", "-1"][..],
+        &["business", "list", "--after", "x' OR 1=1"][..],
+    ] {
+        let r = run(bad, &env).await;
+        assert_eq!(r.code, 2, "{bad:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty());
+    }
+
+    // Live revenue from the database's aggregate equals the per-record computation.
+    let revenue = run(&["--json", "revenue"], &env).await;
+    assert_eq!(revenue.code, 0, "{}", revenue.stderr);
+    let v: serde_json::Value = serde_json::from_str(&revenue.stdout).unwrap();
+    let want = serde_json::to_value(genesis_billing::revenue::live_mrr(&fleet)).unwrap();
+    assert_eq!(v["mrr"], want);
+    assert!(want.as_array().unwrap().len() >= 6);
+}

@@ -390,3 +390,58 @@ async fn the_openapi_document_is_served_and_names_every_admin_route() {
         assert!(doc["paths"][path].is_object(), "{path}");
     }
 }
+
+#[tokio::test]
+async fn concurrent_scrapes_all_see_a_change_another_replica_just_made() {
+    let world = World::new().await;
+    let app = App::start(&world, &[ADMIN_TOKEN], &[], None).await;
+    let id = app.create("Gauge", "saas").await;
+    let scrape = |app: &App| {
+        let req = app.client.get(app.url("/metrics"));
+        async move { req.send().await.unwrap().text().await.unwrap() }
+    };
+    let first = scrape(&app).await;
+    assert!(
+        first.contains("genesis_billing_subscriptions{status=\"incomplete\"} 1\n"),
+        "{first}"
+    );
+    assert!(!first.contains("genesis_billing_mrr_usd{"), "{first}");
+
+    // Another replica on the same database records the subscription as paid.
+    let other = world.second_service().await;
+    other
+        .store()
+        .set_subscription(
+            &id,
+            &genesis_billing::store::SubscriptionRecord {
+                subscription_id: "sub_from_the_other_replica",
+                status: "active",
+                lookup_key: "saas_monthly",
+                price_id: "price_other",
+                monthly_price_cents: 900,
+                currency: "usd",
+                state_at: genesis_billing::store::now(),
+            },
+        )
+        .await
+        .unwrap();
+    let mut scrapes = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        scrapes.spawn(scrape(&app));
+    }
+    while let Some(text) = scrapes.join_next().await {
+        let text = text.unwrap();
+        assert!(
+            text.contains("genesis_billing_subscriptions{status=\"active\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("status=\"incomplete\"} "), "{text}");
+        assert!(
+            text.contains("genesis_billing_mrr_usd{business_type=\"saas\",currency=\"usd\"} 9\n"),
+            "{text}"
+        );
+    }
+    let (status, revenue) = body(app.admin(Method::GET, "/v1/revenue").send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(revenue["totals"]["usd"]["active_cents"], 900, "{revenue}");
+}

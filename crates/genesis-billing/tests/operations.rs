@@ -675,3 +675,61 @@ async fn a_rerun_finishes_a_roll_back_record_cut_between_its_status_and_its_bill
         (Lifecycle::Active, Billing::Skipped, Some("canceled"))
     );
 }
+
+#[tokio::test]
+async fn reconcile_walks_a_fleet_larger_than_a_page_checking_each_business_once() {
+    let world = World::new().await;
+    let provisioned = create(&world, "Provisioned").await;
+    let template = world.record(&provisioned).await;
+    // 2,500 imported businesses: one in ten records a subscription Stripe never had.
+    let fleet: Vec<genesis_billing::business::Business> = (0..2_500)
+        .map(|i| {
+            let mut b = template.clone();
+            b.business_id = format!("walk-{i:05}");
+            b.created_at = 1_000 + i as i64 / 4;
+            b.stripe_customer_id = None;
+            b.stripe_subscription_id = (i % 10 == 0).then(|| format!("sub_never_{i}"));
+            b.billing = if i % 10 == 0 {
+                Billing::Provisioned
+            } else {
+                Billing::Skipped
+            };
+            b.billing_error = None;
+            b
+        })
+        .collect();
+    for chunk in fleet.chunks(500) {
+        world
+            .service
+            .store()
+            .insert_businesses(chunk)
+            .await
+            .unwrap();
+    }
+    let seen = std::sync::Mutex::new(Vec::new());
+    let report = world
+        .service
+        .reconcile(false, &|done, total| {
+            seen.lock().unwrap().push((done, total))
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.businesses, 2_501);
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(seen.len(), 2_501);
+    assert_eq!(seen.last(), Some(&(2_501, 2_501)));
+    let mut unknown: Vec<&str> = report
+        .drift
+        .iter()
+        .filter(|d| d.field == "subscription_id")
+        .map(|d| d.business_id.as_deref().unwrap())
+        .collect();
+    assert_eq!(report.drift.len(), unknown.len(), "{:#?}", report.drift);
+    unknown.sort_unstable();
+    let mut expected: Vec<String> = (0..2_500)
+        .filter(|i| i % 10 == 0)
+        .map(|i| format!("walk-{i:05}"))
+        .collect();
+    expected.sort_unstable();
+    assert_eq!(unknown, expected, "each business checked exactly once");
+}

@@ -6,9 +6,10 @@ mod common;
 use common::postgres::TestDatabase;
 use genesis_billing::business::{Billing, Business, Lifecycle};
 use genesis_billing::config::DatabaseUrl;
+use genesis_billing::revenue::{live_mrr, mrr_from_tally, subscriptions_by_status};
 use genesis_billing::store::{
-    now, BusinessFilter, EventResult, HistoryEntry, Holder, Inserted, JobLease, NewEvent,
-    StatusChange, Store, StoreOptions, SubscriptionRecord, Triage,
+    now, BusinessFilter, BusinessPages, EventResult, HistoryEntry, Holder, Inserted, JobLease,
+    NewEvent, StatusChange, Store, StoreOptions, SubscriptionRecord, Triage,
 };
 use sqlx::Connection;
 
@@ -1031,6 +1032,184 @@ async fn coordination_contract(store: &Store) {
     );
 }
 
+/// A mixed fleet: every type, lifecycle, subscription status, currency and missing field, with ties in
+/// `created_at`, from a fixed pseudo-random sequence.
+fn mixed_fleet(n: usize) -> Vec<Business> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % m
+    };
+    (0..n)
+        .map(|i| {
+            // Three businesses per second: page boundaries fall between equal `created_at`s.
+            let mut b = business(&format!("m{i:05}"), 5_000 + (i as i64) / 3);
+            b.business_type =
+                ["saas", "ecommerce", "api", "content", "Tool"][next(5) as usize].into();
+            b.status = if next(6) == 0 {
+                Lifecycle::TakenDown
+            } else {
+                Lifecycle::Active
+            };
+            b.subscription_status = [
+                None,
+                Some("active"),
+                Some("active"),
+                Some("past_due"),
+                Some("trialing"),
+                Some("incomplete"),
+                Some("canceled"),
+            ][next(7) as usize]
+                .map(str::to_owned);
+            b.monthly_price_cents = [None, Some(500), Some(1_999), Some(4_900)][next(4) as usize];
+            b.currency =
+                [None, Some("usd"), Some("usd"), Some("eur")][next(4) as usize].map(str::to_owned);
+            b
+        })
+        .collect()
+}
+
+/// The database's aggregates and key-set pages against the per-record computation over the same records.
+async fn aggregate_contract(store: &Store) {
+    assert!(store.subscription_tally().await.unwrap().is_empty());
+    let fleet = mixed_fleet(700);
+    for chunk in fleet.chunks(100) {
+        store.insert_businesses(chunk).await.unwrap();
+    }
+    assert_eq!(store.count_businesses().await.unwrap(), 700);
+
+    // Small pages walk every business exactly once, newest first, ties broken by id.
+    let mut pages = BusinessPages::new(BusinessFilter {
+        limit: 7,
+        ..Default::default()
+    });
+    let mut walked = Vec::new();
+    let mut page_count = 0;
+    while let Some(page) = pages.next(store).await.unwrap() {
+        assert!(page.len() <= 7);
+        page_count += 1;
+        walked.extend(page);
+    }
+    assert_eq!(page_count, 100);
+    let mut expected: Vec<&Business> = fleet.iter().collect();
+    expected.sort_by(|a, b| (b.created_at, &b.business_id).cmp(&(a.created_at, &a.business_id)));
+    assert_eq!(
+        walked
+            .iter()
+            .map(|b| b.business_id.as_str())
+            .collect::<Vec<_>>(),
+        expected
+            .iter()
+            .map(|b| b.business_id.as_str())
+            .collect::<Vec<_>>()
+    );
+    // A filtered walk returns exactly the matching businesses.
+    let mut pages = BusinessPages::new(BusinessFilter {
+        status: Some(Lifecycle::TakenDown),
+        limit: 9,
+        ..Default::default()
+    });
+    let mut taken_down = 0;
+    while let Some(page) = pages.next(store).await.unwrap() {
+        assert!(page.iter().all(|b| b.status == Lifecycle::TakenDown));
+        taken_down += page.len();
+    }
+    assert_eq!(
+        taken_down,
+        fleet
+            .iter()
+            .filter(|b| b.status == Lifecycle::TakenDown)
+            .count()
+    );
+
+    // MRR and the subscription counts from the database equal the per-record computation.
+    let tally = store.subscription_tally().await.unwrap();
+    let from_records = live_mrr(&fleet);
+    assert!(from_records
+        .iter()
+        .any(|l| l.currency == "eur" && l.active_count > 0));
+    assert!(from_records.iter().any(|l| l.business_type == "Tool"));
+    assert_eq!(mrr_from_tally(&tally), from_records);
+    let mut by_status = std::collections::BTreeMap::<String, i64>::new();
+    for b in fleet.iter().filter(|b| b.status == Lifecycle::Active) {
+        if let Some(s) = &b.subscription_status {
+            *by_status.entry(s.clone()).or_default() += 1;
+        }
+    }
+    assert_eq!(by_status.len(), 5);
+    assert_eq!(subscriptions_by_status(&tally), by_status);
+
+    // A change to one record moves the aggregate by exactly that record.
+    let b = fleet
+        .iter()
+        .find(|b| {
+            b.status == Lifecycle::Active
+                && b.subscription_status.as_deref() == Some("active")
+                && b.currency.as_deref() == Some("usd")
+                && b.monthly_price_cents.is_some()
+        })
+        .unwrap();
+    store
+        .mark_taken_down(&b.business_id, "test", now())
+        .await
+        .unwrap();
+    let mut changed = fleet.clone();
+    changed
+        .iter_mut()
+        .find(|c| c.business_id == b.business_id)
+        .unwrap()
+        .status = Lifecycle::TakenDown;
+    assert_eq!(
+        mrr_from_tally(&store.subscription_tally().await.unwrap()),
+        live_mrr(&changed)
+    );
+    assert_ne!(live_mrr(&changed), from_records);
+}
+
+/// The change marker stays put while nothing is written and moves with every commit.
+async fn change_marker_contract(store: &Store) {
+    let before = store.change_marker().await.expect("a marker");
+    assert_eq!(store.change_marker().await.as_ref(), Some(&before));
+    store
+        .insert_business(&business("marker", 1), None)
+        .await
+        .unwrap();
+    let after = store.change_marker().await.expect("a marker");
+    assert_ne!(after, before, "a commit moves the marker");
+}
+
+#[tokio::test]
+async fn aggregates_and_pages_agree_with_the_records_on_sqlite() {
+    let (fresh, store) = Fresh::sqlite().await;
+    aggregate_contract(&store).await;
+    change_marker_contract(&store).await;
+    fresh.drop_db(store);
+}
+
+#[tokio::test]
+async fn aggregates_and_pages_agree_with_the_records_on_in_memory_sqlite() {
+    let store = Store::connect(&DatabaseUrl::new("sqlite::memory:"), 1)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    aggregate_contract(&store).await;
+    assert_eq!(
+        store.change_marker().await,
+        None,
+        "no other connection sees it"
+    );
+}
+
+#[tokio::test]
+async fn aggregates_and_pages_agree_with_the_records_on_postgres() {
+    let (fresh, store) = Fresh::postgres().await;
+    aggregate_contract(&store).await;
+    change_marker_contract(&store).await;
+    fresh.drop_db(store);
+}
+
 #[tokio::test]
 async fn the_store_contract_holds_on_sqlite() {
     let (fresh, store) = Fresh::sqlite().await;
@@ -1076,6 +1255,7 @@ async fn replicas_migrating_postgres_at_once_apply_each_migration_once() {
         applied, migrations,
         "each migration applied by exactly one replica"
     );
+    assert_eq!(applied, 6, "each migration applied by exactly one replica");
     assert!(
         store.get_business("x").await.unwrap().is_none(),
         "the schema works"

@@ -71,6 +71,7 @@ pub struct BillingService {
     public_url: String,
     /// How long a worker may hold a business before another may take over its work.
     lease: Duration,
+    gauges: GaugeRefresh,
 }
 
 impl BillingService {
@@ -92,6 +93,7 @@ impl BillingService {
             metrics,
             public_url,
             lease: Duration::from_secs(120),
+            gauges: GaugeRefresh::default(),
         }
     }
 
@@ -188,14 +190,27 @@ impl BillingService {
         Ok((id, secrecy::SecretString::from(secret)))
     }
 
-    /// Recomputes the MRR and subscription-status gauges from the records.
+    /// Recomputes the MRR and subscription-status gauges from an aggregate computed in the database.
+    ///
+    /// Concurrent callers share one computation that began after they called, so each sees every write
+    /// committed before its call, and 64 scrapes at once cost one or two aggregates. While the database is
+    /// unchanged since the last computation (see `Store::change_marker`) the gauges are already right.
     pub async fn refresh_gauges(&self) -> Result<(), BillingError> {
-        let all = self
-            .store
-            .list_businesses(&crate::store::BusinessFilter::default())
-            .await?;
-        let mrr = crate::revenue::live_mrr(&all);
-        let values: Vec<(Vec<String>, f64)> = mrr
+        use std::sync::atomic::Ordering;
+        let ticket = self.gauges.started.load(Ordering::SeqCst);
+        let mut last = self.gauges.last.lock().await;
+        if last.finished > ticket {
+            return Ok(());
+        }
+        let seq = self.gauges.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let marker = self.store.change_marker().await;
+        if marker.is_some() && marker == last.marker {
+            last.finished = seq;
+            return Ok(());
+        }
+        last.marker = None;
+        let tally = self.store.subscription_tally().await?;
+        let values: Vec<(Vec<String>, f64)> = crate::revenue::mrr_from_tally(&tally)
             .iter()
             .map(|l| {
                 (
@@ -206,19 +221,30 @@ impl BillingService {
             .collect();
         self.metrics
             .replace_gauge("genesis_billing_mrr_usd", &values);
-        let mut by_status: HashMap<String, f64> = HashMap::new();
-        for b in all
-            .iter()
-            .filter(|b| b.status == crate::business::Lifecycle::Active)
-        {
-            if let Some(s) = &b.subscription_status {
-                *by_status.entry(s.clone()).or_default() += 1.0;
-            }
-        }
-        let values: Vec<(Vec<String>, f64)> =
-            by_status.into_iter().map(|(s, n)| (vec![s], n)).collect();
+        let values: Vec<(Vec<String>, f64)> = crate::revenue::subscriptions_by_status(&tally)
+            .into_iter()
+            .map(|(s, n)| (vec![s], n as f64))
+            .collect();
         self.metrics
             .replace_gauge("genesis_billing_subscriptions", &values);
+        last.marker = marker;
+        last.finished = seq;
         Ok(())
     }
+}
+
+/// The single flight behind `refresh_gauges`.
+#[derive(Debug, Default)]
+struct GaugeRefresh {
+    /// Computations begun so far.
+    started: std::sync::atomic::AtomicU64,
+    last: tokio::sync::Mutex<LastGauges>,
+}
+
+#[derive(Debug, Default)]
+struct LastGauges {
+    /// The number of the last computation that finished.
+    finished: u64,
+    /// The database's change marker when it began, if it succeeded.
+    marker: Option<String>,
 }

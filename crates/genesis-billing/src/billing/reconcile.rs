@@ -3,14 +3,14 @@
 //! Stripe is read with list calls (100 objects a page, `status=all`), never one retrieve per business, so a
 //! fleet of thousands costs tens of requests through the rate limiter.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
 use super::{BillingError, BillingService};
 use crate::business::{in_rollout, is_live_subscription, Billing, Business, Lifecycle};
-use crate::store::{now, BusinessFilter};
-use crate::stripe::{Customer, StripeClient, StripeError, Subscription};
+use crate::store::{now, BusinessFilter, BusinessPages};
+use crate::stripe::{StripeClient, StripeError, Subscription};
 
 /// Billing reasons that a later roll-out, or payments coming back, should bill.
 const SKIPPED_BILLABLE: &[&str] = &[
@@ -43,31 +43,43 @@ pub struct ReconcileReport {
     pub drift: Vec<Drift>,
 }
 
-/// Everything Stripe holds that genesis-billing cares about, read with list calls.
+/// What reconciliation needs of everything Stripe holds, read with list calls. Objects are kept without
+/// their JSON body and with only the metadata compared, a few hundred bytes each; the businesses are
+/// read a page at a time beside it.
 struct StripeView {
     subscriptions: HashMap<String, Subscription>,
     /// Subscriptions by metadata `business_id`, newest first.
     by_business: HashMap<String, Vec<String>>,
-    customers: HashMap<String, Customer>,
+    customers: HashSet<String>,
+    /// Customers that say they are ours (metadata `autonomous` or `business_id`): id → metadata
+    /// `business_id`. Each is an orphan unless its business records it.
+    ours: HashMap<String, Option<String>>,
 }
+
+/// The metadata keys reconciliation reads.
+const KEPT_METADATA: &[&str] = &["business_id", "genesis_generation"];
 
 async fn read_stripe(stripe: &StripeClient) -> Result<StripeView, StripeError> {
     let mut view = StripeView {
         subscriptions: HashMap::new(),
         by_business: HashMap::new(),
-        customers: HashMap::new(),
+        customers: HashSet::new(),
+        ours: HashMap::new(),
     };
     let mut after: Option<String> = None;
     loop {
         let page = stripe.list_subscriptions(None, after.as_deref()).await?;
         after = page.data.last().map(|s| s.id.clone());
-        for s in page.data {
+        for mut s in page.data {
             if let Some(b) = s.metadata.get("business_id") {
                 view.by_business
                     .entry(b.clone())
                     .or_default()
                     .push(s.id.clone());
             }
+            s.raw = serde_json::Value::Null;
+            s.metadata
+                .retain(|k, _| KEPT_METADATA.contains(&k.as_str()));
             view.subscriptions.insert(s.id.clone(), s);
         }
         if !page.has_more || after.is_none() {
@@ -79,7 +91,13 @@ async fn read_stripe(stripe: &StripeClient) -> Result<StripeView, StripeError> {
         let page = stripe.list_customers(after.as_deref()).await?;
         after = page.data.last().map(|c| c.id.clone());
         for c in page.data {
-            view.customers.insert(c.id.clone(), c);
+            if c.metadata.get("autonomous").map(String::as_str) == Some("true")
+                || c.metadata.contains_key("business_id")
+            {
+                view.ours
+                    .insert(c.id.clone(), c.metadata.get("business_id").cloned());
+            }
+            view.customers.insert(c.id);
         }
         if !page.has_more || after.is_none() {
             break;
@@ -98,76 +116,72 @@ impl BillingService {
     ) -> Result<ReconcileReport, BillingError> {
         let stripe = self.stripe()?;
         let view = read_stripe(stripe).await?;
-        let businesses = self
-            .store
-            .list_businesses(&BusinessFilter::default())
-            .await?;
+        let total = self.store.count_businesses().await?.max(0) as u64;
         let mut report = ReconcileReport {
-            businesses: businesses.len(),
+            businesses: 0,
             stripe_subscriptions: view.subscriptions.len(),
             stripe_customers: view.customers.len(),
             drift: Vec::new(),
         };
-        let total = businesses.len() as u64;
-        for (i, b) in businesses.iter().enumerate() {
-            for mut d in self.drift_of(b, &view) {
-                self.metrics
-                    .inc("genesis_billing_reconcile_drift_total", &[d.field, "found"]);
-                if fix {
-                    match self.repair(b, &d, &view).await {
-                        Ok(()) => {
-                            d.fixed = true;
-                            self.metrics
-                                .inc("genesis_billing_reconcile_drift_total", &[d.field, "fixed"]);
-                            let detail = format!(
-                                "{}: {:?} → {:?} ({})",
-                                d.field, d.local, d.stripe, d.repair
-                            );
-                            self.store
-                                .record_event(&b.business_id, "reconcile_fix", &detail)
-                                .await?;
-                        }
-                        Err(e) => d.error = Some(e.to_string()),
+        // Customers of ours whose business records them, as each business is read (before its repairs).
+        let mut accounted: HashSet<String> = HashSet::new();
+        // A page of businesses at a time, so memory does not grow with the fleet.
+        let mut pages = BusinessPages::new(BusinessFilter::default());
+        while let Some(page) = pages.next(&self.store).await? {
+            for b in &page {
+                if let Some(c) = &b.stripe_customer_id {
+                    if view.ours.get(c).and_then(Option::as_deref) == Some(b.business_id.as_str()) {
+                        accounted.insert(c.clone());
                     }
                 }
-                report.drift.push(d);
+                for mut d in self.drift_of(b, &view) {
+                    self.metrics
+                        .inc("genesis_billing_reconcile_drift_total", &[d.field, "found"]);
+                    if fix {
+                        match self.repair(b, &d, &view).await {
+                            Ok(()) => {
+                                d.fixed = true;
+                                self.metrics.inc(
+                                    "genesis_billing_reconcile_drift_total",
+                                    &[d.field, "fixed"],
+                                );
+                                let detail = format!(
+                                    "{}: {:?} → {:?} ({})",
+                                    d.field, d.local, d.stripe, d.repair
+                                );
+                                self.store
+                                    .record_event(&b.business_id, "reconcile_fix", &detail)
+                                    .await?;
+                            }
+                            Err(e) => d.error = Some(e.to_string()),
+                        }
+                    }
+                    report.drift.push(d);
+                }
+                report.businesses += 1;
+                progress(
+                    report.businesses as u64,
+                    total.max(report.businesses as u64),
+                );
             }
-            progress(i as u64 + 1, total);
         }
         // Customers in Stripe that no business accounts for.
-        let known: HashMap<&str, &Business> = businesses
+        let mut orphans: Vec<(&String, &Option<String>)> = view
+            .ours
             .iter()
-            .map(|b| (b.business_id.as_str(), b))
+            .filter(|(id, _)| !accounted.contains(*id))
             .collect();
-        let mut orphans: Vec<&Customer> = view
-            .customers
-            .values()
-            .filter(|c| {
-                c.metadata.get("autonomous").map(String::as_str) == Some("true")
-                    || c.metadata.contains_key("business_id")
-            })
-            .filter(|c| {
-                match c
-                    .metadata
-                    .get("business_id")
-                    .and_then(|id| known.get(id.as_str()))
-                {
-                    None => true,
-                    Some(b) => b.stripe_customer_id.as_deref() != Some(c.id.as_str()),
-                }
-            })
-            .collect();
-        orphans.sort_by(|a, b| a.id.cmp(&b.id));
-        for c in orphans {
+        orphans.sort_by(|a, b| a.0.cmp(b.0));
+        for (id, business_id) in orphans {
             self.metrics.inc(
                 "genesis_billing_reconcile_drift_total",
                 &["orphan_customer", "found"],
             );
             report.drift.push(Drift {
-                business_id: c.metadata.get("business_id").cloned(),
+                business_id: business_id.clone(),
                 field: "orphan_customer",
                 local: None,
-                stripe: Some(c.id.clone()),
+                stripe: Some(id.clone()),
                 repair: "flagged for an operator: no business records this customer",
                 fixed: false,
                 error: None,
@@ -296,7 +310,7 @@ impl BillingService {
             }
         }
         if let Some(c) = &b.stripe_customer_id {
-            if !view.customers.contains_key(c) {
+            if !view.customers.contains(c) {
                 out.push(drift(
                     "customer",
                     Some(c),

@@ -17,10 +17,10 @@ use crate::business::{Billing, Lifecycle, NewBusiness};
 use crate::catalog::Catalog;
 use crate::config::{ConfigError, Flags, ProcessEnv, Settings};
 use crate::metrics::Metrics;
-use crate::revenue::{format_cents, live_mrr, parse_dollars, project, FeeSchedule};
-use crate::store::{BusinessFilter, Store};
+use crate::revenue::{format_cents, mrr_from_tally, parse_dollars, project, FeeSchedule};
+use crate::store::{BusinessFilter, BusinessPages, Store, PAGE};
 use crate::stripe::{ClientConfig, StripeClient};
-pub use output::{business_table, print_json, table};
+pub use output::{business_table, print_json, table, BusinessStream};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -138,8 +138,12 @@ enum BusinessCommand {
         /// pending, provisioned, skipped, failed or expired.
         #[arg(long)]
         billing: Option<String>,
+        /// Most businesses to print; 0 prints every one (read and printed a page at a time).
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        /// Start after this business id (the last one a previous list printed).
+        #[arg(long)]
+        after: Option<String>,
     },
     /// Take a business down: cancel its subscription at once and delete its Stripe customer.
     Takedown {
@@ -403,12 +407,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Revenue(_) => {
-            let all = service
+            let tally = service
                 .store()
-                .list_businesses(&BusinessFilter::default())
+                .subscription_tally()
                 .await
                 .context("while reading records")?;
-            let lines = live_mrr(&all);
+            let lines = mrr_from_tally(&tally);
             if json {
                 print_json(&serde_json::json!({ "mrr": lines }));
             } else {
@@ -1088,6 +1092,7 @@ async fn business(
             status,
             billing,
             limit,
+            after,
         } => {
             let status = status
                 .map(|s| {
@@ -1101,21 +1106,46 @@ async fn business(
             let billing = billing
                 .map(|s| Billing::parse(&s).ok_or_else(|| Failure::Usage(format!("invalid --billing {s:?}: expected pending, provisioned, skipped, failed or expired"))))
                 .transpose()?;
-            let list = service
-                .store()
-                .list_businesses(&BusinessFilter {
-                    status,
-                    billing,
-                    limit,
-                    after: None,
-                })
-                .await
-                .context("while reading records")?;
-            if json {
-                print_json(&list);
-            } else {
-                print!("{}", business_table(&list));
+            if limit < 0 {
+                return Err(Failure::Usage(
+                    "invalid --limit: expected 0 (every business) or a positive number".into(),
+                ));
             }
+            if let Some(a) = &after {
+                // The same rule as the HTTP list's cursor.
+                if a.is_empty()
+                    || a.len() > 64
+                    || !a
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    return Err(Failure::Usage(
+                        "invalid --after: expected a business id".into(),
+                    ));
+                }
+            }
+            // Read and printed a page at a time: memory stays one page, whatever the fleet's size.
+            let mut left = if limit == 0 { i64::MAX } else { limit };
+            let mut pages = BusinessPages::new(BusinessFilter {
+                status,
+                billing,
+                limit: left.min(PAGE),
+                after,
+            });
+            let mut out = BusinessStream::new(json);
+            while left > 0 {
+                let Some(mut page) = pages
+                    .next(service.store())
+                    .await
+                    .context("while reading records")?
+                else {
+                    break;
+                };
+                page.truncate(left.min(page.len() as i64) as usize);
+                left -= page.len() as i64;
+                out.page(&page);
+            }
+            out.finish();
         }
         BusinessCommand::Takedown { id, reason } => {
             let summary = service.takedown(&id, reason.as_deref()).await?;

@@ -21,18 +21,26 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
+    table_lines(Some(headers), rows, &widths)
+}
+
+/// The lines of a table with these column widths, with a header line when there are headers.
+fn table_lines(headers: Option<&[&str]>, rows: &[Vec<String>], widths: &[usize]) -> String {
     let line = |cells: Vec<&str>| {
         cells
             .iter()
-            .zip(&widths)
+            .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect::<Vec<_>>()
             .join("  ")
             .trim_end()
             .to_owned()
     };
-    let mut out = line(headers.to_vec());
-    out.push('\n');
+    let mut out = String::new();
+    if let Some(headers) = headers {
+        out = line(headers.to_vec());
+        out.push('\n');
+    }
     for row in rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
         out.push('\n');
@@ -100,7 +108,21 @@ pub fn business_detail(b: &Business) -> String {
 
 /// One row per business.
 pub fn business_table(businesses: &[Business]) -> String {
-    let rows: Vec<Vec<String>> = businesses
+    table(&BUSINESS_HEADERS, &business_rows(businesses))
+}
+
+const BUSINESS_HEADERS: [&str; 7] = [
+    "BUSINESS",
+    "NAME",
+    "TYPE",
+    "STATUS",
+    "BILLING",
+    "SUBSCRIPTION",
+    "MONTHLY",
+];
+
+fn business_rows(businesses: &[Business]) -> Vec<Vec<String>> {
+    businesses
         .iter()
         .map(|b| {
             vec![
@@ -115,19 +137,70 @@ pub fn business_table(businesses: &[Business]) -> String {
                     .unwrap_or_else(|| "-".into()),
             ]
         })
-        .collect();
-    table(
-        &[
-            "BUSINESS",
-            "NAME",
-            "TYPE",
-            "STATUS",
-            "BILLING",
-            "SUBSCRIPTION",
-            "MONTHLY",
-        ],
-        &rows,
-    )
+        .collect()
+}
+
+/// Businesses printed a page at a time as they are read, so a list of any length takes one page of memory.
+/// Columns are as wide as the first page needs (wider if a later row needs it); JSON is one array, exactly
+/// as `print_json` writes it.
+#[derive(Debug)]
+pub struct BusinessStream {
+    json: bool,
+    widths: Option<Vec<usize>>,
+    written: usize,
+}
+
+impl BusinessStream {
+    /// A stream writing JSON or a table.
+    pub fn new(json: bool) -> Self {
+        Self {
+            json,
+            widths: None,
+            written: 0,
+        }
+    }
+
+    /// Prints one page.
+    pub fn page(&mut self, businesses: &[Business]) {
+        let mut out = String::new();
+        if self.json {
+            for b in businesses {
+                out.push_str(if self.written == 0 { "[\n" } else { ",\n" });
+                let item = serde_json::to_string_pretty(b).unwrap_or_else(|_| "null".into());
+                for (i, l) in item.lines().enumerate() {
+                    if i > 0 {
+                        out.push('\n');
+                    }
+                    out.push_str("  ");
+                    out.push_str(l);
+                }
+                self.written += 1;
+            }
+        } else {
+            let rows = business_rows(businesses);
+            let first = self.widths.is_none();
+            let widths = self.widths.get_or_insert_with(|| {
+                BUSINESS_HEADERS.iter().map(|h| h.chars().count()).collect()
+            });
+            for row in &rows {
+                for (i, cell) in row.iter().enumerate() {
+                    widths[i] = widths[i].max(cell.chars().count());
+                }
+            }
+            out = table_lines(first.then_some(&BUSINESS_HEADERS[..]), &rows, widths);
+            self.written += rows.len();
+        }
+        print!("{out}");
+    }
+
+    /// Closes the output (the JSON array) once every page was printed.
+    pub fn finish(mut self) {
+        if self.json {
+            println!("{}", if self.written == 0 { "[]" } else { "\n]" });
+        } else if self.widths.is_none() {
+            self.page(&[]);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::billing::BillingError;
 use crate::business::{Billing, Lifecycle, NewBusiness};
-use crate::revenue::live_mrr;
+use crate::revenue::mrr_from_tally;
 use crate::store::BusinessFilter;
 
 #[derive(Debug, Deserialize)]
@@ -232,13 +232,13 @@ pub async fn checkout(
 
 /// `GET /v1/revenue`: live MRR by type and currency.
 pub async fn revenue(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let all = state
+    let tally = state
         .service
         .store()
-        .list_businesses(&BusinessFilter::default())
+        .subscription_tally()
         .await
         .map_err(BillingError::from)?;
-    let lines = live_mrr(&all);
+    let lines = mrr_from_tally(&tally);
     let mut totals = std::collections::BTreeMap::<String, serde_json::Value>::new();
     for l in &lines {
         let t = totals.entry(l.currency.clone()).or_insert_with(

@@ -44,6 +44,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "health_probe",
         include_str!("../../migrations/0007_health_probe.sql"),
     ),
+    (
+        8,
+        "business_tally",
+        include_str!("../../migrations/0008_business_tally.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet, each in its own transaction that holds the database's

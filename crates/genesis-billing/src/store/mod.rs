@@ -4,6 +4,7 @@
 //! SQLite and PostgreSQL both accept, so the domain code never knows which backend it runs on. Statements
 //! built at run time with many parameters write them with [`Params`] instead.
 
+mod change_marker;
 mod coordination;
 mod health;
 mod migrate;
@@ -126,6 +127,59 @@ pub struct BusinessFilter {
     pub after: Option<String>,
 }
 
+/// Active businesses with a subscription status, counted in the database by type, currency and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionTally {
+    pub business_type: String,
+    pub currency: Option<String>,
+    pub subscription_status: String,
+    /// Businesses in the group.
+    pub businesses: i64,
+    /// Those of them with a monthly price.
+    pub priced: i64,
+    /// The sum of their monthly prices, in cents.
+    pub monthly_cents: i64,
+}
+
+/// Most businesses one page of [`Store::list_businesses`] returns to code that walks the whole fleet.
+pub const PAGE: i64 = 1000;
+
+/// Walks every business matching a filter, newest first, one bounded page at a time.
+#[derive(Debug, Clone)]
+pub struct BusinessPages {
+    filter: BusinessFilter,
+    done: bool,
+}
+
+impl BusinessPages {
+    /// Pages of at most `filter.limit` businesses ([`PAGE`] when it is not positive), from `filter.after`.
+    pub fn new(mut filter: BusinessFilter) -> Self {
+        if filter.limit <= 0 {
+            filter.limit = PAGE;
+        }
+        Self {
+            filter,
+            done: false,
+        }
+    }
+
+    /// The next page; `None` once every business was returned.
+    pub async fn next(&mut self, store: &Store) -> Result<Option<Vec<Business>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = store.list_businesses(&self.filter).await?;
+        if (page.len() as i64) < self.filter.limit {
+            self.done = true;
+        }
+        match page.last() {
+            Some(last) => self.filter.after = Some(last.business_id.clone()),
+            None => return Ok(None),
+        }
+        Ok(Some(page))
+    }
+}
+
 /// The billing outcome of a created subscription.
 #[derive(Debug, Clone)]
 pub struct SubscriptionRecord<'a> {
@@ -163,6 +217,8 @@ pub struct Store {
     backend: Backend,
     /// The webhook inbox's own writer on a SQLite file; `None` on PostgreSQL and in-memory SQLite.
     inbox: Option<std::sync::Arc<sqlite_inbox::SqliteInbox>>,
+    /// Tells whether a SQLite file changed; `None` on PostgreSQL and in-memory SQLite.
+    marker: Option<std::sync::Arc<change_marker::SqliteMarker>>,
 }
 
 /// A business's billing after its subscription's status becomes `$3`: a subscription that expired unpaid
@@ -440,10 +496,17 @@ impl Store {
             }
             Backend::Postgres => None,
         };
+        let marker = match backend {
+            Backend::Sqlite => {
+                change_marker::SqliteMarker::for_url(&conn_url).map(std::sync::Arc::new)
+            }
+            Backend::Postgres => None,
+        };
         Ok(Self {
             pool,
             backend,
             inbox,
+            marker,
         })
     }
 
@@ -599,6 +662,59 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(business_from_row).collect()
+    }
+
+    /// A value that changes whenever anything is committed to the database (by any connection or process),
+    /// so a result computed from the records stays right while it is unchanged. `None` when there is none
+    /// (in-memory SQLite) or it cannot be read; callers then assume a change.
+    pub async fn change_marker(&self) -> Option<String> {
+        match self.backend {
+            Backend::Sqlite => {
+                let marker = self.marker.clone()?;
+                // A read of SQLite's shared memory: microseconds, never a lock wait.
+                marker.read().map(|v| v.to_string())
+            }
+            // Every commit appends to the write-ahead log first.
+            Backend::Postgres => sqlx::query("SELECT CAST(pg_current_wal_insert_lsn() AS TEXT)")
+                .fetch_one(&self.pool)
+                .await
+                .and_then(|r| r.try_get::<String, _>(0))
+                .ok(),
+        }
+    }
+
+    /// How many businesses there are.
+    pub async fn count_businesses(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM business")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Active businesses with a subscription status, grouped by type, currency and status: one scan of
+    /// a covering index (migration 0008), a handful of rows back, however large the fleet.
+    pub async fn subscription_tally(&self) -> Result<Vec<SubscriptionTally>, StoreError> {
+        // PostgreSQL sums BIGINT into NUMERIC, which the `Any` driver cannot decode.
+        let rows = sqlx::query(
+            "SELECT business_type, currency, subscription_status, COUNT(*), COUNT(monthly_price_cents), \
+             CAST(COALESCE(SUM(monthly_price_cents), 0) AS BIGINT) FROM business \
+             WHERE status = 'active' AND subscription_status IS NOT NULL \
+             GROUP BY business_type, currency, subscription_status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SubscriptionTally {
+                    business_type: r.try_get(0)?,
+                    currency: r.try_get(1)?,
+                    subscription_status: r.try_get(2)?,
+                    businesses: r.try_get(3)?,
+                    priced: r.try_get(4)?,
+                    monthly_cents: r.try_get(5)?,
+                })
+            })
+            .collect()
     }
 
     /// Takes the business's work lease unless another live worker holds it. Returns whether we got it.
