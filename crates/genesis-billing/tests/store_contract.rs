@@ -1255,7 +1255,6 @@ async fn replicas_migrating_postgres_at_once_apply_each_migration_once() {
         applied, migrations,
         "each migration applied by exactly one replica"
     );
-    assert_eq!(applied, 6, "each migration applied by exactly one replica");
     assert!(
         store.get_business("x").await.unwrap().is_none(),
         "the schema works"
