@@ -1,7 +1,7 @@
 //! Settings from flags, a TOML config file and the environment (SPEC §4), validated once at start-up.
 //!
-//! Precedence for every setting: command-line flag, then config file, then environment, then default.
-//! Secrets are wrapped in `SecretString` the moment they are read and never appear in an error.
+//! Precedence for every setting, secrets included: command-line flag, then environment, then config file,
+//! then default; `resolve` is the one place that order is written. Secrets are wrapped in `SecretString` the moment they are read and never appear in an error.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+pub use crate::store::DatabaseUrl;
+use crate::store::StoreOptions;
 use crate::stripe::RetryPolicy;
 
 /// A configuration problem; start-up stops with exit status 2.
@@ -83,75 +85,6 @@ impl StripeMode {
     }
 }
 
-/// A database URL whose password never shows in `Debug` or `Display`.
-#[derive(Clone)]
-pub struct DatabaseUrl(SecretString);
-
-impl DatabaseUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(SecretString::from(url.into()))
-    }
-    pub fn expose(&self) -> &str {
-        self.0.expose_secret()
-    }
-    pub fn is_postgres(&self) -> bool {
-        let u = self.expose();
-        u.starts_with("postgres://") || u.starts_with("postgresql://")
-    }
-    /// The URL with any password replaced by `***`: the one in the user info (parsed, so an `@` in the
-    /// password cannot move the split) and the value of any query parameter that holds a secret. A URL
-    /// that does not parse shows only its scheme.
-    pub fn redacted(&self) -> String {
-        let raw = self.expose();
-        let Ok(mut url) = url::Url::parse(raw) else {
-            let scheme = raw.split_once("://").map_or("", |(s, _)| s);
-            return format!("{scheme}://***");
-        };
-        let secret_params = url.query_pairs().any(|(k, _)| is_secret_param(&k));
-        if url.password().is_none() && !secret_params {
-            return raw.to_owned();
-        }
-        if url.password().is_some() && url.set_password(Some("***")).is_err() {
-            return format!("{}://***", url.scheme());
-        }
-        if secret_params {
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(k, v)| {
-                    let v = if is_secret_param(&k) {
-                        "***".to_owned()
-                    } else {
-                        v.into_owned()
-                    };
-                    (k.into_owned(), v)
-                })
-                .collect();
-            url.query_pairs_mut().clear().extend_pairs(pairs);
-        }
-        url.to_string()
-    }
-}
-
-/// Connection parameters whose value is a secret (`password`, `sslpassword`, any `…token`, `…secret`).
-fn is_secret_param(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    ["password", "passwd", "pwd", "secret", "token"]
-        .iter()
-        .any(|s| name.contains(s))
-}
-
-impl std::fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DatabaseUrl({})", self.redacted())
-    }
-}
-
-impl std::fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
 /// How to reach Stripe, present only when payments are enabled.
 #[derive(Debug, Clone)]
 pub struct StripeSettings {
@@ -194,6 +127,8 @@ pub struct Settings {
     pub db_statement_timeout_ms: u64,
     /// How `serve` bounds slow and hostile clients.
     pub serve: ServeSettings,
+    /// Problems that do not stop start-up (unknown `GENESIS_BILLING_*` variables), for the caller to log.
+    pub warnings: Vec<String>,
 }
 
 /// Limits of `serve`'s listeners; a client that breaks them is cut off, and other clients keep being served.
@@ -264,6 +199,13 @@ struct FileConfig {
     stripe_max_attempts: Option<u32>,
     stripe_retry_base_ms: Option<u64>,
     stripe_rate_limit: Option<u32>,
+    webhook_tolerance_secs: Option<i64>,
+    resume_interval_secs: Option<u64>,
+    gap_fill_interval_secs: Option<u64>,
+    reconcile_interval_secs: Option<u64>,
+    lease_secs: Option<u64>,
+    db_max_connections: Option<u32>,
+    db_statement_timeout_ms: Option<u64>,
     header_read_timeout_secs: Option<u64>,
     body_read_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
@@ -275,9 +217,12 @@ struct FileConfig {
     metrics_token: Option<String>,
 }
 
-/// Where environment variables come from; tests pass a map instead of touching the process environment.
+/// Where environment variables come from; tests pass a list instead of touching the process environment.
 pub trait Env {
+    /// The value of `name`, if set.
     fn var(&self, name: &str) -> Option<String>;
+    /// The names of every variable set (never their values), to find misspelt settings.
+    fn vars(&self) -> Vec<String>;
 }
 
 /// The process environment.
@@ -287,6 +232,11 @@ impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
     }
+    fn vars(&self) -> Vec<String> {
+        std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .collect()
+    }
 }
 
 impl<const N: usize> Env for [(&str, &str); N] {
@@ -295,10 +245,149 @@ impl<const N: usize> Env for [(&str, &str); N] {
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.to_string())
     }
+    fn vars(&self) -> Vec<String> {
+        self.iter().map(|(k, _)| k.to_string()).collect()
+    }
 }
 
-/// Reads `NAME` or the file named by `NAME_FILE`, wrapped as a secret at once.
-fn secret_var(env: &dyn Env, name: &str) -> Result<Option<SecretString>, ConfigError> {
+/// An environment built at run time (tests, the demo).
+impl Env for Vec<(String, String)> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+    fn vars(&self) -> Vec<String> {
+        self.iter().map(|(k, _)| k.clone()).collect()
+    }
+}
+
+/// Every `GENESIS_BILLING_*` variable the service or its scripts read; any other is reported as unknown.
+pub const KNOWN_GENESIS_BILLING_VARS: &[&str] = &[
+    "GENESIS_BILLING_CONFIG",
+    "GENESIS_BILLING_CATALOG",
+    "GENESIS_BILLING_LISTEN",
+    "GENESIS_BILLING_PUBLIC_URL",
+    "GENESIS_BILLING_STRIPE_TIMEOUT_SECS",
+    "GENESIS_BILLING_STRIPE_MAX_ATTEMPTS",
+    "GENESIS_BILLING_STRIPE_RETRY_BASE_MS",
+    "GENESIS_BILLING_STRIPE_RATE_LIMIT",
+    "GENESIS_BILLING_WEBHOOK_TOLERANCE_SECS",
+    "GENESIS_BILLING_RESUME_INTERVAL_SECS",
+    "GENESIS_BILLING_GAP_FILL_INTERVAL_SECS",
+    "GENESIS_BILLING_RECONCILE_INTERVAL_SECS",
+    "GENESIS_BILLING_LEASE_SECS",
+    "GENESIS_BILLING_DB_MAX_CONNECTIONS",
+    "GENESIS_BILLING_DB_STATEMENT_TIMEOUT_MS",
+    "GENESIS_BILLING_HEADER_READ_TIMEOUT_SECS",
+    "GENESIS_BILLING_BODY_READ_TIMEOUT_SECS",
+    "GENESIS_BILLING_MAX_CONNECTIONS",
+    "GENESIS_BILLING_MAX_IN_FLIGHT_WEBHOOK",
+    "GENESIS_BILLING_MAX_IN_FLIGHT_ADMIN",
+    "GENESIS_BILLING_MAX_IN_FLIGHT_OPS",
+    "GENESIS_BILLING_SHUTDOWN_GRACE_SECS",
+    "GENESIS_BILLING_OPS_LISTEN",
+    "GENESIS_BILLING_METRICS_TOKEN",
+    "GENESIS_BILLING_METRICS_TOKEN_FILE",
+    // Read by scripts/bench to find the binary, so it is in the service's environment there.
+    "GENESIS_BILLING_BIN",
+];
+
+/// One warning per `GENESIS_BILLING_*` variable nothing reads, naming it (never its value).
+fn unknown_variables(env: &dyn Env) -> Vec<String> {
+    let mut names: Vec<String> = env
+        .vars()
+        .into_iter()
+        .filter(|n| n.starts_with("GENESIS_BILLING_"))
+        .filter(|n| !KNOWN_GENESIS_BILLING_VARS.contains(&n.as_str()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|n| format!("unknown environment variable {n} is ignored (misspelt setting?)"))
+        .collect()
+}
+
+/// The one precedence every setting follows: flag, then environment, then config file; the caller
+/// applies the default. The environment is only read when no flag is given.
+fn resolve<T>(
+    flag: Option<T>,
+    env: impl FnOnce() -> Result<Option<T>, ConfigError>,
+    file: Option<T>,
+) -> Result<Option<T>, ConfigError> {
+    match flag {
+        Some(v) => Ok(Some(v)),
+        None => Ok(env()?.or(file)),
+    }
+}
+
+/// A value given as an environment variable, parsed with an error that names the variable.
+trait FromEnv: Sized {
+    fn from_env(name: &str, v: &str) -> Result<Self, ConfigError>;
+}
+
+macro_rules! from_env_num {
+    ($($t:ty),*) => {$(
+        impl FromEnv for $t {
+            fn from_env(name: &str, v: &str) -> Result<Self, ConfigError> {
+                parse_num(name, v)
+            }
+        }
+    )*};
+}
+from_env_num!(u8, u32, u64, i64, usize);
+
+impl FromEnv for bool {
+    fn from_env(name: &str, v: &str) -> Result<Self, ConfigError> {
+        parse_bool(name, v)
+    }
+}
+
+impl FromEnv for String {
+    fn from_env(_: &str, v: &str) -> Result<Self, ConfigError> {
+        Ok(v.to_owned())
+    }
+}
+
+impl FromEnv for PathBuf {
+    fn from_env(_: &str, v: &str) -> Result<Self, ConfigError> {
+        Ok(PathBuf::from(v))
+    }
+}
+
+/// A plain setting: its flag, else variable `name`, else the config file's value.
+fn setting<T: FromEnv>(
+    env: &dyn Env,
+    flag: Option<T>,
+    name: &str,
+    file: Option<T>,
+) -> Result<Option<T>, ConfigError> {
+    resolve(
+        flag,
+        || env.var(name).map(|v| T::from_env(name, &v)).transpose(),
+        file,
+    )
+}
+
+/// A number without a flag: variable `name`, else the config file, else `default`; within `range`.
+fn bounded<T: FromEnv + PartialOrd + std::fmt::Display + Copy>(
+    env: &dyn Env,
+    name: &str,
+    file: Option<T>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    let v = setting(env, None, name, file)?.unwrap_or(default);
+    if !range.contains(&v) {
+        return Err(invalid(
+            name,
+            format!("expected {} to {}", range.start(), range.end()),
+        ));
+    }
+    Ok(v)
+}
+
+/// Reads `NAME` or the file named by `NAME_FILE`, wrapped as a secret at once, with the variable it came from.
+fn secret_var(env: &dyn Env, name: &str) -> Result<Option<(SecretString, String)>, ConfigError> {
     let file_var = format!("{name}_FILE");
     match (env.var(name), env.var(&file_var)) {
         (Some(_), Some(_)) => Err(ConfigError::BothValueAndFile(name.to_owned())),
@@ -309,7 +398,7 @@ fn secret_var(env: &dyn Env, name: &str) -> Result<Option<SecretString>, ConfigE
                     var: name.to_owned(),
                 });
             }
-            Ok(Some(v))
+            Ok(Some((v, name.to_owned())))
         }
         (None, Some(path)) => {
             let content = std::fs::read_to_string(&path).map_err(|e| ConfigError::SecretFile {
@@ -322,7 +411,7 @@ fn secret_var(env: &dyn Env, name: &str) -> Result<Option<SecretString>, ConfigE
             if v.expose_secret().is_empty() {
                 return Err(ConfigError::Empty { var: file_var });
             }
-            Ok(Some(v))
+            Ok(Some((v, file_var)))
         }
         (None, None) => Ok(None),
     }
@@ -377,33 +466,23 @@ fn check_secrets(
         .collect()
 }
 
-/// A secret list from the config file key `file_key`, else from `var` (or `var_FILE`), checked.
+/// A secret list from `var` (or `var_FILE`), else the config file key `file_key`, checked.
 fn secret_list(
-    file_value: Option<Vec<String>>,
-    file_key: &str,
     env: &dyn Env,
     var: &str,
+    file_value: Option<Vec<String>>,
+    file_key: &str,
     what: &str,
     min: usize,
 ) -> Result<Vec<SecretString>, ConfigError> {
-    match file_value {
-        Some(list) => check_secrets(
-            list.into_iter().map(SecretString::from).collect(),
-            &format!("{file_key} in the config file"),
-            what,
-            min,
-        ),
-        None => {
-            let source = if env.var(var).is_some() {
-                var.to_owned()
-            } else {
-                format!("{var}_FILE")
-            };
-            match secret_var(env, var)? {
-                Some(v) => check_secrets(split_secrets(&v), &source, what, min),
-                None => Ok(Vec::new()),
-            }
-        }
+    let from_file = file_value.map(|list| {
+        let list: Vec<SecretString> = list.into_iter().map(SecretString::from).collect();
+        (list, format!("{file_key} in the config file"))
+    });
+    let from_env = || Ok(secret_var(env, var)?.map(|(v, source)| (split_secrets(&v), source)));
+    match resolve(None, from_env, from_file)? {
+        Some((list, source)) => check_secrets(list, &source, what, min),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -422,7 +501,8 @@ fn parse_num<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError
 }
 
 impl Settings {
-    /// Builds settings from flags, the config file (flag `--config` or `GENESIS_BILLING_CONFIG`) and `env`.
+    /// Builds settings from flags, `env` and the config file (flag `--config` or `GENESIS_BILLING_CONFIG`),
+    /// in that order of precedence, then defaults.
     pub fn load(flags: &Flags, env: &dyn Env) -> Result<Self, ConfigError> {
         let file_path = flags
             .config_file
@@ -434,52 +514,53 @@ impl Settings {
         };
         let serve = serve_settings(&file, env)?;
 
-        // The key: flag, config file, then the three variables in order; first one set wins.
-        let mut key_source = None;
-        let mut key = None;
-        if let Some(k) = &flags.stripe_key {
-            key = Some(k.clone());
-            key_source = Some("--stripe-key".to_owned());
-        } else if let Some(k) = file.stripe_key.clone() {
-            key = Some(SecretString::from(k));
-            key_source = Some("stripe_key in the config file".to_owned());
-        } else {
-            for name in ["STRIPE_API_KEY", "STRIPE_SECRET_KEY", "STRIPE_TEST_KEY"] {
-                if let Some(k) = secret_var(env, name)? {
-                    key = Some(k);
-                    key_source = Some(name.to_owned());
-                    break;
-                }
-            }
-        }
-        let key = key.map(|k| SecretString::from(k.expose_secret().trim().to_owned()));
-        let key_mode = match (&key, &key_source) {
-            (Some(k), Some(source)) => {
-                Some(StripeMode::of_key(k.expose_secret()).ok_or_else(|| {
-                    ConfigError::InvalidStripeKey {
-                        source_name: source.clone(),
+        // The key: flag, the three variables in order (first one set wins), then the config file.
+        let key = resolve(
+            flags
+                .stripe_key
+                .clone()
+                .map(|k| (k, "--stripe-key".to_owned())),
+            || {
+                for name in ["STRIPE_API_KEY", "STRIPE_SECRET_KEY", "STRIPE_TEST_KEY"] {
+                    if let Some(found) = secret_var(env, name)? {
+                        return Ok(Some(found));
                     }
-                })?)
+                }
+                Ok(None)
+            },
+            file.stripe_key.clone().map(|k| {
+                (
+                    SecretString::from(k),
+                    "stripe_key in the config file".to_owned(),
+                )
+            }),
+        )?;
+        let (key, key_mode) = match key {
+            Some((k, source)) => {
+                let k = SecretString::from(k.expose_secret().trim().to_owned());
+                let mode =
+                    StripeMode::of_key(k.expose_secret()).ok_or(ConfigError::InvalidStripeKey {
+                        source_name: source,
+                    })?;
+                (Some(k), Some(mode))
             }
-            _ => None,
+            None => (None, None),
         };
 
-        let enable_payments = match env.var("ENABLE_PAYMENTS") {
-            Some(v) => Some(parse_bool("ENABLE_PAYMENTS", &v)?),
-            None => file.enable_payments,
-        };
+        let enable_payments = setting(env, None, "ENABLE_PAYMENTS", file.enable_payments)?;
         let payments_on = match (enable_payments, &key) {
             (Some(true), None) => return Err(ConfigError::PaymentsWithoutKey),
             (Some(false), _) | (None, None) => false,
             (_, Some(_)) => true,
         };
 
-        let api_base = flags
-            .stripe_api_base
-            .clone()
-            .or(file.stripe_api_base.clone())
-            .or_else(|| env.var("STRIPE_API_BASE"))
-            .unwrap_or_else(|| "https://api.stripe.com".to_owned());
+        let api_base = setting(
+            env,
+            flags.stripe_api_base.clone(),
+            "STRIPE_API_BASE",
+            file.stripe_api_base.clone(),
+        )?
+        .unwrap_or_else(|| "https://api.stripe.com".to_owned());
         let api_base = api_base.trim().trim_end_matches('/').to_owned();
         if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
             return Err(invalid(
@@ -491,39 +572,36 @@ impl Settings {
             return Err(ConfigError::LiveKeyOverHttp(api_base));
         }
 
-        let num_env = |name: &str| env.var(name);
-        let timeout_secs = match num_env("GENESIS_BILLING_STRIPE_TIMEOUT_SECS") {
-            Some(v) => parse_num("GENESIS_BILLING_STRIPE_TIMEOUT_SECS", &v)?,
-            None => file.stripe_timeout_secs.unwrap_or(20),
-        };
-        let max_attempts: u32 = match num_env("GENESIS_BILLING_STRIPE_MAX_ATTEMPTS") {
-            Some(v) => parse_num("GENESIS_BILLING_STRIPE_MAX_ATTEMPTS", &v)?,
-            None => file.stripe_max_attempts.unwrap_or(3),
-        };
-        let retry_base_ms = match num_env("GENESIS_BILLING_STRIPE_RETRY_BASE_MS") {
-            Some(v) => parse_num("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", &v)?,
-            None => file.stripe_retry_base_ms.unwrap_or(1000),
-        };
+        let timeout_secs = bounded(
+            env,
+            "GENESIS_BILLING_STRIPE_TIMEOUT_SECS",
+            file.stripe_timeout_secs,
+            20,
+            1..=300,
+        )?;
+        let max_attempts = bounded(
+            env,
+            "GENESIS_BILLING_STRIPE_MAX_ATTEMPTS",
+            file.stripe_max_attempts,
+            3,
+            1..=10,
+        )?;
+        let retry_base_ms = unbounded(
+            env,
+            "GENESIS_BILLING_STRIPE_RETRY_BASE_MS",
+            file.stripe_retry_base_ms,
+            1000,
+        )?;
         let default_rate = match key_mode {
             Some(StripeMode::Live) => 90,
             _ => 25,
         };
-        let rate_limit = match num_env("GENESIS_BILLING_STRIPE_RATE_LIMIT") {
-            Some(v) => parse_num("GENESIS_BILLING_STRIPE_RATE_LIMIT", &v)?,
-            None => file.stripe_rate_limit.unwrap_or(default_rate),
-        };
-        if !(1..=10).contains(&max_attempts) {
-            return Err(invalid(
-                "GENESIS_BILLING_STRIPE_MAX_ATTEMPTS",
-                "expected 1 to 10",
-            ));
-        }
-        if !(1..=300).contains(&timeout_secs) {
-            return Err(invalid(
-                "GENESIS_BILLING_STRIPE_TIMEOUT_SECS",
-                "expected 1 to 300",
-            ));
-        }
+        let rate_limit = unbounded(
+            env,
+            "GENESIS_BILLING_STRIPE_RATE_LIMIT",
+            file.stripe_rate_limit,
+            default_rate,
+        )?;
 
         let stripe = match (payments_on, key, key_mode) {
             (true, Some(key), Some(mode)) => Some(StripeSettings {
@@ -541,20 +619,21 @@ impl Settings {
             _ => None,
         };
 
-        let rollout_percent = match env.var("BILLING_ROLLOUT_PERCENT") {
-            Some(v) => parse_num::<u8>("BILLING_ROLLOUT_PERCENT", &v)?,
-            None => file.billing_rollout_percent.unwrap_or(100),
-        };
-        if rollout_percent > 100 {
-            return Err(invalid("BILLING_ROLLOUT_PERCENT", "expected 0 to 100"));
-        }
+        let rollout_percent = bounded(
+            env,
+            "BILLING_ROLLOUT_PERCENT",
+            file.billing_rollout_percent,
+            100,
+            0..=100,
+        )?;
 
-        let database_url = flags
-            .database_url
-            .clone()
-            .or(file.database_url)
-            .or_else(|| env.var("DATABASE_URL"))
-            .unwrap_or_else(|| "sqlite://genesis-billing.db".to_owned());
+        let database_url = setting(
+            env,
+            flags.database_url.clone(),
+            "DATABASE_URL",
+            file.database_url,
+        )?
+        .unwrap_or_else(|| "sqlite://genesis-billing.db".to_owned());
         let database_url = DatabaseUrl::new(database_url);
         if !(database_url.expose().starts_with("sqlite:") || database_url.is_postgres()) {
             return Err(invalid(
@@ -563,42 +642,47 @@ impl Settings {
             ));
         }
 
-        let listen = flags
-            .listen
-            .clone()
-            .or(file.listen)
-            .or_else(|| env.var("GENESIS_BILLING_LISTEN"))
-            .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        let listen = setting(
+            env,
+            flags.listen.clone(),
+            "GENESIS_BILLING_LISTEN",
+            file.listen,
+        )?
+        .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
         let listen = listen
             .parse()
             .map_err(|_| invalid("GENESIS_BILLING_LISTEN", "expected HOST:PORT"))?;
 
         let admin_tokens = secret_list(
-            file.admin_tokens,
-            "admin_tokens",
             env,
             "GENESIS_ADMIN_TOKEN",
+            file.admin_tokens,
+            "admin_tokens",
             "admin token",
             MIN_ADMIN_TOKEN_LEN,
         )?;
         let webhook_secrets = secret_list(
-            file.webhook_secrets,
-            "webhook_secrets",
             env,
             "STRIPE_WEBHOOK_SECRET",
+            file.webhook_secrets,
+            "webhook_secrets",
             "webhook secret",
             MIN_WEBHOOK_SECRET_LEN,
         )?;
 
-        let db_max_connections = env_num(env, "GENESIS_BILLING_DB_MAX_CONNECTIONS", 16u32)?;
-        if !(1..=1000).contains(&db_max_connections) {
-            return Err(invalid(
-                "GENESIS_BILLING_DB_MAX_CONNECTIONS",
-                "expected 1 to 1000",
-            ));
-        }
-        let db_statement_timeout_ms =
-            env_num(env, "GENESIS_BILLING_DB_STATEMENT_TIMEOUT_MS", 30_000u64)?;
+        let db_max_connections = bounded(
+            env,
+            "GENESIS_BILLING_DB_MAX_CONNECTIONS",
+            file.db_max_connections,
+            16,
+            1..=1000,
+        )?;
+        let db_statement_timeout_ms = unbounded(
+            env,
+            "GENESIS_BILLING_DB_STATEMENT_TIMEOUT_MS",
+            file.db_statement_timeout_ms,
+            30_000,
+        )?;
         if serve.ops_listen == Some(listen) && listen.port() != 0 {
             return Err(invalid(
                 "GENESIS_BILLING_OPS_LISTEN",
@@ -614,29 +698,49 @@ impl Settings {
             stripe,
             key_mode,
             rollout_percent,
-            catalog_path: flags
-                .catalog
-                .clone()
-                .or(file.catalog)
-                .or_else(|| env.var("GENESIS_BILLING_CATALOG").map(PathBuf::from)),
+            catalog_path: setting(
+                env,
+                flags.catalog.clone(),
+                "GENESIS_BILLING_CATALOG",
+                file.catalog,
+            )?,
             listen,
             admin_tokens,
             webhook_secrets,
-            webhook_tolerance_secs: env_num(env, "GENESIS_BILLING_WEBHOOK_TOLERANCE_SECS", 300)?,
-            resume_interval_secs: env_num(env, "GENESIS_BILLING_RESUME_INTERVAL_SECS", 30)?,
-            lease_secs: env_num(env, "GENESIS_BILLING_LEASE_SECS", 120)?,
-            reconcile_interval_secs: env_num(env, "GENESIS_BILLING_RECONCILE_INTERVAL_SECS", 3600)?,
-            gap_fill_interval_secs: env_num(env, "GENESIS_BILLING_GAP_FILL_INTERVAL_SECS", 300)?,
-            public_url: file
-                .public_url
-                .or_else(|| env.var("GENESIS_BILLING_PUBLIC_URL"))
+            webhook_tolerance_secs: unbounded(
+                env,
+                "GENESIS_BILLING_WEBHOOK_TOLERANCE_SECS",
+                file.webhook_tolerance_secs,
+                300,
+            )?,
+            resume_interval_secs: unbounded(
+                env,
+                "GENESIS_BILLING_RESUME_INTERVAL_SECS",
+                file.resume_interval_secs,
+                30,
+            )?,
+            lease_secs: unbounded(env, "GENESIS_BILLING_LEASE_SECS", file.lease_secs, 120)?,
+            reconcile_interval_secs: unbounded(
+                env,
+                "GENESIS_BILLING_RECONCILE_INTERVAL_SECS",
+                file.reconcile_interval_secs,
+                3600,
+            )?,
+            gap_fill_interval_secs: unbounded(
+                env,
+                "GENESIS_BILLING_GAP_FILL_INTERVAL_SECS",
+                file.gap_fill_interval_secs,
+                300,
+            )?,
+            public_url: setting(env, None, "GENESIS_BILLING_PUBLIC_URL", file.public_url)?
                 .unwrap_or_else(|| "https://example.com".to_owned()),
+            warnings: unknown_variables(env),
         })
     }
 
     /// The database pool settings.
-    pub fn store_options(&self) -> crate::store::StoreOptions {
-        crate::store::StoreOptions {
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
             max_connections: self.db_max_connections,
             statement_timeout: (self.db_statement_timeout_ms > 0)
                 .then(|| Duration::from_millis(self.db_statement_timeout_ms)),
@@ -652,33 +756,25 @@ impl Settings {
     }
 }
 
-/// `serve`'s limits: config file, then environment, then defaults; each within a sane range.
+/// A number without a flag or range: variable `name`, else the config file, else `default`.
+fn unbounded<T: FromEnv>(
+    env: &dyn Env,
+    name: &str,
+    file: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
+    Ok(setting(env, None, name, file)?.unwrap_or(default))
+}
+
+/// `serve`'s limits, each within a sane range.
 fn serve_settings(file: &FileConfig, env: &dyn Env) -> Result<ServeSettings, ConfigError> {
-    fn bounded<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
-        from_file: Option<T>,
-        env: &dyn Env,
-        name: &str,
-        default: T,
-        range: std::ops::RangeInclusive<T>,
-    ) -> Result<T, ConfigError> {
-        let v = match from_file {
-            Some(v) => v,
-            None => env_num(env, name, default)?,
-        };
-        if !range.contains(&v) {
-            return Err(invalid(
-                name,
-                format!("expected {} to {}", range.start(), range.end()),
-            ));
-        }
-        Ok(v)
-    }
     let d = ServeSettings::default();
-    let ops_listen = match file
-        .ops_listen
-        .clone()
-        .or_else(|| env.var("GENESIS_BILLING_OPS_LISTEN"))
-    {
+    let ops_listen = match setting(
+        env,
+        None,
+        "GENESIS_BILLING_OPS_LISTEN",
+        file.ops_listen.clone(),
+    )? {
         Some(v) if !v.trim().is_empty() => Some(
             v.trim()
                 .parse()
@@ -686,76 +782,76 @@ fn serve_settings(file: &FileConfig, env: &dyn Env) -> Result<ServeSettings, Con
         ),
         _ => None,
     };
-    let metrics_token = match &file.metrics_token {
-        Some(t) => {
-            let t = SecretString::from(t.trim().to_owned());
+    let metrics_token = resolve(
+        None,
+        || secret_var(env, "GENESIS_BILLING_METRICS_TOKEN"),
+        file.metrics_token
+            .clone()
+            .map(|t| (SecretString::from(t), "metrics_token".to_owned())),
+    )?;
+    let metrics_token = match metrics_token {
+        Some((t, source)) => {
+            let t = SecretString::from(t.expose_secret().trim().to_owned());
             if t.expose_secret().is_empty() {
-                return Err(invalid("metrics_token", "is empty"));
+                return Err(invalid(&source, "is empty"));
             }
             Some(t)
         }
-        None => secret_var(env, "GENESIS_BILLING_METRICS_TOKEN")?
-            .map(|t| SecretString::from(t.expose_secret().trim().to_owned())),
+        None => None,
     };
     Ok(ServeSettings {
         header_read_timeout_secs: bounded(
-            file.header_read_timeout_secs,
             env,
             "GENESIS_BILLING_HEADER_READ_TIMEOUT_SECS",
+            file.header_read_timeout_secs,
             d.header_read_timeout_secs,
             1..=300,
         )?,
         body_read_timeout_secs: bounded(
-            file.body_read_timeout_secs,
             env,
             "GENESIS_BILLING_BODY_READ_TIMEOUT_SECS",
+            file.body_read_timeout_secs,
             d.body_read_timeout_secs,
             1..=3600,
         )?,
         max_connections: bounded(
-            file.max_connections,
             env,
             "GENESIS_BILLING_MAX_CONNECTIONS",
+            file.max_connections,
             d.max_connections,
             1..=1_000_000,
         )?,
         max_in_flight_webhook: bounded(
-            file.max_in_flight_webhook,
             env,
             "GENESIS_BILLING_MAX_IN_FLIGHT_WEBHOOK",
+            file.max_in_flight_webhook,
             d.max_in_flight_webhook,
             1..=100_000,
         )?,
         max_in_flight_admin: bounded(
-            file.max_in_flight_admin,
             env,
             "GENESIS_BILLING_MAX_IN_FLIGHT_ADMIN",
+            file.max_in_flight_admin,
             d.max_in_flight_admin,
             1..=100_000,
         )?,
         max_in_flight_ops: bounded(
-            file.max_in_flight_ops,
             env,
             "GENESIS_BILLING_MAX_IN_FLIGHT_OPS",
+            file.max_in_flight_ops,
             d.max_in_flight_ops,
             1..=100_000,
         )?,
         shutdown_grace_secs: bounded(
-            file.shutdown_grace_secs,
             env,
             "GENESIS_BILLING_SHUTDOWN_GRACE_SECS",
+            file.shutdown_grace_secs,
             d.shutdown_grace_secs,
             0..=3600,
         )?,
         ops_listen,
         metrics_token,
     })
-}
-
-fn env_num<T: std::str::FromStr>(env: &dyn Env, name: &str, default: T) -> Result<T, ConfigError> {
-    env.var(name)
-        .map(|v| parse_num(name, &v))
-        .unwrap_or(Ok(default))
 }
 
 fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -931,55 +1027,6 @@ mod tests {
         assert!(load(&[("GENESIS_BILLING_DB_STATEMENT_TIMEOUT_MS", "-5")]).is_err());
     }
 
-    #[test]
-    fn a_database_url_hides_its_password() {
-        let url = DatabaseUrl::new("postgres://billing:hunter2@db:5432/billing");
-        assert_eq!(
-            format!("{url:?}"),
-            "DatabaseUrl(postgres://billing:***@db:5432/billing)"
-        );
-        assert_eq!(url.to_string(), "postgres://billing:***@db:5432/billing");
-        assert!(!format!("{url:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn a_database_url_hides_every_form_of_password() {
-        for (raw, shown) in [
-            // The last `@` before the host ends the user info.
-            (
-                "postgres://billing:PW@X@db/billing",
-                "postgres://billing:***@db/billing",
-            ),
-            (
-                "postgresql://billing:p%40ss%3Aw0rd@db:5432/billing",
-                "postgresql://billing:***@db:5432/billing",
-            ),
-            (
-                "postgres://billing@db/billing?password=hunter2&sslmode=require",
-                "postgres://billing@db/billing?password=***&sslmode=require",
-            ),
-            (
-                "postgres://db/billing?sslpassword=hunter2&user=billing",
-                "postgres://db/billing?sslpassword=***&user=billing",
-            ),
-            (
-                "postgres://billing:hunter2@db/billing?PASSWORD=hunter2",
-                "postgres://billing:***@db/billing?PASSWORD=***",
-            ),
-            ("sqlite://genesis-billing.db", "sqlite://genesis-billing.db"),
-            ("sqlite::memory:", "sqlite::memory:"),
-            ("postgres://billing:hunter2@[::1", "postgres://***"),
-        ] {
-            let url = DatabaseUrl::new(raw);
-            assert_eq!(url.to_string(), shown, "{raw}");
-            assert_eq!(format!("{url:?}"), format!("DatabaseUrl({shown})"));
-            for secret in ["hunter2", "PW@X", "p%40ss", "p@ss"] {
-                assert!(!url.to_string().contains(secret), "{raw}");
-                assert!(!format!("{url:?}").contains(secret), "{raw}");
-            }
-        }
-    }
-
     /// The sources a secret list is read from, each holding `value` for the setting.
     fn each_source(
         dir: &Path,
@@ -1087,7 +1134,7 @@ mod tests {
     }
 
     #[test]
-    fn serve_limits_have_safe_defaults_and_come_from_the_file_then_the_environment() {
+    fn serve_limits_have_safe_defaults_and_come_from_the_environment_then_the_file() {
         let s = load(&[]).unwrap().serve;
         assert_eq!(
             (
@@ -1132,7 +1179,8 @@ mod tests {
         )
         .unwrap()
         .serve;
-        assert_eq!((s.max_in_flight_webhook, s.shutdown_grace_secs), (7, 3));
+        // The environment wins over the file (issue 12: flag > environment > file > default).
+        assert_eq!((s.max_in_flight_webhook, s.shutdown_grace_secs), (9, 4));
         assert_eq!(s.ops_listen, Some("127.0.0.1:9191".parse().unwrap()));
     }
 
@@ -1186,5 +1234,485 @@ mod tests {
             ConfigError::BothValueAndFile(_)
         ));
         assert!(load(&[("GENESIS_BILLING_METRICS_TOKEN", "  ")]).is_err());
+    }
+
+    /// How a value is written in the TOML config file.
+    #[derive(Clone, Copy)]
+    enum Toml {
+        Num,
+        Str,
+        Bool,
+        List,
+    }
+
+    /// One setting: where it can be given and how to read it back from `Settings`.
+    struct Case {
+        env: &'static str,
+        file_key: &'static str,
+        flag: Option<fn(&mut Flags, &str)>,
+        toml: Toml,
+        /// The value given as the flag, in the environment and in the file: valid and all different.
+        values: [&'static str; 3],
+        default: &'static str,
+        /// A secret, also read from the file named by `env` + `_FILE`.
+        secret: bool,
+        read: fn(&Settings) -> String,
+    }
+
+    fn stripe(s: &Settings) -> &StripeSettings {
+        s.stripe.as_ref().expect("payments are on")
+    }
+
+    fn joined(list: &[SecretString]) -> String {
+        let list: Vec<&str> = list.iter().map(|t| t.expose_secret()).collect();
+        list.join(",")
+    }
+
+    /// Every setting (each Stripe key variable is its own row).
+    fn cases() -> Vec<Case> {
+        use Toml::*;
+        let key = |env| Case {
+            env,
+            file_key: "stripe_key",
+            flag: Some(|f, v| f.stripe_key = Some(SecretString::from(v.to_owned()))),
+            toml: Str,
+            values: ["sk_test_fromflag", "sk_test_fromenv", "sk_test_fromfile"],
+            default: "",
+            secret: true,
+            read: |s| {
+                s.stripe
+                    .as_ref()
+                    .map(|st| st.key.expose_secret().to_owned())
+                    .unwrap_or_default()
+            },
+        };
+        let num = |env, file_key, values, default, read| Case {
+            env,
+            file_key,
+            flag: None,
+            toml: Num,
+            values,
+            default,
+            secret: false,
+            read,
+        };
+        let tokens = [
+            "-",
+            "env-token-0123456789,env-token-abcdefghij",
+            "file-token-0123456789,file-token-abcdefghij",
+        ];
+        vec![
+            key("STRIPE_API_KEY"),
+            key("STRIPE_SECRET_KEY"),
+            key("STRIPE_TEST_KEY"),
+            Case {
+                env: "STRIPE_API_BASE",
+                file_key: "stripe_api_base",
+                flag: Some(|f, v| f.stripe_api_base = Some(v.to_owned())),
+                toml: Str,
+                values: ["https://flag.test", "https://env.test", "https://file.test"],
+                default: "https://api.stripe.com",
+                secret: false,
+                read: |s| stripe(s).api_base.clone(),
+            },
+            Case {
+                env: "ENABLE_PAYMENTS",
+                file_key: "enable_payments",
+                flag: None,
+                toml: Bool,
+                values: ["-", "false", "true"],
+                default: "true",
+                secret: false,
+                read: |s| s.stripe.is_some().to_string(),
+            },
+            num(
+                "BILLING_ROLLOUT_PERCENT",
+                "billing_rollout_percent",
+                ["-", "20", "30"],
+                "100",
+                |s| s.rollout_percent.to_string(),
+            ),
+            Case {
+                env: "DATABASE_URL",
+                file_key: "database_url",
+                flag: Some(|f, v| f.database_url = Some(v.to_owned())),
+                toml: Str,
+                values: ["sqlite://flag.db", "sqlite://env.db", "postgres://db/file"],
+                default: "sqlite://genesis-billing.db",
+                secret: false,
+                read: |s| s.database_url.expose().to_owned(),
+            },
+            Case {
+                env: "GENESIS_BILLING_CATALOG",
+                file_key: "catalog",
+                flag: Some(|f, v| f.catalog = Some(PathBuf::from(v))),
+                toml: Str,
+                values: ["flag.toml", "env.toml", "file.toml"],
+                default: "",
+                secret: false,
+                read: |s| {
+                    s.catalog_path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                },
+            },
+            Case {
+                env: "GENESIS_BILLING_LISTEN",
+                file_key: "listen",
+                flag: Some(|f, v| f.listen = Some(v.to_owned())),
+                toml: Str,
+                values: ["127.0.0.1:18001", "127.0.0.1:18002", "127.0.0.1:18003"],
+                default: "127.0.0.1:8080",
+                secret: false,
+                read: |s| s.listen.to_string(),
+            },
+            Case {
+                env: "GENESIS_ADMIN_TOKEN",
+                file_key: "admin_tokens",
+                flag: None,
+                toml: List,
+                values: tokens,
+                default: "",
+                secret: true,
+                read: |s| joined(&s.admin_tokens),
+            },
+            Case {
+                env: "STRIPE_WEBHOOK_SECRET",
+                file_key: "webhook_secrets",
+                flag: None,
+                toml: List,
+                values: tokens,
+                default: "",
+                secret: true,
+                read: |s| joined(&s.webhook_secrets),
+            },
+            Case {
+                env: "GENESIS_BILLING_PUBLIC_URL",
+                file_key: "public_url",
+                flag: None,
+                toml: Str,
+                values: ["-", "https://env.test", "https://file.test"],
+                default: "https://example.com",
+                secret: false,
+                read: |s| s.public_url.clone(),
+            },
+            num(
+                "GENESIS_BILLING_STRIPE_TIMEOUT_SECS",
+                "stripe_timeout_secs",
+                ["-", "6", "7"],
+                "20",
+                |s| stripe(s).timeout.as_secs().to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_STRIPE_MAX_ATTEMPTS",
+                "stripe_max_attempts",
+                ["-", "5", "6"],
+                "3",
+                |s| stripe(s).retry.max_attempts.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_STRIPE_RETRY_BASE_MS",
+                "stripe_retry_base_ms",
+                ["-", "200", "300"],
+                "1000",
+                |s| stripe(s).retry.base_delay.as_millis().to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_STRIPE_RATE_LIMIT",
+                "stripe_rate_limit",
+                ["-", "2", "3"],
+                "25",
+                |s| stripe(s).rate_limit_per_second.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_WEBHOOK_TOLERANCE_SECS",
+                "webhook_tolerance_secs",
+                ["-", "60", "90"],
+                "300",
+                |s| s.webhook_tolerance_secs.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_RESUME_INTERVAL_SECS",
+                "resume_interval_secs",
+                ["-", "5", "6"],
+                "30",
+                |s| s.resume_interval_secs.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_GAP_FILL_INTERVAL_SECS",
+                "gap_fill_interval_secs",
+                ["-", "0", "60"],
+                "300",
+                |s| s.gap_fill_interval_secs.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_RECONCILE_INTERVAL_SECS",
+                "reconcile_interval_secs",
+                ["-", "0", "600"],
+                "3600",
+                |s| s.reconcile_interval_secs.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_LEASE_SECS",
+                "lease_secs",
+                ["-", "10", "20"],
+                "120",
+                |s| s.lease_secs.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_DB_MAX_CONNECTIONS",
+                "db_max_connections",
+                ["-", "2", "3"],
+                "16",
+                |s| s.db_max_connections.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_DB_STATEMENT_TIMEOUT_MS",
+                "db_statement_timeout_ms",
+                ["-", "0", "5000"],
+                "30000",
+                |s| s.db_statement_timeout_ms.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_HEADER_READ_TIMEOUT_SECS",
+                "header_read_timeout_secs",
+                ["-", "2", "3"],
+                "10",
+                |s| s.serve.header_read_timeout_secs.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_BODY_READ_TIMEOUT_SECS",
+                "body_read_timeout_secs",
+                ["-", "2", "3"],
+                "30",
+                |s| s.serve.body_read_timeout_secs.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_MAX_CONNECTIONS",
+                "max_connections",
+                ["-", "2", "3"],
+                "512",
+                |s| s.serve.max_connections.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_MAX_IN_FLIGHT_WEBHOOK",
+                "max_in_flight_webhook",
+                ["-", "2", "3"],
+                "128",
+                |s| s.serve.max_in_flight_webhook.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_MAX_IN_FLIGHT_ADMIN",
+                "max_in_flight_admin",
+                ["-", "2", "3"],
+                "64",
+                |s| s.serve.max_in_flight_admin.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_MAX_IN_FLIGHT_OPS",
+                "max_in_flight_ops",
+                ["-", "2", "3"],
+                "16",
+                |s| s.serve.max_in_flight_ops.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_SHUTDOWN_GRACE_SECS",
+                "shutdown_grace_secs",
+                ["-", "0", "3"],
+                "25",
+                |s| s.serve.shutdown_grace_secs.to_string(),
+            ),
+            Case {
+                env: "GENESIS_BILLING_OPS_LISTEN",
+                file_key: "ops_listen",
+                flag: None,
+                toml: Str,
+                values: ["-", "127.0.0.1:19002", "127.0.0.1:19003"],
+                default: "",
+                secret: false,
+                read: |s| {
+                    s.serve
+                        .ops_listen
+                        .map(|a| a.to_string())
+                        .unwrap_or_default()
+                },
+            },
+            Case {
+                env: "GENESIS_BILLING_METRICS_TOKEN",
+                file_key: "metrics_token",
+                flag: None,
+                toml: Str,
+                values: ["-", "env-metrics-token", "file-metrics-token"],
+                default: "",
+                secret: true,
+                read: |s| {
+                    s.serve
+                        .metrics_token
+                        .as_ref()
+                        .map(|t| t.expose_secret().to_owned())
+                        .unwrap_or_default()
+                },
+            },
+        ]
+    }
+
+    fn toml_value(toml: Toml, v: &str) -> String {
+        match toml {
+            Toml::Num | Toml::Bool => v.to_owned(),
+            Toml::Str => format!("{v:?}"),
+            Toml::List => toml_list(&v.split(',').collect::<Vec<_>>()),
+        }
+    }
+
+    #[test]
+    fn every_setting_takes_the_flag_then_the_environment_then_the_file_then_its_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("c.toml");
+        let secret_file = dir.path().join("secret");
+        for case in cases() {
+            let [flag_v, env_v, file_v] = case.values;
+            assert!(
+                flag_v != env_v && env_v != file_v && flag_v != file_v,
+                "{}",
+                case.env
+            );
+            // A secret's environment value may also come from `VAR_FILE`.
+            let env_forms: &[bool] = if case.secret {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            for &via_file_var in env_forms {
+                for sources in 0u8..8 {
+                    let (flag_on, env_on, file_on) =
+                        (sources & 4 != 0, sources & 2 != 0, sources & 1 != 0);
+                    if flag_on && case.flag.is_none() || via_file_var && !env_on {
+                        continue;
+                    }
+                    let label = format!(
+                        "{} (flag {flag_on}, env {env_on}{}, file {file_on})",
+                        case.env,
+                        if via_file_var { " via _FILE" } else { "" }
+                    );
+                    let mut flags = Flags::default();
+                    let mut env: Vec<(String, String)> = Vec::new();
+                    // Settings read from `Settings::stripe` need payments on: the last key variable,
+                    // which every key row outranks or does not use.
+                    if case.file_key != "stripe_key" {
+                        env.push(("STRIPE_TEST_KEY".into(), "sk_test_baseline".into()));
+                    }
+                    if let (true, Some(set)) = (flag_on, case.flag) {
+                        set(&mut flags, flag_v);
+                    }
+                    if env_on && via_file_var {
+                        std::fs::write(&secret_file, format!("{env_v}\n")).unwrap();
+                        let path = secret_file.display().to_string();
+                        env.push((format!("{}_FILE", case.env), path));
+                    } else if env_on {
+                        env.push((case.env.into(), env_v.into()));
+                    }
+                    if file_on {
+                        let line =
+                            format!("{} = {}\n", case.file_key, toml_value(case.toml, file_v));
+                        std::fs::write(&config, line).unwrap();
+                        flags.config_file = Some(config.clone());
+                    }
+                    let expected = match (flag_on, env_on, file_on) {
+                        (true, _, _) => flag_v,
+                        (false, true, _) => env_v,
+                        (false, false, true) => file_v,
+                        (false, false, false) => case.default,
+                    };
+                    let s = Settings::load(&flags, &env).unwrap_or_else(|e| panic!("{label}: {e}"));
+                    assert_eq!((case.read)(&s), expected, "{label}");
+                    assert!(s.warnings.is_empty(), "{label}: {:?}", s.warnings);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_precedence_table_lists_every_known_variable() {
+        let rows: Vec<&str> = cases().iter().map(|c| c.env).collect();
+        for known in KNOWN_GENESIS_BILLING_VARS {
+            let covered = rows.contains(known)
+                || ["GENESIS_BILLING_CONFIG", "GENESIS_BILLING_BIN"].contains(known)
+                || known
+                    .strip_suffix("_FILE")
+                    .is_some_and(|v| cases().iter().any(|c| c.secret && c.env == v));
+            assert!(covered, "{known} has no row in the precedence table");
+        }
+    }
+
+    #[test]
+    fn an_unknown_genesis_billing_variable_is_warned_about_by_name_never_by_value() {
+        let s = load(&[
+            ("GENESIS_BILLING_STRIPE_RATE_LIMT", "VALUE-SECRET-42"),
+            ("GENESIS_BILLING_STRIPE_RATE_LIMIT", "5"),
+            ("GENESIS_BILLING_METRICS_TOKEN_FILE_X", "VALUE-SECRET-43"),
+            ("STRIPE_RATE_LIMT", "not ours"),
+            ("HOME", "/root"),
+        ])
+        .unwrap();
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("GENESIS_BILLING_METRICS_TOKEN_FILE_X"));
+        assert!(s.warnings[1].contains("GENESIS_BILLING_STRIPE_RATE_LIMT"));
+        for w in &s.warnings {
+            assert!(!w.contains("VALUE-SECRET"), "{w}");
+        }
+        assert!(
+            load(&[("GENESIS_BILLING_CONFIG_", "x")])
+                .unwrap()
+                .warnings
+                .len()
+                == 1
+        );
+    }
+
+    #[test]
+    fn an_unknown_config_file_key_is_an_error_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "stripe_rate_limit = 5\nstripe_rate_limt = 6\n").unwrap();
+        let flags = Flags {
+            config_file: Some(path),
+            ..Flags::default()
+        };
+        let err =
+            Settings::load(&flags, &[("GENESIS_BILLING_STRIPE_RATE_LIMIT", "7")]).unwrap_err();
+        assert!(matches!(err, ConfigError::File { .. }), "{err}");
+        assert!(err.to_string().contains("stripe_rate_limt"), "{err}");
+    }
+
+    #[test]
+    fn a_flag_wins_without_reading_the_environment_and_the_environment_wins_over_the_file() {
+        // A key flag is used even when the key variables are broken; without the flag they are refused.
+        let broken = [
+            ("STRIPE_API_KEY", "x"),
+            ("STRIPE_API_KEY_FILE", "/nonexistent"),
+        ];
+        let flags = Flags {
+            stripe_key: Some(SecretString::from(KEY)),
+            ..Flags::default()
+        };
+        assert_eq!(
+            Settings::load(&flags, &broken).unwrap().key_mode,
+            Some(StripeMode::Test)
+        );
+        assert!(matches!(
+            load(&broken).unwrap_err(),
+            ConfigError::BothValueAndFile(_)
+        ));
+        // A malformed variable is an error even when the file holds a valid value: it would have won.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "billing_rollout_percent = 50\n").unwrap();
+        let flags = Flags {
+            config_file: Some(path),
+            ..Flags::default()
+        };
+        let err = Settings::load(&flags, &[("BILLING_ROLLOUT_PERCENT", "lots")]).unwrap_err();
+        assert!(err.to_string().contains("BILLING_ROLLOUT_PERCENT"), "{err}");
     }
 }

@@ -297,6 +297,57 @@ async fn the_demo_runs_offline_through_the_whole_lifecycle() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelt_genesis_billing_variable_is_warned_about_by_name_and_its_value_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("w.db").display());
+    // The misspelt variable holds the key: `run` fails the test if it appears in any output.
+    let r = run(
+        &["migrate"],
+        &[
+            ("DATABASE_URL", &db),
+            ("GENESIS_BILLING_STRIPE_RATE_LIMT", SECRET_KEY),
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("WARN") && r.stderr.contains("GENESIS_BILLING_STRIPE_RATE_LIMT"),
+        "{}",
+        r.stderr
+    );
+    let clean = run(&["migrate"], &[("DATABASE_URL", &db)]).await;
+    assert!(
+        !clean.stderr.contains("unknown environment variable"),
+        "{}",
+        clean.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_wins_over_the_config_file_and_a_flag_over_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, format!("database_url = {:?}\n", db("file.db"))).unwrap();
+    let config = config.display().to_string();
+    let r = run(
+        &["--config", &config, "migrate"],
+        &[("DATABASE_URL", &db("env.db"))],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(dir.path().join("env.db").exists() && !dir.path().join("file.db").exists());
+    let flag = db("flag.db");
+    let r = run(
+        &["--config", &config, "--database-url", &flag, "migrate"],
+        &[("DATABASE_URL", &db("env.db"))],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(dir.path().join("flag.db").exists() && !dir.path().join("file.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_migrate_commands_started_at_once_on_a_new_sqlite_file_all_succeed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("new.db");
@@ -370,7 +421,7 @@ async fn fleet_file(
     use genesis_billing::business::{Billing, Business, Lifecycle};
     let url = common::db_url(dir);
     let store = genesis_billing::store::Store::connect(
-        &genesis_billing::config::DatabaseUrl::new(url.clone()),
+        &genesis_billing::store::DatabaseUrl::new(url.clone()),
         2,
     )
     .await

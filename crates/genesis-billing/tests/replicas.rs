@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::eventually;
-use genesis_billing::config::DatabaseUrl;
 use genesis_billing::metrics::Metrics;
+use genesis_billing::store::DatabaseUrl;
 use genesis_billing::store::{now, Store};
 use genesis_billing::stripe::{Call, ClientConfig, Form, RetryPolicy, StripeClient};
 use genesis_billing::webhook::signature::sign;

@@ -5,8 +5,8 @@ mod common;
 
 use common::postgres::TestDatabase;
 use genesis_billing::business::{Billing, Business, Lifecycle};
-use genesis_billing::config::DatabaseUrl;
 use genesis_billing::revenue::{live_mrr, mrr_from_tally, subscriptions_by_status};
+use genesis_billing::store::DatabaseUrl;
 use genesis_billing::store::{
     now, BusinessFilter, BusinessPages, EventResult, HistoryEntry, Holder, Inserted, JobLease,
     NewEvent, StatusChange, Store, StoreOptions, SubscriptionRecord, Triage,

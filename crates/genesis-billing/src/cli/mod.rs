@@ -375,6 +375,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         flags.listen = listen.clone();
     }
     let settings = Settings::load(&flags, &ProcessEnv)?;
+    settings.warnings.iter().for_each(|w| tracing::warn!("{w}"));
     let metrics = Arc::new(Metrics::new());
     let service = Arc::new(build_service(&settings, metrics.clone()).await?);
     let json = cli.json;

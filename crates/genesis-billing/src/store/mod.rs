@@ -6,6 +6,7 @@
 
 mod change_marker;
 mod coordination;
+mod database_url;
 mod health;
 mod migrate;
 mod sqlite_inbox;
@@ -14,6 +15,7 @@ mod webhook_event;
 pub use coordination::{
     BusinessLease, Holder, HolderState, JobLease, StoreRateBudget, UnfinishedBusiness,
 };
+pub use database_url::DatabaseUrl;
 pub use health::ProbeFailure;
 pub use webhook_event::{
     EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage,
@@ -26,7 +28,6 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, Row};
 
 use crate::business::{Billing, Business, Lifecycle};
-use crate::config::DatabaseUrl;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]

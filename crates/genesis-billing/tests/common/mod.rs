@@ -46,18 +46,7 @@ pub fn settings_for(sim_base: &str, database_url: &str, env: &[(&str, &str)]) ->
         all.retain(|(name, _)| name != k);
         all.push(((*k).into(), (*v).into()));
     }
-    Settings::load(&flags, &VecEnv(all)).expect("valid test settings")
-}
-
-struct VecEnv(Vec<(String, String)>);
-
-impl genesis_billing::config::Env for VecEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    }
+    Settings::load(&flags, &all).expect("valid test settings")
 }
 
 impl World {
