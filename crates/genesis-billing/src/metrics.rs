@@ -41,7 +41,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 const LAG_BUCKETS: &[f64] = &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 3600.0];
 
-// In registration order (the order of the exposition); `Metrics::new` registers them by index.
+// In exposition order: `Metrics::new` registers one family per entry, in this order.
 const FAMILIES: &[FamilyDef] = &[
     FamilyDef { name: "genesis_meta_agent_stripe_subscriptions_total", kind: Kind::Counter, help: "Subscriptions by outcome (success, failed, cancelled).", labels: &["status"] },
     FamilyDef { name: "genesis_meta_agent_stripe_revenue_total_usd", kind: Kind::Counter, help: "Monthly recurring revenue added, in USD (never decreases; see genesis_billing_mrr_usd).", labels: &["business_type"] },
@@ -317,14 +317,10 @@ impl Metrics {
         let mut defs = FAMILIES.iter();
         let mut add = |metric: &dyn Fn(&mut Registry, &str, &str)| {
             let def = defs.next().expect("one FAMILIES entry per family");
-            // The library appends `_total` to counter samples and a full stop to HELP.
-            let name = match def.kind {
-                Kind::Counter => def.name.strip_suffix("_total").unwrap_or(def.name),
-                _ => def.name,
-            };
+            // The library appends a full stop to HELP.
             metric(
                 &mut registry,
-                name,
+                registered_name(def),
                 def.help.strip_suffix('.').unwrap_or(def.help),
             );
         };
@@ -543,68 +539,85 @@ fn escape_label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The name a family is registered under: the library appends `_total` to counter samples itself.
+fn registered_name(def: &FamilyDef) -> &'static str {
+    match def.kind {
+        Kind::Counter => def.name.strip_suffix("_total").unwrap_or(def.name),
+        _ => def.name,
+    }
+}
+
 /// Turns the library's OpenMetrics text into the classic text the alert rules, the dashboard and
-/// `promtool check metrics` were written against, as the hand-made registry wrote it: counters named as
-/// declared in HELP/TYPE and samples (the library names the family without `_total` and appends it to
-/// samples); a histogram series as buckets with `le` last, then `_sum` and `_count` (the library writes
-/// `_sum`, `_count`, then buckets with `le` first); whole numbers without a trailing `.0`.
+/// `promtool check metrics` were written against, as the hand-made registry wrote it: every family's HELP
+/// and TYPE from `FAMILIES`, even with no series yet (the library leaves an empty family out); counter
+/// samples named as declared (the library appends `_total` to the registered name); a histogram series as
+/// buckets with `le` last, then `_sum` and `_count` (the library writes `_sum`, `_count`, then buckets with
+/// `le` first); whole numbers without a trailing `.0`.
 fn to_classic_text(open: &str) -> String {
-    let counters: HashMap<&str, &str> = FAMILIES
-        .iter()
-        .filter(|f| f.kind == Kind::Counter)
-        .map(|f| (f.name.strip_suffix("_total").unwrap_or(f.name), f.name))
-        .collect();
-    let mut out = String::with_capacity(open.len());
-    // A histogram series' `_sum` and `_count`, held until its `+Inf` bucket is written.
-    let mut held = String::new();
+    let mut blocks: HashMap<&str, Vec<&str>> = HashMap::new();
+    let mut family = "";
     for line in open.lines() {
-        if let Some(rest) = line
-            .strip_prefix("# HELP ")
-            .or_else(|| line.strip_prefix("# TYPE "))
-        {
-            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-            let name = counters.get(name).copied().unwrap_or(name);
-            let _ = writeln!(out, "{} {name} {tail}", &line[..6]);
-            continue;
-        }
-        // `# EOF` is not written by encode_registry; no other comment is expected.
-        let Some((series, value)) = line.rsplit_once(' ').filter(|_| !line.starts_with('#')) else {
-            continue;
-        };
-        let (name, labels) = series.split_at(series.find('{').unwrap_or(series.len()));
-        let name = name
-            .strip_suffix("_total")
-            .and_then(|family| counters.get(family).copied())
-            .unwrap_or(name);
-        let value = whole(value);
-        if name.ends_with("_sum") || name.ends_with("_count") {
-            let _ = writeln!(held, "{name}{labels} {value}");
-            continue;
-        }
-        let bucket = labels
-            .strip_prefix("{le=\"")
-            .and_then(|l| l.split_once('"'))
-            .filter(|_| name.ends_with("_bucket"));
-        let Some((le, rest)) = bucket else {
-            let _ = writeln!(out, "{name}{labels} {value}");
-            continue;
-        };
-        let le = whole(le);
-        match rest.strip_prefix(',') {
-            Some(others) => {
-                let others = &others[..others.len() - 1];
-                let _ = writeln!(out, "{name}{{{others},le=\"{le}\"}} {value}");
-            }
-            None => {
-                let _ = writeln!(out, "{name}{{le=\"{le}\"}} {value}");
-            }
-        }
-        if le == "+Inf" {
-            out.push_str(&held);
-            held.clear();
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            family = rest.split(' ').next().unwrap_or(rest);
+        } else if !line.starts_with('#') {
+            blocks.entry(family).or_default().push(line);
         }
     }
-    out.push_str(&held);
+    let mut out = String::with_capacity(open.len() + 2048);
+    for def in FAMILIES {
+        let kind = match def.kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        };
+        let _ = writeln!(out, "# HELP {0} {1}\n# TYPE {0} {kind}", def.name, def.help);
+        let registered = registered_name(def);
+        // A histogram series' buckets, then its `_sum` and `_count`, held until its `+Inf` bucket.
+        let (mut buckets, mut held) = (String::new(), String::new());
+        for line in blocks.get(registered).into_iter().flatten() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let (name, labels) = series.split_at(series.find('{').unwrap_or(series.len()));
+            let name = match def.kind {
+                Kind::Counter => def.name,
+                _ => name,
+            };
+            let value = whole(value);
+            if def.kind == Kind::Histogram && !name.ends_with("_bucket") {
+                let _ = writeln!(held, "{name}{labels} {value}");
+                continue;
+            }
+            let bucket = labels
+                .strip_prefix("{le=\"")
+                .and_then(|l| l.split_once('"'))
+                .filter(|_| def.kind == Kind::Histogram);
+            let Some((le, rest)) = bucket else {
+                let _ = writeln!(out, "{name}{labels} {value}");
+                continue;
+            };
+            let le = whole(le);
+            match rest.strip_prefix(',') {
+                Some(others) => {
+                    let others = &others[..others.len() - 1];
+                    let _ = writeln!(buckets, "{name}{{{others},le=\"{le}\"}} {value}");
+                }
+                None => {
+                    let _ = writeln!(buckets, "{name}{{le=\"{le}\"}} {value}");
+                }
+            }
+            if le == "+Inf" {
+                // A series never observed (the label-less one exists from the start) is left out, as
+                // before: every other series appears with its first observation.
+                if value != "0" {
+                    out.push_str(&buckets);
+                    out.push_str(&held);
+                }
+                buckets.clear();
+                held.clear();
+            }
+        }
+    }
     out
 }
 
@@ -788,6 +801,30 @@ mod tests {
             buckets("genesis_billing_webhook_apply_lag_seconds_bucket"),
             11
         );
+    }
+
+    #[test]
+    fn a_fresh_registry_declares_every_family_before_any_series_exists() {
+        let text = Metrics::new().render();
+        let mut expected = String::new();
+        for def in FAMILIES {
+            let kind = match def.kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            expected += &format!("# HELP {0} {1}\n# TYPE {0} {kind}\n", def.name, def.help);
+            if def.name == "genesis_billing_stripe_rate_limited_total" {
+                expected += "genesis_billing_stripe_rate_limited_total 0\n";
+            }
+            if def.name == "genesis_billing_build_info" {
+                expected += &format!(
+                    "genesis_billing_build_info{{version=\"{}\"}} 1\n",
+                    env!("CARGO_PKG_VERSION")
+                );
+            }
+        }
+        assert_eq!(text, expected);
     }
 
     #[test]
