@@ -9,7 +9,7 @@
 //! `FAMILIES` below names every family once (name, type, HELP, labels); `deploy/check.sh` reads it to
 //! check the alert rules and the dashboard, and a unit test checks the rendered exposition against it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -230,7 +230,7 @@ fn latency_histogram() -> Histogram {
 #[derive(Debug)]
 struct Aggregate<L, G> {
     family: Family<L, G>,
-    current: Mutex<Vec<L>>,
+    current: Mutex<HashSet<L>>,
 }
 
 impl<L, G> Aggregate<L, G>
@@ -241,7 +241,7 @@ where
     /// Sets every new value, then removes the label sets that went away: a scrape never sees it empty.
     fn replace(&self, values: Vec<(L, impl FnOnce(&G))>) {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh: Vec<L> = values.iter().map(|(l, _)| l.clone()).collect();
+        let fresh: HashSet<L> = values.iter().map(|(l, _)| l.clone()).collect();
         for (labels, set) in values {
             set(&self.family.get_or_create(&labels));
         }
