@@ -20,7 +20,7 @@ use tokio::sync::RwLock;
 
 use crate::business::InvalidInput;
 use crate::catalog::{Catalog, Entry};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MrrLabels};
 use crate::store::{Store, StoreError};
 use crate::stripe::{Price, StripeClient, StripeError};
 
@@ -210,23 +210,16 @@ impl BillingService {
         }
         last.marker = None;
         let tally = self.store.subscription_tally().await?;
-        let values: Vec<(Vec<String>, f64)> = crate::revenue::mrr_from_tally(&tally)
-            .iter()
-            .map(|l| {
-                (
-                    vec![l.business_type.clone(), l.currency.clone()],
-                    l.active_cents as f64 / 100.0,
-                )
-            })
-            .collect();
         self.metrics
-            .replace_gauge("genesis_billing_mrr_usd", &values);
-        let values: Vec<(Vec<String>, f64)> = crate::revenue::subscriptions_by_status(&tally)
-            .into_iter()
-            .map(|(s, n)| (vec![s], n as f64))
-            .collect();
+            .set_mrr(crate::revenue::mrr_from_tally(&tally).iter().map(|l| {
+                let labels = MrrLabels {
+                    business_type: l.business_type.clone(),
+                    currency: l.currency.clone(),
+                };
+                (labels, l.active_cents as f64 / 100.0)
+            }));
         self.metrics
-            .replace_gauge("genesis_billing_subscriptions", &values);
+            .set_subscription_statuses(crate::revenue::subscriptions_by_status(&tally));
         last.marker = marker;
         last.finished = seq;
         Ok(())

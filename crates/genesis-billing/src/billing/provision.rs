@@ -7,6 +7,7 @@ use super::{BillingError, BillingService};
 use crate::business::{
     in_rollout, rfc3339, truncate_chars, Billing, Business, Lifecycle, NewBusiness,
 };
+use crate::metrics::SubscriptionOutcome;
 use crate::store::{now, BusinessLease, HolderState, SubscriptionRecord, UnfinishedBusiness};
 use crate::stripe::{
     Customer, NewCustomer, NewSubscription, StripeClient, StripeError, Subscription,
@@ -162,10 +163,8 @@ impl BillingService {
         } else {
             stored
         };
-        self.metrics.inc(
-            "genesis_meta_agent_businesses_created_total",
-            &[&business.business_type, business.billing.as_str()],
-        );
+        self.metrics
+            .business_created(&business.business_type, business.billing.as_str());
         Ok((business, false))
     }
 
@@ -215,17 +214,11 @@ impl BillingService {
             .await?;
         match self.ensure_subscription(stripe, &b, &customer, None).await {
             Ok(sub) => {
-                self.metrics.inc(
-                    "genesis_meta_agent_stripe_subscriptions_total",
-                    &["success"],
-                );
+                self.metrics.subscription(SubscriptionOutcome::Success);
                 let entry = self.catalog.entry_for(&b.business_type);
                 if entry.currency == "usd" {
-                    self.metrics.add(
-                        "genesis_meta_agent_stripe_revenue_total_usd",
-                        &[&b.business_type],
-                        entry.monthly_cents() as f64 / 100.0,
-                    );
+                    self.metrics
+                        .revenue_added(&b.business_type, entry.monthly_cents() as f64 / 100.0);
                 }
                 tracing::info!(business_id = id, subscription = %sub.id, status = %sub.status, "billing provisioned");
             }
@@ -249,10 +242,8 @@ impl BillingService {
             return Err(e);
         }
         tracing::warn!(business_id = %b.business_id, step, error = %e, "billing failed");
-        self.metrics
-            .inc("genesis_meta_agent_stripe_subscriptions_total", &["failed"]);
-        self.metrics
-            .inc("genesis_billing_provision_failures_total", &[step]);
+        self.metrics.subscription(SubscriptionOutcome::Failed);
+        self.metrics.provision_failure(step);
         self.store
             .set_billing(
                 &b.business_id,

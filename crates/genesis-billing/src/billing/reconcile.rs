@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::{BillingError, BillingService};
 use crate::business::{in_rollout, is_live_subscription, Billing, Business, Lifecycle};
+use crate::metrics::DriftAction;
 use crate::store::{now, BusinessFilter, BusinessPages};
 use crate::stripe::{StripeClient, StripeError, Subscription};
 
@@ -135,16 +136,12 @@ impl BillingService {
                     }
                 }
                 for mut d in self.drift_of(b, &view) {
-                    self.metrics
-                        .inc("genesis_billing_reconcile_drift_total", &[d.field, "found"]);
+                    self.metrics.drift(d.field, DriftAction::Found);
                     if fix {
                         match self.repair(b, &d, &view).await {
                             Ok(()) => {
                                 d.fixed = true;
-                                self.metrics.inc(
-                                    "genesis_billing_reconcile_drift_total",
-                                    &[d.field, "fixed"],
-                                );
+                                self.metrics.drift(d.field, DriftAction::Fixed);
                                 let detail = format!(
                                     "{}: {:?} → {:?} ({})",
                                     d.field, d.local, d.stripe, d.repair
@@ -173,10 +170,7 @@ impl BillingService {
             .collect();
         orphans.sort_by(|a, b| a.0.cmp(b.0));
         for (id, business_id) in orphans {
-            self.metrics.inc(
-                "genesis_billing_reconcile_drift_total",
-                &["orphan_customer", "found"],
-            );
+            self.metrics.drift("orphan_customer", DriftAction::Found);
             report.drift.push(Drift {
                 business_id: business_id.clone(),
                 field: "orphan_customer",

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::{BillingError, BillingService};
 use crate::business::{is_live_subscription, Billing, Business, Lifecycle};
+use crate::metrics::SubscriptionOutcome;
 use crate::store::now;
 
 /// Why billing of a rolled-back business is `skipped`.
@@ -124,10 +125,7 @@ impl BillingService {
                 .await?;
         }
         match stripe.cancel_subscription(&s.subscription_id).await {
-            Ok(_) => self.metrics.inc(
-                "genesis_meta_agent_stripe_subscriptions_total",
-                &["cancelled"],
-            ),
+            Ok(_) => self.metrics.subscription(SubscriptionOutcome::Cancelled),
             Err(e) if e.is_missing() => {}
             Err(e) => {
                 // Already over (cancelled by an earlier, interrupted run): nothing to do in Stripe.

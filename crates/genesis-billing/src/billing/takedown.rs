@@ -4,6 +4,7 @@ use serde::Serialize;
 
 use super::{BillingError, BillingService};
 use crate::business::{is_live_subscription, rfc3339, Business, Lifecycle};
+use crate::metrics::{SubscriptionOutcome, TakedownStatus};
 use crate::store::now;
 use crate::stripe::{StripeClient, StripeError};
 
@@ -70,15 +71,11 @@ impl BillingService {
             note: None,
         };
         let Some(b) = self.store.get_business(id).await? else {
-            self.metrics
-                .inc("genesis_meta_agent_takedowns_total", &["not_found"]);
+            self.metrics.takedown(TakedownStatus::NotFound);
             return Ok(summary("not_found", "not_found"));
         };
         if b.status == Lifecycle::TakenDown || !self.store.mark_taken_down(id, &reason, at).await? {
-            self.metrics.inc(
-                "genesis_meta_agent_takedowns_total",
-                &["already_taken_down"],
-            );
+            self.metrics.takedown(TakedownStatus::AlreadyTakenDown);
             return Ok(summary("already_taken_down", "already_taken_down"));
         }
         tracing::info!(business_id = id, %reason, "business taken down");
@@ -105,20 +102,19 @@ impl BillingService {
             }
         };
         let status = if side.outcome.starts_with("error:") || side.customer_delete_error.is_some() {
-            "partial"
+            TakedownStatus::Partial
         } else {
-            "success"
+            TakedownStatus::Success
         };
-        self.metrics
-            .inc("genesis_meta_agent_takedowns_total", &[status]);
+        self.metrics.takedown(status);
         let _ = self.refresh_gauges().await;
         Ok(TakedownSummary {
-            status: status.to_owned(),
+            status: status.as_str().to_owned(),
             stripe: side.outcome,
             customer_deleted: side.customer_deleted,
             customer_delete_error: side.customer_delete_error,
             note: side.note,
-            ..summary(status, "")
+            ..summary(status.as_str(), "")
         })
     }
 
@@ -212,10 +208,7 @@ impl BillingService {
                 Ok(()) => {
                     side.outcome = "cancelled".into();
                     new_status = Some("canceled");
-                    self.metrics.inc(
-                        "genesis_meta_agent_stripe_subscriptions_total",
-                        &["cancelled"],
-                    );
+                    self.metrics.subscription(SubscriptionOutcome::Cancelled);
                 }
                 Err(e) => {
                     side.outcome = format!("error:{}", e.reason());

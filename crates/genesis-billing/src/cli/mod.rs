@@ -665,7 +665,7 @@ async fn reconcile(
     if json {
         print_json(&serde_json::json!({
             "missed_events_applied": missed,
-            "stripe_requests": service.metrics().histogram_total("genesis_billing_stripe_request_duration_seconds"),
+            "stripe_requests": service.metrics().stripe_attempts(),
             "report": report
         }));
     } else {
@@ -1259,7 +1259,7 @@ async fn create_many(
     }
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
-    let requests = metrics.histogram_total("genesis_billing_stripe_request_duration_seconds");
+    let requests = metrics.stripe_attempts();
     let summary = serde_json::json!({
         "requested": args.count,
         "billing": counts,
@@ -1268,7 +1268,7 @@ async fn create_many(
         "businesses_per_second": f64::from(args.count) / elapsed.max(1e-9),
         "stripe_requests": requests,
         "stripe_requests_per_business": requests as f64 / f64::from(args.count),
-        "stripe_rate_limited": metrics.value("genesis_billing_stripe_rate_limited_total", &[]),
+        "stripe_rate_limited": metrics.stripe_rate_limited_count() as f64,
     });
     if json {
         print_json(&summary);

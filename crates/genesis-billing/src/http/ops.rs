@@ -316,10 +316,7 @@ fn is_length_limit(e: &axum::Error) -> bool {
 
 fn rejected(state: &AppState, r: Rejection) -> Response {
     tracing::warn!(reason = r.reason(), "webhook rejected");
-    state
-        .service
-        .metrics()
-        .inc("genesis_billing_webhook_rejected_total", &[r.reason()]);
+    state.service.metrics().webhook_rejected(r.reason());
     reject_response(r)
 }
 

@@ -126,26 +126,19 @@ impl StripeClient {
                 Ok(_) => "ok".to_owned(),
                 Err(e) => e.reason(),
             };
-            self.metrics.observe(
-                "genesis_billing_stripe_request_duration_seconds",
-                &[call.operation, &outcome],
-                started.elapsed().as_secs_f64(),
-            );
+            self.metrics
+                .stripe_request(call.operation, &outcome, started.elapsed().as_secs_f64());
             let err = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
             if err.status() == Some(429) {
-                self.metrics
-                    .inc("genesis_billing_stripe_rate_limited_total", &[]);
+                self.metrics.stripe_rate_limited();
             }
             match decide(&err, attempt, &self.retry, fastrand::f64()) {
                 Decision::Retry { after, reason } => {
                     tracing::debug!(operation = call.operation, attempt, ?after, error = %err, "retrying Stripe call");
-                    self.metrics.inc(
-                        "genesis_billing_stripe_retries_total",
-                        &[call.operation, reason],
-                    );
+                    self.metrics.stripe_retry(call.operation, reason);
                     tokio::time::sleep(after).await;
                     attempt += 1;
                 }

@@ -14,6 +14,7 @@ use crate::billing::{
     Applied, BillingError, BillingService, Deferred, EventKeys, KeyFields, Writes, HANDLED_EVENTS,
 };
 use crate::config::StripeMode;
+use crate::metrics::WebhookOutcome;
 use crate::store::{now, EventResult, Inserted, NewEvent, StoredEvent, Triage};
 use crate::stripe::{Call, Form};
 pub use signature::Rejection;
@@ -465,9 +466,7 @@ impl Inbox {
     }
 
     fn reject(&self, r: Rejection) -> ReceiveError {
-        self.service()
-            .metrics()
-            .inc("genesis_billing_webhook_rejected_total", &[r.reason()]);
+        self.service().metrics().webhook_rejected(r.reason());
         tracing::warn!(reason = r.reason(), "webhook rejected");
         ReceiveError::Rejected(r)
     }
@@ -557,24 +556,20 @@ impl Inbox {
             .await
             .map_err(|_| ReceiveError::Unavailable)?;
         let outcome = match stored.await {
-            Ok(Ok(Inserted::Duplicate)) => "duplicate",
-            Ok(Ok(Inserted::Ignored(_))) => "ignored",
+            Ok(Ok(Inserted::Duplicate)) => WebhookOutcome::Duplicate,
+            Ok(Ok(Inserted::Ignored(_))) => WebhookOutcome::Ignored,
             Ok(Ok(Inserted::Applied)) => {
-                self.service().metrics().observe(
-                    "genesis_billing_webhook_apply_lag_seconds",
-                    &[],
-                    (now() - created).max(0) as f64,
-                );
-                "applied"
+                self.service()
+                    .metrics()
+                    .webhook_apply_lag((now() - created).max(0) as f64);
+                WebhookOutcome::Applied
             }
             Ok(Ok(Inserted::Pending)) => return Ok(Received::Stored),
             // Not stored (the database refused it even alone, or failed): Stripe delivers it again.
             Ok(Ok(Inserted::Failed) | Err(())) | Err(_) => return Err(ReceiveError::Unavailable),
         };
-        self.service()
-            .metrics()
-            .inc("genesis_billing_webhook_events_total", &[&kind, outcome]);
-        Ok(if outcome == "duplicate" {
+        self.service().metrics().webhook_event(&kind, outcome);
+        Ok(if outcome == WebhookOutcome::Duplicate {
             Received::Duplicate
         } else {
             Received::Stored
@@ -768,10 +763,7 @@ impl Applier {
                 r
             }
             Err(e) => {
-                metrics.inc(
-                    "genesis_billing_webhook_events_total",
-                    &[event_type, "failed"],
-                );
+                metrics.webhook_event(event_type, WebhookOutcome::Failed);
                 let tries = attempts + 1;
                 tracing::warn!(event_id = id, attempts = tries, error = %e, "applying webhook event failed");
                 if tries >= MAX_ATTEMPTS {
@@ -830,19 +822,14 @@ impl Applier {
 
 /// Counts an event applied or ignored (the outcomes decided when the apply or the writer recorded it).
 fn count_outcome(metrics: &crate::metrics::Metrics, r: &EventResult) {
-    if !matches!(r.status, "applied" | "ignored") {
-        return;
-    }
-    metrics.inc(
-        "genesis_billing_webhook_events_total",
-        &[&r.event_type, r.status],
-    );
-    if r.status == "applied" {
-        metrics.observe(
-            "genesis_billing_webhook_apply_lag_seconds",
-            &[],
-            (now() - r.created).max(0) as f64,
-        );
+    let outcome = match r.status {
+        "applied" => WebhookOutcome::Applied,
+        "ignored" => WebhookOutcome::Ignored,
+        _ => return,
+    };
+    metrics.webhook_event(&r.event_type, outcome);
+    if outcome == WebhookOutcome::Applied {
+        metrics.webhook_apply_lag((now() - r.created).max(0) as f64);
     }
 }
 
