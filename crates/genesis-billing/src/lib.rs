@@ -10,16 +10,16 @@
 //! - [`stripe`]: our own thin Stripe client (retries, rate limit, idempotency keys);
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod app;
 pub mod billing;
 pub mod business;
 pub mod catalog;
 pub mod cli;
 pub mod config;
-pub mod demo;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod revenue;
-pub mod smoke;
 pub mod store;
 pub mod stripe;
 pub mod webhook;

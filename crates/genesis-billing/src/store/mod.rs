@@ -11,9 +11,7 @@ mod migrate;
 mod sqlite_inbox;
 mod webhook_event;
 
-pub use coordination::{
-    BusinessLease, Holder, HolderState, JobLease, StoreRateBudget, UnfinishedBusiness,
-};
+pub use coordination::{BusinessLease, Holder, HolderState, JobLease, UnfinishedBusiness};
 pub use health::ProbeFailure;
 pub use webhook_event::{
     EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage,

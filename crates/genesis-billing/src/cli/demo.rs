@@ -9,9 +9,10 @@ use anyhow::Context as _;
 use secrecy::SecretString;
 use serde_json::json;
 
+use super::{business_table, print_json, revenue_table, Failure};
+use crate::app::{app_state, build_service};
 use crate::billing::BillingService;
 use crate::business::{Business, Lifecycle, NewBusiness};
-use crate::cli::{app_state, build_service, business_table, print_json, revenue_table, Failure};
 use crate::config::{Flags, Settings};
 use crate::metrics::Metrics;
 use crate::revenue::mrr_from_tally;
@@ -93,7 +94,7 @@ pub async fn run(json: bool) -> Result<(), Failure> {
     );
     let (endpoint, secret) = service.register_webhook_endpoint(&url).await?;
     settings.webhook_secrets = vec![secret];
-    let schedule = crate::http::Schedule {
+    let schedule = crate::jobs::Schedule {
         resume: Duration::from_secs(3600),
         webhook_retry: Duration::from_secs(1),
         gap_fill: None,
