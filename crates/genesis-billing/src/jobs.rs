@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::RwLock;
 
-use crate::billing::{BillingError, BillingService};
-use crate::store::JobLease;
-use crate::stripe::StripeError;
+use crate::billing::{BillingError, BillingService, StripeError};
 use crate::webhook::Inbox;
 
 /// How often the background check asks Stripe once everything is fine (and 30 s while it is not).
@@ -217,10 +215,7 @@ pub fn spawn(
                 tokio::time::sleep(every).await;
                 if s.service.payments_enabled() {
                     // Once per interval across the fleet: a job lease (see store::coordination).
-                    let Some(lease) =
-                        JobLease::try_claim(s.service.store(), "reconcile", s.service.lease())
-                            .await
-                    else {
+                    let Some(lease) = s.service.try_claim_job("reconcile").await else {
                         continue;
                     };
                     match s.service.reconcile(true, &|_, _| {}).await {
@@ -250,9 +245,7 @@ pub fn spawn(
             loop {
                 tokio::time::sleep(every).await;
                 if s.service.payments_enabled() {
-                    let Some(lease) =
-                        JobLease::try_claim(s.service.store(), "gap_fill", s.service.lease()).await
-                    else {
+                    let Some(lease) = s.service.try_claim_job("gap_fill").await else {
                         continue;
                     };
                     if let Err(e) = s.inbox.gap_fill().await {

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::business::{Business, Lifecycle};
-use crate::store::SubscriptionTally;
 
 /// Stripe's card fee: a share of the charge in basis points plus a fixed amount per charge.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +83,20 @@ pub fn format_cents(cents: i64) -> String {
         grouped.push(c);
     }
     format!("{sign}${grouped}.{:02}", abs % 100)
+}
+
+/// Active businesses with a subscription status, counted in the database by type, currency and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionTally {
+    pub business_type: String,
+    pub currency: Option<String>,
+    pub subscription_status: String,
+    /// Businesses in the group.
+    pub businesses: i64,
+    /// Those of them with a monthly price.
+    pub priced: i64,
+    /// The sum of their monthly prices, in cents.
+    pub monthly_cents: i64,
 }
 
 /// MRR of one business type in one currency, split by subscription status.
@@ -174,6 +187,38 @@ pub fn subscriptions_by_status(tally: &[SubscriptionTally]) -> BTreeMap<String, 
         *by_status.entry(t.subscription_status.clone()).or_default() += t.businesses;
     }
     by_status
+}
+
+/// MRR totals of one currency over every business type (the report's TOTAL rows).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MrrTotal {
+    pub currency: String,
+    pub active_cents: i64,
+    pub active_count: i64,
+    pub past_due_cents: i64,
+    pub past_due_count: i64,
+    pub trialing_cents: i64,
+    pub trialing_count: i64,
+}
+
+/// Per-currency totals of `lines`, in currency order.
+pub fn totals(lines: &[MrrLine]) -> Vec<MrrTotal> {
+    let mut by_currency: BTreeMap<&str, MrrTotal> = BTreeMap::new();
+    for l in lines {
+        let t = by_currency
+            .entry(l.currency.as_str())
+            .or_insert_with(|| MrrTotal {
+                currency: l.currency.clone(),
+                ..MrrTotal::default()
+            });
+        t.active_cents += l.active_cents;
+        t.active_count += l.active_count;
+        t.past_due_cents += l.past_due_cents;
+        t.past_due_count += l.past_due_count;
+        t.trialing_cents += l.trialing_cents;
+        t.trialing_count += l.trialing_count;
+    }
+    by_currency.into_values().collect()
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@ use std::time::Instant;
 use super::output::{self, progress_bar, BusinessStream};
 use super::{BusinessCommand, CreateArgs};
 use crate::billing::BillingError;
+use crate::billing::{BusinessFilter, BusinessPages, PAGE};
 use crate::business::{Billing, Lifecycle, NewBusiness};
 use crate::metrics::Metrics;
-use crate::store::{BusinessFilter, BusinessPages, PAGE};
 
 pub(super) async fn run(
     service: &Arc<BillingService>,
@@ -44,8 +44,7 @@ pub(super) async fn run(
             }
         }
         BusinessCommand::Show { id } => match service
-            .store()
-            .get_business(&id)
+            .business(&id)
             .await
             .context("while reading the record")?
         {
@@ -90,12 +89,7 @@ pub(super) async fn run(
             }
             if let Some(a) = &after {
                 // The same rule as the HTTP list's cursor.
-                if a.is_empty()
-                    || a.len() > 64
-                    || !a
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
+                if !crate::business::is_business_id(a) {
                     return Err(Failure::Usage(
                         "invalid --after: expected a business id".into(),
                     ));
@@ -111,8 +105,8 @@ pub(super) async fn run(
             });
             let mut out = BusinessStream::new(json);
             while left > 0 {
-                let Some(mut page) = pages
-                    .next(service.store())
+                let Some(mut page) = service
+                    .next_page(&mut pages)
                     .await
                     .context("while reading records")?
                 else {

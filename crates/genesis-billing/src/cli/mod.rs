@@ -12,15 +12,13 @@ mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 
-use crate::app::{build_service, BuildError};
+use crate::app::{App, BuildError};
 use crate::billing::BillingError;
 use crate::config::{ConfigError, Flags, ProcessEnv, Settings};
-use crate::metrics::Metrics;
 use crate::revenue::FeeSchedule;
 pub use output::{business_table, print_json, table};
 pub use revenue::revenue_table;
@@ -330,22 +328,21 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     if let Command::Serve { listen } = &cli.command {
         flags.listen = listen.clone();
     }
-    let settings = Settings::load(&flags, &ProcessEnv)?;
-    let metrics = Arc::new(Metrics::new());
-    let service = Arc::new(build_service(&settings, metrics.clone()).await?);
+    let app = App::build(Settings::load(&flags, &ProcessEnv)?).await?;
+    let (settings, metrics, service) = (&app.settings, &app.metrics, app.service.clone());
     let json = cli.json;
     match cli.command {
         Command::Migrate => {
             // build_service migrated already; report the state.
             if json {
                 print_json(
-                    &serde_json::json!({"migrated": true, "database": service.store().backend().as_str()}),
+                    &serde_json::json!({"migrated": true, "database": service.database_kind()}),
                 );
             } else {
                 println!("database {} is up to date", settings.database_url);
             }
         }
-        Command::Business(cmd) => return business::run(&service, cmd, json, &metrics).await,
+        Command::Business(cmd) => return business::run(&service, cmd, json, metrics).await,
         Command::Prices(cmd) => prices::run(&service, cmd, json).await?,
         Command::Import { file } => {
             let bytes = read_limited(&file, crate::billing::MAX_IMPORT_BYTES)?;
@@ -363,16 +360,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
         }
         Command::Revenue(_) => revenue::live(&service, json).await?,
-        Command::Serve { .. } => serve::run(&settings, service).await?,
+        Command::Serve { .. } => serve::run(&app).await?,
         Command::Reconcile { fix } => {
-            return operations::reconcile(&settings, service, fix, json).await
+            return operations::reconcile(settings, service, fix, json).await
         }
         Command::CancelAll {
             confirm,
             concurrency,
         } => return operations::cancel_all(service, confirm, concurrency, json).await,
-        Command::Smoke => return smoke::run(&settings, &service, json).await,
-        Command::Webhooks(cmd) => return webhooks::run(&settings, service, cmd, json).await,
+        Command::Smoke => return smoke::run(settings, &service, json).await,
+        Command::Webhooks(cmd) => return webhooks::run(settings, service, cmd, json).await,
         Command::Demo => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)

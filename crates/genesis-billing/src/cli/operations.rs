@@ -93,7 +93,8 @@ pub(super) async fn cancel_all(
     // run and released at the end. A second run waits for the first; a run that was killed holds it for
     // at most 10 s (the lease is short because it is renewed), so a rerun after a crash starts quickly.
     let lease = service.lease().min(std::time::Duration::from_secs(10));
-    let lease = crate::store::JobLease::claim_waiting(service.store(), "cancel_all", lease)
+    let lease = service
+        .claim_job_waiting("cancel_all", lease)
         .await
         .context("while claiming the cancel-all lease")?;
     // Page by page: a page of Stripe's list (100), its live subscriptions cancelled with at most

@@ -204,6 +204,18 @@ impl BusinessStream {
     }
 }
 
+/// A progress bar on stderr; invisible when stderr is not a terminal.
+pub(super) fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {{bar:40}} {{pos}}/{{len}} {what}  {{per_sec}}  eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,16 +231,4 @@ mod tests {
         );
         assert_eq!(t, "A    LONG\nxyz  1\nq    22\n");
     }
-}
-
-/// A progress bar on stderr; invisible when stderr is not a terminal.
-pub(super) fn progress_bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(&format!(
-            "{{spinner}} {{bar:40}} {{pos}}/{{len}} {what}  {{per_sec}}  eta {{eta}}"
-        ))
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use super::{print_json, table, Failure};
 use crate::billing::BillingService;
-use crate::revenue::{format_cents, mrr_from_tally, parse_dollars, project, FeeSchedule};
+use crate::revenue::{format_cents, parse_dollars, project, totals, FeeSchedule};
 
 /// The live MRR report as a table.
 pub fn revenue_table(lines: &[crate::revenue::MrrLine]) -> String {
@@ -22,34 +22,13 @@ pub fn revenue_table(lines: &[crate::revenue::MrrLine]) -> String {
             ]
         })
         .collect();
-    let mut currencies: Vec<&str> = lines.iter().map(|l| l.currency.as_str()).collect();
-    currencies.dedup();
-    for cur in currencies {
-        let of = |f: fn(&crate::revenue::MrrLine) -> i64| {
-            lines
-                .iter()
-                .filter(|l| l.currency == cur)
-                .map(f)
-                .sum::<i64>()
-        };
+    for t in totals(lines) {
         rows.push(vec![
             "TOTAL".into(),
-            cur.into(),
-            format!(
-                "{} ({})",
-                format_cents(of(|l| l.active_cents)),
-                of(|l| l.active_count)
-            ),
-            format!(
-                "{} ({})",
-                format_cents(of(|l| l.past_due_cents)),
-                of(|l| l.past_due_count)
-            ),
-            format!(
-                "{} ({})",
-                format_cents(of(|l| l.trialing_cents)),
-                of(|l| l.trialing_count)
-            ),
+            t.currency,
+            format!("{} ({})", format_cents(t.active_cents), t.active_count),
+            format!("{} ({})", format_cents(t.past_due_cents), t.past_due_count),
+            format!("{} ({})", format_cents(t.trialing_cents), t.trialing_count),
         ]);
     }
     table(
@@ -94,12 +73,7 @@ pub(super) fn calculator(
 
 /// The live MRR report from the records.
 pub(super) async fn live(service: &BillingService, json: bool) -> Result<(), Failure> {
-    let tally = service
-        .store()
-        .subscription_tally()
-        .await
-        .context("while reading records")?;
-    let lines = mrr_from_tally(&tally);
+    let lines = service.mrr().await.context("while reading records")?;
     if json {
         print_json(&serde_json::json!({ "mrr": lines }));
     } else {

@@ -1,21 +1,15 @@
 //! `serve`: the service until SIGTERM or Ctrl-C.
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 
 use super::Failure;
-use crate::app::app_state;
-use crate::billing::BillingService;
+use crate::app::App;
 use crate::config::Settings;
 
 /// The service, until SIGTERM or Ctrl-C.
-pub(super) async fn run(settings: &Settings, service: Arc<BillingService>) -> Result<(), Failure> {
-    let state = app_state(settings, service);
-    let schedule = crate::app::schedule(settings);
-    let running = crate::http::start(state, settings.listen, schedule, true)
-        .await
-        .with_context(|| format!("while binding {}", settings.listen))?;
+pub(super) async fn run(app: &App) -> Result<(), Failure> {
+    let settings = &app.settings;
+    let running = app.start().await?;
     if settings.admin_tokens.is_empty() {
         tracing::warn!("no GENESIS_ADMIN_TOKEN configured: the admin API refuses every request");
     }

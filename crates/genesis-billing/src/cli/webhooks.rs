@@ -34,24 +34,23 @@ pub(super) async fn run(
             }
         }
         WebhooksCommand::List { failed, limit } => {
-            let store = service.store();
             let mut events = Vec::new();
             if failed {
                 events.extend(
-                    store
-                        .list_events(Some("failed"), limit)
+                    service
+                        .stored_events(Some("failed"), limit)
                         .await
                         .context("while reading events")?,
                 );
                 events.extend(
-                    store
-                        .list_events(Some("dead"), limit)
+                    service
+                        .stored_events(Some("dead"), limit)
                         .await
                         .context("while reading events")?,
                 );
             } else {
-                events = store
-                    .list_events(None, limit)
+                events = service
+                    .stored_events(None, limit)
                     .await
                     .context("while reading events")?;
             }
@@ -97,7 +96,6 @@ pub(super) async fn run(
         WebhooksCommand::Replay { id } => {
             let state = app_state(settings, service.clone());
             if !service
-                .store()
                 .reset_event(&id)
                 .await
                 .context("while reading events")?
@@ -107,8 +105,7 @@ pub(super) async fn run(
             }
             state.inbox.apply(&id).await;
             let event = service
-                .store()
-                .event(&id)
+                .stored_event(&id)
                 .await
                 .context("while reading events")?;
             match event {

@@ -15,8 +15,8 @@ use tokio::sync::watch;
 use super::error::ApiError;
 use super::AppState;
 use crate::billing::BillingService;
+use crate::billing::ProbeFailure;
 use crate::jobs::{CatalogHealth, StripeHealth};
-use crate::store::ProbeFailure;
 use crate::webhook::signature;
 use crate::webhook::{ReceiveError, Received, Rejection, MAX_BODY};
 
@@ -109,15 +109,14 @@ async fn database_health(state: &AppState) -> DbHealth {
 
 /// A read, then a committed write; reports each stage so a waiter that gives up knows which one hung.
 async fn probe_database(service: Arc<BillingService>, tx: watch::Sender<Stage>) {
-    let store = service.store();
-    let health = match store.probe_read().await {
+    let health = match service.probe_read().await {
         Err((_, e)) => {
             tracing::warn!(error = %e, "health: database read probe failed");
             DbHealth::Unreachable
         }
         Ok(()) => {
             tx.send_replace(Stage::Writing);
-            match store.probe_write().await {
+            match service.probe_write().await {
                 Ok(()) => DbHealth::Ok,
                 Err((failure, e)) => {
                     tracing::warn!(error = %e, "health: database write probe failed");
@@ -157,7 +156,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         "stripe_mode": state.stripe_mode,
         "stripe_key_is_test": state.key_is_test,
         "database": database.as_str(),
-        "database_kind": state.service.store().backend().as_str(),
+        "database_kind": state.service.database_kind(),
         "catalog": catalog,
         "webhook_secret_configured": state.inbox.has_secret(),
         "version": env!("CARGO_PKG_VERSION"),

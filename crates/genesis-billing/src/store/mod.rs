@@ -25,6 +25,7 @@ use sqlx::{AnyPool, Executor as _, Row};
 
 use crate::business::{Billing, Business, Lifecycle};
 use crate::config::DatabaseUrl;
+pub use crate::revenue::SubscriptionTally;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -123,20 +124,6 @@ pub struct BusinessFilter {
     pub limit: i64,
     /// Business id of the last row of the previous page.
     pub after: Option<String>,
-}
-
-/// Active businesses with a subscription status, counted in the database by type, currency and status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscriptionTally {
-    pub business_type: String,
-    pub currency: Option<String>,
-    pub subscription_status: String,
-    /// Businesses in the group.
-    pub businesses: i64,
-    /// Those of them with a monthly price.
-    pub priced: i64,
-    /// The sum of their monthly prices, in cents.
-    pub monthly_cents: i64,
 }
 
 /// Most businesses one page of [`Store::list_businesses`] returns to code that walks the whole fleet.
