@@ -189,27 +189,16 @@ pub fn subscriptions_by_status(tally: &[SubscriptionTally]) -> BTreeMap<String, 
     by_status
 }
 
-/// MRR totals of one currency over every business type (the report's TOTAL rows).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MrrTotal {
-    pub currency: String,
-    pub active_cents: i64,
-    pub active_count: i64,
-    pub past_due_cents: i64,
-    pub past_due_count: i64,
-    pub trialing_cents: i64,
-    pub trialing_count: i64,
-}
-
-/// Per-currency totals of `lines`, in currency order.
-pub fn totals(lines: &[MrrLine]) -> Vec<MrrTotal> {
-    let mut by_currency: BTreeMap<&str, MrrTotal> = BTreeMap::new();
+/// Per-currency totals of `lines`, in currency order, as lines whose business type is `TOTAL`.
+pub fn totals(lines: &[MrrLine]) -> Vec<MrrLine> {
+    let mut by_currency: BTreeMap<&str, MrrLine> = BTreeMap::new();
     for l in lines {
         let t = by_currency
             .entry(l.currency.as_str())
-            .or_insert_with(|| MrrTotal {
+            .or_insert_with(|| MrrLine {
+                business_type: "TOTAL".into(),
                 currency: l.currency.clone(),
-                ..MrrTotal::default()
+                ..MrrLine::default()
             });
         t.active_cents += l.active_cents;
         t.active_count += l.active_count;
@@ -224,6 +213,38 @@ pub fn totals(lines: &[MrrLine]) -> Vec<MrrTotal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_give_one_line_per_currency_even_when_types_interleave_currencies() {
+        let line = |t: &str, cur: &str, active: i64, trialing: i64| MrrLine {
+            business_type: t.into(),
+            currency: cur.into(),
+            active_cents: active * 500,
+            active_count: active,
+            trialing_cents: trialing * 500,
+            trialing_count: trialing,
+            ..MrrLine::default()
+        };
+        let lines = [
+            line("api", "eur", 2, 0),
+            line("api", "usd", 1, 1),
+            line("saas", "eur", 3, 4),
+        ];
+        let t = totals(&lines);
+        assert_eq!(
+            t,
+            vec![
+                MrrLine {
+                    business_type: "TOTAL".into(),
+                    ..line("", "eur", 5, 4)
+                },
+                MrrLine {
+                    business_type: "TOTAL".into(),
+                    ..line("", "usd", 1, 1)
+                },
+            ]
+        );
+    }
 
     #[test]
     fn the_calculator_matches_the_spec_examples() {

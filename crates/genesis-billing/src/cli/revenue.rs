@@ -10,8 +10,9 @@ use crate::revenue::{format_cents, parse_dollars, project, totals, FeeSchedule};
 
 /// The live MRR report as a table.
 pub fn revenue_table(lines: &[crate::revenue::MrrLine]) -> String {
-    let mut rows: Vec<Vec<String>> = lines
+    let rows: Vec<Vec<String>> = lines
         .iter()
+        .chain(totals(lines).iter())
         .map(|l| {
             vec![
                 l.business_type.clone(),
@@ -22,15 +23,6 @@ pub fn revenue_table(lines: &[crate::revenue::MrrLine]) -> String {
             ]
         })
         .collect();
-    for t in totals(lines) {
-        rows.push(vec![
-            "TOTAL".into(),
-            t.currency,
-            format!("{} ({})", format_cents(t.active_cents), t.active_count),
-            format!("{} ({})", format_cents(t.past_due_cents), t.past_due_count),
-            format!("{} ({})", format_cents(t.trialing_cents), t.trialing_count),
-        ]);
-    }
     table(
         &["TYPE", "CURRENCY", "ACTIVE MRR", "PAST DUE", "TRIALING"],
         &rows,
