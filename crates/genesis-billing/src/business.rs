@@ -264,6 +264,15 @@ mod tests {
     }
 }
 
+/// Whether `s` has a business id's shape: 1-64 letters, digits, `-` or `_` (ids, list cursors, import
+/// keys all share the rule).
+pub fn is_business_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// UTC RFC 3339 (`2026-11-27T08:55:05Z`) for unix seconds, without a date-time crate.
 pub fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);

@@ -10,8 +10,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-pub use crate::store::DatabaseUrl;
-use crate::store::StoreOptions;
+use crate::store::{DatabaseUrl, StoreOptions};
 use crate::stripe::RetryPolicy;
 
 /// A configuration problem; start-up stops with exit status 2.

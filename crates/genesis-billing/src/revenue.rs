@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::business::{Business, Lifecycle};
-use crate::store::SubscriptionTally;
 
 /// Stripe's card fee: a share of the charge in basis points plus a fixed amount per charge.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +83,20 @@ pub fn format_cents(cents: i64) -> String {
         grouped.push(c);
     }
     format!("{sign}${grouped}.{:02}", abs % 100)
+}
+
+/// Active businesses with a subscription status, counted in the database by type, currency and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionTally {
+    pub business_type: String,
+    pub currency: Option<String>,
+    pub subscription_status: String,
+    /// Businesses in the group.
+    pub businesses: i64,
+    /// Those of them with a monthly price.
+    pub priced: i64,
+    /// The sum of their monthly prices, in cents.
+    pub monthly_cents: i64,
 }
 
 /// MRR of one business type in one currency, split by subscription status.
@@ -176,9 +189,62 @@ pub fn subscriptions_by_status(tally: &[SubscriptionTally]) -> BTreeMap<String, 
     by_status
 }
 
+/// Per-currency totals of `lines`, in currency order, as lines whose business type is `TOTAL`.
+pub fn totals(lines: &[MrrLine]) -> Vec<MrrLine> {
+    let mut by_currency: BTreeMap<&str, MrrLine> = BTreeMap::new();
+    for l in lines {
+        let t = by_currency
+            .entry(l.currency.as_str())
+            .or_insert_with(|| MrrLine {
+                business_type: "TOTAL".into(),
+                currency: l.currency.clone(),
+                ..MrrLine::default()
+            });
+        t.active_cents += l.active_cents;
+        t.active_count += l.active_count;
+        t.past_due_cents += l.past_due_cents;
+        t.past_due_count += l.past_due_count;
+        t.trialing_cents += l.trialing_cents;
+        t.trialing_count += l.trialing_count;
+    }
+    by_currency.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_give_one_line_per_currency_even_when_types_interleave_currencies() {
+        let line = |t: &str, cur: &str, active: i64, trialing: i64| MrrLine {
+            business_type: t.into(),
+            currency: cur.into(),
+            active_cents: active * 500,
+            active_count: active,
+            trialing_cents: trialing * 500,
+            trialing_count: trialing,
+            ..MrrLine::default()
+        };
+        let lines = [
+            line("api", "eur", 2, 0),
+            line("api", "usd", 1, 1),
+            line("saas", "eur", 3, 4),
+        ];
+        let t = totals(&lines);
+        assert_eq!(
+            t,
+            vec![
+                MrrLine {
+                    business_type: "TOTAL".into(),
+                    ..line("", "eur", 5, 4)
+                },
+                MrrLine {
+                    business_type: "TOTAL".into(),
+                    ..line("", "usd", 1, 1)
+                },
+            ]
+        );
+    }
 
     #[test]
     fn the_calculator_matches_the_spec_examples() {

@@ -437,7 +437,7 @@ async fn service_without_prices() -> (
     let dir = tempfile::tempdir().unwrap();
     let settings = common::settings_for(&sim.base_url(), &common::db_url(&dir), &[]);
     let metrics = std::sync::Arc::new(genesis_billing::metrics::Metrics::new());
-    let service = genesis_billing::cli::build_service(&settings, metrics)
+    let service = genesis_billing::app::build_service(&settings, metrics)
         .await
         .map_err(|_| "build")
         .unwrap();
@@ -499,7 +499,7 @@ async fn a_burst_of_businesses_on_a_cold_price_cache_reads_the_prices_once() {
     let world = World::new().await;
     let metrics = std::sync::Arc::new(genesis_billing::metrics::Metrics::new());
     let cold = std::sync::Arc::new(
-        genesis_billing::cli::build_service(&world.settings, metrics.clone())
+        genesis_billing::app::build_service(&world.settings, metrics.clone())
             .await
             .map_err(|_| "build")
             .unwrap(),

@@ -5,27 +5,25 @@
 //!
 //! A tour of the modules, from the wire inwards:
 //! - [`server`]: accept loop, authentication, rate limiting, faults, idempotency, dispatch;
-//! - [`routes`] maps `/v1` paths to [`resources`], one module per Stripe resource; [`sim`] serves `/_sim` controls;
+//! - [`routes`] maps `/v1` paths to [`resources`], one module per Stripe resource; `server::sim` serves `/_sim`
+//!   controls;
 //! - [`form`] decodes bracket-notation parameters and [`params`] validates them against per-endpoint schemas;
-//! - [`error`] is Stripe's error shape; [`search`] is Stripe's search query language;
-//! - [`billing`] (invoices, payments) and [`lifecycle`] (time-driven transitions) are the subscription state machine;
+//! - [`error`] is Stripe's error shape; `resources::search` is Stripe's search query language;
+//! - `resources::billing` (invoices, payments) and `resources::lifecycle` (time-driven transitions) are the
+//!   subscription state machine, beside the resources they drive;
 //! - [`state`], [`store`], [`clock`], [`idempotency`] hold the data; [`webhook`] delivers events; [`faults`] and
 //!   [`rate_limit`] shape traffic.
 
-pub mod billing;
 pub mod clock;
 pub mod error;
 pub mod faults;
 pub mod form;
 pub mod idempotency;
-pub mod lifecycle;
 pub mod params;
 pub mod rate_limit;
 pub mod resources;
 pub mod routes;
-pub mod search;
 pub mod server;
-pub mod sim;
 pub mod state;
 pub mod store;
 pub mod webhook;
@@ -139,7 +137,7 @@ async fn tick(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         }
         let mut st = lock(&app.state);
         let now = st.global_now();
-        lifecycle::run_due(&mut st, None, now);
+        resources::lifecycle::run_due(&mut st, None, now);
         app.after_change(&mut st);
     }
 }
@@ -198,7 +196,7 @@ impl SimHandle {
 
     /// Advances simulated time for everything not on a test clock, running what becomes due (as `POST /_sim/clock/advance`).
     pub fn advance_time(&self, secs: i64) {
-        sim::advance_global(&self.app, secs);
+        server::sim::advance_global(&self.app, secs);
     }
 
     /// Stops serving and saves the state file, if any.

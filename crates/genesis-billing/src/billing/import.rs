@@ -81,12 +81,7 @@ pub fn parse_export(bytes: &[u8], default_type: &str) -> Result<Vec<Business>, I
             id: id.clone(),
             reason,
         };
-        if id.is_empty()
-            || id.len() > 64
-            || !id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !crate::business::is_business_id(&id) {
             return Err(bad(
                 "business_id must be 1-64 characters of letters, digits, - or _".into(),
             ));

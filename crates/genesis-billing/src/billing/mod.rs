@@ -8,6 +8,7 @@ mod import;
 mod payment;
 mod prices;
 mod provision;
+mod queries;
 mod reconcile;
 mod rollback;
 mod takedown;
@@ -22,7 +23,11 @@ use crate::business::InvalidInput;
 use crate::catalog::{Catalog, Entry};
 use crate::metrics::{Metrics, MrrLabels};
 use crate::store::{Store, StoreError};
-use crate::stripe::{Price, StripeClient, StripeError};
+use crate::stripe::{Price, StripeClient};
+
+// The store's and the client's types that are part of the service's API, so entry points need neither.
+pub use crate::store::{BusinessFilter, BusinessPages, JobLease, ProbeFailure, StoredEvent, PAGE};
+pub use crate::stripe::StripeError;
 
 pub use events::{
     event_keys, keys_of, Applied, Deferred, EventKeys, KeyFields, Writes, HANDLED_EVENTS,
@@ -108,6 +113,8 @@ impl BillingService {
         self.lease
     }
 
+    /// The store, for tests that check what was recorded; entry points go through the service.
+    #[doc(hidden)]
     pub fn store(&self) -> &Store {
         &self.store
     }
@@ -173,21 +180,12 @@ impl BillingService {
         &self,
         url: &str,
     ) -> Result<(String, secrecy::SecretString), BillingError> {
-        let form = crate::stripe::Form::new()
-            .add("url", url)
-            .add_list("enabled_events", HANDLED_EVENTS.iter().copied())
-            .add("api_version", crate::stripe::STRIPE_VERSION);
         let key = format!("genesis:webhook_endpoint:{url}");
-        let call = crate::stripe::Call::post(
-            "webhook_endpoint.create",
-            "/v1/webhook_endpoints",
-            form,
-            Some(key),
-        );
-        let endpoint = self.stripe()?.send(&call).await?;
-        let id = endpoint["id"].as_str().unwrap_or_default().to_owned();
-        let secret = endpoint["secret"].as_str().unwrap_or_default().to_owned();
-        Ok((id, secrecy::SecretString::from(secret)))
+        let endpoint = self
+            .stripe()?
+            .create_webhook_endpoint(url, HANDLED_EVENTS, key)
+            .await?;
+        Ok((endpoint.id, endpoint.secret))
     }
 
     /// Recomputes the MRR and subscription-status gauges from an aggregate computed in the database.

@@ -1,5 +1,6 @@
 //! Human output (aligned tables) and machine output (`--json`) for CLI results.
 
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::business::{rfc3339, Business};
@@ -201,6 +202,18 @@ impl BusinessStream {
             self.page(&[]);
         }
     }
+}
+
+/// A progress bar on stderr; invisible when stderr is not a terminal.
+pub(super) fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {{bar:40}} {{pos}}/{{len}} {what}  {{per_sec}}  eta {{eta}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 #[cfg(test)]

@@ -13,9 +13,9 @@ use serde::Deserialize;
 use super::error::ApiError;
 use super::AppState;
 use crate::billing::BillingError;
-use crate::business::{Billing, Lifecycle, NewBusiness};
-use crate::revenue::mrr_from_tally;
-use crate::store::BusinessFilter;
+use crate::billing::BusinessFilter;
+use crate::business::{is_business_id, Billing, Lifecycle, NewBusiness};
+use crate::revenue::totals;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,12 +28,7 @@ struct CreateBody {
 
 fn business_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(id) = path.map_err(|_| ApiError::bad_request("invalid business id in the path"))?;
-    if id.is_empty()
-        || id.len() > 64
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
+    if !is_business_id(&id) {
         return Err(ApiError::not_found(format!(
             "no business {}",
             id.chars().take(64).collect::<String>()
@@ -113,13 +108,7 @@ pub async fn show(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = business_id(path)?;
-    match state
-        .service
-        .store()
-        .get_business(&id)
-        .await
-        .map_err(BillingError::from)?
-    {
+    match state.service.business(&id).await? {
         Some(b) => Ok(Json(b).into_response()),
         None => Err(ApiError::not_found(format!("no business {id}"))),
     }
@@ -163,25 +152,20 @@ pub async fn list(
         return Err(ApiError::bad_request("limit must be between 1 and 500"));
     }
     if let Some(c) = &p.cursor {
-        if c.len() > 64
-            || !c
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        // An empty cursor means the first page.
+        if !(c.is_empty() || is_business_id(c)) {
             return Err(ApiError::bad_request("invalid cursor"));
         }
     }
     let mut page = state
         .service
-        .store()
         .list_businesses(&BusinessFilter {
             status,
             billing,
             limit: limit + 1,
             after: p.cursor,
         })
-        .await
-        .map_err(BillingError::from)?;
+        .await?;
     let more = page.len() as i64 > limit;
     page.truncate(limit as usize);
     let next_cursor = if more {
@@ -232,25 +216,17 @@ pub async fn checkout(
 
 /// `GET /v1/revenue`: live MRR by type and currency.
 pub async fn revenue(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let tally = state
-        .service
-        .store()
-        .subscription_tally()
-        .await
-        .map_err(BillingError::from)?;
-    let lines = mrr_from_tally(&tally);
-    let mut totals = std::collections::BTreeMap::<String, serde_json::Value>::new();
-    for l in &lines {
-        let t = totals.entry(l.currency.clone()).or_insert_with(
-            || serde_json::json!({"active_cents": 0, "past_due_cents": 0, "trialing_cents": 0}),
-        );
-        for (k, v) in [
-            ("active_cents", l.active_cents),
-            ("past_due_cents", l.past_due_cents),
-            ("trialing_cents", l.trialing_cents),
-        ] {
-            t[k] = (t[k].as_i64().unwrap_or(0) + v).into();
-        }
-    }
+    let lines = state.service.mrr().await?;
+    let totals: serde_json::Map<String, serde_json::Value> = totals(&lines)
+        .into_iter()
+        .map(|t| {
+            let cents = serde_json::json!({
+                "active_cents": t.active_cents,
+                "past_due_cents": t.past_due_cents,
+                "trialing_cents": t.trialing_cents,
+            });
+            (t.currency, cents)
+        })
+        .collect();
     Ok(Json(serde_json::json!({ "mrr": lines, "totals": totals })).into_response())
 }

@@ -17,24 +17,17 @@ use axum::routing::{get, post};
 use axum::Router;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use tokio::sync::RwLock;
 
 use crate::billing::BillingService;
 use crate::config::ServeSettings;
+use crate::jobs::Checks;
+use crate::jobs::Schedule;
 use crate::webhook::Inbox;
 use error::{ApiError, REQUEST_ID};
 use server::{Gate, Limits};
 
 /// Largest admin request body; business records are small.
 const ADMIN_BODY_LIMIT: usize = 64 * 1024;
-
-/// What `/health` reports about the catalog: verified, or which lookup keys did not resolve.
-#[derive(Debug, Clone)]
-pub enum CatalogHealth {
-    Unchecked,
-    Verified,
-    Problem(String),
-}
 
 /// Shared state of every handler.
 pub struct AppState {
@@ -44,9 +37,8 @@ pub struct AppState {
     admin_token_digests: Vec<[u8; 32]>,
     pub stripe_mode: &'static str,
     pub key_is_test: bool,
-    pub catalog: RwLock<CatalogHealth>,
-    /// Stripe's reachability as the last background check found it (a fixed code, see `ops::StripeHealth`).
-    stripe: std::sync::Mutex<ops::StripeHealth>,
+    /// The catalog and Stripe as the last background checks found them (fixed codes, see `jobs`).
+    pub checks: Arc<Checks>,
     /// The database probe in progress or last finished (one at a time, whatever the request rate).
     db_probe: ops::DbProbe,
     /// Connection limits of every listener.
@@ -103,8 +95,7 @@ impl AppState {
                 .collect(),
             stripe_mode,
             key_is_test,
-            catalog: RwLock::new(CatalogHealth::Unchecked),
-            stripe: std::sync::Mutex::new(ops::StripeHealth::Unchecked),
+            checks: Arc::new(Checks::default()),
             db_probe: ops::DbProbe::default(),
             limits: Limits::default(),
             gates: Gates::of(&ServeSettings::default()),
@@ -372,17 +363,6 @@ impl Running {
     }
 }
 
-/// Intervals of the background work.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    pub resume: Duration,
-    pub webhook_retry: Duration,
-    /// `None` disables gap fill.
-    pub gap_fill: Option<Duration>,
-    /// `None` disables periodic reconciliation.
-    pub reconcile: Option<Duration>,
-}
-
 /// Binds `addr` (and the state's ops address, if any), resumes unfinished work, starts the background
 /// loops and serves until shutdown.
 pub async fn start(
@@ -447,7 +427,12 @@ pub fn start_listeners(
             })
         }
     };
-    background.extend(ops::spawn_background(state, schedule));
+    background.extend(crate::jobs::spawn(
+        state.service.clone(),
+        state.inbox.clone(),
+        state.checks.clone(),
+        schedule,
+    ));
     Ok(Running {
         addr,
         ops_addr,

@@ -1,4 +1,5 @@
-//! Unauthenticated routes (health, metrics, OpenAPI, the signed webhook) and the background loops.
+//! Unauthenticated routes: health, metrics, OpenAPI and the signed webhook (the background loops are in
+//! `jobs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,21 +13,16 @@ use axum::Json;
 use tokio::sync::watch;
 
 use super::error::ApiError;
-use super::{AppState, CatalogHealth, Schedule};
-use crate::billing::{BillingError, BillingService};
-use crate::store::{JobLease, ProbeFailure};
-use crate::stripe::StripeError;
+use super::AppState;
+use crate::billing::BillingService;
+use crate::billing::ProbeFailure;
+use crate::jobs::{CatalogHealth, StripeHealth};
 use crate::webhook::signature;
 use crate::webhook::{ReceiveError, Received, Rejection, MAX_BODY};
 
 /// How long `/health` waits for the database probe: with the rest, it answers within 2 s whatever the
 /// database does.
 const DB_PROBE_DEADLINE: Duration = Duration::from_millis(1500);
-/// How often the background check asks Stripe once everything is fine (and 30 s while it is not).
-const STRIPE_RECHECK: Duration = Duration::from_secs(60);
-const STRIPE_RETRY: Duration = Duration::from_secs(30);
-/// Upper bound on one background Stripe check, retries included.
-const STRIPE_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What `/health` says about the database: a fixed code; the error itself goes to the log only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,44 +43,6 @@ impl DbHealth {
             Self::Unreachable => "unreachable",
             Self::Timeout => "timeout",
             Self::NotWritable => "not_writable",
-        }
-    }
-}
-
-/// What `/health` says about Stripe, from the last background check (never a call per request).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StripeHealth {
-    Unchecked,
-    Ok,
-    Disabled,
-    Unreachable,
-    Timeout,
-    AuthFailed,
-    RateLimited,
-    Error,
-}
-
-impl StripeHealth {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Unchecked => "unchecked",
-            Self::Ok => "ok",
-            Self::Disabled => "disabled",
-            Self::Unreachable => "unreachable",
-            Self::Timeout => "timeout",
-            Self::AuthFailed => "auth_failed",
-            Self::RateLimited => "rate_limited",
-            Self::Error => "error",
-        }
-    }
-
-    fn of(e: &StripeError) -> Self {
-        match e {
-            StripeError::Connection(_) => Self::Unreachable,
-            StripeError::Timeout => Self::Timeout,
-            StripeError::Api(a) if a.status == 401 || a.status == 403 => Self::AuthFailed,
-            StripeError::Api(a) if a.status == 429 => Self::RateLimited,
-            _ => Self::Error,
         }
     }
 }
@@ -151,15 +109,14 @@ async fn database_health(state: &AppState) -> DbHealth {
 
 /// A read, then a committed write; reports each stage so a waiter that gives up knows which one hung.
 async fn probe_database(service: Arc<BillingService>, tx: watch::Sender<Stage>) {
-    let store = service.store();
-    let health = match store.probe_read().await {
+    let health = match service.probe_read().await {
         Err((_, e)) => {
             tracing::warn!(error = %e, "health: database read probe failed");
             DbHealth::Unreachable
         }
         Ok(()) => {
             tx.send_replace(Stage::Writing);
-            match store.probe_write().await {
+            match service.probe_write().await {
                 Ok(()) => DbHealth::Ok,
                 Err((failure, e)) => {
                     tracing::warn!(error = %e, "health: database write probe failed");
@@ -178,12 +135,16 @@ async fn probe_database(service: Arc<BillingService>, tx: watch::Sender<Stage>) 
 /// Every value is a fixed code (README); details go to the log. Answers within 2 s.
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     let database = database_health(&state).await;
-    let catalog = match &*state.catalog.read().await {
+    let catalog = match &*state.checks.catalog.read().await {
         CatalogHealth::Unchecked => "unchecked".to_owned(),
         CatalogHealth::Verified => "verified".to_owned(),
         CatalogHealth::Problem(p) => p.clone(),
     };
-    let stripe = *state.stripe.lock().unwrap_or_else(|p| p.into_inner());
+    let stripe = *state
+        .checks
+        .stripe
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let payments = state.service.payments_enabled();
     let stripe_ready = payments && catalog == "verified" && stripe == StripeHealth::Ok;
     let db_ok = database == DbHealth::Ok;
@@ -195,7 +156,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         "stripe_mode": state.stripe_mode,
         "stripe_key_is_test": state.key_is_test,
         "database": database.as_str(),
-        "database_kind": state.service.store().backend().as_str(),
+        "database_kind": state.service.database_kind(),
         "catalog": catalog,
         "webhook_secret_configured": state.inbox.has_secret(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -332,141 +293,4 @@ fn reject_response(r: Rejection) -> Response {
         Rejection::BadPayload => StatusCode::BAD_REQUEST,
     };
     ApiError::new(status, r.reason(), r.message()).into_response()
-}
-
-/// Starts the periodic work: catalog verification, resume, webhook retries, gap fill.
-pub fn spawn_background(
-    state: Arc<AppState>,
-    schedule: Schedule,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    let s = state.clone();
-    tasks.push(tokio::spawn(async move {
-        // Verify the catalog until it resolves, then keep checking Stripe now and then so `/health` can
-        // say whether it is reachable without calling it per request. serve starts even when Stripe is
-        // unreachable (SPEC §5).
-        if !s.service.payments_enabled() {
-            *s.catalog.write().await = CatalogHealth::Problem("payments disabled".into());
-            *s.stripe.lock().unwrap_or_else(|p| p.into_inner()) = StripeHealth::Disabled;
-            return;
-        }
-        loop {
-            let checked =
-                tokio::time::timeout(STRIPE_CHECK_TIMEOUT, s.service.resolve_prices()).await;
-            let (catalog, stripe) = match checked {
-                Ok(Ok(missing)) if missing.is_empty() => {
-                    (Some(CatalogHealth::Verified), StripeHealth::Ok)
-                }
-                Ok(Ok(missing)) => (
-                    Some(CatalogHealth::Problem(format!(
-                        "unresolved lookup keys: {}",
-                        missing.join(", ")
-                    ))),
-                    StripeHealth::Ok,
-                ),
-                Ok(Err(BillingError::Stripe(e))) => {
-                    tracing::warn!(error = %e, "Stripe check failed");
-                    (None, StripeHealth::of(&e))
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "Stripe check failed");
-                    (None, StripeHealth::Error)
-                }
-                Err(_) => {
-                    tracing::warn!("Stripe check did not finish within {STRIPE_CHECK_TIMEOUT:?}");
-                    (None, StripeHealth::Timeout)
-                }
-            };
-            if let Some(CatalogHealth::Problem(p)) = &catalog {
-                tracing::warn!(problem = %p, "price catalog not verified");
-            }
-            let fine =
-                matches!(catalog, Some(CatalogHealth::Verified)) && stripe == StripeHealth::Ok;
-            // Stripe first: a reader that sees the catalog verified then also sees Stripe's state.
-            *s.stripe.lock().unwrap_or_else(|p| p.into_inner()) = stripe;
-            if let Some(c) = catalog {
-                *s.catalog.write().await = c;
-            }
-            tokio::time::sleep(if fine { STRIPE_RECHECK } else { STRIPE_RETRY }).await;
-        }
-    }));
-    let s = state.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
-            if s.service.payments_enabled() {
-                match s.service.resume().await {
-                    Ok(r) if !(r.provisioned.is_empty() && r.takedowns_finished.is_empty()) => {
-                        tracing::info!(
-                            provisioned = r.provisioned.len(),
-                            takedowns = r.takedowns_finished.len(),
-                            "resumed unfinished work"
-                        );
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "resume failed"),
-                }
-            }
-            tokio::time::sleep(schedule.resume).await;
-        }
-    }));
-    let s = state.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
-            // Drain what is due (a backlog after a burst or a restart), then wait. Claimed events are
-            // leased and failed ones wait out their backoff, so this ends once the due ones are handed out;
-            // each round waits for the appliers to take its batch.
-            while s.inbox.retry_due().await > 0 {}
-            tokio::time::sleep(schedule.webhook_retry).await;
-        }
-    }));
-    if let Some(every) = schedule.reconcile {
-        let s = state.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if s.service.payments_enabled() {
-                    // Once per interval across the fleet: a job lease (see store::coordination).
-                    let Some(lease) =
-                        JobLease::try_claim(s.service.store(), "reconcile", s.service.lease())
-                            .await
-                    else {
-                        continue;
-                    };
-                    match s.service.reconcile(true, &|_, _| {}).await {
-                        Ok(r) if !r.drift.is_empty() => {
-                            let fixed = r.drift.iter().filter(|d| d.fixed).count();
-                            tracing::warn!(
-                                found = r.drift.len(),
-                                fixed,
-                                "reconciliation found drift"
-                            );
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
-                    }
-                    lease.release(every).await;
-                }
-            }
-        }));
-    }
-    if let Some(every) = schedule.gap_fill {
-        let s = state;
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if s.service.payments_enabled() {
-                    let Some(lease) =
-                        JobLease::try_claim(s.service.store(), "gap_fill", s.service.lease()).await
-                    else {
-                        continue;
-                    };
-                    if let Err(e) = s.inbox.gap_fill().await {
-                        tracing::warn!(error = %e, "gap fill failed");
-                    }
-                    lease.release(every).await;
-                }
-            }
-        }));
-    }
-    tasks
 }

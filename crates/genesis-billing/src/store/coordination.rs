@@ -1,5 +1,5 @@
 //! Coordination between replicas sharing one database: named job leases for singleton background work,
-//! and the fleet-wide Stripe rate budget.
+//! and the fleet-wide Stripe rate budget's table (the Stripe client reaches it through an adapter in `app`).
 //!
 //! Singleton jobs use leases (a row with an owner and an expiry) rather than PostgreSQL advisory locks:
 //! - the same portable SQL runs on SQLite, so the domain and the HTTP layer never ask which backend they
@@ -12,8 +12,6 @@
 //!
 //! The price is that a holder must renew while it works: [`JobLease`] does that in the background.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use std::sync::OnceLock;
@@ -22,7 +20,6 @@ use sqlx::Row;
 
 use super::{business_from_row, now, Store, StoreError, BUSINESS_COLUMNS};
 use crate::business::Business;
-use crate::stripe::rate_limit::{BudgetError, SharedBudget};
 
 /// A process as the holder of a business's work lease: which host, which pid, and when it started, so
 /// `business resume` on the same host can tell a holder that died from a live one without waiting for
@@ -282,37 +279,6 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get("tat_us")?)
-    }
-
-    /// The named rate budget as the Stripe client's shared limiter sees it.
-    pub fn rate_budget(&self, name: &str) -> StoreRateBudget {
-        StoreRateBudget {
-            store: self.clone(),
-            name: name.to_owned(),
-        }
-    }
-}
-
-/// A rate budget kept in the database, so every replica draws from the same one (see
-/// [`crate::stripe::rate_limit`]).
-#[derive(Debug, Clone)]
-pub struct StoreRateBudget {
-    store: Store,
-    name: String,
-}
-
-impl SharedBudget for StoreRateBudget {
-    fn advance(
-        &self,
-        now_us: i64,
-        interval_us: i64,
-    ) -> Pin<Box<dyn Future<Output = Result<i64, BudgetError>> + Send + '_>> {
-        Box::pin(async move {
-            self.store
-                .reserve_rate_slot(&self.name, now_us, interval_us)
-                .await
-                .map_err(|e| Box::new(e) as BudgetError)
-        })
     }
 }
 

@@ -12,9 +12,7 @@ mod migrate;
 mod sqlite_inbox;
 mod webhook_event;
 
-pub use coordination::{
-    BusinessLease, Holder, HolderState, JobLease, StoreRateBudget, UnfinishedBusiness,
-};
+pub use coordination::{BusinessLease, Holder, HolderState, JobLease, UnfinishedBusiness};
 pub use database_url::DatabaseUrl;
 pub use health::ProbeFailure;
 pub use webhook_event::{
@@ -28,6 +26,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor as _, Row};
 
 use crate::business::{Billing, Business, Lifecycle};
+pub use crate::revenue::SubscriptionTally;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -126,20 +125,6 @@ pub struct BusinessFilter {
     pub limit: i64,
     /// Business id of the last row of the previous page.
     pub after: Option<String>,
-}
-
-/// Active businesses with a subscription status, counted in the database by type, currency and status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscriptionTally {
-    pub business_type: String,
-    pub currency: Option<String>,
-    pub subscription_status: String,
-    /// Businesses in the group.
-    pub businesses: i64,
-    /// Those of them with a monthly price.
-    pub priced: i64,
-    /// The sum of their monthly prices, in cents.
-    pub monthly_cents: i64,
 }
 
 /// Most businesses one page of [`Store::list_businesses`] returns to code that walks the whole fleet.

@@ -167,6 +167,13 @@ fn page<T>(
     Ok(Page { data, has_more })
 }
 
+/// A created webhook endpoint: its id and its signing secret.
+#[derive(Debug)]
+pub struct WebhookEndpoint {
+    pub id: String,
+    pub secret: secrecy::SecretString,
+}
+
 /// Parameters of a new customer (SPEC §1.1 step 2).
 #[derive(Debug, Clone)]
 pub struct NewCustomer<'a> {
@@ -309,6 +316,56 @@ impl StripeClient {
             self.send(&Call::get("subscription.retrieve", &path, Form::new()))
                 .await?,
         )
+    }
+
+    /// One page of events of `types` created at or after `created_gte`, kept as Stripe sent them (they
+    /// are stored verbatim). A response without `data` reads as an empty last page.
+    pub async fn list_events(
+        &self,
+        created_gte: i64,
+        types: &[&str],
+        starting_after: Option<&str>,
+    ) -> Result<Page<Value>, StripeError> {
+        let query = Form::new()
+            .add("created[gte]", created_gte.to_string())
+            .add("limit", "100")
+            .add_list("types", types.iter().copied())
+            .add_opt("starting_after", starting_after);
+        let raw = self
+            .send(&Call::get("event.list", "/v1/events", query))
+            .await?;
+        Ok(Page {
+            has_more: raw["has_more"].as_bool().unwrap_or(false),
+            data: raw["data"].as_array().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// Creates a webhook endpoint for `events` at `url`, pinned to our API version; idempotent on `key`.
+    /// The signing secret, which Stripe shows only here, is wrapped at once.
+    pub async fn create_webhook_endpoint(
+        &self,
+        url: &str,
+        events: &[&str],
+        key: String,
+    ) -> Result<WebhookEndpoint, StripeError> {
+        let form = Form::new()
+            .add("url", url)
+            .add_list("enabled_events", events.iter().copied())
+            .add("api_version", super::client::STRIPE_VERSION);
+        let endpoint = self
+            .send(&Call::post(
+                "webhook_endpoint.create",
+                "/v1/webhook_endpoints",
+                form,
+                Some(key),
+            ))
+            .await?;
+        Ok(WebhookEndpoint {
+            id: endpoint["id"].as_str().unwrap_or_default().to_owned(),
+            secret: secrecy::SecretString::from(
+                endpoint["secret"].as_str().unwrap_or_default().to_owned(),
+            ),
+        })
     }
 
     /// One page of subscriptions, all statuses, optionally for one customer.

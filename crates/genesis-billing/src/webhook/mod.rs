@@ -16,7 +16,6 @@ use crate::billing::{
 use crate::config::StripeMode;
 use crate::metrics::WebhookOutcome;
 use crate::store::{now, EventResult, Inserted, NewEvent, StoredEvent, Triage};
-use crate::stripe::{Call, Form};
 pub use signature::Rejection;
 
 /// Largest webhook body accepted (SPEC §1.4).
@@ -635,15 +634,10 @@ impl Inbox {
         let mut missed = 0;
         let mut after: Option<String> = None;
         for _page in 0..50 {
-            let query = Form::new()
-                .add("created[gte]", since.to_string())
-                .add("limit", "100")
-                .add_list("types", HANDLED_EVENTS.iter().copied())
-                .add_opt("starting_after", after.clone());
             let page = stripe
-                .send(&Call::get("event.list", "/v1/events", query))
+                .list_events(since, HANDLED_EVENTS, after.as_deref())
                 .await?;
-            let data = page["data"].as_array().cloned().unwrap_or_default();
+            let data = page.data;
             for event in &data {
                 let (Some(id), Some(kind), Some(created)) = (
                     event["id"].as_str(),
@@ -664,11 +658,8 @@ impl Inbox {
                     self.applier.apply(id).await;
                 }
             }
-            match (
-                page["has_more"].as_bool(),
-                data.last().and_then(|e| e["id"].as_str()),
-            ) {
-                (Some(true), Some(last)) => after = Some(last.to_owned()),
+            match (page.has_more, data.last().and_then(|e| e["id"].as_str())) {
+                (true, Some(last)) => after = Some(last.to_owned()),
                 _ => break,
             }
         }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use genesis_billing::app::build_service;
 use genesis_billing::billing::BillingService;
-use genesis_billing::cli::build_service;
 use genesis_billing::config::{Flags, Settings};
 use genesis_billing::metrics::Metrics;
 use secrecy::SecretString;
@@ -245,12 +245,12 @@ impl App {
             .iter()
             .map(|s| SecretString::from(s.clone()))
             .collect();
-        let state = genesis_billing::cli::app_state(&settings, world.service.clone());
+        let state = genesis_billing::app::app_state(&settings, world.service.clone());
         let listener = match listener {
             Some(l) => l,
             None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
         };
-        let schedule = genesis_billing::http::Schedule {
+        let schedule = genesis_billing::jobs::Schedule {
             resume: Duration::from_secs(3600),
             webhook_retry: Duration::from_millis(200),
             gap_fill: None,

@@ -2,12 +2,12 @@
 
 use serde_json::{json, Value};
 
-use crate::billing;
 use crate::error::{ApiError, ApiResult};
 use crate::form::Node;
 use crate::params::{validate, Params, Spec};
+use crate::resources::billing;
+use crate::resources::search::search as run_search;
 use crate::resources::{fetch, list, payment_method, respond};
-use crate::search::search as run_search;
 use crate::state::{previous_attributes, State};
 use crate::store::new_id;
 

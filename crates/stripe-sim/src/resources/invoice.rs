@@ -2,10 +2,10 @@
 
 use serde_json::{json, Value};
 
-use crate::billing;
 use crate::error::{ApiError, ApiResult};
 use crate::form::Node;
 use crate::params::{validate, Params, Spec};
+use crate::resources::billing;
 use crate::resources::{fetch, list, payment_method, respond};
 use crate::state::State;
 

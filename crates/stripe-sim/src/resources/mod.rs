@@ -1,13 +1,16 @@
 //! Stripe resources, one module each, plus what they share: retrieval with Stripe's 404s, list pagination, and `expand[]`.
 
+pub mod billing;
 pub mod checkout;
 pub mod customer;
 pub mod event;
 pub mod invoice;
+pub mod lifecycle;
 pub mod payment_intent;
 pub mod payment_method;
 pub mod price;
 pub mod product;
+pub mod search;
 pub mod subscription;
 pub mod test_clock;
 pub mod webhook_endpoint;

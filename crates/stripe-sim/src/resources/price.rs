@@ -5,8 +5,8 @@ use serde_json::{json, Value};
 use crate::error::{ApiError, ApiResult};
 use crate::form::Node;
 use crate::params::{node_int, node_str, validate, Params, Spec};
+use crate::resources::search::search as run_search;
 use crate::resources::{fetch, list, product, respond};
-use crate::search::search as run_search;
 use crate::state::{previous_attributes, State};
 use crate::store::new_id;
 

@@ -4,8 +4,8 @@ use serde_json::{json, Value};
 
 use crate::error::{ApiError, ApiResult};
 use crate::form::Node;
-use crate::lifecycle;
 use crate::params::{validate, Params, Spec};
+use crate::resources::lifecycle;
 use crate::resources::{fetch, list, respond};
 use crate::state::State;
 use crate::store::new_id;

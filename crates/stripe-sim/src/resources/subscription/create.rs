@@ -5,11 +5,11 @@ use serde_json::{json, Value};
 use super::{
     check_price, item_json, parse_trial_end, BEHAVIORS, COMMON, CREATE_ONLY, MISSING_PM, SAVE_PM,
 };
-use crate::billing::{attempt_payment, create_invoice, finalize_invoice};
 use crate::clock::period_boundary;
 use crate::error::{ApiError, ApiResult};
 use crate::form::Node;
 use crate::params::{node_int, node_str, validate, Params};
+use crate::resources::billing::{attempt_payment, create_invoice, finalize_invoice};
 use crate::resources::{fetch, payment_method, price, respond};
 use crate::state::State;
 use crate::store::new_id;

@@ -6,13 +6,13 @@ pub use create::create;
 
 use serde_json::{json, Value};
 
-use crate::billing::{self, update_sub};
 use crate::error::{ApiError, ApiResult};
 use crate::form::Node;
-use crate::lifecycle;
 use crate::params::{node_int, node_str, validate, Params, Spec};
+use crate::resources::billing::{self, update_sub};
+use crate::resources::lifecycle;
+use crate::resources::search::search as run_search;
 use crate::resources::{fetch, list, payment_method, respond};
-use crate::search::search as run_search;
 use crate::state::State;
 use crate::store::new_id;
 

@@ -4,8 +4,8 @@ use serde_json::{json, Value};
 
 use crate::faults::FaultConfig;
 use crate::form::{self, Node};
-use crate::lifecycle;
 use crate::resources::checkout;
+use crate::resources::lifecycle;
 use crate::server::{lock, ping, sim_error, App};
 use crate::state::Settings;
 use crate::webhook::WebhookSettings;

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
+use super::{print_json, Failure};
 use crate::billing::BillingService;
 use crate::business::{Billing, NewBusiness};
-use crate::cli::{print_json, Failure};
 use crate::config::{Settings, StripeMode};
 
 #[derive(Debug, Serialize)]

@@ -9,13 +9,13 @@ use anyhow::Context as _;
 use secrecy::SecretString;
 use serde_json::json;
 
+use super::{business_table, print_json, revenue_table, Failure};
+use crate::app::{app_state, build_service};
 use crate::billing::BillingService;
+use crate::billing::BusinessFilter;
 use crate::business::{Business, Lifecycle, NewBusiness};
-use crate::cli::{app_state, build_service, business_table, print_json, revenue_table, Failure};
 use crate::config::{Flags, Settings};
 use crate::metrics::Metrics;
-use crate::revenue::mrr_from_tally;
-use crate::store::BusinessFilter;
 
 const DEMO_KEY: &str = "sk_test_genesis_demo_key";
 
@@ -93,7 +93,7 @@ pub async fn run(json: bool) -> Result<(), Failure> {
     );
     let (endpoint, secret) = service.register_webhook_endpoint(&url).await?;
     settings.webhook_secrets = vec![secret];
-    let schedule = crate::http::Schedule {
+    let schedule = crate::jobs::Schedule {
         resume: Duration::from_secs(3600),
         webhook_retry: Duration::from_secs(1),
         gap_fill: None,
@@ -144,15 +144,14 @@ where
 
 async fn record(service: &BillingService, id: &str) -> Result<Business, Failure> {
     Ok(service
-        .store()
-        .get_business(id)
+        .business(id)
         .await
         .context("while reading a record")?
         .context("record vanished")?)
 }
 
 async fn status_is(service: &BillingService, id: &str, status: &str) -> bool {
-    matches!(service.store().get_business(id).await, Ok(Some(b)) if b.subscription_status.as_deref() == Some(status))
+    matches!(service.business(id).await, Ok(Some(b)) if b.subscription_status.as_deref() == Some(status))
 }
 
 async fn walk_through(
@@ -237,7 +236,7 @@ async fn walk_through(
     )
     .await?;
     until("customer.subscription.deleted to take the business down", || async {
-        matches!(service.store().get_business(&ids[1]).await, Ok(Some(b)) if b.status == Lifecycle::TakenDown)
+        matches!(service.business(&ids[1]).await, Ok(Some(b)) if b.status == Lifecycle::TakenDown)
     })
     .await?;
     say.say("webhook customer.subscription.deleted → taken down (reason subscription_cancelled)");
@@ -298,19 +297,13 @@ async fn walk_through(
     say.step("records");
     // The demo's fresh database holds only the businesses it created: one bounded page shows them all.
     let all = service
-        .store()
         .list_businesses(&BusinessFilter {
             limit: BUSINESSES.len() as i64 + 10,
             ..BusinessFilter::default()
         })
         .await
         .context("while reading records")?;
-    let tally = service
-        .store()
-        .subscription_tally()
-        .await
-        .context("while reading records")?;
-    let mrr = mrr_from_tally(&tally);
+    let mrr = service.mrr().await.context("while reading records")?;
     say.say(business_table(&all).trim_end());
     say.step("revenue (active MRR; incomplete subscriptions earn nothing until paid)");
     say.say(revenue_table(&mrr).trim_end());
@@ -346,7 +339,7 @@ async fn add_card(
 
 /// How many completed Checkouts the business's history records.
 async fn completions(service: &BillingService, id: &str) -> usize {
-    match service.store().events_of(id).await {
+    match service.events_of(id).await {
         Ok(events) => events
             .iter()
             .filter(|(k, _, _)| k == "checkout_completed")

@@ -1,5 +1,7 @@
 //! The HTTP layer: an accept loop over hyper's HTTP/1 connections (so faults can drop a connection without answering), authentication, rate limiting, faults, idempotency and dispatch to handlers.
 
+pub mod sim;
+
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,7 +24,7 @@ use crate::form::{self, Node};
 use crate::idempotency::{scope_key, Begin, StoredResponse};
 use crate::rate_limit::TokenBucket;
 use crate::routes::route;
-use crate::sim;
+
 use crate::state::{RequestInfo, State, API_VERSION};
 use crate::webhook::Webhooks;
 

@@ -5,11 +5,11 @@ use std::collections::BinaryHeap;
 
 use serde_json::{json, Value};
 
-use crate::billing::{
+use crate::clock::period_boundary;
+use crate::resources::billing::{
     self, attempt_payment, cancel_subscription, create_invoice, default_pm, finalize_invoice,
     update_sub,
 };
-use crate::clock::period_boundary;
 use crate::resources::checkout;
 use crate::state::State;
 

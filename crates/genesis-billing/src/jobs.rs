@@ -1,0 +1,260 @@
+//! Background jobs of `serve`: catalog and Stripe checks (what `/health` reports), resume of unfinished
+//! work, webhook retries, periodic reconciliation and gap fill. Singleton jobs take a fleet-wide job lease
+//! (see `store::coordination`) so one replica runs each at a time. The HTTP layer only reads [`Checks`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::RwLock;
+
+use crate::billing::{BillingError, BillingService, StripeError};
+use crate::webhook::Inbox;
+
+/// How often the background check asks Stripe once everything is fine (and 30 s while it is not).
+const STRIPE_RECHECK: Duration = Duration::from_secs(60);
+const STRIPE_RETRY: Duration = Duration::from_secs(30);
+/// Upper bound on one background Stripe check, retries included.
+const STRIPE_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Intervals of the background work.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// How often unfinished provisioning and takedowns are resumed.
+    pub resume: Duration,
+    /// How often due webhook retries are handed out.
+    pub webhook_retry: Duration,
+    /// `None` disables gap fill.
+    pub gap_fill: Option<Duration>,
+    /// `None` disables periodic reconciliation.
+    pub reconcile: Option<Duration>,
+}
+
+/// What `/health` reports about the catalog: verified, or which lookup keys did not resolve.
+#[derive(Debug, Clone)]
+pub enum CatalogHealth {
+    /// Not checked yet.
+    Unchecked,
+    /// Every lookup key resolved.
+    Verified,
+    /// Why not (a fixed phrase plus the unresolved keys).
+    Problem(String),
+}
+
+/// What `/health` says about Stripe, from the last background check (never a call per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripeHealth {
+    Unchecked,
+    Ok,
+    Disabled,
+    Unreachable,
+    Timeout,
+    AuthFailed,
+    RateLimited,
+    Error,
+}
+
+impl StripeHealth {
+    /// The fixed code `/health` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unchecked => "unchecked",
+            Self::Ok => "ok",
+            Self::Disabled => "disabled",
+            Self::Unreachable => "unreachable",
+            Self::Timeout => "timeout",
+            Self::AuthFailed => "auth_failed",
+            Self::RateLimited => "rate_limited",
+            Self::Error => "error",
+        }
+    }
+
+    fn of(e: &StripeError) -> Self {
+        match e {
+            StripeError::Connection(_) => Self::Unreachable,
+            StripeError::Timeout => Self::Timeout,
+            StripeError::Api(a) if a.status == 401 || a.status == 403 => Self::AuthFailed,
+            StripeError::Api(a) if a.status == 429 => Self::RateLimited,
+            _ => Self::Error,
+        }
+    }
+}
+
+/// The latest background checks, written by the check loop and read by `/health`.
+#[derive(Debug)]
+pub struct Checks {
+    /// The catalog as last verified.
+    pub catalog: RwLock<CatalogHealth>,
+    /// Stripe's reachability as the last check found it.
+    pub stripe: std::sync::Mutex<StripeHealth>,
+}
+
+impl Default for Checks {
+    fn default() -> Self {
+        Self {
+            catalog: RwLock::new(CatalogHealth::Unchecked),
+            stripe: std::sync::Mutex::new(StripeHealth::Unchecked),
+        }
+    }
+}
+
+/// What each loop holds.
+#[derive(Clone)]
+struct Ctx {
+    service: Arc<BillingService>,
+    inbox: Arc<Inbox>,
+    checks: Arc<Checks>,
+}
+
+/// Starts the periodic work: catalog verification, resume, webhook retries, gap fill.
+pub fn spawn(
+    service: Arc<BillingService>,
+    inbox: Arc<Inbox>,
+    checks: Arc<Checks>,
+    schedule: Schedule,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let s = Ctx {
+        service: service.clone(),
+        inbox: inbox.clone(),
+        checks: checks.clone(),
+    };
+    tasks.push(tokio::spawn(async move {
+        // Verify the catalog until it resolves, then keep checking Stripe now and then so `/health` can
+        // say whether it is reachable without calling it per request. serve starts even when Stripe is
+        // unreachable (SPEC §5).
+        if !s.service.payments_enabled() {
+            *s.checks.catalog.write().await = CatalogHealth::Problem("payments disabled".into());
+            *s.checks.stripe.lock().unwrap_or_else(|p| p.into_inner()) = StripeHealth::Disabled;
+            return;
+        }
+        loop {
+            let checked =
+                tokio::time::timeout(STRIPE_CHECK_TIMEOUT, s.service.resolve_prices()).await;
+            let (catalog, stripe) = match checked {
+                Ok(Ok(missing)) if missing.is_empty() => {
+                    (Some(CatalogHealth::Verified), StripeHealth::Ok)
+                }
+                Ok(Ok(missing)) => (
+                    Some(CatalogHealth::Problem(format!(
+                        "unresolved lookup keys: {}",
+                        missing.join(", ")
+                    ))),
+                    StripeHealth::Ok,
+                ),
+                Ok(Err(BillingError::Stripe(e))) => {
+                    tracing::warn!(error = %e, "Stripe check failed");
+                    (None, StripeHealth::of(&e))
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Stripe check failed");
+                    (None, StripeHealth::Error)
+                }
+                Err(_) => {
+                    tracing::warn!("Stripe check did not finish within {STRIPE_CHECK_TIMEOUT:?}");
+                    (None, StripeHealth::Timeout)
+                }
+            };
+            if let Some(CatalogHealth::Problem(p)) = &catalog {
+                tracing::warn!(problem = %p, "price catalog not verified");
+            }
+            let fine =
+                matches!(catalog, Some(CatalogHealth::Verified)) && stripe == StripeHealth::Ok;
+            // Stripe first: a reader that sees the catalog verified then also sees Stripe's state.
+            *s.checks.stripe.lock().unwrap_or_else(|p| p.into_inner()) = stripe;
+            if let Some(c) = catalog {
+                *s.checks.catalog.write().await = c;
+            }
+            tokio::time::sleep(if fine { STRIPE_RECHECK } else { STRIPE_RETRY }).await;
+        }
+    }));
+    let s = Ctx {
+        service: service.clone(),
+        inbox: inbox.clone(),
+        checks: checks.clone(),
+    };
+    tasks.push(tokio::spawn(async move {
+        loop {
+            if s.service.payments_enabled() {
+                match s.service.resume().await {
+                    Ok(r) if !(r.provisioned.is_empty() && r.takedowns_finished.is_empty()) => {
+                        tracing::info!(
+                            provisioned = r.provisioned.len(),
+                            takedowns = r.takedowns_finished.len(),
+                            "resumed unfinished work"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "resume failed"),
+                }
+            }
+            tokio::time::sleep(schedule.resume).await;
+        }
+    }));
+    let s = Ctx {
+        service: service.clone(),
+        inbox: inbox.clone(),
+        checks: checks.clone(),
+    };
+    tasks.push(tokio::spawn(async move {
+        loop {
+            // Drain what is due (a backlog after a burst or a restart), then wait. Claimed events are
+            // leased and failed ones wait out their backoff, so this ends once the due ones are handed out;
+            // each round waits for the appliers to take its batch.
+            while s.inbox.retry_due().await > 0 {}
+            tokio::time::sleep(schedule.webhook_retry).await;
+        }
+    }));
+    if let Some(every) = schedule.reconcile {
+        let s = Ctx {
+            service: service.clone(),
+            inbox: inbox.clone(),
+            checks: checks.clone(),
+        };
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if s.service.payments_enabled() {
+                    // Once per interval across the fleet: a job lease (see store::coordination).
+                    let Some(lease) = s.service.try_claim_job("reconcile").await else {
+                        continue;
+                    };
+                    match s.service.reconcile(true, &|_, _| {}).await {
+                        Ok(r) if !r.drift.is_empty() => {
+                            let fixed = r.drift.iter().filter(|d| d.fixed).count();
+                            tracing::warn!(
+                                found = r.drift.len(),
+                                fixed,
+                                "reconciliation found drift"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
+                    }
+                    lease.release(every).await;
+                }
+            }
+        }));
+    }
+    if let Some(every) = schedule.gap_fill {
+        let s = Ctx {
+            service,
+            inbox,
+            checks,
+        };
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if s.service.payments_enabled() {
+                    let Some(lease) = s.service.try_claim_job("gap_fill").await else {
+                        continue;
+                    };
+                    if let Err(e) = s.inbox.gap_fill().await {
+                        tracing::warn!(error = %e, "gap fill failed");
+                    }
+                    lease.release(every).await;
+                }
+            }
+        }));
+    }
+    tasks
+}
