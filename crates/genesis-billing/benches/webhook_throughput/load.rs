@@ -43,10 +43,13 @@ pub struct Tally {
     pub ok: u64,
     /// Other answers, by status.
     pub statuses: BTreeMap<u16, u64>,
+    /// Requests that failed on the connection.
     pub transport_errors: u64,
+    /// Requests not answered within `WEBHOOK_BENCH_TIMEOUT_SECS`.
     pub timeouts: u64,
     /// Latencies of the requests that got an answer, in microseconds.
     pub latencies: Vec<u32>,
+    /// When the last request ended: the end of the phase.
     last_done: Option<Instant>,
 }
 
@@ -167,13 +170,19 @@ pub enum Mode {
 
 /// One phase's requests and the CPU used meanwhile.
 pub struct PhaseResult {
+    /// How the report names the phase, e.g. "steady 5000/s".
     pub label: String,
+    /// Its requests, latencies sorted.
     pub tally: Tally,
+    /// From the start to the last answer.
     pub elapsed: Duration,
+    /// Open loop: the events scheduled.
     pub scheduled: Option<u64>,
+    /// Closed loop: every pre-signed event was sent before the time was up.
     pub pool_exhausted: bool,
     /// Summed over the replicas; per replica in `server_cpu_by_replica`.
     pub server_cpu: f64,
+    /// CPU seconds of each server process.
     pub server_cpu_by_replica: Vec<f64>,
     /// 2xx answers from each replica.
     pub ok_by_replica: Vec<u64>,
@@ -182,6 +191,7 @@ pub struct PhaseResult {
     /// CPU used by every other process on the machine during the phase (not the server, not us, not
     /// PostgreSQL when measured).
     pub other_cpu: f64,
+    /// CPU seconds of this process, the load generator.
     pub client_cpu: f64,
 }
 

@@ -13,17 +13,25 @@ use crate::targets::Target;
 
 /// What one target did, for the report.
 pub struct TargetReport {
+    /// The target's name, as the tables show it.
     pub name: String,
+    /// The closed loop.
     pub closed: PhaseResult,
+    /// The open loops, one per steady rate.
     pub steady: Vec<PhaseResult>,
     /// Per server process (replica).
     pub peak_rss_kb: Vec<Option<u64>>,
+    /// Rows stored at the end.
     pub rows: u64,
+    /// 2xx answers over every phase, warm-up included.
     pub acked: u64,
+    /// Requests whose fate is unknown (transport error or timeout).
     pub abandoned: u64,
+    /// Every check found each 2xx stored.
     pub durability_ok: bool,
     /// How the database makes a commit durable, e.g. "journal mode wal".
     pub durability_setting: String,
+    /// What the report lists under "Notes".
     pub notes: Vec<String>,
 }
 

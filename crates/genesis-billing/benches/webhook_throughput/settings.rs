@@ -5,22 +5,35 @@ use std::time::Duration;
 
 /// Everything a run can be told, with the defaults of `main.rs`'s list applied.
 pub struct Opts {
+    /// `WEBHOOK_BENCH_SECS`: length of each measured phase, in seconds.
     pub secs: f64,
+    /// `WEBHOOK_BENCH_WARMUP_SECS`: the closed-loop warm-up per target.
     pub warmup_secs: f64,
+    /// `WEBHOOK_BENCH_CONNS`: concurrent connections.
     pub conns: usize,
+    /// `WEBHOOK_BENCH_RATE`: the steady rate for both targets, events/s.
     pub rate: u64,
     /// None: half of what the baseline did in its closed loop.
     pub baseline_rate: Option<u64>,
+    /// `WEBHOOK_BENCH_MAX_RATE`: events pre-signed per second of a closed-loop phase of the service.
     pub max_rate: u64,
+    /// `WEBHOOK_BENCH_BASELINE_MAX_RATE`: the same for the baseline.
     pub baseline_max_rate: u64,
+    /// `WEBHOOK_BENCH_GRACE_SECS`: how long an overloaded open loop may send after its schedule.
     pub grace: Duration,
+    /// `WEBHOOK_BENCH_TIMEOUT_SECS`: per request.
     pub timeout: Duration,
+    /// `WEBHOOK_BENCH_CLIENT_THREADS`: load-generator threads.
     pub client_threads: usize,
+    /// `WEBHOOK_BENCH_PYTHON`: the interpreter of the baseline.
     pub python: String,
+    /// `WEBHOOK_BENCH_SKIP_BASELINE`: measure the service alone.
     pub skip_baseline: bool,
+    /// `WEBHOOK_BENCH_DIR`: where the temporary databases go (else the system temp dir).
     pub dir: Option<PathBuf>,
     /// `WEBHOOK_BENCH_DATABASE=postgres`: the admin URL `psql` creates and drops the bench database with.
     pub postgres_admin: Option<String>,
+    /// `WEBHOOK_BENCH_REPLICAS`: `serve` processes on the one PostgreSQL database.
     pub replicas: usize,
     /// `WEBHOOK_BENCH_BUSINESSES`: businesses imported before the run, which the events are about.
     pub businesses: usize,

@@ -81,17 +81,22 @@ impl Drop for Proc {
 
 /// A server under test: its processes, where it takes webhooks and where it stores them.
 pub struct Target {
+    /// As the tables name it.
     pub name: String,
     /// The server processes: one, or several replicas on one PostgreSQL database.
     pub procs: Vec<Proc>,
+    /// Where it takes webhooks.
     pub path: &'static str,
+    /// Where it stores them.
     pub store: Store,
+    /// The table of stored events.
     pub table: &'static str,
     /// Counts the stored events not yet applied, where the target applies events after acknowledging them.
     pub backlog_sql: Option<&'static str>,
     /// Events the warm-up and measured phases had acknowledged, and requests whose fate is unknown
     /// (transport error or timeout: the server may have stored them).
     pub acked: u64,
+    /// Requests whose fate is unknown.
     pub abandoned: u64,
 }
 
