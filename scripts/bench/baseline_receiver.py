@@ -3,7 +3,7 @@ version proposed it. FastAPI under uvicorn, the official `stripe` SDK's `stripe.
 (default tolerance, 300 s), and one SQLite insert plus one commit per event on a single plain `sqlite3`
 connection in the default journal mode, before the 2xx.
 
-Run by crates/genesis-billing/benches/webhook_throughput.rs as
+Run by crates/genesis-billing/benches/webhook_throughput/ (targets.rs) as
     BASELINE_DB=/tmp/x/baseline.db STRIPE_WEBHOOK_SECRET=whsec_... \
         python3 -m uvicorn baseline_receiver:app --app-dir scripts/bench --host 127.0.0.1 --port PORT --workers 1
 Routes: POST /webhook (the receiver), GET /health (readiness: 200 once the database is open).
