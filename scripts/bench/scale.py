@@ -428,6 +428,8 @@ def reconcile_bench(opts, bins, work):
     sim_out = os.path.join(work, "sim.out")
     sim = subprocess.Popen([sim_bin, "--listen", "127.0.0.1:0", "--rate-limit", "0"],
                            stdout=open(sim_out, "w"), stderr=subprocess.DEVNULL)
+    # The simulator keeps every object and event in memory; it is not what is measured, but it shares the machine.
+    sim_guard = Guard(sim.pid, opts.max_rss_gb * 1048576, every=0.2)
     try:
         for _ in range(200):
             text = open(sim_out).read()
@@ -442,10 +444,13 @@ def reconcile_bench(opts, bins, work):
         subprocess.run([first, "prices", "sync"], env=env, check=True, stdout=subprocess.DEVNULL)
         t0 = time.perf_counter()
         subprocess.run([first, "business", "create", "--name", "Fleet", "--type", "saas", "--count", str(n),
-                        "--concurrency", "64"], env=env, check=True, stdout=subprocess.DEVNULL)
+                        "--concurrency", "64"], env=env, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
         log(f"provisioned {n:,} businesses in {time.perf_counter() - t0:.1f} s")
         # Once unmeasured: the first run also applies the events the simulator sent since (gap fill).
-        subprocess.run([first, "reconcile", "--fix"], env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([first, "reconcile", "--fix"], env=env, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        log(f"simulator RSS after provisioning and one reconcile: {rss_kb(sim.pid) / 1024:.0f} MB")
         print(f"\n### `reconcile --fix` against stripe-sim, {n:,} subscriptions (SQLite, no drift)\n")
         print("| binary | time | peak RSS | Stripe requests | requests/business | drift |")
         print("|---|---|---|---|---|---|")
@@ -459,8 +464,11 @@ def reconcile_bench(opts, bins, work):
             rep = r["report"]
             print(f"| {label} | {fmt_s(secs)} | {fmt_mb(peak)} | {r.get('stripe_requests', '-')} | "
                   f"{r.get('stripe_requests', 0) / max(1, rep['businesses']):.3f} | {len(rep['drift'])} |", flush=True)
+        if sim_guard.killed:
+            print(f"\nThe simulator passed {opts.max_rss_gb} GB and was killed.")
     finally:
-        sim.terminate()
+        sim_guard.stop = True
+        sim.kill()
         sim.wait()
 
 
