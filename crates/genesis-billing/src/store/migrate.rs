@@ -39,6 +39,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "business_tally",
         include_str!("../../migrations/0006_business_tally.sql"),
     ),
+    (
+        7,
+        "reconcile_scratch",
+        include_str!("../../migrations/0007_reconcile_scratch.sql"),
+    ),
 ];
 
 pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<&'static str>, StoreError> {

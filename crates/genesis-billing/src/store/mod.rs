@@ -7,10 +7,12 @@
 mod change_marker;
 mod coordination;
 mod migrate;
+mod reconcile_scratch;
 mod sqlite_inbox;
 mod webhook_event;
 
 pub use coordination::{JobLease, StoreRateBudget};
+pub use reconcile_scratch::StripeRow;
 pub use webhook_event::{
     EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage,
     UNKNOWN_BUSINESS,
