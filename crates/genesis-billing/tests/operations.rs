@@ -733,3 +733,46 @@ async fn reconcile_walks_a_fleet_larger_than_a_page_checking_each_business_once(
     expected.sort_unstable();
     assert_eq!(unknown, expected, "each business checked exactly once");
 }
+
+#[tokio::test]
+async fn reconcile_flags_each_customer_no_business_records_once_in_id_order() {
+    let world = World::new().await;
+    let recorded = create(&world, "Recorded").await;
+    let mut orphans = Vec::new();
+    for metadata in [
+        vec![("metadata[business_id]", "no-such-business")],
+        vec![("metadata[business_id]", recorded.as_str())],
+        vec![("metadata[autonomous]", "true")],
+    ] {
+        let (status, c) = world
+            .sim_call(Method::POST, "/v1/customers", &metadata)
+            .await;
+        assert_eq!(status, 200);
+        orphans.push(c["id"].as_str().unwrap().to_owned());
+    }
+    let (status, _) = world
+        .sim_call(Method::POST, "/v1/customers", &[("metadata[other]", "x")])
+        .await;
+    assert_eq!(status, 200, "a customer that is not ours");
+    orphans.sort();
+
+    let report = world.service.reconcile(false, &|_, _| {}).await.unwrap();
+    let flagged: Vec<&str> = report
+        .drift
+        .iter()
+        .filter(|d| d.field == "orphan_customer")
+        .map(|d| d.stripe.as_deref().unwrap())
+        .collect();
+    assert_eq!(flagged, orphans, "{:#?}", report.drift);
+    assert_eq!(report.drift.len(), 3, "{:#?}", report.drift);
+    assert_eq!(report.stripe_customers, 5);
+    let named = report
+        .drift
+        .iter()
+        .find(|d| d.business_id.as_deref() == Some(recorded.as_str()))
+        .unwrap();
+    assert_eq!(
+        named.field, "orphan_customer",
+        "the business records another customer"
+    );
+}

@@ -9,7 +9,7 @@ use genesis_billing::revenue::{live_mrr, mrr_from_tally, subscriptions_by_status
 use genesis_billing::store::DatabaseUrl;
 use genesis_billing::store::{
     now, BusinessFilter, BusinessPages, EventResult, HistoryEntry, Holder, Inserted, JobLease,
-    NewEvent, StatusChange, Store, StoreOptions, SubscriptionRecord, Triage,
+    NewEvent, StatusChange, Store, StoreOptions, StripeRow, SubscriptionRecord, Triage,
 };
 use sqlx::Connection;
 
@@ -1180,11 +1180,106 @@ async fn change_marker_contract(store: &Store) {
     assert_ne!(after, before, "a commit moves the marker");
 }
 
+/// Reconciliation's scratch copy of Stripe's lists: lookups by id and by metadata, orphans in byte order
+/// across pages, and nothing left after a run is cleared.
+async fn scratch_contract(store: &Store) {
+    let customer = |id: &str, ours: bool, business: Option<&str>| StripeRow {
+        object_id: id.into(),
+        business_id: business.map(str::to_owned),
+        ours,
+        ..StripeRow::default()
+    };
+    // Mixed case and punctuation: byte order differs from most locales' order.
+    let customers = [
+        customer("cus_b", true, Some("b1")),
+        customer("cus_B", true, None),
+        customer("cus__", true, Some("gone")),
+        customer("cus_Z", true, Some("b2")),
+        customer("cus_a", false, None),
+        customer("cus_0", true, Some("b3")),
+    ];
+    store
+        .scratch_put("run1", 100, "customer", 0, &customers)
+        .await
+        .unwrap();
+    // Another run's rows are never seen by this one.
+    store
+        .scratch_put("run2", 100, "customer", 0, &customers[..2])
+        .await
+        .unwrap();
+    let subs: Vec<StripeRow> = (0..250)
+        .map(|i| StripeRow {
+            object_id: format!("sub_{i:03}"),
+            business_id: Some(format!("b{}", i % 5)),
+            status: Some("active".into()),
+            generation: Some("0".into()),
+            created: i,
+            ..StripeRow::default()
+        })
+        .collect();
+    store
+        .scratch_put("run1", 100, "subscription", 0, &subs)
+        .await
+        .unwrap();
+
+    let found = store
+        .scratch_lookup(
+            "run1",
+            "subscription",
+            false,
+            &["sub_007", "sub_249", "sub_nope"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(found, vec![subs[7].clone(), subs[249].clone()]);
+    let of_b3 = store
+        .scratch_lookup("run1", "subscription", true, &["b3"])
+        .await
+        .unwrap();
+    assert_eq!(of_b3.len(), 50);
+    assert!(
+        of_b3.windows(2).all(|w| w[0].created < w[1].created),
+        "list order"
+    );
+
+    store.scratch_account("run1", &["cus_Z"]).await.unwrap();
+    let mut orphans = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = store.scratch_orphans("run1", &after, 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.object_id.clone();
+        orphans.extend(page.into_iter().map(|c| c.object_id));
+    }
+    let mut expected = vec!["cus_b", "cus_B", "cus__", "cus_0"];
+    expected.sort_unstable();
+    assert_eq!(orphans, expected);
+
+    store.scratch_clear(Some("run1"), 0).await.unwrap();
+    assert!(store
+        .scratch_orphans("run1", "", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store.scratch_orphans("run2", "", 10).await.unwrap().len(),
+        2
+    );
+    // A crashed run's rows go once they are old enough.
+    store.scratch_clear(None, 101).await.unwrap();
+    assert!(store
+        .scratch_orphans("run2", "", 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 #[tokio::test]
 async fn aggregates_and_pages_agree_with_the_records_on_sqlite() {
     let (fresh, store) = Fresh::sqlite().await;
     aggregate_contract(&store).await;
     change_marker_contract(&store).await;
+    scratch_contract(&store).await;
     fresh.drop_db(store);
 }
 
@@ -1207,6 +1302,7 @@ async fn aggregates_and_pages_agree_with_the_records_on_postgres() {
     let (fresh, store) = Fresh::postgres().await;
     aggregate_contract(&store).await;
     change_marker_contract(&store).await;
+    scratch_contract(&store).await;
     fresh.drop_db(store);
 }
 

@@ -3,15 +3,15 @@
 //! Stripe is read with list calls (100 objects a page, `status=all`), never one retrieve per business, so a
 //! fleet of thousands costs tens of requests through the rate limiter.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
 use super::{BillingError, BillingService};
 use crate::business::{in_rollout, is_live_subscription, Billing, Business, Lifecycle};
 use crate::metrics::DriftAction;
-use crate::store::{now, BusinessFilter, BusinessPages};
-use crate::stripe::{StripeClient, StripeError, Subscription};
+use crate::store::{now, BusinessFilter, BusinessPages, Store, StripeRow, PAGE};
+use crate::stripe::{StripeClient, Subscription};
 
 /// Billing reasons that a later roll-out, or payments coming back, should bill.
 const SKIPPED_BILLABLE: &[&str] = &[
@@ -44,67 +44,150 @@ pub struct ReconcileReport {
     pub drift: Vec<Drift>,
 }
 
-/// What reconciliation needs of everything Stripe holds, read with list calls. Objects are kept without
-/// their JSON body and with only the metadata compared, a few hundred bytes each; the businesses are
-/// read a page at a time beside it.
+/// What reconciliation compares one page of businesses with: the Stripe objects those businesses name,
+/// looked up in the run's scratch copy of Stripe's lists (`reconcile_stripe`), so memory holds one page.
 struct StripeView {
     subscriptions: HashMap<String, Subscription>,
     /// Subscriptions by metadata `business_id`, newest first.
     by_business: HashMap<String, Vec<String>>,
     customers: HashSet<String>,
-    /// Customers that say they are ours (metadata `autonomous` or `business_id`): id → metadata
-    /// `business_id`. Each is an orphan unless its business records it.
+    /// Customers that say they are ours (metadata `autonomous` or `business_id`): id → metadata `business_id`.
     ours: HashMap<String, Option<String>>,
 }
 
-/// The metadata keys reconciliation reads.
-const KEPT_METADATA: &[&str] = &["business_id", "genesis_generation"];
+fn subscription_of(r: StripeRow) -> Subscription {
+    let mut metadata = BTreeMap::new();
+    if let Some(b) = r.business_id {
+        metadata.insert("business_id".to_owned(), b);
+    }
+    if let Some(g) = r.generation {
+        metadata.insert("genesis_generation".to_owned(), g);
+    }
+    Subscription {
+        id: r.object_id,
+        status: r.status.unwrap_or_default(),
+        customer: r.customer,
+        metadata,
+        latest_invoice: None,
+        price_id: r.price_id,
+        default_payment_method: r.default_payment_method,
+        created: r.created,
+        raw: serde_json::Value::Null,
+    }
+}
 
-async fn read_stripe(stripe: &StripeClient) -> Result<StripeView, StripeError> {
-    let mut view = StripeView {
-        subscriptions: HashMap::new(),
-        by_business: HashMap::new(),
-        customers: HashSet::new(),
-        ours: HashMap::new(),
-    };
+impl StripeView {
+    /// The Stripe objects this page of businesses names.
+    async fn for_page(store: &Store, run: &str, page: &[Business]) -> Result<Self, BillingError> {
+        let mut view = Self {
+            subscriptions: HashMap::new(),
+            by_business: HashMap::new(),
+            customers: HashSet::new(),
+            ours: HashMap::new(),
+        };
+        let ids: Vec<&str> = page
+            .iter()
+            .filter_map(|b| b.stripe_subscription_id.as_deref())
+            .collect();
+        for r in store
+            .scratch_lookup(run, "subscription", false, &ids)
+            .await?
+        {
+            view.subscriptions
+                .insert(r.object_id.clone(), subscription_of(r));
+        }
+        let owners: Vec<&str> = page.iter().map(|b| b.business_id.as_str()).collect();
+        for r in store
+            .scratch_lookup(run, "subscription", true, &owners)
+            .await?
+        {
+            if let Some(b) = &r.business_id {
+                view.by_business
+                    .entry(b.clone())
+                    .or_default()
+                    .push(r.object_id.clone());
+            }
+            view.subscriptions
+                .insert(r.object_id.clone(), subscription_of(r));
+        }
+        let customers: Vec<&str> = page
+            .iter()
+            .filter_map(|b| b.stripe_customer_id.as_deref())
+            .collect();
+        for r in store
+            .scratch_lookup(run, "customer", false, &customers)
+            .await?
+        {
+            if r.ours {
+                view.ours.insert(r.object_id.clone(), r.business_id.clone());
+            }
+            view.customers.insert(r.object_id);
+        }
+        Ok(view)
+    }
+}
+
+/// Copies Stripe's subscription and customer lists into the run's scratch rows, a page at a time; returns
+/// how many of each there were.
+async fn read_stripe(
+    stripe: &StripeClient,
+    store: &Store,
+    run: &str,
+    started: i64,
+) -> Result<(usize, usize), BillingError> {
+    let mut subscriptions = 0;
     let mut after: Option<String> = None;
     loop {
         let page = stripe.list_subscriptions(None, after.as_deref()).await?;
         after = page.data.last().map(|s| s.id.clone());
-        for mut s in page.data {
-            if let Some(b) = s.metadata.get("business_id") {
-                view.by_business
-                    .entry(b.clone())
-                    .or_default()
-                    .push(s.id.clone());
-            }
-            s.raw = serde_json::Value::Null;
-            s.metadata
-                .retain(|k, _| KEPT_METADATA.contains(&k.as_str()));
-            view.subscriptions.insert(s.id.clone(), s);
-        }
+        let rows: Vec<StripeRow> = page
+            .data
+            .into_iter()
+            .map(|s| StripeRow {
+                business_id: s.metadata.get("business_id").cloned(),
+                generation: s.metadata.get("genesis_generation").cloned(),
+                object_id: s.id,
+                status: Some(s.status),
+                customer: s.customer,
+                price_id: s.price_id,
+                default_payment_method: s.default_payment_method,
+                created: s.created,
+                ours: false,
+            })
+            .collect();
+        store
+            .scratch_put(run, started, "subscription", subscriptions as i64, &rows)
+            .await?;
+        subscriptions += rows.len();
         if !page.has_more || after.is_none() {
             break;
         }
     }
+    let mut customers = 0;
     let mut after: Option<String> = None;
     loop {
         let page = stripe.list_customers(after.as_deref()).await?;
         after = page.data.last().map(|c| c.id.clone());
-        for c in page.data {
-            if c.metadata.get("autonomous").map(String::as_str) == Some("true")
-                || c.metadata.contains_key("business_id")
-            {
-                view.ours
-                    .insert(c.id.clone(), c.metadata.get("business_id").cloned());
-            }
-            view.customers.insert(c.id);
-        }
+        let rows: Vec<StripeRow> = page
+            .data
+            .into_iter()
+            .map(|c| StripeRow {
+                ours: c.metadata.get("autonomous").map(String::as_str) == Some("true")
+                    || c.metadata.contains_key("business_id"),
+                business_id: c.metadata.get("business_id").cloned(),
+                object_id: c.id,
+                ..StripeRow::default()
+            })
+            .collect();
+        store
+            .scratch_put(run, started, "customer", customers as i64, &rows)
+            .await?;
+        customers += rows.len();
         if !page.has_more || after.is_none() {
             break;
         }
     }
-    Ok(view)
+    Ok((subscriptions, customers))
 }
 
 impl BillingService {
@@ -116,25 +199,52 @@ impl BillingService {
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<ReconcileReport, BillingError> {
         let stripe = self.stripe()?;
-        let view = read_stripe(stripe).await?;
+        let run = uuid::Uuid::new_v4().to_string();
+        let started = now();
+        // Rows a crashed run left behind.
+        self.store.scratch_clear(None, started - 86_400).await?;
+        let result = self
+            .reconcile_run(stripe, &run, started, fix, progress)
+            .await;
+        let cleared = self.store.scratch_clear(Some(&run), 0).await;
+        let report = result?;
+        cleared?;
+        let _ = self.refresh_gauges().await;
+        Ok(report)
+    }
+
+    async fn reconcile_run(
+        &self,
+        stripe: &StripeClient,
+        run: &str,
+        started: i64,
+        fix: bool,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<ReconcileReport, BillingError> {
+        let (stripe_subscriptions, stripe_customers) =
+            read_stripe(stripe, &self.store, run, started).await?;
         let total = self.store.count_businesses().await?.max(0) as u64;
         let mut report = ReconcileReport {
             businesses: 0,
-            stripe_subscriptions: view.subscriptions.len(),
-            stripe_customers: view.customers.len(),
+            stripe_subscriptions,
+            stripe_customers,
             drift: Vec::new(),
         };
-        // Customers of ours whose business records them, as each business is read (before its repairs).
-        let mut accounted: HashSet<String> = HashSet::new();
-        // A page of businesses at a time, so memory does not grow with the fleet.
+        // A page of businesses at a time, with the Stripe objects they name.
         let mut pages = BusinessPages::new(BusinessFilter::default());
         while let Some(page) = pages.next(&self.store).await? {
+            let view = StripeView::for_page(&self.store, run, &page).await?;
+            // Customers of ours whose business records them, as each business is read (before its repairs).
+            let accounted: Vec<&str> = page
+                .iter()
+                .filter_map(|b| {
+                    let c = b.stripe_customer_id.as_deref()?;
+                    (view.ours.get(c).and_then(Option::as_deref) == Some(b.business_id.as_str()))
+                        .then_some(c)
+                })
+                .collect();
+            self.store.scratch_account(run, &accounted).await?;
             for b in &page {
-                if let Some(c) = &b.stripe_customer_id {
-                    if view.ours.get(c).and_then(Option::as_deref) == Some(b.business_id.as_str()) {
-                        accounted.insert(c.clone());
-                    }
-                }
                 for mut d in self.drift_of(b, &view) {
                     self.metrics.drift(d.field, DriftAction::Found);
                     if fix {
@@ -162,26 +272,25 @@ impl BillingService {
                 );
             }
         }
-        // Customers in Stripe that no business accounts for.
-        let mut orphans: Vec<(&String, &Option<String>)> = view
-            .ours
-            .iter()
-            .filter(|(id, _)| !accounted.contains(*id))
-            .collect();
-        orphans.sort_by(|a, b| a.0.cmp(b.0));
-        for (id, business_id) in orphans {
-            self.metrics.drift("orphan_customer", DriftAction::Found);
-            report.drift.push(Drift {
-                business_id: business_id.clone(),
-                field: "orphan_customer",
-                local: None,
-                stripe: Some(id.clone()),
-                repair: "flagged for an operator: no business records this customer",
-                fixed: false,
-                error: None,
-            });
+        // Customers in Stripe that no business accounts for, by id.
+        let mut after = String::new();
+        loop {
+            let orphans = self.store.scratch_orphans(run, &after, PAGE).await?;
+            let Some(last) = orphans.last() else { break };
+            after = last.object_id.clone();
+            for c in orphans {
+                self.metrics.drift("orphan_customer", DriftAction::Found);
+                report.drift.push(Drift {
+                    business_id: c.business_id,
+                    field: "orphan_customer",
+                    local: None,
+                    stripe: Some(c.object_id),
+                    repair: "flagged for an operator: no business records this customer",
+                    fixed: false,
+                    error: None,
+                });
+            }
         }
-        let _ = self.refresh_gauges().await;
         Ok(report)
     }
 

@@ -49,6 +49,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "business_tally",
         include_str!("../../migrations/0008_business_tally.sql"),
     ),
+    (
+        9,
+        "reconcile_scratch",
+        include_str!("../../migrations/0009_reconcile_scratch.sql"),
+    ),
 ];
 
 /// Applies the migrations not applied yet, each in its own transaction that holds the database's

@@ -9,12 +9,14 @@ mod coordination;
 mod database_url;
 mod health;
 mod migrate;
+mod reconcile_scratch;
 mod sqlite_inbox;
 mod webhook_event;
 
 pub use coordination::{BusinessLease, Holder, HolderState, JobLease, UnfinishedBusiness};
 pub use database_url::DatabaseUrl;
 pub use health::ProbeFailure;
+pub use reconcile_scratch::StripeRow;
 pub use webhook_event::{
     EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage,
     UNKNOWN_BUSINESS,
