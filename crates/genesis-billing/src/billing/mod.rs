@@ -25,8 +25,9 @@ use crate::store::{Store, StoreError};
 use crate::stripe::{Price, StripeClient, StripeError};
 
 pub use events::{
-    event_keys, keys_of, Applied, Deferred, EventKeys, KeyFields, Writes, HANDLED_EVENTS,
-    UNHANDLED_EVENT,
+    event_keys, keys_of, not_ours, reason, Applied, Deferred, EventKeys, KeyFields, Writes,
+    CONNECTED_ACCOUNT, HANDLED_EVENTS, LIVEMODE_MISMATCH, NOT_CURRENT_SUBSCRIPTION,
+    OLDER_THAN_STORED, SAME_SECOND, TOO_DEEP, UNHANDLED_EVENT, UNKNOWN_BUSINESS,
 };
 pub use import::{ImportError, ImportReport, MAX_IMPORT_BYTES};
 pub use payment::CheckoutOutcome;
