@@ -114,6 +114,7 @@ impl Inbox {
         }
     }
 
+    /// Whether any webhook signing secret is configured.
     pub fn has_secret(&self) -> bool {
         !self.secrets.is_empty()
     }
