@@ -4,6 +4,7 @@
 mod common;
 
 use common::postgres::TestDatabase;
+use genesis_billing::billing::reason;
 use genesis_billing::business::{Billing, Business, Lifecycle};
 use genesis_billing::revenue::{live_mrr, mrr_from_tally, subscriptions_by_status};
 use genesis_billing::store::DatabaseUrl;
@@ -427,6 +428,7 @@ async fn contract(store: &Store) {
             true,
             now() + 60,
             Vec::new(),
+            reason,
         )
         .await
         .unwrap()
@@ -461,6 +463,7 @@ async fn contract(store: &Store) {
             false,
             0,
             vec![result("evt_b1", "ignored", None)],
+            reason,
         )
         .await
         .unwrap();
@@ -479,6 +482,7 @@ async fn contract(store: &Store) {
                 result("evt_b1", "applied", None),
                 result("evt_b2", "failed", Some("boom")),
             ],
+            reason,
         )
         .await
         .unwrap();
@@ -493,7 +497,7 @@ async fn contract(store: &Store) {
         ("failed", 1, Some("boom"))
     );
     let unleased = store
-        .write_inbox(&[ev("evt_b3")], "inbox-1", false, 0, Vec::new())
+        .write_inbox(&[ev("evt_b3")], "inbox-1", false, 0, Vec::new(), reason)
         .await
         .unwrap()
         .stored;
@@ -528,11 +532,12 @@ async fn contract(store: &Store) {
             true,
             now() + 60,
             Vec::new(),
+            reason,
         )
         .await
         .unwrap()
         .stored;
-    let unknown = Inserted::Ignored(genesis_billing::store::UNKNOWN_BUSINESS);
+    let unknown = Inserted::Ignored(genesis_billing::billing::UNKNOWN_BUSINESS);
     assert_eq!(
         stored,
         vec![
@@ -568,6 +573,7 @@ async fn contract(store: &Store) {
             true,
             now() + 60,
             Vec::new(),
+            reason,
         )
         .await
         .unwrap()
@@ -607,7 +613,14 @@ async fn contract(store: &Store) {
         .unwrap();
     let ids = ["evt_c1", "evt_c2", "evt_c3", "evt_c4", "evt_c5", "evt_c6"];
     store
-        .write_inbox(&ids.map(ev), "inbox-1", true, now() + 60, Vec::new())
+        .write_inbox(
+            &ids.map(ev),
+            "inbox-1",
+            true,
+            now() + 60,
+            Vec::new(),
+            reason,
+        )
         .await
         .unwrap();
     let change = |id: &str, sub: &str, status: &str, at: i64, settled: bool| EventResult {
@@ -632,6 +645,7 @@ async fn contract(store: &Store) {
             false,
             0,
             vec![change("evt_c6", "sub_sc", "canceled", 500, false)],
+            reason,
         )
         .await
         .unwrap();
@@ -653,6 +667,7 @@ async fn contract(store: &Store) {
                 change("evt_c3", "sub_other", "canceled", 300, false),
                 change("evt_c4", "sub_sc", "unpaid", 200, false),
             ],
+            reason,
         )
         .await
         .unwrap();
@@ -711,6 +726,7 @@ async fn contract(store: &Store) {
             false,
             0,
             vec![change("evt_c4", "sub_sc", "unpaid", 200, true)],
+            reason,
         )
         .await
         .unwrap();
@@ -763,6 +779,7 @@ async fn contract(store: &Store) {
             true,
             now() + 60,
             Vec::new(),
+            reason,
         )
         .await
         .unwrap()
@@ -824,6 +841,7 @@ async fn contract(store: &Store) {
             true,
             now() + 60,
             Vec::new(),
+            reason,
         )
         .await
         .unwrap()
@@ -845,6 +863,7 @@ async fn contract(store: &Store) {
             false,
             0,
             Vec::new(),
+            reason,
         )
         .await
         .unwrap();
@@ -880,6 +899,7 @@ async fn contract(store: &Store) {
             false,
             0,
             vec![result("evt_d1", "applied", None)],
+            reason,
         )
         .await
         .unwrap();
@@ -894,6 +914,7 @@ async fn contract(store: &Store) {
             true,
             now() + 60,
             Vec::new(),
+            reason,
         )
         .await
         .unwrap();
@@ -922,6 +943,7 @@ async fn contract(store: &Store) {
             false,
             0,
             vec![line("evt_h1", "in_x 900 usd")],
+            reason,
         )
         .await
         .unwrap();
@@ -936,6 +958,7 @@ async fn contract(store: &Store) {
                 line("evt_h1", "in_1 2900 usd"),
                 line("evt_h2", "in_2 2900 usd"),
             ],
+            reason,
         )
         .await
         .unwrap();
@@ -1500,8 +1523,8 @@ async fn replicas_storing_the_same_webhook_events_at_once_on_postgres_store_each
         let batch: Vec<NewEvent> = (0..8).map(|i| event(format!("evt_{round}_{i}"))).collect();
         let reversed: Vec<NewEvent> = batch.iter().rev().cloned().collect();
         let (x, y) = tokio::join!(
-            a.insert_events(&batch, Some("replica-a"), now() + 60),
-            b.insert_events(&reversed, Some("replica-b"), now() + 60)
+            a.insert_events(&batch, Some("replica-a"), now() + 60, reason),
+            b.insert_events(&reversed, Some("replica-b"), now() + 60, reason)
         );
         let (x, y) = (x.unwrap(), y.unwrap());
         for i in 0..8 {
@@ -1545,6 +1568,7 @@ async fn one_refused_event_fails_no_other(store: &Store, url: &str, backend: &st
             true,
             now() + 60,
             Vec::new(),
+            reason,
         )
         .await
         .unwrap();
@@ -1570,7 +1594,7 @@ async fn one_refused_event_fails_no_other(store: &Store, url: &str, backend: &st
         created: 30,
     };
     let written = store
-        .write_inbox(&batch, "inbox-1", true, now() + 60, vec![outcome])
+        .write_inbox(&batch, "inbox-1", true, now() + 60, vec![outcome], reason)
         .await
         .unwrap();
     let mut want = vec![Inserted::Pending, Inserted::Failed, Inserted::Pending];
@@ -1599,6 +1623,7 @@ async fn one_refused_event_fails_no_other(store: &Store, url: &str, backend: &st
             true,
             now() + 60,
             Vec::new(),
+            reason,
         )
         .await
         .unwrap();

@@ -5,7 +5,8 @@ use serde_json::Value;
 
 use super::{BillingError, BillingService};
 use crate::business::{Billing, Business, Lifecycle};
-use crate::store::{HistoryEntry, StatusChange, UNKNOWN_BUSINESS};
+use crate::config::StripeMode;
+use crate::store::{HistoryEntry, StatusChange, Unwritten};
 use crate::stripe::{id_of, CheckoutSession, Subscription};
 
 /// The event types genesis-billing acts on; `webhooks register` subscribes to exactly these.
@@ -23,6 +24,54 @@ pub const HANDLED_EVENTS: &[&str] = &[
 
 /// Why an event of a type genesis-billing does not act on is ignored.
 pub const UNHANDLED_EVENT: &str = "unhandled event type";
+
+/// Why an event about no business we know is ignored.
+pub const UNKNOWN_BUSINESS: &str = "unknown business";
+
+/// Why an event about a subscription the business no longer (or never) had is ignored.
+pub const NOT_CURRENT_SUBSCRIPTION: &str = "not the business's current subscription";
+
+/// Why an event older than the state stored for its business is ignored.
+pub const OLDER_THAN_STORED: &str = "older than the stored state";
+
+/// Why a status event is due again: another status of its second is stored, and only Stripe can order them.
+pub const SAME_SECOND: &str =
+    "another status of the same second is stored: to be checked with Stripe";
+
+/// Why an event whose `livemode` differs from the configured key's mode is stored ignored.
+pub const LIVEMODE_MISMATCH: &str = "livemode mismatch";
+
+/// Why an event about a connected account (Stripe Connect, which we never use) is stored ignored.
+pub const CONNECTED_ACCOUNT: &str = "event from a connected account";
+
+/// Why a stored event nested deeper than the receiver accepts is ignored on apply.
+pub const TOO_DEEP: &str = "nested too deep";
+
+/// The reason recorded for what the inbox's writer found in the store (`store::Reasons`).
+pub fn reason(fact: Unwritten) -> &'static str {
+    match fact {
+        Unwritten::UnknownBusiness => UNKNOWN_BUSINESS,
+        Unwritten::OtherSubscription => NOT_CURRENT_SUBSCRIPTION,
+        Unwritten::NewerState => OLDER_THAN_STORED,
+        Unwritten::SameSecond => SAME_SECOND,
+    }
+}
+
+/// Why an event is not for us though validly signed: a connected account's, or of the other mode than
+/// the key's (`None`: no key configured, so no mode to hold it to).
+pub fn not_ours(
+    livemode: Option<bool>,
+    account: Option<&str>,
+    mode: Option<StripeMode>,
+) -> Option<&'static str> {
+    if account.is_some() {
+        return Some(CONNECTED_ACCOUNT);
+    }
+    match (livemode, mode) {
+        (Some(live), Some(mode)) if live != (mode == StripeMode::Live) => Some(LIVEMODE_MISMATCH),
+        _ => None,
+    }
+}
 
 /// What identifies the business an event is about, read the way each handler reads its object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -223,7 +272,7 @@ impl BillingService {
                 self.adopt_subscription(&b, &sub).await?;
                 return Ok(applied(&b));
             }
-            _ => return Ok(ignored(Some(&b), "not the business's current subscription")),
+            _ => return Ok(ignored(Some(&b), NOT_CURRENT_SUBSCRIPTION)),
         }
         let mut status = sub.status.clone();
         let tie = created == b.stripe_state_at
@@ -251,7 +300,7 @@ impl BillingService {
         {
             Ok(applied(&b))
         } else {
-            Ok(ignored(Some(&b), "older than the stored state"))
+            Ok(ignored(Some(&b), OLDER_THAN_STORED))
         }
     }
 
@@ -295,7 +344,7 @@ impl BillingService {
             return Ok(ignored(None, UNKNOWN_BUSINESS));
         };
         if b.stripe_subscription_id.as_deref() != Some(sub.id.as_str()) {
-            return Ok(ignored(Some(&b), "not the business's current subscription"));
+            return Ok(ignored(Some(&b), NOT_CURRENT_SUBSCRIPTION));
         }
         self.subscription_ended(&b, &sub, created).await?;
         Ok(applied(&b))

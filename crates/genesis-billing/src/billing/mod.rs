@@ -30,8 +30,9 @@ pub use crate::store::{BusinessFilter, BusinessPages, JobLease, ProbeFailure, St
 pub use crate::stripe::StripeError;
 
 pub use events::{
-    event_keys, keys_of, Applied, Deferred, EventKeys, KeyFields, Writes, HANDLED_EVENTS,
-    UNHANDLED_EVENT,
+    event_keys, keys_of, not_ours, reason, Applied, Deferred, EventKeys, KeyFields, Writes,
+    CONNECTED_ACCOUNT, HANDLED_EVENTS, LIVEMODE_MISMATCH, NOT_CURRENT_SUBSCRIPTION,
+    OLDER_THAN_STORED, SAME_SECOND, TOO_DEEP, UNHANDLED_EVENT, UNKNOWN_BUSINESS,
 };
 pub use import::{ImportError, ImportReport, MAX_IMPORT_BYTES};
 pub use payment::CheckoutOutcome;

@@ -18,8 +18,8 @@ pub use database_url::DatabaseUrl;
 pub use health::ProbeFailure;
 pub use reconcile_scratch::StripeRow;
 pub use webhook_event::{
-    EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, StatusChange, StoredEvent, Triage,
-    UNKNOWN_BUSINESS,
+    EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, Reasons, StatusChange, StoredEvent,
+    Triage, Unwritten,
 };
 
 use std::time::Duration;
@@ -870,16 +870,14 @@ impl Store {
         status: &str,
         state_at: i64,
     ) -> Result<bool, StoreError> {
-        let sql = format!(
-            "UPDATE business SET subscription_status = $3, stripe_state_at = $4, billing = {BILLING_AFTER_STATUS}, \
-             updated_at = $5 WHERE business_id = $1 AND stripe_subscription_id = $2 AND stripe_state_at <= $4"
-        );
-        let done = sqlx::query(&sql)
+        // Tie settled (1): a status of the same second was already checked with Stripe by the caller.
+        let done = sqlx::query(&webhook_event::change_status_sql(false))
             .bind(id)
             .bind(subscription)
             .bind(status)
             .bind(state_at)
             .bind(now())
+            .bind(1i64)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)

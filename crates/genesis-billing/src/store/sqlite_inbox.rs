@@ -16,8 +16,8 @@ use rusqlite::{
 };
 
 use super::webhook_event::{
-    change_status_sql, not_written, why_not_written, EventResult, InboxWrite, Inserted, NewEvent,
-    StatusChange, Triage, BUSINESS_BY, BUSINESS_STATE, RECORD_HISTORY, UNKNOWN_BUSINESS,
+    change_status_sql, not_written, unwritten, EventResult, InboxWrite, Inserted, NewEvent,
+    Reasons, StatusChange, Triage, Unwritten, BUSINESS_BY, BUSINESS_STATE, RECORD_HISTORY,
 };
 use super::{now, StoreError};
 
@@ -73,6 +73,7 @@ impl SqliteInbox {
         lease: Option<(String, i64)>,
         owner: String,
         results: Vec<EventResult>,
+        reasons: Reasons,
     ) -> Result<InboxWrite, StoreError> {
         let (conn, path) = (self.conn.clone(), self.path.clone());
         tokio::task::spawn_blocking(move || {
@@ -81,7 +82,7 @@ impl SqliteInbox {
                 *slot = Some(open(&path)?);
             }
             let conn = slot.as_mut().expect("opened above");
-            write_batch(conn, &events, lease.as_ref(), &owner, results)
+            write_batch(conn, &events, lease.as_ref(), &owner, results, reasons)
         })
         .await
         .map_err(|e| StoreError::Worker(format!("inbox writer stopped: {e}")))?
@@ -131,6 +132,7 @@ fn store_status(
     tx: &Transaction<'_>,
     e: &NewEvent,
     received: i64,
+    reasons: Reasons,
 ) -> Result<(Inserted, Option<String>), StoreError> {
     let mut found = None;
     for (n, key) in e.triage.lookups() {
@@ -145,7 +147,7 @@ fn store_status(
         }
     }
     let Some((business, current)) = found else {
-        return Ok((Inserted::Ignored(UNKNOWN_BUSINESS), None));
+        return Ok((Inserted::Ignored(reasons(Unwritten::UnknownBusiness)), None));
     };
     let change = match StatusChange::of(e, &business) {
         Some(c) if current.as_deref() == Some(c.subscription_id.as_str()) => c,
@@ -167,9 +169,9 @@ fn store_status(
         .prepare_cached(&STATE)?
         .query_row([&business], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    Ok(match why_not_written(&change, state) {
-        Some(why) => (Inserted::Ignored(why), Some(business)),
-        None => (Inserted::Pending, None),
+    Ok(match unwritten(&change, state) {
+        Unwritten::SameSecond => (Inserted::Pending, None),
+        fact => (Inserted::Ignored(reasons(fact)), Some(business)),
     })
 }
 
@@ -179,6 +181,7 @@ fn write_batch(
     lease: Option<&(String, i64)>,
     owner: &str,
     mut results: Vec<EventResult>,
+    reasons: Reasons,
 ) -> Result<InboxWrite, StoreError> {
     let received = now();
     // IMMEDIATE takes the write lock first, so the reads below cannot be invalidated by another writer.
@@ -198,7 +201,7 @@ fn write_batch(
                         done.push(Inserted::Duplicate);
                         continue;
                     }
-                    let (state, settled_for) = store_status(&tx, e, received)?;
+                    let (state, settled_for) = store_status(&tx, e, received, reasons)?;
                     business = settled_for;
                     state
                 }
@@ -214,7 +217,7 @@ fn write_batch(
                     if any {
                         Inserted::Pending
                     } else {
-                        Inserted::Ignored(UNKNOWN_BUSINESS)
+                        Inserted::Ignored(reasons(Unwritten::UnknownBusiness))
                     }
                 }
                 Triage::Ignore(why) => Inserted::Ignored(why),
@@ -282,7 +285,7 @@ fn write_batch(
                 let now_state = state_of
                     .query_row([&change.business_id], |row| Ok((row.get(0)?, row.get(1)?)))
                     .optional()?;
-                not_written(r, &change, now_state);
+                not_written(r, &change, now_state, reasons);
             }
         }
         let mut finish = tx.prepare_cached(FINISH)?;

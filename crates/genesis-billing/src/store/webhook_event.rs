@@ -1,4 +1,8 @@
-//! Queries on stored Stripe events (the webhook inbox).
+//! Queries on stored Stripe events (the webhook inbox). `Store::write_inbox` is the inbox's one write
+//! interface: this file's portable path (sqlx: PostgreSQL, in-memory SQLite) or the SQLite file's fast path
+//! (`sqlite_inbox`) behind it. The ordering rule for a subscription's status is `over_older_state`, the only
+//! place it is written; what the writer finds is returned as facts (`Unwritten`), whose reasons the caller
+//! gives (`Reasons`: billing decides why an event is ignored).
 
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -104,13 +108,25 @@ pub struct InboxWrite {
     pub settled: Vec<EventResult>,
 }
 
+/// The ordering rule for a subscription's status, the one place it is written: a status is written only
+/// over older state, or over state of the same second when it is the same status or `tie` is 1 (Stripe
+/// said which of the two is current). The arguments are SQL expressions for the new status, its
+/// `state_at` and the tie flag; the business row is `business`.
+pub(super) fn over_older_state(status: &str, state_at: &str, tie: &str) -> String {
+    format!(
+        "(business.stripe_state_at < {state_at} OR (business.stripe_state_at = {state_at} \
+         AND (business.subscription_status = {status} OR {tie} = 1)))"
+    )
+}
+
 /// Writes a `StatusChange`. Parameters: business, subscription, status, state_at, now, tie_settled (0/1);
-/// when `held`, also the event id and the writer, which must hold the event.
+/// when `held`, also the event id and the writer, which must hold the event. `Store::set_subscription_status`
+/// binds tie_settled 1: its caller has already asked Stripe about a tie.
 pub(super) fn change_status_sql(held: bool) -> String {
     format!(
         "UPDATE business SET subscription_status = $3, stripe_state_at = $4, billing = {BILLING_AFTER_STATUS}, \
-         updated_at = $5 WHERE business_id = $1 AND stripe_subscription_id = $2 \
-         AND (stripe_state_at < $4 OR (stripe_state_at = $4 AND (subscription_status = $3 OR $6 = 1))){}",
+         updated_at = $5 WHERE business_id = $1 AND stripe_subscription_id = $2 AND {}{}",
+        over_older_state("$3", "$4", "$6"),
         if held {
             " AND EXISTS (SELECT 1 FROM webhook_event WHERE event_id = $7 AND lease_owner = $8)"
         } else {
@@ -134,40 +150,52 @@ pub(super) const BUSINESS_STATE: &str =
     "SELECT stripe_subscription_id, stripe_state_at, subscription_status \
     FROM business WHERE business_id = $1";
 
-/// Why a change was not written, from the business's state (subscription, state_at): `Some` (ignored)
-/// when the business, or its subscription, changed meanwhile or it holds newer state; `None` when it holds
-/// another status of the same second, for an apply that asks Stripe which is current.
-pub(super) fn why_not_written(
-    change: &StatusChange,
-    state: Option<(Option<String>, i64)>,
-) -> Option<&'static str> {
+/// What the inbox's writer found when it could not settle an event as applied: facts about the stored
+/// state. The billing layer says why that means the event is ignored (`Reasons`, e.g. `billing::reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwritten {
+    /// No business is named by the event's keys.
+    UnknownBusiness,
+    /// The business's current subscription is another one.
+    OtherSubscription,
+    /// The business holds state newer than the event's.
+    NewerState,
+    /// The business holds another status of the same second: the event is due again, for an apply that
+    /// asks Stripe which is current.
+    SameSecond,
+}
+
+/// The reason recorded for each `Unwritten` fact (and, for `SameSecond`, the note on the pending event).
+pub type Reasons = fn(Unwritten) -> &'static str;
+
+/// What kept a change from being written, from the business's state (subscription, state_at).
+pub(super) fn unwritten(change: &StatusChange, state: Option<(Option<String>, i64)>) -> Unwritten {
     match state {
-        None => Some(UNKNOWN_BUSINESS),
+        None => Unwritten::UnknownBusiness,
         Some((sub, _)) if sub.as_deref() != Some(change.subscription_id.as_str()) => {
-            Some("not the business's current subscription")
+            Unwritten::OtherSubscription
         }
-        Some((_, at)) if at > change.state_at => Some("older than the stored state"),
-        Some(_) => None,
+        Some((_, at)) if at > change.state_at => Unwritten::NewerState,
+        Some(_) => Unwritten::SameSecond,
     }
 }
 
-/// Records a change the writer could not write: ignored, or due again at once (see `why_not_written`).
+/// Records a change the writer could not write: ignored, or due again at once (`SameSecond`).
 pub(super) fn not_written(
     r: &mut EventResult,
     change: &StatusChange,
     state: Option<(Option<String>, i64)>,
+    reasons: Reasons,
 ) {
-    let (status, why) = match why_not_written(change, state) {
-        Some(why) => ("ignored", why),
-        None => ("pending", SAME_SECOND),
+    let fact = unwritten(change, state);
+    r.status = if fact == Unwritten::SameSecond {
+        "pending"
+    } else {
+        "ignored"
     };
-    r.status = status;
-    r.error = Some(why.to_owned());
+    r.error = Some(reasons(fact).to_owned());
     r.retry_at = None;
 }
-
-/// Why an event is due again after its status could not be written.
-const SAME_SECOND: &str = "another status of the same second is stored: to be checked with Stripe";
 
 impl StatusChange {
     /// The change a `Triage::Status` event makes to business `business_id`.
@@ -206,8 +234,8 @@ pub enum Triage {
     /// Pending.
     Apply,
     /// Pending if one of these values names a business (its id, Stripe subscription id or customer id),
-    /// looked up in the writing transaction; otherwise ignored as "unknown business" (SPEC §1.4: stored
-    /// and ignored), with no apply to wait for.
+    /// looked up in the writing transaction; otherwise ignored as `Unwritten::UnknownBusiness` (SPEC §1.4:
+    /// stored and ignored), with no apply to wait for.
     IfKnown(Vec<String>),
     /// Ignored, for this reason.
     Ignore(&'static str),
@@ -270,9 +298,6 @@ pub enum Inserted {
     Failed,
 }
 
-/// Why an event about no business we know is ignored.
-pub const UNKNOWN_BUSINESS: &str = "unknown business";
-
 /// The businesses of a batch by each value that names them (the newest, where several share one).
 struct BusinessIndex<'a> {
     by: [HashMap<&'a str, &'a BusinessKeys>; 3],
@@ -310,14 +335,15 @@ impl<'a> BusinessIndex<'a> {
 
 /// Writes status changes made as their events are stored, a statement per round: each round takes the
 /// next change of every business (a business's changes in arrival order; businesses in id order, so
-/// replicas lock them in the same order). Returns the settled events: (index, business, why ignored);
-/// events whose change meets another status of the same second are left out, pending, for the appliers.
+/// replicas lock them in the same order). Returns the settled events: (index, business, what kept the
+/// change from being written); events whose change meets another status of the same second are left out,
+/// pending, for the appliers.
 async fn write_changes(
     backend: Backend,
     conn: &mut sqlx::AnyConnection,
     changes: Vec<(usize, StatusChange)>,
     received: i64,
-) -> Result<Vec<(usize, String, Option<&'static str>)>, StoreError> {
+) -> Result<Vec<(usize, String, Option<Unwritten>)>, StoreError> {
     let mut queues: BTreeMap<String, VecDeque<(usize, StatusChange)>> = BTreeMap::new();
     for (i, c) in changes {
         queues
@@ -326,6 +352,8 @@ async fn write_changes(
             .push_back((i, c));
     }
     let billing = BILLING_AFTER_STATUS.replace("$3", "v.column3");
+    // No tie is settled here: a status of the same second that differs is left to the appliers.
+    let newer = over_older_state("v.column3", "v.column4", "0");
     let mut settled = Vec::new();
     loop {
         let round: Vec<(usize, StatusChange)> = queues
@@ -351,11 +379,10 @@ async fn write_changes(
                 sql.push_str(" AS BIGINT))");
             }
             sql.push_str(
-                ") AS v WHERE business.business_id = v.column1 AND business.stripe_subscription_id = v.column2 \
-                 AND (business.stripe_state_at < v.column4 \
-                 OR (business.stripe_state_at = v.column4 AND business.subscription_status = v.column3)) \
-                 RETURNING business.business_id",
+                ") AS v WHERE business.business_id = v.column1 AND business.stripe_subscription_id = v.column2 AND ",
             );
+            sql.push_str(&newer);
+            sql.push_str(" RETURNING business.business_id");
             let mut q = sqlx::query(&sql).persistent(false).bind(received);
             for (_, c) in chunk {
                 q = q
@@ -395,8 +422,11 @@ async fn write_changes(
             for (i, c) in chunk {
                 if written.contains(&c.business_id) {
                     settled.push((*i, c.business_id.clone(), None));
-                } else if let Some(why) = why_not_written(c, state.get(&c.business_id).cloned()) {
-                    settled.push((*i, c.business_id.clone(), Some(why)));
+                } else {
+                    match unwritten(c, state.get(&c.business_id).cloned()) {
+                        Unwritten::SameSecond => {}
+                        fact => settled.push((*i, c.business_id.clone(), Some(fact))),
+                    }
                 }
             }
         }
@@ -424,6 +454,7 @@ impl Store {
         events: &[NewEvent],
         owner: Option<&str>,
         until: i64,
+        reasons: Reasons,
     ) -> Result<Vec<bool>, StoreError> {
         let done = self
             .write_inbox(
@@ -432,6 +463,7 @@ impl Store {
                 owner.is_some(),
                 until,
                 Vec::new(),
+                reasons,
             )
             .await?;
         if done.stored.contains(&Inserted::Failed) {
@@ -450,7 +482,8 @@ impl Store {
     /// transaction, so ingest and apply share one disk sync instead of contending for the writer.
     /// New pending events are leased to `owner` until `until` when `lease_new`; `results` are for events it
     /// holds, with the status changes they carry (see `StatusChange`); `settled` says how each was recorded.
-    /// Within a batch, the first delivery of an id may be new; later ones are duplicates.
+    /// Within a batch, the first delivery of an id may be new; later ones are duplicates. What the writer
+    /// finds (an unknown business, newer state…) is recorded with the reason `reasons` gives it.
     ///
     /// If the database refuses the batch (a row it will not take, not an outage), its outcomes and then its
     /// events are written again one per transaction, so one bad event never fails the others; an event
@@ -463,15 +496,16 @@ impl Store {
         lease_new: bool,
         until: i64,
         results: Vec<EventResult>,
+        reasons: Reasons,
     ) -> Result<InboxWrite, StoreError> {
         if events.len() + results.len() <= 1 {
             return self
-                .write_inbox_batch(events, owner, lease_new, until, results)
+                .write_inbox_batch(events, owner, lease_new, until, results, reasons)
                 .await;
         }
         // The batch's write changes outcomes as it records them; a retry starts from the originals.
         let err = match self
-            .write_inbox_batch(events, owner, lease_new, until, results.clone())
+            .write_inbox_batch(events, owner, lease_new, until, results.clone(), reasons)
             .await
         {
             Ok(written) => return Ok(written),
@@ -488,7 +522,7 @@ impl Store {
         for r in results {
             let id = r.event_id.clone();
             match self
-                .write_inbox_batch(&[], owner, lease_new, until, vec![r])
+                .write_inbox_batch(&[], owner, lease_new, until, vec![r], reasons)
                 .await
             {
                 Ok(written) => settled.extend(written.settled),
@@ -500,7 +534,14 @@ impl Store {
         let mut stored = Vec::with_capacity(events.len());
         for e in events {
             match self
-                .write_inbox_batch(std::slice::from_ref(e), owner, lease_new, until, Vec::new())
+                .write_inbox_batch(
+                    std::slice::from_ref(e),
+                    owner,
+                    lease_new,
+                    until,
+                    Vec::new(),
+                    reasons,
+                )
                 .await
             {
                 Ok(written) => stored.extend(written.stored),
@@ -521,11 +562,12 @@ impl Store {
         lease_new: bool,
         until: i64,
         mut results: Vec<EventResult>,
+        reasons: Reasons,
     ) -> Result<InboxWrite, StoreError> {
         let lease = lease_new.then(|| (owner.to_owned(), until));
         if let Some(writer) = &self.inbox {
             return writer
-                .write(events.to_vec(), lease, owner.to_owned(), results)
+                .write(events.to_vec(), lease, owner.to_owned(), results, reasons)
                 .await;
         }
         let received = now();
@@ -551,7 +593,7 @@ impl Store {
             Triage::Apply => Inserted::Pending,
             Triage::Ignore(why) => Inserted::Ignored(why),
             t if t.keys().iter().any(|k| known.contains(k)) => Inserted::Pending,
-            _ => Inserted::Ignored(UNKNOWN_BUSINESS),
+            _ => Inserted::Ignored(reasons(Unwritten::UnknownBusiness)),
         };
         // Multi-row statements: one round trip per few hundred events instead of one per event.
         for chunk in unique.chunks(ROWS_PER_STATEMENT) {
@@ -642,16 +684,16 @@ impl Store {
             }
             sql.push_str(") AS v WHERE webhook_event.event_id = v.column1");
             let mut q = sqlx::query(&sql).persistent(false).bind(received);
-            for (i, business, why) in chunk {
+            for (i, business, fact) in chunk {
                 q = q
                     .bind(&events[*i].id)
-                    .bind(if why.is_some() { "ignored" } else { "applied" })
-                    .bind(*why)
+                    .bind(if fact.is_some() { "ignored" } else { "applied" })
+                    .bind(fact.map(reasons))
                     .bind(business);
             }
             q.execute(&mut *tx).await?;
-            for (i, _, why) in chunk {
-                done[*i] = why.map_or(Inserted::Applied, Inserted::Ignored);
+            for (i, _, fact) in chunk {
+                done[*i] = fact.map_or(Inserted::Applied, |f| Inserted::Ignored(reasons(f)));
             }
         }
         for r in &results {
@@ -692,7 +734,7 @@ impl Store {
                     .await?
                     .map(|row| Ok::<_, sqlx::Error>((row.try_get(0)?, row.try_get(1)?)))
                     .transpose()?;
-                not_written(r, &change, state);
+                not_written(r, &change, state, reasons);
             }
         }
         for chunk in results.chunks(ROWS_PER_STATEMENT) {
