@@ -5,7 +5,6 @@ use serde_json::Value;
 
 use super::{BillingError, BillingService};
 use crate::business::{Billing, Business, Lifecycle};
-use crate::config::StripeMode;
 use crate::store::{HistoryEntry, StatusChange, Unwritten};
 use crate::stripe::{id_of, CheckoutSession, Subscription};
 
@@ -58,17 +57,17 @@ pub fn reason(fact: Unwritten) -> &'static str {
 }
 
 /// Why an event is not for us though validly signed: a connected account's, or of the other mode than
-/// the key's (`None`: no key configured, so no mode to hold it to).
+/// the key's (`key_is_live`: `None` when no key is configured, so there is no mode to hold it to).
 pub fn not_ours(
     livemode: Option<bool>,
     account: Option<&str>,
-    mode: Option<StripeMode>,
+    key_is_live: Option<bool>,
 ) -> Option<&'static str> {
     if account.is_some() {
         return Some(CONNECTED_ACCOUNT);
     }
-    match (livemode, mode) {
-        (Some(live), Some(mode)) if live != (mode == StripeMode::Live) => Some(LIVEMODE_MISMATCH),
+    match (livemode, key_is_live) {
+        (Some(live), Some(key_live)) if live != key_live => Some(LIVEMODE_MISMATCH),
         _ => None,
     }
 }

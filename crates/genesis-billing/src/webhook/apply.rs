@@ -12,7 +12,7 @@ use crate::config::StripeMode;
 use crate::metrics::WebhookOutcome;
 use crate::store::{now, EventResult};
 
-use super::envelope::too_deep;
+use super::envelope::{key_is_live, too_deep};
 
 /// Applies after which a failing event is dead-lettered and only `webhooks replay` retries it.
 const MAX_ATTEMPTS: i64 = 8;
@@ -64,7 +64,13 @@ impl Applier {
         } else {
             match serde_json::from_str::<Value>(payload) {
                 Ok(v) => match (!received)
-                    .then(|| not_ours(v["livemode"].as_bool(), v["account"].as_str(), self.mode))
+                    .then(|| {
+                        not_ours(
+                            v["livemode"].as_bool(),
+                            v["account"].as_str(),
+                            key_is_live(self.mode),
+                        )
+                    })
                     .flatten()
                 {
                     Some(why) => ignored(why),

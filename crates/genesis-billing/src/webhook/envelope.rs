@@ -79,6 +79,11 @@ pub(super) struct Read<'a> {
     pub triage: Triage,
 }
 
+/// Whether the configured key is a live one (`None`: no key), as billing's mode rule takes it.
+pub(super) fn key_is_live(mode: Option<StripeMode>) -> Option<bool> {
+    mode.map(|m| m == StripeMode::Live)
+}
+
 /// Reads a signed body's envelope once and decides how it is stored; `None` when it is not a Stripe event
 /// we can store unaltered (too deep, not an object, bad id or type, not UTF-8). `mode` is the configured
 /// key's: an event of the other mode, or a connected account's, is stored ignored.
@@ -134,7 +139,7 @@ pub(super) fn read(body: &[u8], mode: Option<StripeMode>) -> Option<Read<'_>> {
         ),
         (None, _) => Triage::Ignore(UNHANDLED_EVENT),
     };
-    let triage = match not_ours(livemode, account.as_deref(), mode) {
+    let triage = match not_ours(livemode, account.as_deref(), key_is_live(mode)) {
         Some(why) => Triage::Ignore(why),
         None => triage,
     };
@@ -513,20 +518,20 @@ mod tests {
     #[test]
     fn an_event_of_the_other_mode_or_a_connected_account_is_not_ours() {
         use StripeMode::{Live, Test};
-        assert_eq!(not_ours(Some(false), None, Some(Test)), None);
-        assert_eq!(not_ours(Some(true), None, Some(Live)), None);
+        assert_eq!(not_ours(Some(false), None, key_is_live(Some(Test))), None);
+        assert_eq!(not_ours(Some(true), None, key_is_live(Some(Live))), None);
         assert_eq!(
-            not_ours(Some(true), None, Some(Test)),
+            not_ours(Some(true), None, key_is_live(Some(Test))),
             Some(LIVEMODE_MISMATCH)
         );
         assert_eq!(
-            not_ours(Some(false), None, Some(Live)),
+            not_ours(Some(false), None, key_is_live(Some(Live))),
             Some(LIVEMODE_MISMATCH)
         );
-        assert_eq!(not_ours(None, None, Some(Test)), None);
+        assert_eq!(not_ours(None, None, key_is_live(Some(Test))), None);
         assert_eq!(not_ours(Some(true), None, None), None, "no key: no mode");
         assert_eq!(
-            not_ours(Some(false), Some("acct_1"), Some(Test)),
+            not_ours(Some(false), Some("acct_1"), key_is_live(Some(Test))),
             Some(CONNECTED_ACCOUNT)
         );
     }
