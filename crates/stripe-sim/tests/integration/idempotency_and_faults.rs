@@ -1,6 +1,6 @@
 //! Idempotency keys as Stripe keeps them, every fault kind, and the rate limiter.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! State survives restarts with a state file, both in-process and through the binary's `--state` and SIGTERM.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

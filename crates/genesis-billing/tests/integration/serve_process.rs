@@ -1,7 +1,7 @@
 //! `genesis-billing serve` as a real process: secrets stay out of every response, log line and metric, and
 //! SIGTERM stops it cleanly.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

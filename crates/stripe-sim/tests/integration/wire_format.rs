@@ -1,6 +1,6 @@
 //! Stripe's wire format: authentication, errors for bad input, ids, lists and pagination, search, prices by lookup key, events.
 
-mod common;
+use crate::common;
 
 use common::{Sim, KEY};
 use serde_json::json;
@@ -697,7 +697,7 @@ async fn lists_are_newest_first_by_created_across_pages_after_a_test_clock_advan
 }
 
 /// Stripe's always-present fields per object at 2026-09-30.endive, from the Node SDK's declarations.
-const REQUIRED_FIELDS: &str = include_str!("../conformance/endive_required_fields.json");
+const REQUIRED_FIELDS: &str = include_str!("../../conformance/endive_required_fields.json");
 
 /// The definition that describes a rendered object, by its `object` (and `deleted`).
 fn definition_of(v: &serde_json::Value) -> Option<&'static str> {

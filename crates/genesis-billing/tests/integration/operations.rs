@@ -1,6 +1,6 @@
 //! Operating a fleet: reconciliation of drift made behind the service's back, roll-out, roll-back, smoke.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

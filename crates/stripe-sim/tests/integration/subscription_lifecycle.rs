@@ -1,6 +1,6 @@
 //! The subscription state machine: payment behaviours, trials, invoices, renewals, expiry and dunning.
 
-mod common;
+use crate::common;
 
 use common::Sim;
 use serde_json::json;

@@ -1,6 +1,6 @@
 //! Webhook delivery: Stripe's signature, event filtering, retries, duplicates, reordering, pausing.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! One contract for the storage interface, run against a real SQLite file and the real PostgreSQL.
 //! Each PostgreSQL test creates its own database and drops it afterwards, also when it fails.
 
-mod common;
+use crate::common;
 
 use common::postgres::TestDatabase;
 use genesis_billing::billing::reason;

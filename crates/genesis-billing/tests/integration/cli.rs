@@ -1,6 +1,6 @@
 //! The real binary: exit codes, output, and a distinctive key that must appear in no output at all.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

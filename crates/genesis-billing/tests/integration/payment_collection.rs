@@ -1,6 +1,6 @@
 //! Payment collection through Checkout (SPEC §1.2), with the simulator delivering real signed webhooks.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

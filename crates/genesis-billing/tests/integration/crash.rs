@@ -1,6 +1,6 @@
 //! The real binary killed with SIGKILL mid-provisioning, then `business resume`: nothing doubled, nothing lost.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //!
 //! Each test creates its own database (`gb_replicas_<uuid>`) and drops it at the end, even on failure.
 
-mod common;
+use crate::common;
 
 use common::postgres::TestDatabase;
 

@@ -1,6 +1,6 @@
 //! Provisioning against the simulator over real HTTP, on real SQLite files.
 
-mod common;
+use crate::common;
 
 use common::{fault, World};
 use genesis_billing::business::{Billing, Business, Lifecycle, NewBusiness};

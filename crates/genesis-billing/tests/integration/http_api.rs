@@ -1,6 +1,6 @@
 //! The admin API, health and metrics over real HTTP.
 
-mod common;
+use crate::common;
 
 use common::{App, World, ADMIN_TOKEN};
 use reqwest::Method;

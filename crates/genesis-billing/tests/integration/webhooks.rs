@@ -1,6 +1,6 @@
 //! Stripe webhooks: hostile deliveries refused, and real signed deliveries from the simulator applied once.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! Takedown outcomes against the simulator (SPEC §1.3).
 
-mod common;
+use crate::common;
 
 use common::{fault, World};
 use genesis_billing::business::{Business, NewBusiness};
