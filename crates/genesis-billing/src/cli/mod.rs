@@ -1,6 +1,7 @@
 //! The `genesis-billing` command line (SPEC §5): parsing, logging, exit codes, and each command.
 
 mod business;
+#[cfg(feature = "simulator")]
 pub mod demo;
 mod operations;
 mod output;
@@ -79,6 +80,7 @@ enum Command {
     /// Live MRR from the records, or the calculator with --businesses and --price.
     Revenue(RevenueArgs),
     /// Run the whole lifecycle offline against an in-process Stripe simulator.
+    #[cfg(feature = "simulator")]
     Demo,
     /// Run the service: admin API, Stripe webhooks, health, metrics, background work.
     Serve {
@@ -303,6 +305,7 @@ fn flags(cli: &Cli) -> Flags {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    #[cfg(feature = "simulator")]
     if let Command::Demo = cli.command {
         demo::run(cli.json).await?;
         return Ok(ExitCode::SUCCESS);
@@ -372,6 +375,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         } => return operations::cancel_all(service, confirm, concurrency, json).await,
         Command::Smoke => return smoke::run(settings, &service, json).await,
         Command::Webhooks(cmd) => return webhooks::run(settings, service, cmd, json).await,
+        #[cfg(feature = "simulator")]
         Command::Demo => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)

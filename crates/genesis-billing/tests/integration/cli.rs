@@ -255,6 +255,7 @@ async fn the_revenue_calculator_prints_the_corrected_audit_figures() {
     assert_eq!(bad.code, 2);
 }
 
+#[cfg(feature = "simulator")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_runs_offline_through_the_whole_lifecycle() {
     // No key, no Stripe base: the demo brings its own simulator and ignores the environment.
