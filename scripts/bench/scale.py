@@ -329,6 +329,17 @@ def measure(binary, label, backend, url, n, opts):
     return results
 
 
+# What to take out of a copy for a binary that predates a migration, by (backend, version).
+UNDO = {
+    ("sqlite", 8): ["DROP INDEX IF EXISTS business_tally_idx", "DELETE FROM schema_migration WHERE version = 8"],
+    ("postgres", 8): ["DROP INDEX IF EXISTS business_tally_idx", "DELETE FROM schema_migration WHERE version = 8"],
+    ("sqlite", 10): ["DROP TRIGGER IF EXISTS business_tally_insert", "DROP TRIGGER IF EXISTS business_tally_delete",
+                     "DROP TRIGGER IF EXISTS business_tally_update", "DROP TABLE IF EXISTS business_tally",
+                     "DELETE FROM schema_migration WHERE version = 10"],
+    ("postgres", 10): ["DELETE FROM schema_migration WHERE version = 10"],
+}
+
+
 def fill(backend, n, work, binary):
     """A database of n businesses with the schema of `binary`; returns its URL."""
     t0 = time.perf_counter()
@@ -511,12 +522,11 @@ def main():
                     # Every binary gets its own copy, made before any is measured (webhooks write).
                     dbs = {}
                     for label, binary in bins[1:]:
-                        undo = []
-                        # The tally index (migration 8) is what is measured: a binary that predates it
-                        # runs without it.
-                        if 8 in known[bins[0][0]] - known[label]:
-                            undo = ["DROP INDEX IF EXISTS business_tally_idx",
-                                    "DELETE FROM schema_migration WHERE version = 8"]
+                        # The tally index (migration 8) and SQLite's tally table with its triggers
+                        # (migration 10, SQLite only) are what is measured: a binary that predates them
+                        # runs without them.
+                        undo = [stmt for version in sorted(known[bins[0][0]] - known[label])
+                                for stmt in UNDO.get((backend, version), [])]
                         dbs[label] = copy_for(backend, url, label, undo, work)
                     dbs[bins[0][0]] = url
                     for label, binary in bins:

@@ -7,52 +7,78 @@ use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::{now, Backend, StoreError};
 
+/// A migration's SQL: the same on both backends, or for SQLite only (PostgreSQL records the version and
+/// runs nothing, so both keep one numbering and the newer-schema check).
+enum Sql {
+    Portable(&'static str),
+    SqliteOnly(&'static str),
+}
+
+impl Sql {
+    /// What to run on this backend, if anything.
+    fn for_backend(&self, backend: Backend) -> Option<&'static str> {
+        match (self, backend) {
+            (Self::Portable(sql), _) | (Self::SqliteOnly(sql), Backend::Sqlite) => Some(sql),
+            (Self::SqliteOnly(_), Backend::Postgres) => None,
+        }
+    }
+}
+
 /// (version, name, SQL), in order. Never edit an applied migration: add a new one.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
+const MIGRATIONS: &[(i64, &str, Sql)] = &[
     (
         1,
         "business",
-        include_str!("../../migrations/0001_business.sql"),
+        Sql::Portable(include_str!("../../migrations/0001_business.sql")),
     ),
     (
         2,
         "webhook_event",
-        include_str!("../../migrations/0002_webhook_event.sql"),
+        Sql::Portable(include_str!("../../migrations/0002_webhook_event.sql")),
     ),
     (
         3,
         "coordination",
-        include_str!("../../migrations/0003_coordination.sql"),
+        Sql::Portable(include_str!("../../migrations/0003_coordination.sql")),
     ),
     (
         4,
         "webhook_payload",
-        include_str!("../../migrations/0004_webhook_payload.sql"),
+        Sql::Portable(include_str!("../../migrations/0004_webhook_payload.sql")),
     ),
     (
         5,
         "webhook_due",
-        include_str!("../../migrations/0005_webhook_due.sql"),
+        Sql::Portable(include_str!("../../migrations/0005_webhook_due.sql")),
     ),
     (
         6,
         "business_lease_holder",
-        include_str!("../../migrations/0006_business_lease_holder.sql"),
+        Sql::Portable(include_str!(
+            "../../migrations/0006_business_lease_holder.sql"
+        )),
     ),
     (
         7,
         "health_probe",
-        include_str!("../../migrations/0007_health_probe.sql"),
+        Sql::Portable(include_str!("../../migrations/0007_health_probe.sql")),
     ),
     (
         8,
         "business_tally",
-        include_str!("../../migrations/0008_business_tally.sql"),
+        Sql::Portable(include_str!("../../migrations/0008_business_tally.sql")),
     ),
     (
         9,
         "reconcile_scratch",
-        include_str!("../../migrations/0009_reconcile_scratch.sql"),
+        Sql::Portable(include_str!("../../migrations/0009_reconcile_scratch.sql")),
+    ),
+    (
+        10,
+        "business_tally_table",
+        Sql::SqliteOnly(include_str!(
+            "../../migrations/0010_business_tally_table.sql"
+        )),
     ),
 ];
 
@@ -68,7 +94,7 @@ pub(super) async fn run(pool: &AnyPool, backend: Backend) -> Result<Vec<&'static
     let mut applied = Vec::new();
     for (version, name, sql) in MIGRATIONS {
         begin(&mut conn, backend).await?;
-        let done = apply(&mut conn, *version, name, sql).await;
+        let done = apply(&mut conn, *version, name, sql.for_backend(backend)).await;
         if end(&mut conn, done).await? {
             applied.push(*name);
         }
@@ -105,7 +131,7 @@ async fn apply(
     conn: &mut AnyConnection,
     version: i64,
     name: &str,
-    sql: &str,
+    sql: Option<&str>,
 ) -> Result<bool, StoreError> {
     let done = sqlx::query("SELECT version FROM schema_migration WHERE version = $1")
         .bind(version)
@@ -114,10 +140,12 @@ async fn apply(
     if done.is_some() {
         return Ok(false);
     }
-    sqlx::raw_sql(sql)
-        .execute(&mut *conn)
-        .await
-        .map_err(|e| StoreError::Migration(format!("{version} {name}: {e}")))?;
+    if let Some(sql) = sql {
+        sqlx::raw_sql(sql)
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| StoreError::Migration(format!("{version} {name}: {e}")))?;
+    }
     sqlx::query("INSERT INTO schema_migration (version, name, applied_at) VALUES ($1, $2, $3)")
         .bind(version)
         .bind(name)

@@ -679,18 +679,25 @@ impl Store {
         Ok(row.try_get(0)?)
     }
 
-    /// Active businesses with a subscription status, grouped by type, currency and status: one scan of
-    /// a covering index (migration 0008), a handful of rows back, however large the fleet.
+    /// Active businesses with a subscription status, grouped by type, currency and status: a handful of
+    /// rows however large the fleet. SQLite reads the table its triggers keep exact (migration 0010).
+    /// PostgreSQL groups over a covering index (migration 0008), one index scan: triggers there would make
+    /// every replica's writers queue on the same few tally rows.
     pub async fn subscription_tally(&self) -> Result<Vec<SubscriptionTally>, StoreError> {
-        // PostgreSQL sums BIGINT into NUMERIC, which the `Any` driver cannot decode.
-        let rows = sqlx::query(
-            "SELECT business_type, currency, subscription_status, COUNT(*), COUNT(monthly_price_cents), \
-             CAST(COALESCE(SUM(monthly_price_cents), 0) AS BIGINT) FROM business \
-             WHERE status = 'active' AND subscription_status IS NOT NULL \
-             GROUP BY business_type, currency, subscription_status",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = match self.backend {
+            Backend::Sqlite => {
+                "SELECT business_type, currency, subscription_status, businesses, priced, monthly_cents \
+                 FROM business_tally WHERE businesses > 0"
+            }
+            // PostgreSQL sums BIGINT into NUMERIC, which the `Any` driver cannot decode.
+            Backend::Postgres => {
+                "SELECT business_type, currency, subscription_status, COUNT(*), COUNT(monthly_price_cents), \
+                 CAST(COALESCE(SUM(monthly_price_cents), 0) AS BIGINT) FROM business \
+                 WHERE status = 'active' AND subscription_status IS NOT NULL \
+                 GROUP BY business_type, currency, subscription_status"
+            }
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 Ok(SubscriptionTally {

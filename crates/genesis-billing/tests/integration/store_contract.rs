@@ -6,7 +6,9 @@ use crate::common;
 use common::postgres::TestDatabase;
 use genesis_billing::billing::reason;
 use genesis_billing::business::{Billing, Business, Lifecycle};
-use genesis_billing::revenue::{live_mrr, mrr_from_tally, subscriptions_by_status};
+use genesis_billing::revenue::{
+    live_mrr, mrr_from_tally, subscriptions_by_status, SubscriptionTally,
+};
 use genesis_billing::store::DatabaseUrl;
 use genesis_billing::store::{
     now, BusinessFilter, BusinessPages, EventResult, HistoryEntry, Holder, Inserted, JobLease,
@@ -1189,6 +1191,230 @@ async fn aggregate_contract(store: &Store) {
         live_mrr(&changed)
     );
     assert_ne!(live_mrr(&changed), from_records);
+
+    tally_follows_every_write_path(store, &fleet).await;
+}
+
+/// Every record, read back a page at a time.
+async fn all_records(store: &Store) -> Vec<Business> {
+    let mut pages = BusinessPages::new(BusinessFilter {
+        limit: 500,
+        ..Default::default()
+    });
+    let mut all = Vec::new();
+    while let Some(page) = pages.next(store).await.unwrap() {
+        all.extend(page);
+    }
+    all
+}
+
+/// The tally computed one record at a time, in key order.
+fn tally_of(records: &[Business]) -> Vec<SubscriptionTally> {
+    let mut groups = std::collections::BTreeMap::<_, SubscriptionTally>::new();
+    for b in records.iter().filter(|b| b.status == Lifecycle::Active) {
+        let Some(status) = &b.subscription_status else {
+            continue;
+        };
+        let t = groups
+            .entry((b.business_type.clone(), b.currency.clone(), status.clone()))
+            .or_insert_with(|| SubscriptionTally {
+                business_type: b.business_type.clone(),
+                currency: b.currency.clone(),
+                subscription_status: status.clone(),
+                businesses: 0,
+                priced: 0,
+                monthly_cents: 0,
+            });
+        t.businesses += 1;
+        t.priced += i64::from(b.monthly_price_cents.is_some());
+        t.monthly_cents += b.monthly_price_cents.unwrap_or(0);
+    }
+    groups.into_values().collect()
+}
+
+/// The database's tally equals the per-record computation over what the database holds; returns it.
+async fn assert_tally_matches_records(store: &Store, after: &str) -> Vec<SubscriptionTally> {
+    let mut tally = store.subscription_tally().await.unwrap();
+    tally.sort_by(|a, b| {
+        (&a.business_type, &a.currency, &a.subscription_status).cmp(&(
+            &b.business_type,
+            &b.currency,
+            &b.subscription_status,
+        ))
+    });
+    assert!(
+        tally.iter().all(|t| t.businesses > 0),
+        "after {after}: a group of no businesses is reported: {tally:?}"
+    );
+    assert_eq!(tally, tally_of(&all_records(store).await), "after {after}");
+    tally
+}
+
+/// Each way a business row is written (single and bulk inserts, checkout, a status change, the webhook
+/// inbox's batch write, takedown and its outcome, roll-back) keeps the tally equal to the records.
+async fn tally_follows_every_write_path(store: &Store, fleet: &[Business]) {
+    let mut before = assert_tally_matches_records(store, "the bulk import").await;
+    let mut moved = |tally: Vec<SubscriptionTally>, after: &str| {
+        assert_ne!(tally, before, "{after} changes the tally");
+        before = tally;
+    };
+
+    // Single inserts that count, one in a group of its own and one without a currency.
+    let mut solo = business("w-solo", 9_000);
+    solo.business_type = "Solo".into();
+    solo.subscription_status = Some("active".into());
+    solo.monthly_price_cents = Some(700);
+    solo.currency = Some("gbp".into());
+    store.insert_business(&solo, None).await.unwrap();
+    let mut no_currency = business("w-nocur", 9_001);
+    no_currency.subscription_status = Some("trialing".into());
+    no_currency.monthly_price_cents = Some(300);
+    store.insert_business(&no_currency, None).await.unwrap();
+    let tally = assert_tally_matches_records(store, "single inserts").await;
+    assert!(tally
+        .iter()
+        .any(|t| t.business_type == "Solo" && t.businesses == 1 && t.monthly_cents == 700));
+    moved(tally, "single inserts");
+
+    // Another bulk import.
+    store
+        .insert_businesses(&mixed_fleet(760)[700..])
+        .await
+        .unwrap();
+    let tally = assert_tally_matches_records(store, "a second bulk import").await;
+    moved(tally, "a second bulk import");
+
+    // Checkout: active businesses without a subscription get one; one that had a subscription moves group.
+    let unsubscribed: Vec<&Business> = fleet
+        .iter()
+        .filter(|b| b.status == Lifecycle::Active && b.subscription_status.is_none())
+        .take(4)
+        .collect();
+    assert_eq!(unsubscribed.len(), 4);
+    let subs = ["sub_w0", "sub_w1", "sub_w2", "sub_w3"];
+    for (b, sub) in unsubscribed.iter().zip(subs) {
+        let rec = SubscriptionRecord {
+            subscription_id: sub,
+            status: "active",
+            lookup_key: "k",
+            price_id: "price_w",
+            monthly_price_cents: 1_234,
+            currency: "usd",
+            state_at: 100,
+        };
+        store.set_subscription(&b.business_id, &rec).await.unwrap();
+    }
+    let tally = assert_tally_matches_records(store, "checkout").await;
+    moved(tally, "checkout");
+    let rec = SubscriptionRecord {
+        subscription_id: "sub_w0",
+        status: "active",
+        lookup_key: "k2",
+        price_id: "price_w2",
+        monthly_price_cents: 2_000,
+        currency: "eur",
+        state_at: 150,
+    };
+    store
+        .set_subscription(&unsubscribed[0].business_id, &rec)
+        .await
+        .unwrap();
+    let tally = assert_tally_matches_records(store, "a new price and currency").await;
+    moved(tally, "a new price and currency");
+
+    // One status change applied directly.
+    assert!(store
+        .set_subscription_status(&unsubscribed[1].business_id, "sub_w1", "past_due", 200)
+        .await
+        .unwrap());
+    let tally = assert_tally_matches_records(store, "a status change").await;
+    moved(tally, "a status change");
+
+    // Status changes written with their events' outcomes in one inbox batch.
+    let ev = |id: &str| NewEvent {
+        id: id.into(),
+        event_type: "customer.subscription.updated".into(),
+        created: 300,
+        source: "webhook",
+        payload: "{}".into(),
+        triage: Triage::Apply,
+    };
+    store
+        .write_inbox(
+            &[ev("evt_w1"), ev("evt_w2")],
+            "tally-inbox",
+            true,
+            now() + 60,
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let result = |id: &str, b: &Business, sub: &str, status: &str| EventResult {
+        event_id: id.into(),
+        event_type: "customer.subscription.updated".into(),
+        status: "applied",
+        business_id: Some(b.business_id.clone()),
+        error: None,
+        retry_at: None,
+        change: Some(StatusChange {
+            business_id: b.business_id.clone(),
+            subscription_id: sub.into(),
+            status: status.into(),
+            state_at: 300,
+            tie_settled: false,
+        }),
+        history: None,
+        created: 300,
+    };
+    store
+        .write_inbox(
+            &[],
+            "tally-inbox",
+            true,
+            now() + 60,
+            vec![
+                result("evt_w1", unsubscribed[2], "sub_w2", "canceled"),
+                result("evt_w2", unsubscribed[3], "sub_w3", "unpaid"),
+            ],
+        )
+        .await
+        .unwrap();
+    for (b, status) in [(unsubscribed[2], "canceled"), (unsubscribed[3], "unpaid")] {
+        let stored = store.get_business(&b.business_id).await.unwrap().unwrap();
+        assert_eq!(stored.subscription_status.as_deref(), Some(status));
+    }
+    let tally = assert_tally_matches_records(store, "an inbox batch").await;
+    moved(tally, "an inbox batch");
+
+    // Takedown: the only business of its group leaves, and the group with it.
+    assert!(store
+        .mark_taken_down("w-solo", "test", now())
+        .await
+        .unwrap());
+    assert!(store
+        .mark_taken_down(&unsubscribed[3].business_id, "test", now())
+        .await
+        .unwrap());
+    let tally = assert_tally_matches_records(store, "takedowns").await;
+    assert!(!tally.iter().any(|t| t.business_type == "Solo"));
+    moved(tally, "takedowns");
+    store
+        .set_takedown_outcome(
+            &unsubscribed[3].business_id,
+            Some("cancelled"),
+            Some("canceled"),
+        )
+        .await
+        .unwrap();
+    assert_tally_matches_records(store, "a takedown outcome").await;
+
+    // Roll-back stops billing, not the business: the tally stays as it was.
+    assert!(store
+        .set_rolled_back(&unsubscribed[1].business_id, "sub_w1", "rolled back")
+        .await
+        .unwrap());
+    let tally = assert_tally_matches_records(store, "a roll-back").await;
+    assert_eq!(tally, before);
 }
 
 /// The change marker stays put while nothing is written and moves with every commit.
@@ -1670,6 +1896,52 @@ async fn assert_refused_as_newer(url: &DatabaseUrl) {
             && msg.contains("from_the_future"),
         "{msg}"
     );
+}
+
+#[tokio::test]
+async fn a_sqlite_database_filled_before_the_tally_table_gets_a_correct_tally_from_its_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = format!("sqlite://{}", dir.path().join("before10.db").display());
+    let url = DatabaseUrl::new(raw.clone());
+    let store = Store::connect(&url, 2).await.unwrap();
+    store.migrate().await.unwrap();
+    // Back to the schema of migration 9, then filled.
+    let mut conn = sqlx::AnyConnection::connect(&raw).await.unwrap();
+    sqlx::raw_sql(
+        "DROP TRIGGER business_tally_insert; DROP TRIGGER business_tally_delete; \
+         DROP TRIGGER business_tally_update; DROP TABLE business_tally; \
+         DELETE FROM schema_migration WHERE version = 10",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    store.insert_businesses(&mixed_fleet(400)).await.unwrap();
+
+    assert_eq!(store.migrate().await.unwrap(), vec!["business_tally_table"]);
+    let tally = assert_tally_matches_records(&store, "migration 10").await;
+    assert!(tally.iter().any(|t| t.currency.is_none()));
+    assert!(tally.iter().map(|t| t.businesses).sum::<i64>() > 200);
+
+    // Rows deleted, and a type changed, by hand (no store path does either) move the tally too.
+    sqlx::raw_sql(
+        "DELETE FROM business WHERE business_id IN (SELECT business_id FROM business \
+         WHERE status = 'active' AND subscription_status IS NOT NULL ORDER BY business_id LIMIT 40); \
+         UPDATE business SET business_type = 'Renamed' WHERE business_id IN (SELECT business_id \
+         FROM business WHERE status = 'active' ORDER BY business_id DESC LIMIT 30)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let after = assert_tally_matches_records(&store, "deletes and a renamed type").await;
+    assert_ne!(after, tally);
+    assert!(after.iter().any(|t| t.business_type == "Renamed"));
+    // Everything deleted: nothing is reported.
+    sqlx::raw_sql("DELETE FROM business")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert!(store.subscription_tally().await.unwrap().is_empty());
+    conn.close().await.unwrap();
 }
 
 #[tokio::test]
