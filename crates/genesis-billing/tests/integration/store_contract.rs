@@ -1346,6 +1346,7 @@ async fn tally_follows_every_write_path(store: &Store, fleet: &[Business]) {
             true,
             now() + 60,
             Vec::new(),
+            reason,
         )
         .await
         .unwrap();
@@ -1376,6 +1377,7 @@ async fn tally_follows_every_write_path(store: &Store, fleet: &[Business]) {
                 result("evt_w1", unsubscribed[2], "sub_w2", "canceled"),
                 result("evt_w2", unsubscribed[3], "sub_w3", "unpaid"),
             ],
+            reason,
         )
         .await
         .unwrap();
