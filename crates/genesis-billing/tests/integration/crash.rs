@@ -10,20 +10,9 @@ use common::KEY;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_binary_at_random_points_then_resuming_leaves_one_customer_and_one_subscription_per_business(
 ) {
-    let sim = stripe_sim::start(stripe_sim::SimConfig {
-        rate_limit_per_second: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = common::start_sim().await;
     // Slow writes stretch the run so the kills land inside Stripe calls, not only between them.
-    sim.set_faults(vec![stripe_sim::FaultRule {
-        kind: stripe_sim::FaultKind::Latency,
-        probability: 1.0,
-        operation: Some("POST /v1/".into()),
-        latency_ms: 40,
-        jitter_ms: 40,
-    }]);
+    sim.set_faults(vec![common::latency("POST /v1/", 40, 40)]);
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("crash.db").display());
     let env = [
@@ -176,12 +165,7 @@ fn assert_provisioned_once(sim: &stripe_sim::SimHandle, all: &[serde_json::Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_resume_right_after_a_killed_create_finishes_every_business_without_waiting_for_leases()
 {
-    let sim = stripe_sim::start(stripe_sim::SimConfig {
-        rate_limit_per_second: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = common::start_sim().await;
     let dir = tempfile::tempdir().unwrap();
     // The default lease (120 s): only telling a dead holder from a live one lets resume go on now.
     let env = [
@@ -196,13 +180,7 @@ async fn one_resume_right_after_a_killed_create_finishes_every_business_without_
     ];
     tokio::task::block_in_place(|| run_json(&env, &["--json", "prices", "sync"]));
     // Slow writes, so the kill lands with businesses recorded and their Stripe work half done.
-    sim.set_faults(vec![stripe_sim::FaultRule {
-        kind: stripe_sim::FaultKind::Latency,
-        probability: 1.0,
-        operation: Some("POST /v1/".into()),
-        latency_ms: 60,
-        jitter_ms: 20,
-    }]);
+    sim.set_faults(vec![common::latency("POST /v1/", 60, 20)]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
         .args([
             "business",
@@ -266,18 +244,7 @@ async fn a_lease_held_by_a_live_process_is_reported_busy_with_its_expiry_and_not
         1.0,
         Some("POST /v1/customers"),
     )]);
-    let (b, _) = world
-        .service
-        .create_business(
-            genesis_billing::business::NewBusiness {
-                name: "Held".into(),
-                business_type: "saas".into(),
-                email: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let b = world.saas("Held").await;
     assert_eq!(b.billing, genesis_billing::business::Billing::Failed);
     world.sim.set_faults(vec![]);
     let now = genesis_billing::store::now();

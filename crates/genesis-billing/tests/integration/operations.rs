@@ -6,33 +6,16 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{World, KEY};
-use genesis_billing::business::{Billing, Lifecycle, NewBusiness};
+use genesis_billing::business::{Billing, Lifecycle};
 use reqwest::Method;
-
-async fn create(world: &World, name: &str) -> String {
-    world
-        .service
-        .create_business(
-            NewBusiness {
-                name: name.into(),
-                business_type: "saas".into(),
-                email: None,
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .0
-        .business_id
-}
 
 #[tokio::test]
 async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_it() {
     let world = World::new().await;
-    let cancelled = create(&world, "Cancelled in the dashboard").await;
-    let relabelled = create(&world, "Metadata edited").await;
-    let deleted = create(&world, "Customer deleted").await;
-    let fine = create(&world, "Untouched").await;
+    let cancelled = world.saas("Cancelled in the dashboard").await.business_id;
+    let relabelled = world.saas("Metadata edited").await.business_id;
+    let deleted = world.saas("Customer deleted").await.business_id;
+    let fine = world.saas("Untouched").await.business_id;
     // No webhook endpoint is registered: the service hears nothing of these changes.
     let sub = world
         .record(&cancelled)
@@ -137,18 +120,7 @@ async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_i
 #[tokio::test]
 async fn reconcile_adopts_a_subscription_found_by_metadata_instead_of_creating_a_second() {
     let world = World::new().await;
-    let (b, _) = world
-        .service
-        .create_business(
-            NewBusiness {
-                name: "Orphaned sub".into(),
-                business_type: "saas".into(),
-                email: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let b = world.saas("Orphaned sub").await;
     // A record that lost its subscription id (a crash between Stripe's answer and our write).
     let lost = genesis_billing::business::Business {
         business_id: "00000000-0000-4000-8000-00000000ad0b".into(),
@@ -199,17 +171,10 @@ async fn reconcile_adopts_a_subscription_found_by_metadata_instead_of_creating_a
 
 #[tokio::test]
 async fn raising_the_rollout_bills_the_newly_included_businesses_on_the_next_reconciliation() {
-    let world = World::with(
-        stripe_sim::SimConfig {
-            rate_limit_per_second: 0,
-            ..Default::default()
-        },
-        &[("BILLING_ROLLOUT_PERCENT", "0")],
-    )
-    .await;
+    let world = World::with_env(&[("BILLING_ROLLOUT_PERCENT", "0")]).await;
     let mut ids = Vec::new();
     for i in 0..10 {
-        ids.push(create(&world, &format!("Later {i}")).await);
+        ids.push(world.saas(&format!("Later {i}")).await.business_id);
     }
     assert!(world.objects("customer").is_empty());
     let everyone = world
@@ -238,7 +203,7 @@ async fn the_mrr_gauge_goes_down_on_cancellation() {
     let world = World::new().await;
     let mut ids = Vec::new();
     for i in 0..2 {
-        let id = create(&world, &format!("Paying {i}")).await;
+        let id = world.saas(&format!("Paying {i}")).await.business_id;
         let sub = world.record(&id).await.stripe_subscription_id.unwrap();
         // Activate through the simulator and let reconciliation bring the status home.
         let (_, session) = world
@@ -311,7 +276,7 @@ async fn cancel_all_is_a_dry_run_by_default_and_killed_halfway_then_rerun_cancel
 ) {
     let world = World::new().await;
     for i in 0..24 {
-        create(&world, &format!("Rollback {i}")).await;
+        world.saas(&format!("Rollback {i}")).await;
     }
     let env = [
         ("STRIPE_API_KEY", KEY.to_owned()),
@@ -340,13 +305,9 @@ async fn cancel_all_is_a_dry_run_by_default_and_killed_halfway_then_rerun_cancel
     );
 
     // Slow cancellations, then a kill in the middle of the batch.
-    world.sim.set_faults(vec![stripe_sim::FaultRule {
-        kind: stripe_sim::FaultKind::Latency,
-        probability: 1.0,
-        operation: Some("DELETE /v1/subscriptions".into()),
-        latency_ms: 60,
-        jitter_ms: 0,
-    }]);
+    world
+        .sim
+        .set_faults(vec![common::latency("DELETE /v1/subscriptions", 60, 0)]);
     let mut child = Command::new(bin())
         .args(["cancel-all", "--confirm", "--concurrency", "2"])
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -463,7 +424,7 @@ async fn cancel_all_pages_through_stripe_and_reconcile_never_takes_a_rolled_back
     // More than two of Stripe's pages of 100.
     let mut ids = Vec::new();
     for i in 0..230 {
-        ids.push(create(&world, &format!("Paged {i}")).await);
+        ids.push(world.saas(&format!("Paged {i}")).await.business_id);
     }
     let env = [
         ("STRIPE_API_KEY", KEY.to_owned()),
@@ -566,7 +527,7 @@ async fn cancellations_stripe_refuses_are_reported_change_nothing_and_a_later_da
     let world = World::new().await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(create(&world, &format!("Refused {i}")).await);
+        ids.push(world.saas(&format!("Refused {i}")).await.business_id);
     }
     let env = [
         ("STRIPE_API_KEY", KEY.to_owned()),
@@ -621,7 +582,7 @@ async fn cancellations_stripe_refuses_are_reported_change_nothing_and_a_later_da
 #[tokio::test]
 async fn a_rerun_finishes_a_roll_back_record_cut_between_its_status_and_its_billing_write() {
     let world = World::new().await;
-    let id = create(&world, "Half written").await;
+    let id = world.saas("Half written").await.business_id;
     let page = world.service.rollback_page(None).await.unwrap();
     let s = page
         .live
@@ -679,7 +640,7 @@ async fn a_rerun_finishes_a_roll_back_record_cut_between_its_status_and_its_bill
 #[tokio::test]
 async fn reconcile_walks_a_fleet_larger_than_a_page_checking_each_business_once() {
     let world = World::new().await;
-    let provisioned = create(&world, "Provisioned").await;
+    let provisioned = world.saas("Provisioned").await.business_id;
     let template = world.record(&provisioned).await;
     // 2,500 imported businesses: one in ten records a subscription Stripe never had.
     let fleet: Vec<genesis_billing::business::Business> = (0..2_500)
@@ -737,7 +698,7 @@ async fn reconcile_walks_a_fleet_larger_than_a_page_checking_each_business_once(
 #[tokio::test]
 async fn reconcile_flags_each_customer_no_business_records_once_in_id_order() {
     let world = World::new().await;
-    let recorded = create(&world, "Recorded").await;
+    let recorded = world.saas("Recorded").await.business_id;
     let mut orphans = Vec::new();
     for metadata in [
         vec![("metadata[business_id]", "no-such-business")],

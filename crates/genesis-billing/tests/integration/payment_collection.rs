@@ -119,14 +119,7 @@ async fn a_trial_cancelled_for_a_missing_card_waits_for_one_then_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = dir.path().join("catalog.toml");
     std::fs::write(&catalog, "default_type = \"saas\"\n[prices.saas]\nlookup_key = \"trial_cancel\"\namount_cents = 900\ntrial_days = 7\nmissing_payment_method = \"cancel\"\n").unwrap();
-    let world = World::with(
-        stripe_sim::SimConfig {
-            rate_limit_per_second: 0,
-            ..Default::default()
-        },
-        &[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())],
-    )
-    .await;
+    let world = World::with_env(&[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())]).await;
     let (world, app) = wired(world).await;
     let id = app.create("Trialist", "saas").await;
     assert_eq!(
@@ -160,14 +153,7 @@ async fn a_trialing_subscription_just_continues_with_the_new_default_card() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = dir.path().join("catalog.toml");
     std::fs::write(&catalog, "default_type = \"saas\"\n[prices.saas]\nlookup_key = \"trial_keep\"\namount_cents = 900\ntrial_days = 14\n").unwrap();
-    let world = World::with(
-        stripe_sim::SimConfig {
-            rate_limit_per_second: 0,
-            ..Default::default()
-        },
-        &[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())],
-    )
-    .await;
+    let world = World::with_env(&[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())]).await;
     let (world, app) = wired(world).await;
     let id = app.create("Trial with card", "saas").await;
     let session = checkout(&app, &id).await;

@@ -141,14 +141,7 @@ async fn a_trial_in_the_catalog_starts_the_subscription_trialing() {
         "default_type = \"saas\"\n[prices.saas]\nlookup_key = \"trial_saas\"\namount_cents = 5000\ntrial_days = 14\nmissing_payment_method = \"pause\"\n",
     )
     .unwrap();
-    let world = World::with(
-        stripe_sim::SimConfig {
-            rate_limit_per_second: 0,
-            ..Default::default()
-        },
-        &[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())],
-    )
-    .await;
+    let world = World::with_env(&[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())]).await;
     let (b, _) = world
         .service
         .create_business(new("Trial Co", "saas"), None)
@@ -165,14 +158,7 @@ async fn a_trial_in_the_catalog_starts_the_subscription_trialing() {
 
 #[tokio::test]
 async fn the_kill_switch_records_businesses_as_skipped_and_calls_nothing() {
-    let world = World::with(
-        stripe_sim::SimConfig {
-            rate_limit_per_second: 0,
-            ..Default::default()
-        },
-        &[("ENABLE_PAYMENTS", "false")],
-    )
-    .await;
+    let world = World::with_env(&[("ENABLE_PAYMENTS", "false")]).await;
     let (b, _) = world
         .service
         .create_business(new("Quiet", "api"), None)
@@ -185,14 +171,7 @@ async fn the_kill_switch_records_businesses_as_skipped_and_calls_nothing() {
 
 #[tokio::test]
 async fn a_zero_percent_rollout_skips_billing() {
-    let world = World::with(
-        stripe_sim::SimConfig {
-            rate_limit_per_second: 0,
-            ..Default::default()
-        },
-        &[("BILLING_ROLLOUT_PERCENT", "0")],
-    )
-    .await;
+    let world = World::with_env(&[("BILLING_ROLLOUT_PERCENT", "0")]).await;
     let before = world.stripe_requests();
     let (b, _) = world
         .service
@@ -428,12 +407,7 @@ async fn service_without_prices() -> (
     tempfile::TempDir,
     genesis_billing::billing::BillingService,
 ) {
-    let sim = stripe_sim::start(stripe_sim::SimConfig {
-        rate_limit_per_second: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = common::start_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let settings = common::settings_for(&sim.base_url(), &common::db_url(&dir), &[]);
     let metrics = std::sync::Arc::new(genesis_billing::metrics::Metrics::new());

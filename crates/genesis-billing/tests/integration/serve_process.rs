@@ -15,12 +15,7 @@ const ADMIN: &str = "admin-SERVETOKENasdfDONOTLEAK";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_keeps_every_secret_out_of_responses_logs_and_metrics_and_stops_on_sigterm() {
-    let sim = stripe_sim::start(stripe_sim::SimConfig {
-        rate_limit_per_second: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = common::start_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("serve.db").display());
     let env = [
@@ -287,12 +282,7 @@ fn sim_env(sim: &stripe_sim::SimHandle, database_url: String) -> Vec<(&'static s
 }
 
 async fn sim() -> stripe_sim::SimHandle {
-    stripe_sim::start(stripe_sim::SimConfig {
-        rate_limit_per_second: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    common::start_sim().await
 }
 
 fn sqlite_url(dir: &tempfile::TempDir) -> String {

@@ -5,7 +5,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::{eventually, App, World, ADMIN_TOKEN};
-use genesis_billing::business::{Billing, Business, Lifecycle, NewBusiness};
+use genesis_billing::business::{Billing, Business, Lifecycle};
 use genesis_billing::store::now;
 use genesis_billing::webhook::signature::sign;
 use reqwest::Method;
@@ -31,27 +31,10 @@ async fn post(app: &App, signature: Option<String>, body: Vec<u8>) -> (u16, Valu
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// A business of type `saas`, provisioned in the simulator.
-async fn saas_business(world: &World, name: &str) -> Business {
-    let (b, _) = world
-        .service
-        .create_business(
-            NewBusiness {
-                name: name.into(),
-                business_type: "saas".into(),
-                email: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
-    b
-}
-
 #[tokio::test]
 async fn hostile_webhooks_get_a_4xx_change_nothing_and_are_counted_by_reason() {
     let world = World::new().await;
-    let b = saas_business(&world, "Target").await;
+    let b = world.saas("Target").await;
     let app = App::start(&world, &[ADMIN_TOKEN], &[SECRET.to_owned()], None).await;
     let cancel = event(
         "evt_hostile",
@@ -216,7 +199,7 @@ async fn hostile_webhooks_get_a_4xx_change_nothing_and_are_counted_by_reason() {
 #[tokio::test]
 async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() {
     let world = World::new().await;
-    let b = saas_business(&world, "Dup").await;
+    let b = world.saas("Dup").await;
     let app = App::start(
         &world,
         &[ADMIN_TOKEN],
@@ -634,7 +617,7 @@ async fn a_failed_apply_is_visible_listed_as_failed_and_replayed_by_the_cli() {
 #[tokio::test]
 async fn events_left_pending_by_a_crash_are_applied_once_each_when_the_service_starts() {
     let world = World::new().await;
-    let b = saas_business(&world, "Interrupted").await;
+    let b = world.saas("Interrupted").await;
     // Stored, unleased and pending: what a service killed before applying them leaves behind.
     let sub = world.subscriptions_of(&b.business_id)[0].clone();
     let statuses = ["past_due", "active", "past_due"];
@@ -718,7 +701,7 @@ async fn assert_untouched(world: &World, before: &Business) {
 #[tokio::test]
 async fn deep_nesting_and_ids_or_types_outside_stripes_character_set_are_refused_before_storing() {
     let world = World::new().await;
-    let b = saas_business(&world, "Charset").await;
+    let b = world.saas("Charset").await;
     let before = world
         .service
         .store()
@@ -841,7 +824,7 @@ async fn deep_nesting_and_ids_or_types_outside_stripes_character_set_are_refused
 async fn events_of_the_other_mode_or_of_a_connected_account_are_stored_ignored_and_change_nothing()
 {
     let world = World::new().await;
-    let b = saas_business(&world, "Not ours").await;
+    let b = world.saas("Not ours").await;
     let before = world
         .service
         .store()

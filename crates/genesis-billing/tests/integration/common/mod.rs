@@ -49,17 +49,39 @@ pub fn settings_for(sim_base: &str, database_url: &str, env: &[(&str, &str)]) ->
     Settings::load(&flags, &all).expect("valid test settings")
 }
 
+/// A simulator configuration without rate limit (tests make bursts a real client would spread out).
+pub fn unlimited() -> stripe_sim::SimConfig {
+    stripe_sim::SimConfig {
+        rate_limit_per_second: 0,
+        ..Default::default()
+    }
+}
+
+/// A simulator without rate limit on a port of its own.
+pub async fn start_sim() -> stripe_sim::SimHandle {
+    stripe_sim::start(unlimited()).await.unwrap()
+}
+
+/// A fault rule that delays every matching request by `latency_ms` ± `jitter_ms`.
+pub fn latency(operation: &str, latency_ms: u64, jitter_ms: u64) -> stripe_sim::FaultRule {
+    stripe_sim::FaultRule {
+        kind: stripe_sim::FaultKind::Latency,
+        probability: 1.0,
+        operation: Some(operation.into()),
+        latency_ms,
+        jitter_ms,
+    }
+}
+
 impl World {
     /// A simulator without rate limit and a service with prices synced.
     pub async fn new() -> Self {
-        Self::with(
-            stripe_sim::SimConfig {
-                rate_limit_per_second: 0,
-                ..Default::default()
-            },
-            &[],
-        )
-        .await
+        Self::with_env(&[]).await
+    }
+
+    /// As `new`, with extra environment `env` for the service.
+    pub async fn with_env(env: &[(&str, &str)]) -> Self {
+        Self::with(unlimited(), env).await
     }
 
     pub async fn with(config: stripe_sim::SimConfig, env: &[(&str, &str)]) -> Self {
@@ -94,6 +116,22 @@ impl World {
                 .map_err(|_| "build")
                 .expect("service builds"),
         )
+    }
+
+    /// A business of type `saas`, created (and provisioned, where payments are on) through the service.
+    pub async fn saas(&self, name: &str) -> genesis_billing::business::Business {
+        self.service
+            .create_business(
+                genesis_billing::business::NewBusiness {
+                    name: name.into(),
+                    business_type: "saas".into(),
+                    email: None,
+                },
+                None,
+            )
+            .await
+            .unwrap()
+            .0
     }
 
     /// The stored record of a business that must exist.
