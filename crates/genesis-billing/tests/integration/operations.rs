@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{World, KEY};
@@ -267,10 +267,6 @@ async fn the_mrr_gauge_goes_down_on_cancellation() {
     );
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_genesis-billing")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_all_is_a_dry_run_by_default_and_killed_halfway_then_rerun_cancels_each_subscription_exactly_once(
 ) {
@@ -278,19 +274,8 @@ async fn cancel_all_is_a_dry_run_by_default_and_killed_halfway_then_rerun_cancel
     for i in 0..24 {
         world.saas(&format!("Rollback {i}")).await;
     }
-    let env = [
-        ("STRIPE_API_KEY", KEY.to_owned()),
-        ("STRIPE_API_BASE", world.sim.base_url()),
-        ("DATABASE_URL", common::db_url(&world.dir)),
-        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
-    ];
-    let run = |args: &[&str]| {
-        Command::new(bin())
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap()
-    };
+    let env = world.cli_env();
+    let run = |args: &[&str]| common::output(&env, args);
 
     let dry = tokio::task::block_in_place(|| run(&["--json", "cancel-all"]));
     assert!(dry.status.success());
@@ -308,9 +293,8 @@ async fn cancel_all_is_a_dry_run_by_default_and_killed_halfway_then_rerun_cancel
     world
         .sim
         .set_faults(vec![common::latency("DELETE /v1/subscriptions", 60, 0)]);
-    let mut child = Command::new(bin())
+    let mut child = common::bin(&env)
         .args(["cancel-all", "--confirm", "--concurrency", "2"])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -375,13 +359,7 @@ async fn smoke_runs_a_throwaway_business_through_the_lifecycle_and_refuses_live_
         ("STRIPE_API_BASE", world.sim.base_url()),
         ("DATABASE_URL", common::db_url(&world.dir)),
     ];
-    let out = tokio::task::block_in_place(|| {
-        Command::new(bin())
-            .args(["--json", "smoke"])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap()
-    });
+    let out = tokio::task::block_in_place(|| common::output(&env, &["--json", "smoke"]));
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -407,7 +385,7 @@ async fn smoke_runs_a_throwaway_business_through_the_lifecycle_and_refuses_live_
     );
 
     let live = tokio::task::block_in_place(|| {
-        Command::new(bin())
+        common::bin(&[])
             .arg("smoke")
             .env("STRIPE_API_KEY", "sk_live_smokesmoke")
             .env("DATABASE_URL", common::db_url(&world.dir))
@@ -426,25 +404,8 @@ async fn cancel_all_pages_through_stripe_and_reconcile_never_takes_a_rolled_back
     for i in 0..230 {
         ids.push(world.saas(&format!("Paged {i}")).await.business_id);
     }
-    let env = [
-        ("STRIPE_API_KEY", KEY.to_owned()),
-        ("STRIPE_API_BASE", world.sim.base_url()),
-        ("DATABASE_URL", common::db_url(&world.dir)),
-        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
-    ];
-    let run = |args: &[&str]| {
-        let out = Command::new(bin())
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let env = world.cli_env();
+    let run = |args: &[&str]| common::run_json(&env, args);
 
     // One cancelled in Stripe by a roll-back that died before recording it: no webhook endpoint is
     // registered, so reconciliation is what finds it.
@@ -529,23 +490,14 @@ async fn cancellations_stripe_refuses_are_reported_change_nothing_and_a_later_da
     for i in 0..3 {
         ids.push(world.saas(&format!("Refused {i}")).await.business_id);
     }
-    let env = [
-        ("STRIPE_API_KEY", KEY.to_owned()),
-        ("STRIPE_API_BASE", world.sim.base_url()),
-        ("DATABASE_URL", common::db_url(&world.dir)),
-        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
-    ];
+    let env = world.cli_env();
     world.sim.set_faults(vec![common::fault(
         stripe_sim::FaultKind::Http500,
         1.0,
         Some("DELETE /v1/subscriptions"),
     )]);
     let out = tokio::task::block_in_place(|| {
-        Command::new(bin())
-            .args(["--json", "cancel-all", "--confirm"])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap()
+        common::output(&env, &["--json", "cancel-all", "--confirm"])
     });
     assert_eq!(out.status.code(), Some(1), "failures make the exit code 1");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

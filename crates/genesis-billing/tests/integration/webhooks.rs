@@ -578,19 +578,8 @@ async fn a_failed_apply_is_visible_listed_as_failed_and_replayed_by_the_cli() {
         failed.last_error
     );
 
-    let env = [
-        ("STRIPE_API_KEY", common::KEY.to_owned()),
-        ("STRIPE_API_BASE", world.sim.base_url()),
-        ("DATABASE_URL", common::db_url(&world.dir)),
-        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
-    ];
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap()
-    };
+    let env = world.cli_env();
+    let run = |args: &[&str]| common::output(&env, args);
     let listed = tokio::task::block_in_place(|| run(&["--json", "webhooks", "list", "--failed"]));
     let events: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(events[0]["event_id"], failed.event_id.as_str());
@@ -969,20 +958,7 @@ async fn assert_rolled_back_not_taken_down(world: &World, ids: &[String]) {
 }
 
 fn cli(world: &World, args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
-        .args(args)
-        .env("STRIPE_API_KEY", common::KEY)
-        .env("STRIPE_API_BASE", world.sim.base_url())
-        .env("DATABASE_URL", common::db_url(&world.dir))
-        .env("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    common::run_ok(&world.cli_env(), args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

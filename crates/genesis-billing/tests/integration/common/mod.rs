@@ -4,6 +4,7 @@
 pub mod postgres;
 
 use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -155,6 +156,16 @@ impl World {
         )
     }
 
+    /// The environment the binary needs to run against this world (key, simulator, database, fast retries).
+    pub fn cli_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("STRIPE_API_KEY", KEY.to_owned()),
+            ("STRIPE_API_BASE", self.sim.base_url()),
+            ("DATABASE_URL", db_url(&self.dir)),
+            ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
+        ]
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("billing.db")
     }
@@ -224,6 +235,34 @@ impl World {
         );
         response.json().await.unwrap_or(Value::Null)
     }
+}
+
+/// The genesis-billing binary with `env` added to the test's own environment.
+pub fn bin(env: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_genesis-billing"));
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    cmd
+}
+
+/// Runs the binary with `env` and `args` to the end (blocking) and returns what it wrote and its status.
+pub fn output(env: &[(&str, String)], args: &[&str]) -> Output {
+    bin(env).args(args).output().unwrap()
+}
+
+/// As `output`, and the run must succeed (its stderr in the message if not).
+pub fn run_ok(env: &[(&str, String)], args: &[&str]) -> Output {
+    let out = output(env, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// As `run_ok`, returning stdout as JSON.
+pub fn run_json(env: &[(&str, String)], args: &[&str]) -> Value {
+    serde_json::from_slice(&run_ok(env, args).stdout).unwrap()
 }
 
 /// Polls `check` until it returns true or the deadline passes.
