@@ -559,13 +559,7 @@ async fn a_rerun_finishes_a_roll_back_record_cut_between_its_status_and_its_bill
         )
         .await
         .unwrap();
-    let half = world
-        .service
-        .store()
-        .get_business(&id)
-        .await
-        .unwrap()
-        .unwrap();
+    let half = world.record(&id).await;
     assert_ne!(half.billing, Billing::Skipped);
 
     let rerun = world.service.rollback_page(None).await.unwrap();
@@ -576,13 +570,7 @@ async fn a_rerun_finishes_a_roll_back_record_cut_between_its_status_and_its_bill
         .record_rollback(&rerun.records_to_update[0])
         .await
         .unwrap();
-    let b = world
-        .service
-        .store()
-        .get_business(&id)
-        .await
-        .unwrap()
-        .unwrap();
+    let b = world.record(&id).await;
     assert_eq!(
         (b.status, b.billing, b.subscription_status.as_deref()),
         (Lifecycle::Active, Billing::Skipped, Some("canceled"))

@@ -4,24 +4,12 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{eventually, wired, App, World};
+use common::{eventually, wired, World};
 use genesis_billing::business::{Billing, Lifecycle};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn checkout(app: &App, id: &str) -> String {
-    let link: Value = app
-        .admin(Method::POST, &format!("/v1/businesses/{id}/checkout"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    link["checkout_session"].as_str().unwrap().to_owned()
-}
 
 async fn complete(world: &World, session: &str, pm: &str) -> u16 {
     world
@@ -50,7 +38,7 @@ async fn history(world: &World, id: &str) -> Vec<String> {
 async fn a_completed_checkout_pays_the_first_invoice_and_makes_the_card_the_default() {
     let (world, app) = wired(World::new().await).await;
     let id = app.create("Pays", "saas").await;
-    let session = checkout(&app, &id).await;
+    let session = app.checkout(&id).await;
     assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
     eventually("active", WAIT, || async {
         world.record(&id).await.subscription_status.as_deref() == Some("active")
@@ -95,7 +83,7 @@ async fn an_unpaid_subscription_expires_after_23_hours_and_a_later_card_starts_a
             && b.billing == Billing::Expired
     })
     .await;
-    let session = checkout(&app, &id).await;
+    let session = app.checkout(&id).await;
     assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
     eventually("a new active subscription", WAIT, || async {
         let b = world.record(&id).await;
@@ -139,7 +127,7 @@ async fn a_trial_cancelled_for_a_missing_card_waits_for_one_then_is_replaced() {
         Lifecycle::Active,
         "waiting for a card, not taken down"
     );
-    let session = checkout(&app, &id).await;
+    let session = app.checkout(&id).await;
     assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
     eventually("a replacement subscription", WAIT, || async {
         let b = world.record(&id).await;
@@ -156,7 +144,7 @@ async fn a_trialing_subscription_just_continues_with_the_new_default_card() {
     let world = World::with_env(&[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())]).await;
     let (world, app) = wired(world).await;
     let id = app.create("Trial with card", "saas").await;
-    let session = checkout(&app, &id).await;
+    let session = app.checkout(&id).await;
     assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
     eventually("the checkout to be applied", WAIT, || async {
         history(&world, &id)
@@ -177,7 +165,7 @@ async fn a_declined_card_changes_nothing_but_is_recorded() {
     let (world, app) = wired(World::new().await).await;
     let id = app.create("Declined", "saas").await;
     // Refused by Checkout itself: the session stays open and no event is sent.
-    let session = checkout(&app, &id).await;
+    let session = app.checkout(&id).await;
     assert_eq!(
         complete(&world, &session, "pm_card_visa_chargeDeclined").await,
         402
@@ -204,7 +192,7 @@ async fn a_declined_card_changes_nothing_but_is_recorded() {
 async fn an_expired_checkout_session_changes_nothing_but_is_recorded() {
     let (world, app) = wired(World::new().await).await;
     let id = app.create("Abandoned", "saas").await;
-    let session = checkout(&app, &id).await;
+    let session = app.checkout(&id).await;
     assert_eq!(
         world
             .sim_call(

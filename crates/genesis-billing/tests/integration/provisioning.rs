@@ -243,13 +243,7 @@ async fn a_failed_customer_step_is_recorded_counted_and_resumed() {
     world.sim.set_faults(vec![]);
     let report = world.service.resume().await.unwrap();
     assert_eq!(report.provisioned, vec![b.business_id.clone()]);
-    let after = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let after = world.record(&b.business_id).await;
     assert_eq!(after.billing, Billing::Provisioned);
     assert_one_each(&world, &[after]);
 }
@@ -273,13 +267,7 @@ async fn a_500_replayed_under_the_idempotency_key_falls_back_to_finding_the_cust
         b
     } else {
         world.service.resume().await.unwrap();
-        world
-            .service
-            .store()
-            .get_business(&b.business_id)
-            .await
-            .unwrap()
-            .unwrap()
+        world.record(&b.business_id).await
     };
     assert_eq!(b.billing, Billing::Provisioned);
     assert_one_each(&world, &[b]);

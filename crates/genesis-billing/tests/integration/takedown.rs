@@ -44,13 +44,7 @@ async fn takedown_cancels_immediately_deletes_the_customer_and_is_idempotent() {
     );
     assert_ne!(sub["cancel_at_period_end"], true);
     assert!(customer_deleted(&world, &b));
-    let record = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = world.record(&b.business_id).await;
     assert_eq!(record.subscription_status.as_deref(), Some("canceled"));
     assert_eq!(record.takedown_outcome.as_deref(), Some("cancelled"));
 
@@ -113,13 +107,7 @@ async fn a_stripe_failure_is_reported_recorded_and_finished_by_resume() {
     assert_eq!(s.status, "partial");
     assert!(s.stripe.starts_with("error:"), "{}", s.stripe);
     assert_eq!(sub_status(&world, &b), "incomplete", "still live in Stripe");
-    let record = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = world.record(&b.business_id).await;
     assert_eq!(
         record.status,
         genesis_billing::business::Lifecycle::TakenDown,

@@ -167,13 +167,7 @@ async fn hostile_webhooks_get_a_4xx_change_nothing_and_are_counted_by_reason() {
             .is_empty(),
         "nothing stored"
     );
-    let record = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = world.record(&b.business_id).await;
     assert_eq!(record.status, Lifecycle::Active, "nothing changed");
 
     // Without any secret configured, even a correctly signed event is refused.
@@ -183,17 +177,7 @@ async fn hostile_webhooks_get_a_4xx_change_nothing_and_are_counted_by_reason() {
         (status, v["error"]["code"].as_str()),
         (403, Some("no_secret"))
     );
-    assert_eq!(
-        world
-            .service
-            .store()
-            .get_business(&b.business_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
-        Lifecycle::Active
-    );
+    assert_eq!(world.record(&b.business_id).await.status, Lifecycle::Active);
 }
 
 #[tokio::test]
@@ -236,13 +220,7 @@ async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() 
         .unwrap()
         .unwrap();
     assert_eq!((stored.status.as_str(), stored.attempts), ("applied", 1));
-    let record = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = world.record(&b.business_id).await;
     assert_eq!(record.subscription_status.as_deref(), Some("past_due"));
     assert_eq!(
         world.metrics.value(
@@ -267,13 +245,7 @@ async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() 
     let (s3, _) = post(&app, Some(sign(SECRET, now(), &late)), late).await;
     assert_eq!(s3, 200);
     wait_event(&world, "evt_late", "ignored").await;
-    let record = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = world.record(&b.business_id).await;
     assert_eq!(record.subscription_status.as_deref(), Some("past_due"));
 
     // Unknown types and unknown businesses are acknowledged and ignored.
@@ -322,15 +294,7 @@ async fn wired() -> (World, App) {
 }
 
 async fn complete_checkout(world: &World, app: &App, id: &str, pm: &str) -> u16 {
-    let link: Value = app
-        .admin(Method::POST, &format!("/v1/businesses/{id}/checkout"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session = link["checkout_session"].as_str().unwrap();
+    let session = app.checkout(id).await;
     world
         .sim_call(
             Method::POST,
@@ -661,13 +625,7 @@ fn nested(levels: usize, value: Value) -> Value {
 }
 
 async fn assert_untouched(world: &World, before: &Business) {
-    let now = world
-        .service
-        .store()
-        .get_business(&before.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let now = world.record(&before.business_id).await;
     assert_eq!(
         (
             now.status,
@@ -691,13 +649,7 @@ async fn assert_untouched(world: &World, before: &Business) {
 async fn deep_nesting_and_ids_or_types_outside_stripes_character_set_are_refused_before_storing() {
     let world = World::new().await;
     let b = world.saas("Charset").await;
-    let before = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let before = world.record(&b.business_id).await;
     let app = App::start(&world, &[ADMIN_TOKEN], &[SECRET.to_owned()], None).await;
     let envelope = |id: &str, kind: &str, object: Value| json!({"id": id, "object": "event", "type": kind, "created": now(), "livemode": false, "data": {"object": object}});
     let cancel = "customer.subscription.deleted";
@@ -814,13 +766,7 @@ async fn events_of_the_other_mode_or_of_a_connected_account_are_stored_ignored_a
 {
     let world = World::new().await;
     let b = world.saas("Not ours").await;
-    let before = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let before = world.record(&b.business_id).await;
     let app = App::start(&world, &[ADMIN_TOKEN], &[SECRET.to_owned()], None).await;
     let envelope = |id: &str, livemode: bool, account: Option<&str>| {
         let mut e = json!({"id": id, "object": "event", "type": "customer.subscription.deleted", "created": now(), "livemode": livemode, "data": {"object": cancellation(&b)}});

@@ -360,6 +360,22 @@ impl App {
             .to_owned()
     }
 
+    /// Asks the admin API for a business's checkout link and returns the Checkout Session's id.
+    pub async fn checkout(&self, id: &str) -> String {
+        let link: Value = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/businesses/{id}/checkout"),
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        link["checkout_session"].as_str().unwrap().to_owned()
+    }
+
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client
             .request(method, self.url(path))
