@@ -91,10 +91,7 @@ pub fn create(state: &mut State, params: &Node) -> ApiResult<Value> {
     let ui_mode = p.nonempty("ui_mode").unwrap_or("hosted_page");
     let customer = p.nonempty("customer").map(str::to_owned);
     if let Some(c) = &customer {
-        let cv = fetch(state, "customer", c, "customer")?;
-        if cv["deleted"] == true {
-            return Err(ApiError::no_such("customer", c, "customer"));
-        }
+        super::customer::live_customer(state, c, "customer")?;
     }
     let now = customer
         .as_deref()

@@ -440,8 +440,11 @@ async fn api(
             let now = st.global_now();
             st.idempotency.begin(&s, &fingerprint, now)
         };
-        match begun {
-            Begin::Fresh => scoped = Some(s),
+        let refused = match begun {
+            Begin::Fresh => {
+                scoped = Some(s);
+                None
+            }
             Begin::Replay(r) => {
                 extra_headers.push(("idempotent-replayed", "true".into()));
                 if let Some(sr) = r.should_retry {
@@ -455,38 +458,29 @@ async fn api(
                     &extra_headers,
                 ));
             }
-            Begin::Mismatch => {
-                let e = ApiError::new(
+            Begin::Mismatch => Some(ApiError::new(
                     400,
                     "idempotency_error",
                     None,
                     format!("Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."),
                     None,
-                );
-                return Outcome::Reply(respond(
-                    400,
-                    e.to_json(request_id).to_string(),
-                    request_id,
-                    version,
-                    &extra_headers,
-                ));
-            }
-            Begin::InFlight => {
-                let e = ApiError::new(
+                )),
+            Begin::InFlight => Some(ApiError::new(
                     409,
                     "idempotency_error",
                     Some("idempotency_key_in_use"),
                     "There is currently another in-progress request using this Idempotent Key (that probably means you submitted twice, and the other request is still going through): this request will not be retried. Please try again later.",
                     None,
-                );
-                return Outcome::Reply(respond(
-                    409,
-                    e.to_json(request_id).to_string(),
-                    request_id,
-                    version,
-                    &extra_headers,
-                ));
-            }
+                )),
+        };
+        if let Some(e) = refused {
+            return Outcome::Reply(respond(
+                e.status,
+                e.to_json(request_id).to_string(),
+                request_id,
+                version,
+                &extra_headers,
+            ));
         }
     }
     if decision.latency_ms > 0 {

@@ -341,18 +341,20 @@ async fn a_client_that_hangs_up_mid_request_does_not_leave_its_key_in_flight() {
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
+    // The same request, sent again with the same key.
+    let retry = || {
+        sim.send(
+            "POST",
+            "/v1/customers",
+            &[("name", "Gone")],
+            Some("key-hangup"),
+        )
+    };
     common::eventually(
         "the request to be in flight",
         Duration::from_secs(5),
         || async {
-            let r = sim
-                .send(
-                    "POST",
-                    "/v1/customers",
-                    &[("name", "Gone")],
-                    Some("key-hangup"),
-                )
-                .await;
+            let r = retry().await;
             (r.status == 409).then_some(())
         },
     )
@@ -364,14 +366,7 @@ async fn a_client_that_hangs_up_mid_request_does_not_leave_its_key_in_flight() {
         "the key to leave in-flight",
         Duration::from_secs(5),
         || async {
-            let r = sim
-                .send(
-                    "POST",
-                    "/v1/customers",
-                    &[("name", "Gone")],
-                    Some("key-hangup"),
-                )
-                .await;
+            let r = retry().await;
             (r.status != 409).then_some(r)
         },
     )
