@@ -222,13 +222,7 @@ async fn the_mrr_gauge_goes_down_on_cancellation() {
             )
             .await;
         let sid = session["id"].as_str().unwrap().to_owned();
-        world
-            .sim_call(
-                Method::POST,
-                &format!("/_sim/checkout/sessions/{sid}/complete"),
-                &[("payment_method", "pm_card_visa")],
-            )
-            .await;
+        world.complete_checkout(&sid, "pm_card_visa").await;
         let completed = world
             .service
             .stripe()

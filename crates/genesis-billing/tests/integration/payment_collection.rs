@@ -11,17 +11,6 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn complete(world: &World, session: &str, pm: &str) -> u16 {
-    world
-        .sim_call(
-            Method::POST,
-            &format!("/_sim/checkout/sessions/{session}/complete"),
-            &[("payment_method", pm)],
-        )
-        .await
-        .0
-}
-
 async fn history(world: &World, id: &str) -> Vec<String> {
     world
         .service
@@ -39,7 +28,7 @@ async fn a_completed_checkout_pays_the_first_invoice_and_makes_the_card_the_defa
     let (world, app) = wired(World::new().await).await;
     let id = app.create("Pays", "saas").await;
     let session = app.checkout(&id).await;
-    assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
+    assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
     eventually("active", WAIT, || async {
         world.record(&id).await.subscription_status.as_deref() == Some("active")
     })
@@ -84,7 +73,7 @@ async fn an_unpaid_subscription_expires_after_23_hours_and_a_later_card_starts_a
     })
     .await;
     let session = app.checkout(&id).await;
-    assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
+    assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
     eventually("a new active subscription", WAIT, || async {
         let b = world.record(&id).await;
         b.stripe_subscription_id.as_deref() != Some(first.as_str())
@@ -128,7 +117,7 @@ async fn a_trial_cancelled_for_a_missing_card_waits_for_one_then_is_replaced() {
         "waiting for a card, not taken down"
     );
     let session = app.checkout(&id).await;
-    assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
+    assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
     eventually("a replacement subscription", WAIT, || async {
         let b = world.record(&id).await;
         b.generation == 1 && b.subscription_status.as_deref() == Some("active")
@@ -145,7 +134,7 @@ async fn a_trialing_subscription_just_continues_with_the_new_default_card() {
     let (world, app) = wired(world).await;
     let id = app.create("Trial with card", "saas").await;
     let session = app.checkout(&id).await;
-    assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
+    assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
     eventually("the checkout to be applied", WAIT, || async {
         history(&world, &id)
             .await
@@ -167,12 +156,16 @@ async fn a_declined_card_changes_nothing_but_is_recorded() {
     // Refused by Checkout itself: the session stays open and no event is sent.
     let session = app.checkout(&id).await;
     assert_eq!(
-        complete(&world, &session, "pm_card_visa_chargeDeclined").await,
+        world
+            .complete_checkout(&session, "pm_card_visa_chargeDeclined")
+            .await,
         402
     );
     // Accepted by Checkout, then refused when the first invoice is charged.
     assert_eq!(
-        complete(&world, &session, "pm_card_chargeCustomerFail").await,
+        world
+            .complete_checkout(&session, "pm_card_chargeCustomerFail")
+            .await,
         200
     );
     eventually("the decline to be recorded", WAIT, || async {

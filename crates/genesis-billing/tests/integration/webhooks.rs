@@ -157,16 +157,7 @@ async fn hostile_webhooks_get_a_4xx_change_nothing_and_are_counted_by_reason() {
         assert_eq!(v["error"]["code"], reason);
         assert_eq!(counted(), before + 1.0, "{reason} counted once");
     }
-    assert!(
-        world
-            .service
-            .store()
-            .list_events(None, 10)
-            .await
-            .unwrap()
-            .is_empty(),
-        "nothing stored"
-    );
+    assert_nothing_stored(&world).await;
     let record = world.record(&b.business_id).await;
     assert_eq!(record.status, Lifecycle::Active, "nothing changed");
 
@@ -294,15 +285,7 @@ async fn wired() -> (World, App) {
 }
 
 async fn complete_checkout(world: &World, app: &App, id: &str, pm: &str) -> u16 {
-    let session = app.checkout(id).await;
-    world
-        .sim_call(
-            Method::POST,
-            &format!("/_sim/checkout/sessions/{session}/complete"),
-            &[("payment_method", pm)],
-        )
-        .await
-        .0
+    world.complete_checkout(&app.checkout(id).await, pm).await
 }
 
 #[tokio::test]
@@ -468,6 +451,20 @@ async fn duplicated_and_reordered_deliveries_are_applied_once_and_records_equal_
 }
 
 /// Waits until a stored event reaches `status` (events are applied right after they are acknowledged).
+/// The inbox holds no event at all.
+async fn assert_nothing_stored(world: &World) {
+    assert!(
+        world
+            .service
+            .store()
+            .list_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing stored"
+    );
+}
+
 async fn wait_event(world: &World, id: &str, status: &str) {
     eventually(
         &format!("{id} to be {status}"),
@@ -495,22 +492,7 @@ async fn a_failed_apply_is_visible_listed_as_failed_and_replayed_by_the_cli() {
         1.0,
         Some("GET /v1/setup_intents"),
     )]);
-    let link: Value = app
-        .admin(Method::POST, &format!("/v1/businesses/{id}/checkout"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session = link["checkout_session"].as_str().unwrap();
-    let (status, _) = world
-        .sim_call(
-            Method::POST,
-            &format!("/_sim/checkout/sessions/{session}/complete"),
-            &[("payment_method", "pm_card_visa")],
-        )
-        .await;
+    let status = complete_checkout(&world, &app, &id, "pm_card_visa").await;
     assert_eq!(status, 200);
     let failed = {
         let mut found = None;
@@ -738,16 +720,7 @@ async fn deep_nesting_and_ids_or_types_outside_stripes_character_set_are_refused
         );
         assert_eq!(rejected(), counted + 1.0, "{what} counted once");
     }
-    assert!(
-        world
-            .service
-            .store()
-            .list_events(None, 10)
-            .await
-            .unwrap()
-            .is_empty(),
-        "nothing stored"
-    );
+    assert_nothing_stored(&world).await;
     assert_untouched(&world, &before).await;
 
     // At the limit exactly (3 + 61 levels), an event is stored (an unhandled type, settled as ignored).

@@ -219,6 +219,18 @@ impl World {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Completes a Checkout Session in the simulator with payment method `pm`, as its customer would;
+    /// returns the simulator's status.
+    pub async fn complete_checkout(&self, session: &str, pm: &str) -> u16 {
+        self.sim_call(
+            reqwest::Method::POST,
+            &format!("/_sim/checkout/sessions/{session}/complete"),
+            &[("payment_method", pm)],
+        )
+        .await
+        .0
+    }
+
     /// A simulator control call (`/_sim/...`, JSON).
     pub async fn sim_control(&self, path: &str, body: Value) -> Value {
         let response = reqwest::Client::new()
