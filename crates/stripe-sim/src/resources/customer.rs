@@ -142,6 +142,19 @@ pub fn retrieve(state: &mut State, params: &Node, id: &str) -> ApiResult<Value> 
     respond(state, fetch(state, "customer", id, "id")?, params)
 }
 
+/// The request's optional `customer` (which must be live) and the time on its clock (the global clock
+/// without one).
+pub(crate) fn optional_customer(state: &State, p: &Params) -> ApiResult<(Option<String>, i64)> {
+    let customer = p.nonempty("customer").map(str::to_owned);
+    if let Some(c) = &customer {
+        live_customer(state, c, "customer")?;
+    }
+    let now = customer
+        .as_deref()
+        .map_or_else(|| state.global_now(), |c| state.now_for_customer(c));
+    Ok((customer, now))
+}
+
 /// The customer `id` (named by the request's `param`), which must exist and not be deleted.
 pub(crate) fn live_customer<'a>(state: &'a State, id: &str, param: &str) -> ApiResult<&'a Value> {
     let c = fetch(state, "customer", id, param)?;

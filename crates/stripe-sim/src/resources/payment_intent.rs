@@ -259,13 +259,7 @@ pub fn create(state: &mut State, params: &Node) -> ApiResult<Value> {
         ));
     }
     let currency = p.req("currency")?.to_lowercase();
-    let customer = p.nonempty("customer").map(str::to_owned);
-    if let Some(c) = &customer {
-        super::customer::live_customer(state, c, "customer")?;
-    }
-    let now = customer
-        .as_deref()
-        .map_or_else(|| state.global_now(), |c| state.now_for_customer(c));
+    let (customer, now) = super::customer::optional_customer(state, &p)?;
     let pm = match p.nonempty("payment_method") {
         Some(r) => Some(payment_method::resolve(state, r, "payment_method", now)?),
         None => None,

@@ -178,6 +178,17 @@ fn respond(
     r
 }
 
+/// Stripe's 429 for a request over the rate limit.
+fn rate_limited() -> ApiError {
+    ApiError::new(
+        429,
+        "invalid_request_error",
+        Some("rate_limit"),
+        "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
+        None,
+    )
+}
+
 fn error_response(e: &ApiError, request_id: &str, version: &str) -> Response<Full<Bytes>> {
     let mut extra = Vec::new();
     if let Some(r) = e.should_retry {
@@ -372,13 +383,7 @@ async fn api(
 ) -> Outcome {
     let reply = |e: ApiError| Outcome::Reply(error_response(&e, request_id, version));
     if !lock(&app.bucket).try_take() {
-        return reply(ApiError::new(
-            429,
-            "invalid_request_error",
-            Some("rate_limit"),
-            "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
-            None,
-        ));
+        return reply(rate_limited());
     }
     let decision = lock(&app.faults).decide(method, path);
     match decision.fault {
@@ -389,19 +394,17 @@ async fn api(
                 FaultKind::Http502 => 502,
                 _ => 503,
             };
-            let mut e = ApiError::new(status, "api_error", None, "An unknown error occurred (injected by stripe-sim).", None);
+            let mut e = ApiError::new(
+                status,
+                "api_error",
+                None,
+                "An unknown error occurred (injected by stripe-sim).",
+                None,
+            );
             e.should_retry = Some(true);
             return reply(e);
         }
-        Some(FaultKind::Http429) => {
-            return reply(ApiError::new(
-                429,
-                "invalid_request_error",
-                Some("rate_limit"),
-                "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
-                None,
-            ))
-        }
+        Some(FaultKind::Http429) => return reply(rate_limited()),
         _ => {}
     }
     let mut params = match form::parse(query.as_bytes()) {
