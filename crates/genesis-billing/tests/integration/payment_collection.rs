@@ -11,18 +11,6 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn history(world: &World, id: &str) -> Vec<String> {
-    world
-        .service
-        .store()
-        .events_of(id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, _, _)| k)
-        .collect()
-}
-
 #[tokio::test]
 async fn a_completed_checkout_pays_the_first_invoice_and_makes_the_card_the_default() {
     let (world, app) = wired(World::new().await).await;
@@ -136,7 +124,8 @@ async fn a_trialing_subscription_just_continues_with_the_new_default_card() {
     let session = app.checkout(&id).await;
     assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
     eventually("the checkout to be applied", WAIT, || async {
-        history(&world, &id)
+        world
+            .history(&id)
             .await
             .contains(&"checkout_completed".to_owned())
     })
@@ -169,7 +158,8 @@ async fn a_declined_card_changes_nothing_but_is_recorded() {
         200
     );
     eventually("the decline to be recorded", WAIT, || async {
-        history(&world, &id)
+        world
+            .history(&id)
             .await
             .contains(&"payment_declined".to_owned())
     })
@@ -198,7 +188,8 @@ async fn an_expired_checkout_session_changes_nothing_but_is_recorded() {
         200
     );
     eventually("the expiry to be recorded", WAIT, || async {
-        history(&world, &id)
+        world
+            .history(&id)
             .await
             .contains(&"checkout_expired".to_owned())
     })

@@ -135,6 +135,18 @@ impl World {
             .0
     }
 
+    /// The kinds of a business's billing history, oldest first.
+    pub async fn history(&self, id: &str) -> Vec<String> {
+        self.service
+            .store()
+            .events_of(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(kind, _, _)| kind)
+            .collect()
+    }
+
     /// The stored record of a business that must exist.
     pub async fn record(&self, id: &str) -> genesis_billing::business::Business {
         self.service
