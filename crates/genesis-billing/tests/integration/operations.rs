@@ -22,13 +22,9 @@ async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_i
         .await
         .stripe_subscription_id
         .unwrap();
-    assert_eq!(
-        world
-            .sim_call(Method::DELETE, &format!("/v1/subscriptions/{sub}"), &[])
-            .await
-            .0,
-        200
-    );
+    world
+        .delete_in_stripe(&format!("/v1/subscriptions/{sub}"))
+        .await;
     let sub = world
         .record(&relabelled)
         .await
@@ -46,13 +42,9 @@ async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_i
         200
     );
     let customer = world.record(&deleted).await.stripe_customer_id.unwrap();
-    assert_eq!(
-        world
-            .sim_call(Method::DELETE, &format!("/v1/customers/{customer}"), &[])
-            .await
-            .0,
-        200
-    );
+    world
+        .delete_in_stripe(&format!("/v1/customers/{customer}"))
+        .await;
 
     let before = world.stripe_requests();
     let report = world.service.reconcile(false, &|_, _| {}).await.unwrap();

@@ -308,13 +308,9 @@ async fn webhooks_from_the_simulator_activate_take_down_and_mark_past_due() {
     // A subscription cancelled in Stripe takes the business down.
     let doomed = app.create("Cancelled in Stripe", "saas").await;
     let sub = world.record(&doomed).await.stripe_subscription_id.unwrap();
-    assert_eq!(
-        world
-            .sim_call(Method::DELETE, &format!("/v1/subscriptions/{sub}"), &[])
-            .await
-            .0,
-        200
-    );
+    world
+        .delete_in_stripe(&format!("/v1/subscriptions/{sub}"))
+        .await;
     eventually(
         "the business to be taken down",
         Duration::from_secs(10),

@@ -243,6 +243,12 @@ impl World {
         .0
     }
 
+    /// Deletes (or cancels) an object straight in the simulator, as from Stripe's dashboard; it must succeed.
+    pub async fn delete_in_stripe(&self, path: &str) {
+        let (status, body) = self.sim_call(reqwest::Method::DELETE, path, &[]).await;
+        assert_eq!(status, 200, "DELETE {path}: {body}");
+    }
+
     /// A simulator control call (`/_sim/...`, JSON).
     pub async fn sim_control(&self, path: &str, body: Value) -> Value {
         let response = reqwest::Client::new()
