@@ -17,10 +17,7 @@ async fn a_completed_checkout_pays_the_first_invoice_and_makes_the_card_the_defa
     let id = app.create("Pays", "saas").await;
     let session = app.checkout(&id).await;
     assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
-    eventually("active", WAIT, || async {
-        world.record(&id).await.subscription_status.as_deref() == Some("active")
-    })
-    .await;
+    world.wait_subscription_status(&id, "active").await;
     let b = world.record(&id).await;
     let customer = world
         .objects("customer")

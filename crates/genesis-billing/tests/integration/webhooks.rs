@@ -298,12 +298,7 @@ async fn webhooks_from_the_simulator_activate_take_down_and_mark_past_due() {
         complete_checkout(&world, &app, &paid, "pm_card_visa").await,
         200
     );
-    eventually(
-        "the subscription to turn active",
-        Duration::from_secs(10),
-        || async { world.record(&paid).await.subscription_status.as_deref() == Some("active") },
-    )
-    .await;
+    world.wait_subscription_status(&paid, "active").await;
 
     // A subscription cancelled in Stripe takes the business down.
     let doomed = app.create("Cancelled in Stripe", "saas").await;
@@ -344,12 +339,7 @@ async fn webhooks_from_the_simulator_activate_take_down_and_mark_past_due() {
     world
         .sim_control("/_sim/clock/advance", json!({"seconds": 32 * 86_400}))
         .await;
-    eventually(
-        "the renewal failure to mark it past_due",
-        Duration::from_secs(10),
-        || async { world.record(&paid).await.subscription_status.as_deref() == Some("past_due") },
-    )
-    .await;
+    world.wait_subscription_status(&paid, "past_due").await;
     eventually(
         "the failed payment to be recorded",
         Duration::from_secs(10),

@@ -147,6 +147,16 @@ impl World {
             .collect()
     }
 
+    /// Waits (up to 10 s) until the stored subscription status of business `id` is `status`.
+    pub async fn wait_subscription_status(&self, id: &str, status: &str) {
+        eventually(
+            &format!("{id}'s subscription to be {status}"),
+            Duration::from_secs(10),
+            || async { self.record(id).await.subscription_status.as_deref() == Some(status) },
+        )
+        .await;
+    }
+
     /// The stored record of a business that must exist.
     pub async fn record(&self, id: &str) -> genesis_billing::business::Business {
         self.service
