@@ -305,6 +305,11 @@ pub fn run_json(env: &[(&str, String)], args: &[&str]) -> Value {
     serde_json::from_slice(&run_ok(env, args).stdout).unwrap()
 }
 
+/// Sends `request` and reads its answer as JSON.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 /// Polls `check` until it returns true or the deadline passes.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
@@ -402,17 +407,11 @@ impl App {
 
     /// Asks the admin API for a business's checkout link and returns the Checkout Session's id.
     pub async fn checkout(&self, id: &str) -> String {
-        let link: Value = self
-            .admin(
-                reqwest::Method::POST,
-                &format!("/v1/businesses/{id}/checkout"),
-            )
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let link = json_of(self.admin(
+            reqwest::Method::POST,
+            &format!("/v1/businesses/{id}/checkout"),
+        ))
+        .await;
         link["checkout_session"].as_str().unwrap().to_owned()
     }
 
