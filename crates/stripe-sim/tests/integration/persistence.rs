@@ -21,11 +21,10 @@ fn temp_file(name: &str) -> PathBuf {
 
 /// Creates a subscription with the idempotency key `sub-key`.
 async fn subscribe_keyed(sim: &Sim, cus: &str, price: &str) -> common::Resp {
-    sim.send(
-        "POST",
+    sim.post_keyed(
         "/v1/subscriptions",
         &[("customer", cus), ("items[0][price]", price)],
-        Some("sub-key"),
+        "sub-key",
     )
     .await
 }
