@@ -113,11 +113,12 @@ pub fn spawn(
     schedule: Schedule,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    let s = Ctx {
-        service: service.clone(),
-        inbox: inbox.clone(),
-        checks: checks.clone(),
+    let ctx = Ctx {
+        service,
+        inbox,
+        checks,
     };
+    let s = ctx.clone();
     tasks.push(tokio::spawn(async move {
         // Verify the catalog until it resolves, then keep checking Stripe now and then so `/health` can
         // say whether it is reachable without calling it per request. serve starts even when Stripe is
@@ -167,11 +168,7 @@ pub fn spawn(
             tokio::time::sleep(if fine { STRIPE_RECHECK } else { STRIPE_RETRY }).await;
         }
     }));
-    let s = Ctx {
-        service: service.clone(),
-        inbox: inbox.clone(),
-        checks: checks.clone(),
-    };
+    let s = ctx.clone();
     tasks.push(tokio::spawn(async move {
         loop {
             if s.service.payments_enabled() {
@@ -190,11 +187,7 @@ pub fn spawn(
             tokio::time::sleep(schedule.resume).await;
         }
     }));
-    let s = Ctx {
-        service: service.clone(),
-        inbox: inbox.clone(),
-        checks: checks.clone(),
-    };
+    let s = ctx.clone();
     tasks.push(tokio::spawn(async move {
         loop {
             // Drain what is due (a backlog after a burst or a restart), then wait. Claimed events are
@@ -205,56 +198,54 @@ pub fn spawn(
         }
     }));
     if let Some(every) = schedule.reconcile {
-        let s = Ctx {
-            service: service.clone(),
-            inbox: inbox.clone(),
-            checks: checks.clone(),
-        };
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if s.service.payments_enabled() {
-                    // Once per interval across the fleet: a job lease (see store::coordination).
-                    let Some(lease) = s.service.try_claim_job("reconcile").await else {
-                        continue;
-                    };
-                    match s.service.reconcile(true, &|_, _| {}).await {
-                        Ok(r) if !r.drift.is_empty() => {
-                            let fixed = r.drift.iter().filter(|d| d.fixed).count();
-                            tracing::warn!(
-                                found = r.drift.len(),
-                                fixed,
-                                "reconciliation found drift"
-                            );
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
+        tasks.push(leased_job(
+            ctx.clone(),
+            "reconcile",
+            every,
+            |s| async move {
+                match s.service.reconcile(true, &|_, _| {}).await {
+                    Ok(r) if !r.drift.is_empty() => {
+                        let fixed = r.drift.iter().filter(|d| d.fixed).count();
+                        tracing::warn!(found = r.drift.len(), fixed, "reconciliation found drift");
                     }
-                    lease.release(every).await;
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "reconciliation failed"),
                 }
-            }
-        }));
+            },
+        ));
     }
     if let Some(every) = schedule.gap_fill {
-        let s = Ctx {
-            service,
-            inbox,
-            checks,
-        };
-        tasks.push(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if s.service.payments_enabled() {
-                    let Some(lease) = s.service.try_claim_job("gap_fill").await else {
-                        continue;
-                    };
-                    if let Err(e) = s.inbox.gap_fill().await {
-                        tracing::warn!(error = %e, "gap fill failed");
-                    }
-                    lease.release(every).await;
-                }
+        tasks.push(leased_job(ctx, "gap_fill", every, |s| async move {
+            if let Err(e) = s.inbox.gap_fill().await {
+                tracing::warn!(error = %e, "gap fill failed");
             }
         }));
     }
     tasks
+}
+
+/// Every `every`, while payments are on, runs `work` on one replica of the fleet: a job lease (see
+/// store::coordination) makes it once per interval across the fleet.
+fn leased_job<F, Fut>(
+    s: Ctx,
+    name: &'static str,
+    every: Duration,
+    work: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Ctx) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            if s.service.payments_enabled() {
+                let Some(lease) = s.service.try_claim_job(name).await else {
+                    continue;
+                };
+                work(s.clone()).await;
+                lease.release(every).await;
+            }
+        }
+    })
 }

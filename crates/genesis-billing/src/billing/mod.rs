@@ -114,6 +114,16 @@ impl BillingService {
         self.lease
     }
 
+    /// Claims (or renews) business `id` for `owner` for one lease from now; false while another live
+    /// worker holds it.
+    async fn claim(&self, id: &str, owner: &str) -> Result<bool, BillingError> {
+        let t = crate::store::now();
+        Ok(self
+            .store
+            .claim_business(id, owner, t + self.lease.as_secs() as i64, t)
+            .await?)
+    }
+
     /// The store, for tests that check what was recorded; entry points go through the service.
     #[doc(hidden)]
     pub fn store(&self) -> &Store {

@@ -107,15 +107,19 @@ impl BillingService {
             )
             .await?;
         let status = b.subscription_status.as_deref().unwrap_or("");
+        let replace = matches!(status, "incomplete_expired" | "canceled");
+        // A subscription that still counts takes the card as its default before anything else.
+        if let Some(sub) = b.stripe_subscription_id.as_deref().filter(|_| !replace) {
+            stripe
+                .set_subscription_default_payment_method(
+                    sub,
+                    &pm,
+                    format!("genesis:{id}:subscription:{sub}:default_pm:{pm}"),
+                )
+                .await?;
+        }
         let outcome = match (&b.stripe_subscription_id, status) {
             (Some(sub), "incomplete") => {
-                stripe
-                    .set_subscription_default_payment_method(
-                        sub,
-                        &pm,
-                        format!("genesis:{id}:subscription:{sub}:default_pm:{pm}"),
-                    )
-                    .await?;
                 let current = stripe.retrieve_subscription(sub).await?;
                 let invoice = current.latest_invoice.clone();
                 let paid = match invoice {
@@ -160,17 +164,7 @@ impl BillingService {
                 }
                 CheckoutOutcome::Replaced
             }
-            (Some(sub), _) => {
-                stripe
-                    .set_subscription_default_payment_method(
-                        sub,
-                        &pm,
-                        format!("genesis:{id}:subscription:{sub}:default_pm:{pm}"),
-                    )
-                    .await?;
-                CheckoutOutcome::DefaultUpdated
-            }
-            (None, _) => CheckoutOutcome::DefaultUpdated,
+            _ => CheckoutOutcome::DefaultUpdated,
         };
         self.store
             .record_event(

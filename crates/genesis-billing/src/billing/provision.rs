@@ -171,12 +171,7 @@ impl BillingService {
     /// Provisions (or finishes provisioning) one business, unless another worker holds it right now.
     pub async fn provision(&self, id: &str) -> Result<Business, BillingError> {
         let owner = uuid::Uuid::new_v4().to_string();
-        let t = now();
-        if !self
-            .store
-            .claim_business(id, &owner, t + self.lease.as_secs() as i64, t)
-            .await?
-        {
+        if !self.claim(id, &owner).await? {
             return self
                 .store
                 .get_business(id)
@@ -208,10 +203,7 @@ impl BillingService {
         };
         // Renew our lease between the two writes: a long rate-limit queue must not let another worker
         // take this business over while we still work on it.
-        let t = now();
-        self.store
-            .claim_business(id, owner, t + self.lease.as_secs() as i64, t)
-            .await?;
+        self.claim(id, owner).await?;
         match self.ensure_subscription(stripe, &b, &customer, None).await {
             Ok(sub) => {
                 self.metrics.subscription(SubscriptionOutcome::Success);

@@ -80,13 +80,8 @@ impl BillingService {
         }
         tracing::info!(business_id = id, %reason, "business taken down");
         let owner = uuid::Uuid::new_v4().to_string();
-        let t = now();
         // The record is marked taken down first, so a crash from here on is finished by `resume`.
-        let side = if self
-            .store
-            .claim_business(id, &owner, t + self.lease.as_secs() as i64, t)
-            .await?
-        {
+        let side = if self.claim(id, &owner).await? {
             let side = self.cancel_in_stripe(&b).await;
             self.store.release_business(id, &owner).await?;
             side?
@@ -124,12 +119,7 @@ impl BillingService {
         id: &str,
     ) -> Result<Option<TakedownSummary>, BillingError> {
         let owner = uuid::Uuid::new_v4().to_string();
-        let t = now();
-        if !self
-            .store
-            .claim_business(id, &owner, t + self.lease.as_secs() as i64, t)
-            .await?
-        {
+        if !self.claim(id, &owner).await? {
             return Ok(None);
         }
         let result = self.finish_takedown_owned(id).await;
@@ -162,6 +152,21 @@ impl BillingService {
             customer_delete_error: side.customer_delete_error,
             note: side.note,
         }))
+    }
+
+    /// Marks the Stripe side unfinished (for `resume`) after a failed call, recording why.
+    async fn stripe_failed(
+        &self,
+        b: &Business,
+        side: &mut StripeSide,
+        e: &StripeError,
+    ) -> Result<(), BillingError> {
+        side.outcome = format!("error:{}", e.reason());
+        side.finished = false;
+        self.store
+            .record_event(&b.business_id, "takedown_error", &e.to_string())
+            .await?;
+        Ok(())
     }
 
     /// Cancels what bills the business and deletes its customer, recording the outcome.
@@ -210,13 +215,7 @@ impl BillingService {
                     new_status = Some("canceled");
                     self.metrics.subscription(SubscriptionOutcome::Cancelled);
                 }
-                Err(e) => {
-                    side.outcome = format!("error:{}", e.reason());
-                    side.finished = false;
-                    self.store
-                        .record_event(&b.business_id, "takedown_error", &e.to_string())
-                        .await?;
-                }
+                Err(e) => self.stripe_failed(b, &mut side, &e).await?,
             }
         } else if let Some(pi) = &b.stripe_payment_intent_id {
             let key = format!("genesis:{}:payment_intent:cancel", b.business_id);
@@ -227,13 +226,7 @@ impl BillingService {
                     side.outcome = "cancelled_legacy".into();
                     side.note = Some(format!("payment intent was not cancellable: {e}"));
                 }
-                Err(e) => {
-                    side.outcome = format!("error:{}", e.reason());
-                    side.finished = false;
-                    self.store
-                        .record_event(&b.business_id, "takedown_error", &e.to_string())
-                        .await?;
-                }
+                Err(e) => self.stripe_failed(b, &mut side, &e).await?,
             }
         }
         // Personal data leaves Stripe only once nothing bills any more.

@@ -195,24 +195,14 @@ async fn walk_through(
 
     say.step("a month later Acme's card starts failing: the renewal fails, then recovers");
     add_card(stage, say, &ids[0], "pm_card_chargeCustomerFail").await?;
-    sim_control(
-        &stage.sim.base_url(),
-        "/_sim/clock/advance",
-        json!({"seconds": 31 * 86_400 + 3600}),
-    )
-    .await?;
+    advance_clock(stage, 31 * 86_400 + 3600).await?;
     until("invoice.payment_failed to make it past_due", || {
         status_is(service, &ids[0], "past_due")
     })
     .await?;
     say.say("webhook invoice.payment_failed + customer.subscription.updated → past_due");
     add_card(stage, say, &ids[0], "pm_card_visa").await?;
-    sim_control(
-        &stage.sim.base_url(),
-        "/_sim/clock/advance",
-        json!({"seconds": 3 * 86_400 + 3600}),
-    )
-    .await?;
+    advance_clock(stage, 3 * 86_400 + 3600).await?;
     until("Stripe's retry with the new card to make it active", || {
         status_is(service, &ids[0], "active")
     })
@@ -225,16 +215,7 @@ async fn walk_through(
     say.say("Daily Digest never paid: Stripe expired its subscription after 23 hours → billing expired, waiting for a card");
 
     say.step("Blue Basket's subscription is cancelled from Stripe's dashboard");
-    let sub = record(service, &ids[1])
-        .await?
-        .stripe_subscription_id
-        .unwrap_or_default();
-    stripe_call(
-        &stage.sim.base_url(),
-        reqwest::Method::DELETE,
-        &format!("/v1/subscriptions/{sub}"),
-    )
-    .await?;
+    cancel_in_stripe(stage, service, &ids[1]).await?;
     until("customer.subscription.deleted to take the business down", || async {
         matches!(service.business(&ids[1]).await, Ok(Some(b)) if b.status == Lifecycle::TakenDown)
     })
@@ -248,16 +229,7 @@ async fn walk_through(
         json!({"enabled": false}),
     )
     .await?;
-    let sub = record(service, &ids[3])
-        .await?
-        .stripe_subscription_id
-        .unwrap_or_default();
-    stripe_call(
-        &stage.sim.base_url(),
-        reqwest::Method::DELETE,
-        &format!("/v1/subscriptions/{sub}"),
-    )
-    .await?;
+    cancel_in_stripe(stage, service, &ids[3]).await?;
     let found = service.reconcile(false, &|_, _| {}).await?;
     for d in &found.drift {
         let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
@@ -317,6 +289,34 @@ async fn walk_through(
 }
 
 /// The owner adds a card through a Checkout link; returns once the service has applied the completion.
+/// Cancels a business's subscription straight in Stripe, as from the dashboard.
+async fn cancel_in_stripe(
+    stage: &Stage,
+    service: &BillingService,
+    id: &str,
+) -> Result<(), Failure> {
+    let sub = record(service, id)
+        .await?
+        .stripe_subscription_id
+        .unwrap_or_default();
+    stripe_call(
+        &stage.sim.base_url(),
+        reqwest::Method::DELETE,
+        &format!("/v1/subscriptions/{sub}"),
+    )
+    .await
+}
+
+/// Moves the simulator's clock on by `seconds`: renewals and Stripe's retries fall due on it.
+async fn advance_clock(stage: &Stage, seconds: u64) -> Result<(), Failure> {
+    sim_control(
+        &stage.sim.base_url(),
+        "/_sim/clock/advance",
+        json!({"seconds": seconds}),
+    )
+    .await
+}
+
 async fn add_card(
     stage: &Stage,
     say: &Narrator,

@@ -240,14 +240,24 @@ async fn request_context(request: Request, next: Next) -> Response {
 
 /// 503 with `Retry-After` when a class is at its in-flight limit.
 fn overloaded() -> Response {
-    let mut r = ApiError::new(
+    error_with_header(
         StatusCode::SERVICE_UNAVAILABLE,
         "overloaded",
         "too many requests in progress; try again shortly",
+        ("retry-after", "1"),
     )
-    .into_response();
+}
+
+/// An API error response with one extra header.
+fn error_with_header(
+    status: StatusCode,
+    code: &'static str,
+    message: &'static str,
+    (name, value): (&'static str, &'static str),
+) -> Response {
+    let mut r = ApiError::new(status, code, message).into_response();
     r.headers_mut()
-        .insert("retry-after", HeaderValue::from_static("1"));
+        .insert(name, HeaderValue::from_static(value));
     r
 }
 
@@ -265,6 +275,25 @@ async fn ops_gate(State(state): State<Arc<AppState>>, request: Request, next: Ne
     }
 }
 
+/// The token of an `Authorization: Bearer` header, if the request has one.
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// 401 with the `WWW-Authenticate` challenge.
+fn unauthorized() -> Response {
+    error_with_header(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "a valid bearer token is required",
+        ("www-authenticate", "Bearer"),
+    )
+}
+
 /// `/health` and `/metrics` behind `GENESIS_BILLING_METRICS_TOKEN`, when it is set.
 async fn require_metrics_token(
     State(state): State<Arc<AppState>>,
@@ -274,26 +303,12 @@ async fn require_metrics_token(
     let Some(known) = &state.metrics_token_digest else {
         return next.run(request).await;
     };
-    let presented = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let presented = bearer(&request);
     match presented {
         Some(token) if digest_matches(std::slice::from_ref(known), token) => {
             next.run(request).await
         }
-        _ => {
-            let mut r = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required",
-            )
-            .into_response();
-            r.headers_mut()
-                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
-            r
-        }
+        _ => unauthorized(),
     }
 }
 
@@ -310,24 +325,10 @@ async fn require_admin(
         )
         .into_response();
     }
-    let presented = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let presented = bearer(&request);
     match presented {
         Some(token) if state.admin_token_ok(token) => next.run(request).await,
-        _ => {
-            let mut r = ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required",
-            )
-            .into_response();
-            r.headers_mut()
-                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
-            r
-        }
+        _ => unauthorized(),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::KEY;
@@ -10,20 +10,9 @@ use common::KEY;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_binary_at_random_points_then_resuming_leaves_one_customer_and_one_subscription_per_business(
 ) {
-    let sim = stripe_sim::start(stripe_sim::SimConfig {
-        rate_limit_per_second: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = common::start_sim().await;
     // Slow writes stretch the run so the kills land inside Stripe calls, not only between them.
-    sim.set_faults(vec![stripe_sim::FaultRule {
-        kind: stripe_sim::FaultKind::Latency,
-        probability: 1.0,
-        operation: Some("POST /v1/".into()),
-        latency_ms: 40,
-        jitter_ms: 40,
-    }]);
+    sim.set_faults(vec![common::latency("POST /v1/", 40, 40)]);
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("crash.db").display());
     let env = [
@@ -33,24 +22,12 @@ async fn killing_the_binary_at_random_points_then_resuming_leaves_one_customer_a
         ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
         ("GENESIS_BILLING_LEASE_SECS", "1".to_owned()),
     ];
-    let bin = env!("CARGO_BIN_EXE_genesis-billing");
-    let run = |args: &[&str]| {
-        let out = Command::new(bin)
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run =
+        |args: &[&str]| String::from_utf8_lossy(&common::run_ok(&env, args).stdout).into_owned();
     tokio::task::block_in_place(|| run(&["prices", "sync"]));
 
     for round in 0..4 {
-        let mut child = Command::new(bin)
+        let mut child = common::bin(&env)
             .args([
                 "business",
                 "create",
@@ -63,7 +40,6 @@ async fn killing_the_binary_at_random_points_then_resuming_leaves_one_customer_a
                 "--concurrency",
                 "6",
             ])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -124,21 +100,6 @@ async fn killing_the_binary_at_random_points_then_resuming_leaves_one_customer_a
     sim.shutdown().await;
 }
 
-/// Runs the real binary with `env` and returns its stdout as JSON; it must succeed.
-fn run_json(env: &[(&str, String)], args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Every listed business provisioned, with exactly one customer and one subscription in the simulator,
 /// and no customer in the simulator without a business.
 fn assert_provisioned_once(sim: &stripe_sim::SimHandle, all: &[serde_json::Value]) {
@@ -176,12 +137,7 @@ fn assert_provisioned_once(sim: &stripe_sim::SimHandle, all: &[serde_json::Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_resume_right_after_a_killed_create_finishes_every_business_without_waiting_for_leases()
 {
-    let sim = stripe_sim::start(stripe_sim::SimConfig {
-        rate_limit_per_second: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = common::start_sim().await;
     let dir = tempfile::tempdir().unwrap();
     // The default lease (120 s): only telling a dead holder from a live one lets resume go on now.
     let env = [
@@ -194,16 +150,10 @@ async fn one_resume_right_after_a_killed_create_finishes_every_business_without_
         // Long enough that a request the killed process left in flight finishes within the retries.
         ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "200".to_owned()),
     ];
-    tokio::task::block_in_place(|| run_json(&env, &["--json", "prices", "sync"]));
+    tokio::task::block_in_place(|| common::run_json(&env, &["--json", "prices", "sync"]));
     // Slow writes, so the kill lands with businesses recorded and their Stripe work half done.
-    sim.set_faults(vec![stripe_sim::FaultRule {
-        kind: stripe_sim::FaultKind::Latency,
-        probability: 1.0,
-        operation: Some("POST /v1/".into()),
-        latency_ms: 60,
-        jitter_ms: 20,
-    }]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
+    sim.set_faults(vec![common::latency("POST /v1/", 60, 20)]);
+    let mut child = common::bin(&env)
         .args([
             "business",
             "create",
@@ -216,7 +166,6 @@ async fn one_resume_right_after_a_killed_create_finishes_every_business_without_
             "--concurrency",
             "6",
         ])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -232,7 +181,7 @@ async fn one_resume_right_after_a_killed_create_finishes_every_business_without_
     sim.set_faults(vec![]);
     let before: Vec<serde_json::Value> =
         serde_json::from_value(tokio::task::block_in_place(|| {
-            run_json(&env, &["--json", "business", "list", "--limit", "1000"])
+            common::run_json(&env, &["--json", "business", "list", "--limit", "1000"])
         }))
         .unwrap();
     let unfinished = before
@@ -242,14 +191,15 @@ async fn one_resume_right_after_a_killed_create_finishes_every_business_without_
     assert!(unfinished > 0, "the kill left work unfinished");
 
     // Once, right away: no retry loop, no waiting for the killed process's leases to expire.
-    let report = tokio::task::block_in_place(|| run_json(&env, &["--json", "business", "resume"]));
+    let report =
+        tokio::task::block_in_place(|| common::run_json(&env, &["--json", "business", "resume"]));
     assert_eq!(report["counts"]["busy"], 0, "{report}");
     assert_eq!(report["counts"]["failed"], 0, "{report}");
     assert_eq!(report["counts"]["taken_over"], unfinished, "{report}");
     assert_eq!(report["counts"]["provisioned"], unfinished, "{report}");
 
     let all: Vec<serde_json::Value> = serde_json::from_value(tokio::task::block_in_place(|| {
-        run_json(&env, &["--json", "business", "list", "--limit", "1000"])
+        common::run_json(&env, &["--json", "business", "list", "--limit", "1000"])
     }))
     .unwrap();
     assert_eq!(all.len(), before.len());
@@ -266,18 +216,7 @@ async fn a_lease_held_by_a_live_process_is_reported_busy_with_its_expiry_and_not
         1.0,
         Some("POST /v1/customers"),
     )]);
-    let (b, _) = world
-        .service
-        .create_business(
-            genesis_billing::business::NewBusiness {
-                name: "Held".into(),
-                business_type: "saas".into(),
-                email: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let b = world.saas("Held").await;
     assert_eq!(b.billing, genesis_billing::business::Billing::Failed);
     world.sim.set_faults(vec![]);
     let now = genesis_billing::store::now();
@@ -294,7 +233,8 @@ async fn a_lease_held_by_a_live_process_is_reported_busy_with_its_expiry_and_not
         ("DATABASE_URL", common::db_url(&world.dir)),
     ];
 
-    let report = tokio::task::block_in_place(|| run_json(&env, &["--json", "business", "resume"]));
+    let report =
+        tokio::task::block_in_place(|| common::run_json(&env, &["--json", "business", "resume"]));
     assert_eq!(report["counts"]["busy"], 1, "{report}");
     assert_eq!(report["counts"]["taken_over"], 0, "{report}");
     assert_eq!(report["counts"]["provisioned"], 0, "{report}");
@@ -305,13 +245,7 @@ async fn a_lease_held_by_a_live_process_is_reported_busy_with_its_expiry_and_not
     assert!(world.customers_of(&b.business_id).is_empty(), "not touched");
 
     // The text output says who holds it and until when, never that there is nothing to do.
-    let out = tokio::task::block_in_place(|| {
-        Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
-            .args(["business", "resume"])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap()
-    });
+    let out = tokio::task::block_in_place(|| common::output(&env, &["business", "resume"]));
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -326,7 +260,8 @@ async fn a_lease_held_by_a_live_process_is_reported_busy_with_its_expiry_and_not
         .release_business(&b.business_id, "live-holder")
         .await
         .unwrap();
-    let report = tokio::task::block_in_place(|| run_json(&env, &["--json", "business", "resume"]));
+    let report =
+        tokio::task::block_in_place(|| common::run_json(&env, &["--json", "business", "resume"]));
     assert_eq!(report["counts"]["provisioned"], 1, "{report}");
     assert_eq!(world.customers_of(&b.business_id).len(), 1);
     assert_eq!(world.subscriptions_of(&b.business_id).len(), 1);

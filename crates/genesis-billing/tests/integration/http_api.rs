@@ -370,15 +370,7 @@ async fn metrics_export_every_spec_series_and_no_secret() {
 async fn the_openapi_document_is_served_and_names_every_admin_route() {
     let world = World::new().await;
     let app = App::start(&world, &[], &[], None).await;
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = common::json_of(app.client.get(app.url("/openapi.json"))).await;
     assert_eq!(doc["openapi"], "3.0.3");
     for path in [
         "/v1/businesses",

@@ -2,50 +2,29 @@
 
 use crate::common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{World, KEY};
-use genesis_billing::business::{Billing, Lifecycle, NewBusiness};
+use genesis_billing::business::{Billing, Lifecycle};
 use reqwest::Method;
-
-async fn create(world: &World, name: &str) -> String {
-    world
-        .service
-        .create_business(
-            NewBusiness {
-                name: name.into(),
-                business_type: "saas".into(),
-                email: None,
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .0
-        .business_id
-}
 
 #[tokio::test]
 async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_it() {
     let world = World::new().await;
-    let cancelled = create(&world, "Cancelled in the dashboard").await;
-    let relabelled = create(&world, "Metadata edited").await;
-    let deleted = create(&world, "Customer deleted").await;
-    let fine = create(&world, "Untouched").await;
+    let cancelled = world.saas("Cancelled in the dashboard").await.business_id;
+    let relabelled = world.saas("Metadata edited").await.business_id;
+    let deleted = world.saas("Customer deleted").await.business_id;
+    let fine = world.saas("Untouched").await.business_id;
     // No webhook endpoint is registered: the service hears nothing of these changes.
     let sub = world
         .record(&cancelled)
         .await
         .stripe_subscription_id
         .unwrap();
-    assert_eq!(
-        world
-            .sim_call(Method::DELETE, &format!("/v1/subscriptions/{sub}"), &[])
-            .await
-            .0,
-        200
-    );
+    world
+        .delete_in_stripe(&format!("/v1/subscriptions/{sub}"))
+        .await;
     let sub = world
         .record(&relabelled)
         .await
@@ -63,13 +42,9 @@ async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_i
         200
     );
     let customer = world.record(&deleted).await.stripe_customer_id.unwrap();
-    assert_eq!(
-        world
-            .sim_call(Method::DELETE, &format!("/v1/customers/{customer}"), &[])
-            .await
-            .0,
-        200
-    );
+    world
+        .delete_in_stripe(&format!("/v1/customers/{customer}"))
+        .await;
 
     let before = world.stripe_requests();
     let report = world.service.reconcile(false, &|_, _| {}).await.unwrap();
@@ -118,9 +93,9 @@ async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_i
         relabelled.as_str(),
         "metadata restored in Stripe"
     );
-    let audit = world.service.store().events_of(&relabelled).await.unwrap();
+    let audit = world.history(&relabelled).await;
     assert!(
-        audit.iter().any(|(kind, _, _)| kind == "reconcile_fix"),
+        audit.iter().any(|kind| kind == "reconcile_fix"),
         "each repair is audited"
     );
     assert!(
@@ -137,18 +112,7 @@ async fn reconcile_reports_drift_made_behind_the_services_back_and_fix_repairs_i
 #[tokio::test]
 async fn reconcile_adopts_a_subscription_found_by_metadata_instead_of_creating_a_second() {
     let world = World::new().await;
-    let (b, _) = world
-        .service
-        .create_business(
-            NewBusiness {
-                name: "Orphaned sub".into(),
-                business_type: "saas".into(),
-                email: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let b = world.saas("Orphaned sub").await;
     // A record that lost its subscription id (a crash between Stripe's answer and our write).
     let lost = genesis_billing::business::Business {
         business_id: "00000000-0000-4000-8000-00000000ad0b".into(),
@@ -199,17 +163,10 @@ async fn reconcile_adopts_a_subscription_found_by_metadata_instead_of_creating_a
 
 #[tokio::test]
 async fn raising_the_rollout_bills_the_newly_included_businesses_on_the_next_reconciliation() {
-    let world = World::with(
-        stripe_sim::SimConfig {
-            rate_limit_per_second: 0,
-            ..Default::default()
-        },
-        &[("BILLING_ROLLOUT_PERCENT", "0")],
-    )
-    .await;
+    let world = World::with_env(&[("BILLING_ROLLOUT_PERCENT", "0")]).await;
     let mut ids = Vec::new();
     for i in 0..10 {
-        ids.push(create(&world, &format!("Later {i}")).await);
+        ids.push(world.saas(&format!("Later {i}")).await.business_id);
     }
     assert!(world.objects("customer").is_empty());
     let everyone = world
@@ -238,7 +195,7 @@ async fn the_mrr_gauge_goes_down_on_cancellation() {
     let world = World::new().await;
     let mut ids = Vec::new();
     for i in 0..2 {
-        let id = create(&world, &format!("Paying {i}")).await;
+        let id = world.saas(&format!("Paying {i}")).await.business_id;
         let sub = world.record(&id).await.stripe_subscription_id.unwrap();
         // Activate through the simulator and let reconciliation bring the status home.
         let (_, session) = world
@@ -257,13 +214,7 @@ async fn the_mrr_gauge_goes_down_on_cancellation() {
             )
             .await;
         let sid = session["id"].as_str().unwrap().to_owned();
-        world
-            .sim_call(
-                Method::POST,
-                &format!("/_sim/checkout/sessions/{sid}/complete"),
-                &[("payment_method", "pm_card_visa")],
-            )
-            .await;
+        world.complete_checkout(&sid, "pm_card_visa").await;
         let completed = world
             .service
             .stripe()
@@ -302,30 +253,15 @@ async fn the_mrr_gauge_goes_down_on_cancellation() {
     );
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_genesis-billing")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_all_is_a_dry_run_by_default_and_killed_halfway_then_rerun_cancels_each_subscription_exactly_once(
 ) {
     let world = World::new().await;
     for i in 0..24 {
-        create(&world, &format!("Rollback {i}")).await;
+        world.saas(&format!("Rollback {i}")).await;
     }
-    let env = [
-        ("STRIPE_API_KEY", KEY.to_owned()),
-        ("STRIPE_API_BASE", world.sim.base_url()),
-        ("DATABASE_URL", common::db_url(&world.dir)),
-        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
-    ];
-    let run = |args: &[&str]| {
-        Command::new(bin())
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap()
-    };
+    let env = world.cli_env();
+    let run = |args: &[&str]| common::output(&env, args);
 
     let dry = tokio::task::block_in_place(|| run(&["--json", "cancel-all"]));
     assert!(dry.status.success());
@@ -340,16 +276,11 @@ async fn cancel_all_is_a_dry_run_by_default_and_killed_halfway_then_rerun_cancel
     );
 
     // Slow cancellations, then a kill in the middle of the batch.
-    world.sim.set_faults(vec![stripe_sim::FaultRule {
-        kind: stripe_sim::FaultKind::Latency,
-        probability: 1.0,
-        operation: Some("DELETE /v1/subscriptions".into()),
-        latency_ms: 60,
-        jitter_ms: 0,
-    }]);
-    let mut child = Command::new(bin())
+    world
+        .sim
+        .set_faults(vec![common::latency("DELETE /v1/subscriptions", 60, 0)]);
+    let mut child = common::bin(&env)
         .args(["cancel-all", "--confirm", "--concurrency", "2"])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -414,13 +345,7 @@ async fn smoke_runs_a_throwaway_business_through_the_lifecycle_and_refuses_live_
         ("STRIPE_API_BASE", world.sim.base_url()),
         ("DATABASE_URL", common::db_url(&world.dir)),
     ];
-    let out = tokio::task::block_in_place(|| {
-        Command::new(bin())
-            .args(["--json", "smoke"])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap()
-    });
+    let out = tokio::task::block_in_place(|| common::output(&env, &["--json", "smoke"]));
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -446,7 +371,7 @@ async fn smoke_runs_a_throwaway_business_through_the_lifecycle_and_refuses_live_
     );
 
     let live = tokio::task::block_in_place(|| {
-        Command::new(bin())
+        common::bin(&[])
             .arg("smoke")
             .env("STRIPE_API_KEY", "sk_live_smokesmoke")
             .env("DATABASE_URL", common::db_url(&world.dir))
@@ -463,27 +388,10 @@ async fn cancel_all_pages_through_stripe_and_reconcile_never_takes_a_rolled_back
     // More than two of Stripe's pages of 100.
     let mut ids = Vec::new();
     for i in 0..230 {
-        ids.push(create(&world, &format!("Paged {i}")).await);
+        ids.push(world.saas(&format!("Paged {i}")).await.business_id);
     }
-    let env = [
-        ("STRIPE_API_KEY", KEY.to_owned()),
-        ("STRIPE_API_BASE", world.sim.base_url()),
-        ("DATABASE_URL", common::db_url(&world.dir)),
-        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
-    ];
-    let run = |args: &[&str]| {
-        let out = Command::new(bin())
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let env = world.cli_env();
+    let run = |args: &[&str]| common::run_json(&env, args);
 
     // One cancelled in Stripe by a roll-back that died before recording it: no webhook endpoint is
     // registered, so reconciliation is what finds it.
@@ -566,25 +474,16 @@ async fn cancellations_stripe_refuses_are_reported_change_nothing_and_a_later_da
     let world = World::new().await;
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(create(&world, &format!("Refused {i}")).await);
+        ids.push(world.saas(&format!("Refused {i}")).await.business_id);
     }
-    let env = [
-        ("STRIPE_API_KEY", KEY.to_owned()),
-        ("STRIPE_API_BASE", world.sim.base_url()),
-        ("DATABASE_URL", common::db_url(&world.dir)),
-        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
-    ];
+    let env = world.cli_env();
     world.sim.set_faults(vec![common::fault(
         stripe_sim::FaultKind::Http500,
         1.0,
         Some("DELETE /v1/subscriptions"),
     )]);
     let out = tokio::task::block_in_place(|| {
-        Command::new(bin())
-            .args(["--json", "cancel-all", "--confirm"])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap()
+        common::output(&env, &["--json", "cancel-all", "--confirm"])
     });
     assert_eq!(out.status.code(), Some(1), "failures make the exit code 1");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -621,7 +520,7 @@ async fn cancellations_stripe_refuses_are_reported_change_nothing_and_a_later_da
 #[tokio::test]
 async fn a_rerun_finishes_a_roll_back_record_cut_between_its_status_and_its_billing_write() {
     let world = World::new().await;
-    let id = create(&world, "Half written").await;
+    let id = world.saas("Half written").await.business_id;
     let page = world.service.rollback_page(None).await.unwrap();
     let s = page
         .live
@@ -646,13 +545,7 @@ async fn a_rerun_finishes_a_roll_back_record_cut_between_its_status_and_its_bill
         )
         .await
         .unwrap();
-    let half = world
-        .service
-        .store()
-        .get_business(&id)
-        .await
-        .unwrap()
-        .unwrap();
+    let half = world.record(&id).await;
     assert_ne!(half.billing, Billing::Skipped);
 
     let rerun = world.service.rollback_page(None).await.unwrap();
@@ -663,13 +556,7 @@ async fn a_rerun_finishes_a_roll_back_record_cut_between_its_status_and_its_bill
         .record_rollback(&rerun.records_to_update[0])
         .await
         .unwrap();
-    let b = world
-        .service
-        .store()
-        .get_business(&id)
-        .await
-        .unwrap()
-        .unwrap();
+    let b = world.record(&id).await;
     assert_eq!(
         (b.status, b.billing, b.subscription_status.as_deref()),
         (Lifecycle::Active, Billing::Skipped, Some("canceled"))
@@ -679,7 +566,7 @@ async fn a_rerun_finishes_a_roll_back_record_cut_between_its_status_and_its_bill
 #[tokio::test]
 async fn reconcile_walks_a_fleet_larger_than_a_page_checking_each_business_once() {
     let world = World::new().await;
-    let provisioned = create(&world, "Provisioned").await;
+    let provisioned = world.saas("Provisioned").await.business_id;
     let template = world.record(&provisioned).await;
     // 2,500 imported businesses: one in ten records a subscription Stripe never had.
     let fleet: Vec<genesis_billing::business::Business> = (0..2_500)
@@ -737,7 +624,7 @@ async fn reconcile_walks_a_fleet_larger_than_a_page_checking_each_business_once(
 #[tokio::test]
 async fn reconcile_flags_each_customer_no_business_records_once_in_id_order() {
     let world = World::new().await;
-    let recorded = create(&world, "Recorded").await;
+    let recorded = world.saas("Recorded").await.business_id;
     let mut orphans = Vec::new();
     for metadata in [
         vec![("metadata[business_id]", "no-such-business")],

@@ -4,58 +4,20 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{eventually, wired, App, World};
+use common::{eventually, wired, World};
 use genesis_billing::business::{Billing, Lifecycle};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn checkout(app: &App, id: &str) -> String {
-    let link: Value = app
-        .admin(Method::POST, &format!("/v1/businesses/{id}/checkout"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    link["checkout_session"].as_str().unwrap().to_owned()
-}
-
-async fn complete(world: &World, session: &str, pm: &str) -> u16 {
-    world
-        .sim_call(
-            Method::POST,
-            &format!("/_sim/checkout/sessions/{session}/complete"),
-            &[("payment_method", pm)],
-        )
-        .await
-        .0
-}
-
-async fn history(world: &World, id: &str) -> Vec<String> {
-    world
-        .service
-        .store()
-        .events_of(id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(k, _, _)| k)
-        .collect()
-}
 
 #[tokio::test]
 async fn a_completed_checkout_pays_the_first_invoice_and_makes_the_card_the_default() {
     let (world, app) = wired(World::new().await).await;
     let id = app.create("Pays", "saas").await;
-    let session = checkout(&app, &id).await;
-    assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
-    eventually("active", WAIT, || async {
-        world.record(&id).await.subscription_status.as_deref() == Some("active")
-    })
-    .await;
+    let session = app.checkout(&id).await;
+    assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
+    world.wait_subscription_status(&id, "active").await;
     let b = world.record(&id).await;
     let customer = world
         .objects("customer")
@@ -95,8 +57,8 @@ async fn an_unpaid_subscription_expires_after_23_hours_and_a_later_card_starts_a
             && b.billing == Billing::Expired
     })
     .await;
-    let session = checkout(&app, &id).await;
-    assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
+    let session = app.checkout(&id).await;
+    assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
     eventually("a new active subscription", WAIT, || async {
         let b = world.record(&id).await;
         b.stripe_subscription_id.as_deref() != Some(first.as_str())
@@ -119,14 +81,7 @@ async fn a_trial_cancelled_for_a_missing_card_waits_for_one_then_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = dir.path().join("catalog.toml");
     std::fs::write(&catalog, "default_type = \"saas\"\n[prices.saas]\nlookup_key = \"trial_cancel\"\namount_cents = 900\ntrial_days = 7\nmissing_payment_method = \"cancel\"\n").unwrap();
-    let world = World::with(
-        stripe_sim::SimConfig {
-            rate_limit_per_second: 0,
-            ..Default::default()
-        },
-        &[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())],
-    )
-    .await;
+    let world = World::with_env(&[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())]).await;
     let (world, app) = wired(world).await;
     let id = app.create("Trialist", "saas").await;
     assert_eq!(
@@ -146,8 +101,8 @@ async fn a_trial_cancelled_for_a_missing_card_waits_for_one_then_is_replaced() {
         Lifecycle::Active,
         "waiting for a card, not taken down"
     );
-    let session = checkout(&app, &id).await;
-    assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
+    let session = app.checkout(&id).await;
+    assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
     eventually("a replacement subscription", WAIT, || async {
         let b = world.record(&id).await;
         b.generation == 1 && b.subscription_status.as_deref() == Some("active")
@@ -160,20 +115,14 @@ async fn a_trialing_subscription_just_continues_with_the_new_default_card() {
     let dir = tempfile::tempdir().unwrap();
     let catalog = dir.path().join("catalog.toml");
     std::fs::write(&catalog, "default_type = \"saas\"\n[prices.saas]\nlookup_key = \"trial_keep\"\namount_cents = 900\ntrial_days = 14\n").unwrap();
-    let world = World::with(
-        stripe_sim::SimConfig {
-            rate_limit_per_second: 0,
-            ..Default::default()
-        },
-        &[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())],
-    )
-    .await;
+    let world = World::with_env(&[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())]).await;
     let (world, app) = wired(world).await;
     let id = app.create("Trial with card", "saas").await;
-    let session = checkout(&app, &id).await;
-    assert_eq!(complete(&world, &session, "pm_card_visa").await, 200);
+    let session = app.checkout(&id).await;
+    assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
     eventually("the checkout to be applied", WAIT, || async {
-        history(&world, &id)
+        world
+            .history(&id)
             .await
             .contains(&"checkout_completed".to_owned())
     })
@@ -191,18 +140,23 @@ async fn a_declined_card_changes_nothing_but_is_recorded() {
     let (world, app) = wired(World::new().await).await;
     let id = app.create("Declined", "saas").await;
     // Refused by Checkout itself: the session stays open and no event is sent.
-    let session = checkout(&app, &id).await;
+    let session = app.checkout(&id).await;
     assert_eq!(
-        complete(&world, &session, "pm_card_visa_chargeDeclined").await,
+        world
+            .complete_checkout(&session, "pm_card_visa_chargeDeclined")
+            .await,
         402
     );
     // Accepted by Checkout, then refused when the first invoice is charged.
     assert_eq!(
-        complete(&world, &session, "pm_card_chargeCustomerFail").await,
+        world
+            .complete_checkout(&session, "pm_card_chargeCustomerFail")
+            .await,
         200
     );
     eventually("the decline to be recorded", WAIT, || async {
-        history(&world, &id)
+        world
+            .history(&id)
             .await
             .contains(&"payment_declined".to_owned())
     })
@@ -218,7 +172,7 @@ async fn a_declined_card_changes_nothing_but_is_recorded() {
 async fn an_expired_checkout_session_changes_nothing_but_is_recorded() {
     let (world, app) = wired(World::new().await).await;
     let id = app.create("Abandoned", "saas").await;
-    let session = checkout(&app, &id).await;
+    let session = app.checkout(&id).await;
     assert_eq!(
         world
             .sim_call(
@@ -231,7 +185,8 @@ async fn an_expired_checkout_session_changes_nothing_but_is_recorded() {
         200
     );
     eventually("the expiry to be recorded", WAIT, || async {
-        history(&world, &id)
+        world
+            .history(&id)
             .await
             .contains(&"checkout_expired".to_owned())
     })

@@ -14,6 +14,16 @@ fn new(name: &str, kind: &str) -> NewBusiness {
     }
 }
 
+/// Creates a business (with an owner's email) through the service.
+async fn create(world: &World, name: &str, kind: &str) -> Business {
+    world
+        .service
+        .create_business(new(name, kind), None)
+        .await
+        .unwrap()
+        .0
+}
+
 /// Every provisioned business has exactly one live customer and one subscription in Stripe, matching its
 /// record, and no live customer in Stripe belongs to no business.
 fn assert_one_each(world: &World, businesses: &[Business]) {
@@ -107,11 +117,7 @@ async fn creating_a_business_stores_stripes_real_status_with_exactly_two_stripe_
 async fn a_long_name_is_truncated_to_100_characters_not_bytes() {
     let world = World::new().await;
     let name = "é".repeat(150);
-    let (b, _) = world
-        .service
-        .create_business(new(&name, "content"), None)
-        .await
-        .unwrap();
+    let b = create(&world, &name, "content").await;
     let customer = &world.customers_of(&b.business_id)[0];
     assert_eq!(customer["name"].as_str().unwrap().chars().count(), 100);
     assert_eq!(b.name, name, "the record keeps the full name");
@@ -120,11 +126,7 @@ async fn a_long_name_is_truncated_to_100_characters_not_bytes() {
 #[tokio::test]
 async fn an_unknown_business_type_falls_back_to_the_default_price() {
     let world = World::new().await;
-    let (b, _) = world
-        .service
-        .create_business(new("Newsletter", "newsletter"), None)
-        .await
-        .unwrap();
+    let b = create(&world, "Newsletter", "newsletter").await;
     assert_eq!(
         b.price_lookup_key.as_deref(),
         Some("genesis_default_monthly")
@@ -141,19 +143,8 @@ async fn a_trial_in_the_catalog_starts_the_subscription_trialing() {
         "default_type = \"saas\"\n[prices.saas]\nlookup_key = \"trial_saas\"\namount_cents = 5000\ntrial_days = 14\nmissing_payment_method = \"pause\"\n",
     )
     .unwrap();
-    let world = World::with(
-        stripe_sim::SimConfig {
-            rate_limit_per_second: 0,
-            ..Default::default()
-        },
-        &[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())],
-    )
-    .await;
-    let (b, _) = world
-        .service
-        .create_business(new("Trial Co", "saas"), None)
-        .await
-        .unwrap();
+    let world = World::with_env(&[("GENESIS_BILLING_CATALOG", catalog.to_str().unwrap())]).await;
+    let b = create(&world, "Trial Co", "saas").await;
     assert_eq!(b.subscription_status.as_deref(), Some("trialing"));
     assert_eq!(b.monthly_price_cents, Some(5000));
     let sub = &world.subscriptions_of(&b.business_id)[0];
@@ -165,19 +156,8 @@ async fn a_trial_in_the_catalog_starts_the_subscription_trialing() {
 
 #[tokio::test]
 async fn the_kill_switch_records_businesses_as_skipped_and_calls_nothing() {
-    let world = World::with(
-        stripe_sim::SimConfig {
-            rate_limit_per_second: 0,
-            ..Default::default()
-        },
-        &[("ENABLE_PAYMENTS", "false")],
-    )
-    .await;
-    let (b, _) = world
-        .service
-        .create_business(new("Quiet", "api"), None)
-        .await
-        .unwrap();
+    let world = World::with_env(&[("ENABLE_PAYMENTS", "false")]).await;
+    let b = create(&world, "Quiet", "api").await;
     assert_eq!(b.billing, Billing::Skipped);
     assert_eq!(world.stripe_requests(), 0);
     assert!(world.objects("customer").is_empty());
@@ -185,20 +165,9 @@ async fn the_kill_switch_records_businesses_as_skipped_and_calls_nothing() {
 
 #[tokio::test]
 async fn a_zero_percent_rollout_skips_billing() {
-    let world = World::with(
-        stripe_sim::SimConfig {
-            rate_limit_per_second: 0,
-            ..Default::default()
-        },
-        &[("BILLING_ROLLOUT_PERCENT", "0")],
-    )
-    .await;
+    let world = World::with_env(&[("BILLING_ROLLOUT_PERCENT", "0")]).await;
     let before = world.stripe_requests();
-    let (b, _) = world
-        .service
-        .create_business(new("Outside", "tool"), None)
-        .await
-        .unwrap();
+    let b = create(&world, "Outside", "tool").await;
     assert_eq!(b.billing, Billing::Skipped);
     assert_eq!(
         b.billing_error.as_deref(),
@@ -238,11 +207,7 @@ async fn a_failed_customer_step_is_recorded_counted_and_resumed() {
         1.0,
         Some("POST /v1/customers"),
     )]);
-    let (b, _) = world
-        .service
-        .create_business(new("Unlucky", "saas"), None)
-        .await
-        .unwrap();
+    let b = create(&world, "Unlucky", "saas").await;
     assert_eq!(b.billing, Billing::Failed);
     assert_eq!(b.failed_step.as_deref(), Some("customer"));
     assert!(
@@ -264,13 +229,7 @@ async fn a_failed_customer_step_is_recorded_counted_and_resumed() {
     world.sim.set_faults(vec![]);
     let report = world.service.resume().await.unwrap();
     assert_eq!(report.provisioned, vec![b.business_id.clone()]);
-    let after = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let after = world.record(&b.business_id).await;
     assert_eq!(after.billing, Billing::Provisioned);
     assert_one_each(&world, &[after]);
 }
@@ -284,23 +243,13 @@ async fn a_500_replayed_under_the_idempotency_key_falls_back_to_finding_the_cust
         1.0,
         Some("POST /v1/customers"),
     )]);
-    let (b, _) = world
-        .service
-        .create_business(new("Replayed", "saas"), None)
-        .await
-        .unwrap();
+    let b = create(&world, "Replayed", "saas").await;
     world.sim.set_faults(vec![]);
     let b = if b.billing == Billing::Provisioned {
         b
     } else {
         world.service.resume().await.unwrap();
-        world
-            .service
-            .store()
-            .get_business(&b.business_id)
-            .await
-            .unwrap()
-            .unwrap()
+        world.record(&b.business_id).await
     };
     assert_eq!(b.billing, Billing::Provisioned);
     assert_one_each(&world, &[b]);
@@ -378,11 +327,7 @@ async fn the_same_business_provisioned_from_two_tasks_and_two_services_gets_one_
     let second = world.second_service().await;
     for round in 0..5 {
         // A record left pending, as a crash right after recording it would leave it.
-        let (b, _) = world
-            .service
-            .create_business(new(&format!("Twin {round}"), "saas"), None)
-            .await
-            .unwrap();
+        let b = create(&world, &format!("Twin {round}"), "saas").await;
         let pending = Business {
             business_id: uuid_like(round),
             billing: Billing::Pending,
@@ -428,12 +373,7 @@ async fn service_without_prices() -> (
     tempfile::TempDir,
     genesis_billing::billing::BillingService,
 ) {
-    let sim = stripe_sim::start(stripe_sim::SimConfig {
-        rate_limit_per_second: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = common::start_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let settings = common::settings_for(&sim.base_url(), &common::db_url(&dir), &[]);
     let metrics = std::sync::Arc::new(genesis_billing::metrics::Metrics::new());

@@ -289,19 +289,8 @@ async fn assert_records_match_the_simulator(store: &Store, sim: &stripe_sim::Sim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_apply_each_webhook_once_and_finish_the_work_of_a_killed_one() {
-    let sim = stripe_sim::start(stripe_sim::SimConfig {
-        rate_limit_per_second: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    sim.set_faults(vec![stripe_sim::FaultRule {
-        kind: stripe_sim::FaultKind::Latency,
-        probability: 1.0,
-        operation: Some("POST /v1/".into()),
-        latency_ms: 40,
-        jitter_ms: 40,
-    }]);
+    let sim = common::start_sim().await;
+    sim.set_faults(vec![common::latency("POST /v1/", 40, 40)]);
     let db = TestDatabase::create("gb_replicas").await;
     let env = fleet_env(&sim, &db, &[]);
     sync_prices(&env);

@@ -15,12 +15,7 @@ const ADMIN: &str = "admin-SERVETOKENasdfDONOTLEAK";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_keeps_every_secret_out_of_responses_logs_and_metrics_and_stops_on_sigterm() {
-    let sim = stripe_sim::start(stripe_sim::SimConfig {
-        rate_limit_per_second: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = common::start_sim().await;
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("serve.db").display());
     let env = [
@@ -34,16 +29,9 @@ async fn serve_keeps_every_secret_out_of_responses_logs_and_metrics_and_stops_on
         ("GENESIS_ADMIN_TOKEN", ADMIN.to_owned()),
         ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
     ];
-    let bin = env!("CARGO_BIN_EXE_genesis-billing");
-    let sync = Command::new(bin)
-        .args(["prices", "sync"])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .unwrap();
-    assert!(sync.status.success());
-    let mut child = Command::new(bin)
+    common::run_ok(&env, &["prices", "sync"]);
+    let mut child = common::bin(&env)
         .args(["-vvv", "serve", "--listen", "127.0.0.1:0"])
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -170,9 +158,8 @@ impl Serve {
     /// Starts `serve` with `env` (and nothing inherited that names a setting) and waits for its address.
     fn start(env: &[(&str, String)]) -> Self {
         let ops = env.iter().any(|(k, _)| *k == "GENESIS_BILLING_OPS_LISTEN");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
+        let mut child = common::bin(env)
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -287,12 +274,7 @@ fn sim_env(sim: &stripe_sim::SimHandle, database_url: String) -> Vec<(&'static s
 }
 
 async fn sim() -> stripe_sim::SimHandle {
-    stripe_sim::start(stripe_sim::SimConfig {
-        rate_limit_per_second: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap()
+    common::start_sim().await
 }
 
 fn sqlite_url(dir: &tempfile::TempDir) -> String {

@@ -3,25 +3,9 @@
 use crate::common;
 
 use common::{fault, World};
-use genesis_billing::business::{Business, NewBusiness};
+use genesis_billing::business::Business;
 use reqwest::Method;
 use stripe_sim::FaultKind;
-
-async fn provisioned(world: &World, name: &str) -> Business {
-    world
-        .service
-        .create_business(
-            NewBusiness {
-                name: name.into(),
-                business_type: "saas".into(),
-                email: None,
-            },
-            None,
-        )
-        .await
-        .unwrap()
-        .0
-}
 
 fn sub_status(world: &World, b: &Business) -> String {
     world.subscriptions_of(&b.business_id)[0]["status"]
@@ -41,7 +25,7 @@ fn customer_deleted(world: &World, b: &Business) -> bool {
 #[tokio::test]
 async fn takedown_cancels_immediately_deletes_the_customer_and_is_idempotent() {
     let world = World::new().await;
-    let b = provisioned(&world, "Doomed").await;
+    let b = world.saas("Doomed").await;
     let s = world
         .service
         .takedown(&b.business_id, Some("test"))
@@ -60,13 +44,7 @@ async fn takedown_cancels_immediately_deletes_the_customer_and_is_idempotent() {
     );
     assert_ne!(sub["cancel_at_period_end"], true);
     assert!(customer_deleted(&world, &b));
-    let record = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = world.record(&b.business_id).await;
     assert_eq!(record.subscription_status.as_deref(), Some("canceled"));
     assert_eq!(record.takedown_outcome.as_deref(), Some("cancelled"));
 
@@ -102,12 +80,11 @@ async fn an_unknown_business_is_not_found_and_nothing_is_called() {
 #[tokio::test]
 async fn a_subscription_already_cancelled_in_stripe_counts_as_cancelled() {
     let world = World::new().await;
-    let b = provisioned(&world, "Gone already").await;
+    let b = world.saas("Gone already").await;
     let sub = b.stripe_subscription_id.clone().unwrap();
-    let (status, _) = world
-        .sim_call(Method::DELETE, &format!("/v1/subscriptions/{sub}"), &[])
+    world
+        .delete_in_stripe(&format!("/v1/subscriptions/{sub}"))
         .await;
-    assert_eq!(status, 200);
     let s = world.service.takedown(&b.business_id, None).await.unwrap();
     assert_eq!(
         (s.status.as_str(), s.stripe.as_str()),
@@ -119,7 +96,7 @@ async fn a_subscription_already_cancelled_in_stripe_counts_as_cancelled() {
 #[tokio::test]
 async fn a_stripe_failure_is_reported_recorded_and_finished_by_resume() {
     let world = World::new().await;
-    let b = provisioned(&world, "Stuck").await;
+    let b = world.saas("Stuck").await;
     world.sim.set_faults(vec![fault(
         FaultKind::Http500,
         1.0,
@@ -129,13 +106,7 @@ async fn a_stripe_failure_is_reported_recorded_and_finished_by_resume() {
     assert_eq!(s.status, "partial");
     assert!(s.stripe.starts_with("error:"), "{}", s.stripe);
     assert_eq!(sub_status(&world, &b), "incomplete", "still live in Stripe");
-    let record = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = world.record(&b.business_id).await;
     assert_eq!(
         record.status,
         genesis_billing::business::Lifecycle::TakenDown,
@@ -153,7 +124,7 @@ async fn a_stripe_failure_is_reported_recorded_and_finished_by_resume() {
 #[tokio::test]
 async fn a_customer_delete_failure_after_a_cancel_is_reported_not_hidden() {
     let world = World::new().await;
-    let b = provisioned(&world, "Sticky customer").await;
+    let b = world.saas("Sticky customer").await;
     world.sim.set_faults(vec![fault(
         FaultKind::Http500,
         1.0,
@@ -209,7 +180,7 @@ async fn an_imported_legacy_payment_intent_is_cancelled_as_cancelled_legacy() {
 #[tokio::test]
 async fn with_payments_disabled_takedown_is_skipped_and_finished_once_payments_return() {
     let world = World::new().await;
-    let b = provisioned(&world, "Kill switch").await;
+    let b = world.saas("Kill switch").await;
     let off = world
         .second_service_with(&[("ENABLE_PAYMENTS", "false")])
         .await;

@@ -5,7 +5,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::{eventually, App, World, ADMIN_TOKEN};
-use genesis_billing::business::{Billing, Business, Lifecycle, NewBusiness};
+use genesis_billing::business::{Billing, Business, Lifecycle};
 use genesis_billing::store::now;
 use genesis_billing::webhook::signature::sign;
 use reqwest::Method;
@@ -31,27 +31,10 @@ async fn post(app: &App, signature: Option<String>, body: Vec<u8>) -> (u16, Valu
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// A business of type `saas`, provisioned in the simulator.
-async fn saas_business(world: &World, name: &str) -> Business {
-    let (b, _) = world
-        .service
-        .create_business(
-            NewBusiness {
-                name: name.into(),
-                business_type: "saas".into(),
-                email: None,
-            },
-            None,
-        )
-        .await
-        .unwrap();
-    b
-}
-
 #[tokio::test]
 async fn hostile_webhooks_get_a_4xx_change_nothing_and_are_counted_by_reason() {
     let world = World::new().await;
-    let b = saas_business(&world, "Target").await;
+    let b = world.saas("Target").await;
     let app = App::start(&world, &[ADMIN_TOKEN], &[SECRET.to_owned()], None).await;
     let cancel = event(
         "evt_hostile",
@@ -174,23 +157,8 @@ async fn hostile_webhooks_get_a_4xx_change_nothing_and_are_counted_by_reason() {
         assert_eq!(v["error"]["code"], reason);
         assert_eq!(counted(), before + 1.0, "{reason} counted once");
     }
-    assert!(
-        world
-            .service
-            .store()
-            .list_events(None, 10)
-            .await
-            .unwrap()
-            .is_empty(),
-        "nothing stored"
-    );
-    let record = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    assert_nothing_stored(&world).await;
+    let record = world.record(&b.business_id).await;
     assert_eq!(record.status, Lifecycle::Active, "nothing changed");
 
     // Without any secret configured, even a correctly signed event is refused.
@@ -200,23 +168,13 @@ async fn hostile_webhooks_get_a_4xx_change_nothing_and_are_counted_by_reason() {
         (status, v["error"]["code"].as_str()),
         (403, Some("no_secret"))
     );
-    assert_eq!(
-        world
-            .service
-            .store()
-            .get_business(&b.business_id)
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
-        Lifecycle::Active
-    );
+    assert_eq!(world.record(&b.business_id).await.status, Lifecycle::Active);
 }
 
 #[tokio::test]
 async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() {
     let world = World::new().await;
-    let b = saas_business(&world, "Dup").await;
+    let b = world.saas("Dup").await;
     let app = App::start(
         &world,
         &[ADMIN_TOKEN],
@@ -253,13 +211,7 @@ async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() 
         .unwrap()
         .unwrap();
     assert_eq!((stored.status.as_str(), stored.attempts), ("applied", 1));
-    let record = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = world.record(&b.business_id).await;
     assert_eq!(record.subscription_status.as_deref(), Some("past_due"));
     assert_eq!(
         world.metrics.value(
@@ -284,13 +236,7 @@ async fn a_signed_event_is_stored_applied_once_and_its_duplicate_acknowledged() 
     let (s3, _) = post(&app, Some(sign(SECRET, now(), &late)), late).await;
     assert_eq!(s3, 200);
     wait_event(&world, "evt_late", "ignored").await;
-    let record = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let record = world.record(&b.business_id).await;
     assert_eq!(record.subscription_status.as_deref(), Some("past_due"));
 
     // Unknown types and unknown businesses are acknowledged and ignored.
@@ -339,23 +285,7 @@ async fn wired() -> (World, App) {
 }
 
 async fn complete_checkout(world: &World, app: &App, id: &str, pm: &str) -> u16 {
-    let link: Value = app
-        .admin(Method::POST, &format!("/v1/businesses/{id}/checkout"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session = link["checkout_session"].as_str().unwrap();
-    world
-        .sim_call(
-            Method::POST,
-            &format!("/_sim/checkout/sessions/{session}/complete"),
-            &[("payment_method", pm)],
-        )
-        .await
-        .0
+    world.complete_checkout(&app.checkout(id).await, pm).await
 }
 
 #[tokio::test]
@@ -368,23 +298,14 @@ async fn webhooks_from_the_simulator_activate_take_down_and_mark_past_due() {
         complete_checkout(&world, &app, &paid, "pm_card_visa").await,
         200
     );
-    eventually(
-        "the subscription to turn active",
-        Duration::from_secs(10),
-        || async { world.record(&paid).await.subscription_status.as_deref() == Some("active") },
-    )
-    .await;
+    world.wait_subscription_status(&paid, "active").await;
 
     // A subscription cancelled in Stripe takes the business down.
     let doomed = app.create("Cancelled in Stripe", "saas").await;
     let sub = world.record(&doomed).await.stripe_subscription_id.unwrap();
-    assert_eq!(
-        world
-            .sim_call(Method::DELETE, &format!("/v1/subscriptions/{sub}"), &[])
-            .await
-            .0,
-        200
-    );
+    world
+        .delete_in_stripe(&format!("/v1/subscriptions/{sub}"))
+        .await;
     eventually(
         "the business to be taken down",
         Duration::from_secs(10),
@@ -406,13 +327,10 @@ async fn webhooks_from_the_simulator_activate_take_down_and_mark_past_due() {
         Duration::from_secs(10),
         || async {
             world
-                .service
-                .store()
-                .events_of(&paid)
+                .history(&paid)
                 .await
-                .unwrap()
                 .iter()
-                .filter(|(k, _, _)| k == "checkout_completed")
+                .filter(|k| *k == "checkout_completed")
                 .count()
                 == 2
         },
@@ -421,24 +339,16 @@ async fn webhooks_from_the_simulator_activate_take_down_and_mark_past_due() {
     world
         .sim_control("/_sim/clock/advance", json!({"seconds": 32 * 86_400}))
         .await;
-    eventually(
-        "the renewal failure to mark it past_due",
-        Duration::from_secs(10),
-        || async { world.record(&paid).await.subscription_status.as_deref() == Some("past_due") },
-    )
-    .await;
+    world.wait_subscription_status(&paid, "past_due").await;
     eventually(
         "the failed payment to be recorded",
         Duration::from_secs(10),
         || async {
             world
-                .service
-                .store()
-                .events_of(&paid)
+                .history(&paid)
                 .await
-                .unwrap()
                 .iter()
-                .any(|(k, _, _)| k == "invoice_payment_failed")
+                .any(|k| k == "invoice_payment_failed")
         },
     )
     .await;
@@ -521,6 +431,20 @@ async fn duplicated_and_reordered_deliveries_are_applied_once_and_records_equal_
 }
 
 /// Waits until a stored event reaches `status` (events are applied right after they are acknowledged).
+/// The inbox holds no event at all.
+async fn assert_nothing_stored(world: &World) {
+    assert!(
+        world
+            .service
+            .store()
+            .list_events(None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing stored"
+    );
+}
+
 async fn wait_event(world: &World, id: &str, status: &str) {
     eventually(
         &format!("{id} to be {status}"),
@@ -548,22 +472,7 @@ async fn a_failed_apply_is_visible_listed_as_failed_and_replayed_by_the_cli() {
         1.0,
         Some("GET /v1/setup_intents"),
     )]);
-    let link: Value = app
-        .admin(Method::POST, &format!("/v1/businesses/{id}/checkout"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let session = link["checkout_session"].as_str().unwrap();
-    let (status, _) = world
-        .sim_call(
-            Method::POST,
-            &format!("/_sim/checkout/sessions/{session}/complete"),
-            &[("payment_method", "pm_card_visa")],
-        )
-        .await;
+    let status = complete_checkout(&world, &app, &id, "pm_card_visa").await;
     assert_eq!(status, 200);
     let failed = {
         let mut found = None;
@@ -595,19 +504,8 @@ async fn a_failed_apply_is_visible_listed_as_failed_and_replayed_by_the_cli() {
         failed.last_error
     );
 
-    let env = [
-        ("STRIPE_API_KEY", common::KEY.to_owned()),
-        ("STRIPE_API_BASE", world.sim.base_url()),
-        ("DATABASE_URL", common::db_url(&world.dir)),
-        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
-    ];
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .output()
-            .unwrap()
-    };
+    let env = world.cli_env();
+    let run = |args: &[&str]| common::output(&env, args);
     let listed = tokio::task::block_in_place(|| run(&["--json", "webhooks", "list", "--failed"]));
     let events: Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(events[0]["event_id"], failed.event_id.as_str());
@@ -634,7 +532,7 @@ async fn a_failed_apply_is_visible_listed_as_failed_and_replayed_by_the_cli() {
 #[tokio::test]
 async fn events_left_pending_by_a_crash_are_applied_once_each_when_the_service_starts() {
     let world = World::new().await;
-    let b = saas_business(&world, "Interrupted").await;
+    let b = world.saas("Interrupted").await;
     // Stored, unleased and pending: what a service killed before applying them leaves behind.
     let sub = world.subscriptions_of(&b.business_id)[0].clone();
     let statuses = ["past_due", "active", "past_due"];
@@ -689,13 +587,7 @@ fn nested(levels: usize, value: Value) -> Value {
 }
 
 async fn assert_untouched(world: &World, before: &Business) {
-    let now = world
-        .service
-        .store()
-        .get_business(&before.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let now = world.record(&before.business_id).await;
     assert_eq!(
         (
             now.status,
@@ -718,14 +610,8 @@ async fn assert_untouched(world: &World, before: &Business) {
 #[tokio::test]
 async fn deep_nesting_and_ids_or_types_outside_stripes_character_set_are_refused_before_storing() {
     let world = World::new().await;
-    let b = saas_business(&world, "Charset").await;
-    let before = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let b = world.saas("Charset").await;
+    let before = world.record(&b.business_id).await;
     let app = App::start(&world, &[ADMIN_TOKEN], &[SECRET.to_owned()], None).await;
     let envelope = |id: &str, kind: &str, object: Value| json!({"id": id, "object": "event", "type": kind, "created": now(), "livemode": false, "data": {"object": object}});
     let cancel = "customer.subscription.deleted";
@@ -814,16 +700,7 @@ async fn deep_nesting_and_ids_or_types_outside_stripes_character_set_are_refused
         );
         assert_eq!(rejected(), counted + 1.0, "{what} counted once");
     }
-    assert!(
-        world
-            .service
-            .store()
-            .list_events(None, 10)
-            .await
-            .unwrap()
-            .is_empty(),
-        "nothing stored"
-    );
+    assert_nothing_stored(&world).await;
     assert_untouched(&world, &before).await;
 
     // At the limit exactly (3 + 61 levels), an event is stored (an unhandled type, settled as ignored).
@@ -841,14 +718,8 @@ async fn deep_nesting_and_ids_or_types_outside_stripes_character_set_are_refused
 async fn events_of_the_other_mode_or_of_a_connected_account_are_stored_ignored_and_change_nothing()
 {
     let world = World::new().await;
-    let b = saas_business(&world, "Not ours").await;
-    let before = world
-        .service
-        .store()
-        .get_business(&b.business_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let b = world.saas("Not ours").await;
+    let before = world.record(&b.business_id).await;
     let app = App::start(&world, &[ADMIN_TOKEN], &[SECRET.to_owned()], None).await;
     let envelope = |id: &str, livemode: bool, account: Option<&str>| {
         let mut e = json!({"id": id, "object": "event", "type": "customer.subscription.deleted", "created": now(), "livemode": livemode, "data": {"object": cancellation(&b)}});
@@ -986,20 +857,7 @@ async fn assert_rolled_back_not_taken_down(world: &World, ids: &[String]) {
 }
 
 fn cli(world: &World, args: &[&str]) -> std::process::Output {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_genesis-billing"))
-        .args(args)
-        .env("STRIPE_API_KEY", common::KEY)
-        .env("STRIPE_API_BASE", world.sim.base_url())
-        .env("DATABASE_URL", common::db_url(&world.dir))
-        .env("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    common::run_ok(&world.cli_env(), args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1050,11 +908,11 @@ async fn cancel_all_with_webhooks_flowing_stops_billing_but_never_takes_a_busine
     for sub in &subs {
         assert_eq!(deleted_events(&world, sub).len(), 1, "{sub} cancelled once");
     }
-    let history = world.service.store().events_of(&ids[0]).await.unwrap();
+    let history = world.history(&ids[0]).await;
     assert_eq!(
         history
             .iter()
-            .filter(|(kind, _, _)| kind == "rollback_cancel")
+            .filter(|kind| *kind == "rollback_cancel")
             .count(),
         1,
         "one history line for the roll-back, whoever recorded it"

@@ -89,16 +89,7 @@ pub fn create(state: &mut State, params: &Node) -> ApiResult<Value> {
         _ => return Err(ApiError::invalid_enum("mode", MODES)),
     };
     let ui_mode = p.nonempty("ui_mode").unwrap_or("hosted_page");
-    let customer = p.nonempty("customer").map(str::to_owned);
-    if let Some(c) = &customer {
-        let cv = fetch(state, "customer", c, "customer")?;
-        if cv["deleted"] == true {
-            return Err(ApiError::no_such("customer", c, "customer"));
-        }
-    }
-    let now = customer
-        .as_deref()
-        .map_or_else(|| state.global_now(), |c| state.now_for_customer(c));
+    let (customer, now) = super::customer::optional_customer(state, &p)?;
     let now = now.max(state.global_now());
     let mut items = Vec::new();
     let mut total = 0;

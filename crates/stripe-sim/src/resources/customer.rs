@@ -142,10 +142,24 @@ pub fn retrieve(state: &mut State, params: &Node, id: &str) -> ApiResult<Value> 
     respond(state, fetch(state, "customer", id, "id")?, params)
 }
 
-fn live_customer<'a>(state: &'a State, id: &str) -> ApiResult<&'a Value> {
-    let c = fetch(state, "customer", id, "id")?;
+/// The request's optional `customer` (which must be live) and the time on its clock (the global clock
+/// without one).
+pub(crate) fn optional_customer(state: &State, p: &Params) -> ApiResult<(Option<String>, i64)> {
+    let customer = p.nonempty("customer").map(str::to_owned);
+    if let Some(c) = &customer {
+        live_customer(state, c, "customer")?;
+    }
+    let now = customer
+        .as_deref()
+        .map_or_else(|| state.global_now(), |c| state.now_for_customer(c));
+    Ok((customer, now))
+}
+
+/// The customer `id` (named by the request's `param`), which must exist and not be deleted.
+pub(crate) fn live_customer<'a>(state: &'a State, id: &str, param: &str) -> ApiResult<&'a Value> {
+    let c = fetch(state, "customer", id, param)?;
     if c["deleted"] == true {
-        return Err(ApiError::no_such("customer", id, "id"));
+        return Err(ApiError::no_such("customer", id, param));
     }
     Ok(c)
 }
@@ -154,7 +168,7 @@ fn live_customer<'a>(state: &'a State, id: &str) -> ApiResult<&'a Value> {
 pub fn update(state: &mut State, params: &Node, id: &str) -> ApiResult<Value> {
     validate(params, &[COMMON, UPDATE_ONLY])?;
     let p = Params::root(params);
-    let old = live_customer(state, id)?.clone();
+    let old = live_customer(state, id, "id")?.clone();
     let now = state.now_for_customer(id);
     if let Some(r) = p.nonempty("payment_method") {
         payment_method::preflight_attach(state, r, "payment_method")?;
@@ -218,7 +232,7 @@ pub fn update(state: &mut State, params: &Node, id: &str) -> ApiResult<Value> {
 /// `DELETE /v1/customers/{id}`: cancels the customer's subscriptions immediately, then deletes it.
 pub fn delete(state: &mut State, params: &Node, id: &str) -> ApiResult<Value> {
     validate(params, &[])?;
-    live_customer(state, id)?;
+    live_customer(state, id, "id")?;
     let now = state.now_for_customer(id);
     let subs: Vec<String> = state
         .store

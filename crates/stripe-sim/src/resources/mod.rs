@@ -243,31 +243,21 @@ pub fn list(
             .ok_or_else(|| ApiError::no_such(noun(kind), id, param))
     };
     // Newest first by `created`, ties newest inserted first; cursors are positions in that order.
-    let mut data: Vec<Value>;
-    let has_more;
-    if let Some(b) = before {
-        let key = cursor(b, "ending_before")?;
-        data = index
-            .range((Excluded(key), Unbounded))
-            .filter_map(|(_, id)| keep(id))
-            .take(limit + 1)
-            .cloned()
-            .collect();
-        has_more = data.len() > limit;
-        data.truncate(limit);
+    // ending_before walks towards newer objects, then shows them in the same newest-first order.
+    let ordered: Box<dyn Iterator<Item = (&OrderKey, &String)>> = match (before, after) {
+        (Some(b), _) => Box::new(index.range((Excluded(cursor(b, "ending_before")?), Unbounded))),
+        (None, Some(a)) => Box::new(index.range(..cursor(a, "starting_after")?).rev()),
+        (None, None) => Box::new(index.iter().rev()),
+    };
+    let mut data: Vec<Value> = ordered
+        .filter_map(|(_, id)| keep(id))
+        .take(limit + 1)
+        .cloned()
+        .collect();
+    let has_more = data.len() > limit;
+    data.truncate(limit);
+    if before.is_some() {
         data.reverse();
-    } else {
-        let older: Box<dyn Iterator<Item = (&OrderKey, &String)>> = match after {
-            Some(a) => Box::new(index.range(..cursor(a, "starting_after")?).rev()),
-            None => Box::new(index.iter().rev()),
-        };
-        data = older
-            .filter_map(|(_, id)| keep(id))
-            .take(limit + 1)
-            .cloned()
-            .collect();
-        has_more = data.len() > limit;
-        data.truncate(limit);
     }
     let mut out = json!({ "object": "list", "data": data, "has_more": has_more, "url": url });
     expand_all(state, &mut out, params)?;

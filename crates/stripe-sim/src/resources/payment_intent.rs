@@ -259,16 +259,7 @@ pub fn create(state: &mut State, params: &Node) -> ApiResult<Value> {
         ));
     }
     let currency = p.req("currency")?.to_lowercase();
-    let customer = p.nonempty("customer").map(str::to_owned);
-    if let Some(c) = &customer {
-        let cv = fetch(state, "customer", c, "customer")?;
-        if cv["deleted"] == true {
-            return Err(ApiError::no_such("customer", c, "customer"));
-        }
-    }
-    let now = customer
-        .as_deref()
-        .map_or_else(|| state.global_now(), |c| state.now_for_customer(c));
+    let (customer, now) = super::customer::optional_customer(state, &p)?;
     let pm = match p.nonempty("payment_method") {
         Some(r) => Some(payment_method::resolve(state, r, "payment_method", now)?),
         None => None,

@@ -444,10 +444,7 @@ pub fn list_for_customer(state: &mut State, params: &Node, customer: &str) -> Ap
 pub fn attach_route(state: &mut State, params: &Node, id: &str) -> ApiResult<Value> {
     validate(params, &[&[("customer", Spec::Str)]])?;
     let customer = Params::root(params).req("customer")?.to_owned();
-    let c = fetch(state, "customer", &customer, "customer")?;
-    if c["deleted"] == true {
-        return Err(ApiError::no_such("customer", &customer, "customer"));
-    }
+    super::customer::live_customer(state, &customer, "customer")?;
     let now = state.now_for_customer(&customer);
     preflight_attach(state, id, "payment_method")?;
     let pm = resolve(state, id, "id", now)?;

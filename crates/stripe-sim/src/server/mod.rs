@@ -178,6 +178,17 @@ fn respond(
     r
 }
 
+/// Stripe's 429 for a request over the rate limit.
+fn rate_limited() -> ApiError {
+    ApiError::new(
+        429,
+        "invalid_request_error",
+        Some("rate_limit"),
+        "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
+        None,
+    )
+}
+
 fn error_response(e: &ApiError, request_id: &str, version: &str) -> Response<Full<Bytes>> {
     let mut extra = Vec::new();
     if let Some(r) = e.should_retry {
@@ -372,13 +383,7 @@ async fn api(
 ) -> Outcome {
     let reply = |e: ApiError| Outcome::Reply(error_response(&e, request_id, version));
     if !lock(&app.bucket).try_take() {
-        return reply(ApiError::new(
-            429,
-            "invalid_request_error",
-            Some("rate_limit"),
-            "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
-            None,
-        ));
+        return reply(rate_limited());
     }
     let decision = lock(&app.faults).decide(method, path);
     match decision.fault {
@@ -389,19 +394,17 @@ async fn api(
                 FaultKind::Http502 => 502,
                 _ => 503,
             };
-            let mut e = ApiError::new(status, "api_error", None, "An unknown error occurred (injected by stripe-sim).", None);
+            let mut e = ApiError::new(
+                status,
+                "api_error",
+                None,
+                "An unknown error occurred (injected by stripe-sim).",
+                None,
+            );
             e.should_retry = Some(true);
             return reply(e);
         }
-        Some(FaultKind::Http429) => {
-            return reply(ApiError::new(
-                429,
-                "invalid_request_error",
-                Some("rate_limit"),
-                "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
-                None,
-            ))
-        }
+        Some(FaultKind::Http429) => return reply(rate_limited()),
         _ => {}
     }
     let mut params = match form::parse(query.as_bytes()) {
@@ -440,8 +443,11 @@ async fn api(
             let now = st.global_now();
             st.idempotency.begin(&s, &fingerprint, now)
         };
-        match begun {
-            Begin::Fresh => scoped = Some(s),
+        let refused = match begun {
+            Begin::Fresh => {
+                scoped = Some(s);
+                None
+            }
             Begin::Replay(r) => {
                 extra_headers.push(("idempotent-replayed", "true".into()));
                 if let Some(sr) = r.should_retry {
@@ -455,38 +461,29 @@ async fn api(
                     &extra_headers,
                 ));
             }
-            Begin::Mismatch => {
-                let e = ApiError::new(
+            Begin::Mismatch => Some(ApiError::new(
                     400,
                     "idempotency_error",
                     None,
                     format!("Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."),
                     None,
-                );
-                return Outcome::Reply(respond(
-                    400,
-                    e.to_json(request_id).to_string(),
-                    request_id,
-                    version,
-                    &extra_headers,
-                ));
-            }
-            Begin::InFlight => {
-                let e = ApiError::new(
+                )),
+            Begin::InFlight => Some(ApiError::new(
                     409,
                     "idempotency_error",
                     Some("idempotency_key_in_use"),
                     "There is currently another in-progress request using this Idempotent Key (that probably means you submitted twice, and the other request is still going through): this request will not be retried. Please try again later.",
                     None,
-                );
-                return Outcome::Reply(respond(
-                    409,
-                    e.to_json(request_id).to_string(),
-                    request_id,
-                    version,
-                    &extra_headers,
-                ));
-            }
+                )),
+        };
+        if let Some(e) = refused {
+            return Outcome::Reply(respond(
+                e.status,
+                e.to_json(request_id).to_string(),
+                request_id,
+                version,
+                &extra_headers,
+            ));
         }
     }
     if decision.latency_ms > 0 {

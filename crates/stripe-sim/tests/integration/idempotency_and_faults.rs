@@ -40,19 +40,17 @@ async fn raw_post(sim: &Sim, path: &str, body: &str, idem: &str) -> Vec<u8> {
 async fn a_replay_returns_the_first_response_with_the_replayed_header() {
     let sim = Sim::start().await;
     let a = sim
-        .send(
-            "POST",
+        .post_keyed(
             "/v1/customers",
             &[("name", "A"), ("metadata[k]", "v")],
-            Some("key-1"),
+            "key-1",
         )
         .await;
     let b = sim
-        .send(
-            "POST",
+        .post_keyed(
             "/v1/customers",
             &[("metadata[k]", "v"), ("name", "A")],
-            Some("key-1"),
+            "key-1",
         )
         .await;
     assert_eq!(a.status, 200);
@@ -103,20 +101,18 @@ async fn validation_failures_are_not_stored_but_card_errors_are() {
     );
     let cus = good.id();
     let declined = sim
-        .send(
-            "POST",
+        .post_keyed(
             "/v1/payment_methods/pm_card_visa_chargeDeclined/attach",
             &[("customer", &cus)],
-            Some("key-4"),
+            "key-4",
         )
         .await;
     assert_eq!(declined.status, 402);
     let again = sim
-        .send(
-            "POST",
+        .post_keyed(
             "/v1/payment_methods/pm_card_visa_chargeDeclined/attach",
             &[("customer", &cus)],
-            Some("key-4"),
+            "key-4",
         )
         .await;
     assert_eq!(again.status, 402);
@@ -223,11 +219,10 @@ async fn commit_then_500_commits_and_the_retry_replays_the_500() {
     sim.handle
         .set_faults(vec![rule(FaultKind::CommitThen500, "POST /v1/customers")]);
     let a = sim
-        .send(
-            "POST",
+        .post_keyed(
             "/v1/customers",
             &[("name", "A"), ("metadata[business_id]", "b-9")],
-            Some("key-9"),
+            "key-9",
         )
         .await;
     assert_eq!(a.status, 500);
@@ -238,11 +233,10 @@ async fn commit_then_500_commits_and_the_retry_replays_the_500() {
     );
     sim.handle.set_faults(vec![]);
     let b = sim
-        .send(
-            "POST",
+        .post_keyed(
             "/v1/customers",
             &[("name", "A"), ("metadata[business_id]", "b-9")],
-            Some("key-9"),
+            "key-9",
         )
         .await;
     assert_eq!(b.status, 500);
@@ -341,18 +335,13 @@ async fn a_client_that_hangs_up_mid_request_does_not_leave_its_key_in_flight() {
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
+    // The same request, sent again with the same key.
+    let retry = || sim.post_keyed("/v1/customers", &[("name", "Gone")], "key-hangup");
     common::eventually(
         "the request to be in flight",
         Duration::from_secs(5),
         || async {
-            let r = sim
-                .send(
-                    "POST",
-                    "/v1/customers",
-                    &[("name", "Gone")],
-                    Some("key-hangup"),
-                )
-                .await;
+            let r = retry().await;
             (r.status == 409).then_some(())
         },
     )
@@ -364,14 +353,7 @@ async fn a_client_that_hangs_up_mid_request_does_not_leave_its_key_in_flight() {
         "the key to leave in-flight",
         Duration::from_secs(5),
         || async {
-            let r = sim
-                .send(
-                    "POST",
-                    "/v1/customers",
-                    &[("name", "Gone")],
-                    Some("key-hangup"),
-                )
-                .await;
+            let r = retry().await;
             (r.status != 409).then_some(r)
         },
     )

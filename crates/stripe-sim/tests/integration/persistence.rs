@@ -19,6 +19,16 @@ fn temp_file(name: &str) -> PathBuf {
     p
 }
 
+/// Creates a subscription with the idempotency key `sub-key`.
+async fn subscribe_keyed(sim: &Sim, cus: &str, price: &str) -> common::Resp {
+    sim.post_keyed(
+        "/v1/subscriptions",
+        &[("customer", cus), ("items[0][price]", price)],
+        "sub-key",
+    )
+    .await
+}
+
 #[tokio::test]
 async fn objects_and_idempotency_keys_survive_a_restart() {
     let path = temp_file("lib");
@@ -30,14 +40,7 @@ async fn objects_and_idempotency_keys_survive_a_restart() {
     let sim = Sim::with(config.clone()).await;
     let price = sim.monthly_price(500).await;
     let cus = sim.customer_with_card("pm_card_visa").await;
-    let sub = sim
-        .send(
-            "POST",
-            "/v1/subscriptions",
-            &[("customer", &cus), ("items[0][price]", &price)],
-            Some("sub-key"),
-        )
-        .await;
+    let sub = subscribe_keyed(&sim, &cus, &price).await;
     assert_eq!(sub.body["status"], "active");
     sim.handle.shutdown().await;
     assert!(path.exists());
@@ -46,14 +49,7 @@ async fn objects_and_idempotency_keys_survive_a_restart() {
     let c = sim.get(&format!("/v1/customers/{cus}"), &[]).await;
     assert_eq!(c.status, 200);
     assert_eq!(sim.status_of(&sub.id()).await, "active");
-    let replay = sim
-        .send(
-            "POST",
-            "/v1/subscriptions",
-            &[("customer", &cus), ("items[0][price]", &price)],
-            Some("sub-key"),
-        )
-        .await;
+    let replay = subscribe_keyed(&sim, &cus, &price).await;
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     assert_eq!(replay.id(), sub.id());
     let newer = sim.customer(&[]).await;

@@ -4,6 +4,7 @@
 pub mod postgres;
 
 use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,17 +50,39 @@ pub fn settings_for(sim_base: &str, database_url: &str, env: &[(&str, &str)]) ->
     Settings::load(&flags, &all).expect("valid test settings")
 }
 
+/// A simulator configuration without rate limit (tests make bursts a real client would spread out).
+pub fn unlimited() -> stripe_sim::SimConfig {
+    stripe_sim::SimConfig {
+        rate_limit_per_second: 0,
+        ..Default::default()
+    }
+}
+
+/// A simulator without rate limit on a port of its own.
+pub async fn start_sim() -> stripe_sim::SimHandle {
+    stripe_sim::start(unlimited()).await.unwrap()
+}
+
+/// A fault rule that delays every matching request by `latency_ms` ± `jitter_ms`.
+pub fn latency(operation: &str, latency_ms: u64, jitter_ms: u64) -> stripe_sim::FaultRule {
+    stripe_sim::FaultRule {
+        kind: stripe_sim::FaultKind::Latency,
+        probability: 1.0,
+        operation: Some(operation.into()),
+        latency_ms,
+        jitter_ms,
+    }
+}
+
 impl World {
     /// A simulator without rate limit and a service with prices synced.
     pub async fn new() -> Self {
-        Self::with(
-            stripe_sim::SimConfig {
-                rate_limit_per_second: 0,
-                ..Default::default()
-            },
-            &[],
-        )
-        .await
+        Self::with_env(&[]).await
+    }
+
+    /// As `new`, with extra environment `env` for the service.
+    pub async fn with_env(env: &[(&str, &str)]) -> Self {
+        Self::with(unlimited(), env).await
     }
 
     pub async fn with(config: stripe_sim::SimConfig, env: &[(&str, &str)]) -> Self {
@@ -96,6 +119,44 @@ impl World {
         )
     }
 
+    /// A business of type `saas`, created (and provisioned, where payments are on) through the service.
+    pub async fn saas(&self, name: &str) -> genesis_billing::business::Business {
+        self.service
+            .create_business(
+                genesis_billing::business::NewBusiness {
+                    name: name.into(),
+                    business_type: "saas".into(),
+                    email: None,
+                },
+                None,
+            )
+            .await
+            .unwrap()
+            .0
+    }
+
+    /// The kinds of a business's billing history, oldest first.
+    pub async fn history(&self, id: &str) -> Vec<String> {
+        self.service
+            .store()
+            .events_of(id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(kind, _, _)| kind)
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until the stored subscription status of business `id` is `status`.
+    pub async fn wait_subscription_status(&self, id: &str, status: &str) {
+        eventually(
+            &format!("{id}'s subscription to be {status}"),
+            Duration::from_secs(10),
+            || async { self.record(id).await.subscription_status.as_deref() == Some(status) },
+        )
+        .await;
+    }
+
     /// The stored record of a business that must exist.
     pub async fn record(&self, id: &str) -> genesis_billing::business::Business {
         self.service
@@ -115,6 +176,16 @@ impl World {
                 .map_err(|_| "build")
                 .expect("service builds"),
         )
+    }
+
+    /// The environment the binary needs to run against this world (key, simulator, database, fast retries).
+    pub fn cli_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("STRIPE_API_KEY", KEY.to_owned()),
+            ("STRIPE_API_BASE", self.sim.base_url()),
+            ("DATABASE_URL", db_url(&self.dir)),
+            ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
+        ]
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -170,6 +241,24 @@ impl World {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Completes a Checkout Session in the simulator with payment method `pm`, as its customer would;
+    /// returns the simulator's status.
+    pub async fn complete_checkout(&self, session: &str, pm: &str) -> u16 {
+        self.sim_call(
+            reqwest::Method::POST,
+            &format!("/_sim/checkout/sessions/{session}/complete"),
+            &[("payment_method", pm)],
+        )
+        .await
+        .0
+    }
+
+    /// Deletes (or cancels) an object straight in the simulator, as from Stripe's dashboard; it must succeed.
+    pub async fn delete_in_stripe(&self, path: &str) {
+        let (status, body) = self.sim_call(reqwest::Method::DELETE, path, &[]).await;
+        assert_eq!(status, 200, "DELETE {path}: {body}");
+    }
+
     /// A simulator control call (`/_sim/...`, JSON).
     pub async fn sim_control(&self, path: &str, body: Value) -> Value {
         let response = reqwest::Client::new()
@@ -186,6 +275,39 @@ impl World {
         );
         response.json().await.unwrap_or(Value::Null)
     }
+}
+
+/// The genesis-billing binary with `env` added to the test's own environment.
+pub fn bin(env: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_genesis-billing"));
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    cmd
+}
+
+/// Runs the binary with `env` and `args` to the end (blocking) and returns what it wrote and its status.
+pub fn output(env: &[(&str, String)], args: &[&str]) -> Output {
+    bin(env).args(args).output().unwrap()
+}
+
+/// As `output`, and the run must succeed (its stderr in the message if not).
+pub fn run_ok(env: &[(&str, String)], args: &[&str]) -> Output {
+    let out = output(env, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// As `run_ok`, returning stdout as JSON.
+pub fn run_json(env: &[(&str, String)], args: &[&str]) -> Value {
+    serde_json::from_slice(&run_ok(env, args).stdout).unwrap()
+}
+
+/// Sends `request` and reads its answer as JSON.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
 }
 
 /// Polls `check` until it returns true or the deadline passes.
@@ -281,6 +403,16 @@ impl App {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// Asks the admin API for a business's checkout link and returns the Checkout Session's id.
+    pub async fn checkout(&self, id: &str) -> String {
+        let link = json_of(self.admin(
+            reqwest::Method::POST,
+            &format!("/v1/businesses/{id}/checkout"),
+        ))
+        .await;
+        link["checkout_session"].as_str().unwrap().to_owned()
     }
 
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

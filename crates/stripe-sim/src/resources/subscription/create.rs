@@ -63,10 +63,7 @@ pub fn create(state: &mut State, params: &Node) -> ApiResult<Value> {
     validate(params, &[COMMON, CREATE_ONLY])?;
     let p = Params::root(params);
     let customer = p.req("customer")?.to_owned();
-    let cust = fetch(state, "customer", &customer, "customer")?;
-    if cust["deleted"] == true {
-        return Err(ApiError::no_such("customer", &customer, "customer"));
-    }
+    let cust = crate::resources::customer::live_customer(state, &customer, "customer")?;
     if !p.has("items") {
         return Err(ApiError::missing_param("items"));
     }

@@ -115,6 +115,11 @@ impl Sim {
         self.send("POST", path, pairs, None).await
     }
 
+    /// A POST with an `Idempotency-Key`.
+    pub async fn post_keyed(&self, path: &str, pairs: &[(&str, &str)], key: &str) -> Resp {
+        self.send("POST", path, pairs, Some(key)).await
+    }
+
     pub async fn get(&self, path: &str, pairs: &[(&str, &str)]) -> Resp {
         self.send("GET", path, pairs, None).await
     }
