@@ -14,7 +14,7 @@ of them first), then, for each binary given, measures:
 
 With --reconcile N it also provisions N businesses against target/release/stripe-sim and times
 `reconcile --fix` with each binary (time, peak RSS, Stripe requests per business). The simulator keeps about
-160 KB per provisioned business in memory, so N = 20,000 (3.2 GB) is what a shared 24 GB machine affords.
+100 KB per provisioned business in memory: N = 100,000 takes 9.4 GB and about 12 minutes to provision.
 
 Every step has a time limit (--timeout) and a memory limit (--max-rss-gb): a process past either is killed
 and the step reported as "> limit". Nothing here runs in CI.
@@ -22,7 +22,7 @@ and the step reported as "> limit". Nothing here runs in CI.
     cargo build --release -p genesis-billing -p stripe-sim
     python3 scripts/bench/scale.py --size 1000000 --bin new=target/release/genesis-billing \\
         --bin landed=/work/wt/baseline/target/release/genesis-billing [--backends sqlite,postgres] \\
-        [--skip-concurrent landed@1000000] [--reconcile 20000 --max-rss-gb 6] > result.md
+        [--skip-concurrent landed@1000000] [--reconcile 100000 --max-rss-gb 12] > result.md
 """
 
 import argparse

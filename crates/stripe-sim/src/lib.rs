@@ -172,10 +172,11 @@ impl SimHandle {
 
     /// Every stored object of a Stripe `object` type, in wire shape, in the order they were stored (lists order by `created`); deleted customers and canceled subscriptions included (a deleted customer carries `deleted: true`).
     pub fn objects(&self, object: &str) -> Vec<serde_json::Value> {
-        lock(&self.app.state)
-            .store
-            .values(object)
-            .cloned()
+        let st = lock(&self.app.state);
+        st.store
+            .ids(object)
+            .iter()
+            .filter_map(|(_, id)| st.store.full(id))
             .collect()
     }
 

@@ -166,15 +166,23 @@ impl State {
             "request": request,
             "type": kind,
         });
+        let text = serde_json::to_string(&event).unwrap_or_default();
         if !targets.is_empty() {
-            let body = Arc::new(serde_json::to_string(&event).unwrap_or_default());
             self.outbox.push(Outgoing {
-                event_id: id,
-                body,
+                event_id: id.clone(),
+                body: Arc::new(text.clone()),
                 targets,
             });
         }
-        self.store.insert(event);
+        // Events never change but for `pending_webhooks`: kept as text, they take a fraction of the memory.
+        let fields = json!({
+            "id": id,
+            "object": "event",
+            "created": created,
+            "pending_webhooks": event["pending_webhooks"],
+            "type": kind,
+        });
+        self.store.insert_text(fields, text);
     }
 
     /// Serialises everything worth keeping across a restart.

@@ -26,6 +26,26 @@ pub struct Entry {
     /// Simulator-only data (card behaviour, webhook secret, ...).
     #[serde(default)]
     pub internal: Value,
+    /// The whole object as JSON text, for objects that never change but a few fields (events); `value` then
+    /// holds only those fields, which win over the text's. A parsed object costs several times its text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Box<str>>,
+}
+
+impl Entry {
+    /// The object in wire shape.
+    pub fn full(&self) -> Value {
+        let Some(text) = &self.text else {
+            return self.value.clone();
+        };
+        let mut v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        if let (Value::Object(whole), Value::Object(fields)) = (&mut v, &self.value) {
+            for (k, x) in fields {
+                whole.insert(k.clone(), x.clone());
+            }
+        }
+        v
+    }
 }
 
 /// Where an object sits in its type's lists: `created`, then insertion number (lists run newest first).
@@ -54,6 +74,15 @@ impl Store {
 
     /// Inserts a new object with simulator-only data.
     pub fn insert_with(&mut self, value: Value, internal: Value) {
+        self.insert_entry(value, internal, None);
+    }
+
+    /// Inserts an object kept as its JSON text, with `fields` (what lists filter on and later changes touch) parsed.
+    pub fn insert_text(&mut self, fields: Value, text: String) {
+        self.insert_entry(fields, Value::Null, Some(text.into_boxed_str()));
+    }
+
+    fn insert_entry(&mut self, value: Value, internal: Value, text: Option<Box<str>>) {
         let id = value["id"].as_str().unwrap_or_default().to_owned();
         let kind = value["object"].as_str().unwrap_or_default().to_owned();
         self.next_seq += 1;
@@ -62,6 +91,7 @@ impl Store {
             seq,
             value,
             internal,
+            text,
         };
         self.by_created
             .entry(kind.clone())
@@ -74,7 +104,12 @@ impl Store {
         self.entries.insert(id, entry);
     }
 
-    /// An object's wire JSON.
+    /// An object in wire shape, whole (an object kept as text is parsed).
+    pub fn full(&self, id: &str) -> Option<Value> {
+        self.entries.get(id).map(Entry::full)
+    }
+
+    /// An object's wire JSON (for an object kept as text, only the fields kept parsed).
     pub fn get(&self, id: &str) -> Option<&Value> {
         self.entries.get(id).map(|e| &e.value)
     }
@@ -185,4 +220,46 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path)
         .with_context(|| format!("while renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_object_kept_as_text_renders_whole_with_its_changed_fields() {
+        let mut store = Store::default();
+        let whole = json!({ "id": "evt_1", "object": "event", "created": 5, "pending_webhooks": 2, "data": { "object": { "id": "cus_1" } } });
+        let fields =
+            json!({ "id": "evt_1", "object": "event", "created": 5, "pending_webhooks": 2 });
+        store.insert_text(fields, whole.to_string());
+        store.get_mut("evt_1").unwrap()["pending_webhooks"] = json!(1);
+        let mut expected = whole;
+        expected["pending_webhooks"] = json!(1);
+        assert_eq!(store.full("evt_1").unwrap(), expected);
+        assert_eq!(store.get("evt_1").unwrap()["data"], Value::Null);
+        assert_eq!(store.by_created("event").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_object_kept_as_text_survives_a_persisted_round_trip() {
+        let mut store = Store::default();
+        let whole =
+            json!({ "id": "evt_1", "object": "event", "created": 5, "type": "customer.created" });
+        store.insert_text(
+            json!({ "id": "evt_1", "object": "event", "created": 5 }),
+            whole.to_string(),
+        );
+        let saved = serde_json::to_string(
+            &store
+                .snapshot()
+                .into_iter()
+                .map(|(_, e)| e)
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let restored = Store::restore(serde_json::from_str(&saved).unwrap());
+        assert_eq!(restored.full("evt_1").unwrap(), whole);
+    }
 }

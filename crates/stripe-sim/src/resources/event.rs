@@ -11,7 +11,9 @@ use crate::state::State;
 /// `GET /v1/events/{id}`.
 pub fn retrieve(state: &mut State, params: &Node, id: &str) -> ApiResult<Value> {
     validate(params, &[])?;
-    respond(state, fetch(state, "event", id, "id")?, params)
+    fetch(state, "event", id, "id")?;
+    let whole = state.store.full(id).unwrap_or_default();
+    respond(state, &whole, params)
 }
 
 fn type_matches(pattern: &str, kind: &str) -> bool {

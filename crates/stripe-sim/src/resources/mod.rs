@@ -229,11 +229,15 @@ pub fn list(
     let empty = std::collections::BTreeMap::new();
     let index = state.store.by_created(kind).unwrap_or(&empty);
     let keep = |id: &String| {
-        state.store.get(id).filter(|v| {
-            v["deleted"] != true
-                && in_range(created, v["created"].as_i64().unwrap_or(0))
-                && filter(v)
-        })
+        state
+            .store
+            .get(id)
+            .filter(|v| {
+                v["deleted"] != true
+                    && in_range(created, v["created"].as_i64().unwrap_or(0))
+                    && filter(v)
+            })
+            .and_then(|_| state.store.full(id))
     };
     let cursor = |id: &str, param: &str| {
         state
@@ -252,7 +256,6 @@ pub fn list(
     let mut data: Vec<Value> = ordered
         .filter_map(|(_, id)| keep(id))
         .take(limit + 1)
-        .cloned()
         .collect();
     let has_more = data.len() > limit;
     data.truncate(limit);
