@@ -141,7 +141,7 @@ impl Store {
              FROM business \
              WHERE ((status = 'active' AND billing IN ('pending', 'failed')) \
                  OR (status = 'taken_down' AND takedown_outcome IS NULL)) \
-             AND (created_at > $1 OR (created_at = $1 AND business_id > $2)) \
+             AND (created_at, business_id) > ($1, $2) \
              ORDER BY created_at, business_id LIMIT $3"
         );
         let rows = sqlx::query(&sql)

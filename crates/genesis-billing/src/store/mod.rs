@@ -635,11 +635,17 @@ impl Store {
 
     /// Newest first, paginated by business id.
     pub async fn list_businesses(&self, f: &BusinessFilter) -> Result<Vec<Business>, StoreError> {
+        // A row-value comparison the (created_at, business_id) index can seek to: with the cursor inside an
+        // OR, both databases walked the index from the newest end and skipped every earlier page, so paging
+        // through a fleet cost O(n) per page.
+        let after = if f.after.is_some() {
+            "AND (created_at, business_id) < ((SELECT created_at FROM business WHERE business_id = $3), $3)"
+        } else {
+            "AND $3 IS NULL"
+        };
         let sql = format!(
             "SELECT {BUSINESS_COLUMNS} FROM business \
-             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR billing = $2) \
-             AND ($3 IS NULL OR created_at < (SELECT created_at FROM business WHERE business_id = $3) \
-                  OR (created_at = (SELECT created_at FROM business WHERE business_id = $3) AND business_id < $3)) \
+             WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR billing = $2) {after} \
              ORDER BY created_at DESC, business_id DESC LIMIT $4"
         );
         let rows = sqlx::query(&sql)
