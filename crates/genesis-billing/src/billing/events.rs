@@ -4,8 +4,9 @@
 use serde_json::Value;
 
 use super::{BillingError, BillingService};
+use crate::business::rfc3339;
 use crate::business::{Billing, Business, Lifecycle};
-use crate::store::{HistoryEntry, StatusChange, Unwritten};
+use crate::store::{HistoryEntry, NewOutbound, StatusChange, Unwritten};
 use crate::stripe::{id_of, CheckoutSession, Subscription};
 
 /// The event types genesis-billing acts on; `webhooks register` subscribes to exactly these.
@@ -314,6 +315,9 @@ impl BillingService {
             .set_subscription(
                 &b.business_id,
                 &crate::store::SubscriptionRecord {
+                    customer_id: sub.customer.as_deref().or(b.stripe_customer_id.as_deref()),
+                    amount_cents: entry.amount_cents,
+                    interval: &entry.interval,
                     subscription_id: &sub.id,
                     status: &sub.status,
                     lookup_key: &entry.lookup_key,
@@ -394,8 +398,12 @@ impl BillingService {
         }
         // Cancelled in Stripe (dashboard, dunning, customer deleted): the business goes down. The
         // subscription is recorded as canceled first, so the takedown calls nothing to cancel it again.
-        self.takedown(&b.business_id, Some("subscription_cancelled"))
-            .await?;
+        self.takedown(
+            &b.business_id,
+            Some("subscription_cancelled"),
+            super::Initiator::Stripe,
+        )
+        .await?;
         Ok(())
     }
 
@@ -415,6 +423,7 @@ impl BillingService {
             object["amount_due"].as_i64().unwrap_or(0),
             object["currency"].as_str().unwrap_or("")
         );
+        let outbound = invoice_event(&b.business_id, kind, object);
         // The subscription's own events carry its status; the invoice is history.
         if writes == Writes::Deferred {
             return Ok(Applied::Deferred {
@@ -423,11 +432,17 @@ impl BillingService {
                     business_id: b.business_id,
                     kind: kind.to_owned(),
                     detail,
+                    outbound,
                 }),
             });
         }
         self.store
-            .record_event(&b.business_id, kind, &detail)
+            .record_history(&HistoryEntry {
+                business_id: b.business_id.clone(),
+                kind: kind.to_owned(),
+                detail,
+                outbound,
+            })
             .await?;
         Ok(applied(&b))
     }
@@ -492,4 +507,44 @@ impl BillingService {
             .await?;
         Ok(applied(&b))
     }
+}
+
+/// The event to the meta-agent an invoice's history line reports. One per payment (Stripe sends both
+/// `invoice.paid` and `invoice.payment_succeeded` for it) and one per failed attempt.
+fn invoice_event(business_id: &str, kind: &str, invoice: &Value) -> Option<NewOutbound> {
+    let id = invoice["id"].as_str()?;
+    let currency = invoice["currency"].as_str();
+    let (update_type, data, cause) = match kind {
+        "invoice_paid" => (
+            "billing.payment_succeeded",
+            serde_json::json!({
+                "invoice_id": id,
+                "amount_paid_cents": invoice["amount_paid"].as_i64(),
+                "currency": currency,
+            }),
+            format!("payment_succeeded:{id}"),
+        ),
+        "invoice_payment_failed" => {
+            let attempt = invoice["attempt_count"].as_i64();
+            (
+                "billing.payment_failed",
+                serde_json::json!({
+                    "invoice_id": id,
+                    "amount_due_cents": invoice["amount_due"].as_i64(),
+                    "currency": currency,
+                    "attempt_count": attempt,
+                    "next_payment_attempt": invoice["next_payment_attempt"].as_i64().map(rfc3339),
+                    "hosted_invoice_url": invoice["hosted_invoice_url"].as_str(),
+                }),
+                format!("payment_failed:{id}:{}", attempt.unwrap_or(0)),
+            )
+        }
+        _ => return None,
+    };
+    Some(NewOutbound {
+        business_id: business_id.to_owned(),
+        update_type,
+        data,
+        cause,
+    })
 }

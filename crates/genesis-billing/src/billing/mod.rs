@@ -40,7 +40,7 @@ pub use prices::{PriceStatus, PriceSyncLine};
 pub use provision::ResumeReport;
 pub use reconcile::{Drift, ReconcileReport};
 pub use rollback::{LiveSubscription, RollbackPage, ROLLED_BACK};
-pub use takedown::TakedownSummary;
+pub use takedown::{Initiator, TakedownSummary};
 
 /// A domain failure.
 #[derive(Debug, thiserror::Error)]

@@ -390,6 +390,9 @@ impl BillingService {
             .set_subscription(
                 &b.business_id,
                 &SubscriptionRecord {
+                    customer_id: sub.customer.as_deref(),
+                    amount_cents: entry.amount_cents,
+                    interval: &entry.interval,
                     subscription_id: &sub.id,
                     status: &sub.status,
                     lookup_key: &entry.lookup_key,

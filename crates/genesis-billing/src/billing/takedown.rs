@@ -5,7 +5,7 @@ use serde::Serialize;
 use super::{BillingError, BillingService};
 use crate::business::{is_live_subscription, rfc3339, Business, Lifecycle};
 use crate::metrics::{SubscriptionOutcome, TakedownStatus};
-use crate::store::now;
+use crate::store::{now, NewOutbound};
 use crate::stripe::{StripeClient, StripeError};
 
 /// The result of a takedown, as the CLI and the API report it.
@@ -25,6 +25,41 @@ pub struct TakedownSummary {
     pub customer_delete_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// Who started a takedown, as `business.taken_down` reports it to the meta-agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initiator {
+    /// `DELETE /v1/businesses/{id}`.
+    Api,
+    /// `business takedown`, the demo and the smoke test.
+    Cli,
+    /// A cancellation decided in Stripe (dashboard, dunning, the owner in the portal), however it reached
+    /// us: webhook, gap fill or reconcile.
+    Stripe,
+    /// Reconcile's own decision.
+    Reconcile,
+    /// A roll-back.
+    Rollback,
+}
+
+impl Initiator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Cli => "cli",
+            Self::Stripe => "stripe",
+            Self::Reconcile => "reconcile",
+            Self::Rollback => "rollback",
+        }
+    }
+}
+
+/// What the `business.taken_down` event of a takedown says besides its Stripe side.
+struct Takedown<'a> {
+    reason: &'a str,
+    initiated_by: &'a str,
+    at: i64,
 }
 
 /// Validates a takedown reason: short, printable, defaulting to `manual`.
@@ -57,6 +92,7 @@ impl BillingService {
         &self,
         id: &str,
         reason: Option<&str>,
+        initiated_by: Initiator,
     ) -> Result<TakedownSummary, BillingError> {
         let reason = clean_reason(reason)?;
         let at = now();
@@ -74,7 +110,12 @@ impl BillingService {
             self.metrics.takedown(TakedownStatus::NotFound);
             return Ok(summary("not_found", "not_found"));
         };
-        if b.status == Lifecycle::TakenDown || !self.store.mark_taken_down(id, &reason, at).await? {
+        if b.status == Lifecycle::TakenDown
+            || !self
+                .store
+                .mark_taken_down(id, &reason, initiated_by.as_str(), at)
+                .await?
+        {
             self.metrics.takedown(TakedownStatus::AlreadyTakenDown);
             return Ok(summary("already_taken_down", "already_taken_down"));
         }
@@ -82,7 +123,12 @@ impl BillingService {
         let owner = uuid::Uuid::new_v4().to_string();
         // The record is marked taken down first, so a crash from here on is finished by `resume`.
         let side = if self.claim(id, &owner).await? {
-            let side = self.cancel_in_stripe(&b).await;
+            let what = Takedown {
+                reason: &reason,
+                initiated_by: initiated_by.as_str(),
+                at,
+            };
+            let side = self.cancel_in_stripe(&b, &what).await;
             self.store.release_business(id, &owner).await?;
             side?
         } else {
@@ -140,7 +186,13 @@ impl BillingService {
         if b.status != Lifecycle::TakenDown || b.takedown_outcome.is_some() {
             return Ok(None);
         }
-        let side = self.cancel_in_stripe(&b).await?;
+        let initiated_by = self.store.takedown_initiator(id).await?;
+        let what = Takedown {
+            reason: b.takedown_reason.as_deref().unwrap_or_default(),
+            initiated_by: initiated_by.as_deref().unwrap_or("unknown"),
+            at: b.taken_down_at.unwrap_or_else(now),
+        };
+        let side = self.cancel_in_stripe(&b, &what).await?;
         let status = if side.finished { "success" } else { "partial" };
         Ok(Some(TakedownSummary {
             business_id: id.to_owned(),
@@ -170,7 +222,11 @@ impl BillingService {
     }
 
     /// Cancels what bills the business and deletes its customer, recording the outcome.
-    async fn cancel_in_stripe(&self, b: &Business) -> Result<StripeSide, BillingError> {
+    async fn cancel_in_stripe(
+        &self,
+        b: &Business,
+        what: &Takedown<'_>,
+    ) -> Result<StripeSide, BillingError> {
         let billable = b.stripe_subscription_id.is_some()
             || b.stripe_payment_intent_id.is_some()
             || b.stripe_customer_id.is_some();
@@ -178,18 +234,22 @@ impl BillingService {
             // Kill switch: nothing may reach Stripe. Leave the takedown open so it is finished when
             // payments are back on, instead of silently leaving a subscription billing.
             let note = billable.then(|| "payments are disabled: the Stripe side is finished by `business resume` once they are enabled".to_owned());
-            if !billable {
-                self.store
-                    .set_takedown_outcome(&b.business_id, Some("skipped"), None)
-                    .await?;
-            }
-            return Ok(StripeSide {
+            let side = StripeSide {
                 outcome: "skipped".into(),
                 customer_deleted: None,
                 customer_delete_error: None,
                 finished: !billable,
                 note,
-            });
+            };
+            self.store
+                .set_takedown_outcome(
+                    &b.business_id,
+                    (!billable).then_some("skipped"),
+                    None,
+                    &taken_down_event(b, what, &side),
+                )
+                .await?;
+            return Ok(side);
         };
         let mut side = StripeSide {
             outcome: "skipped".into(),
@@ -248,9 +308,39 @@ impl BillingService {
         }
         let outcome = side.finished.then_some(side.outcome.as_str());
         self.store
-            .set_takedown_outcome(&b.business_id, outcome, new_status)
+            .set_takedown_outcome(
+                &b.business_id,
+                outcome,
+                new_status,
+                &taken_down_event(b, what, &side),
+            )
             .await?;
         Ok(side)
+    }
+}
+
+/// The `business.taken_down` event: the takedown's summary as its first attempt ends (a Stripe side left
+/// open is finished later, and the event is not written again).
+fn taken_down_event(b: &Business, what: &Takedown<'_>, side: &StripeSide) -> NewOutbound {
+    let status = if side.outcome.starts_with("error:") || side.customer_delete_error.is_some() {
+        TakedownStatus::Partial
+    } else {
+        TakedownStatus::Success
+    };
+    NewOutbound {
+        business_id: b.business_id.clone(),
+        update_type: "business.taken_down",
+        data: serde_json::json!({
+            "business_id": b.business_id,
+            "reason": what.reason,
+            "initiated_by": what.initiated_by,
+            "timestamp": rfc3339(what.at),
+            "status": status.as_str(),
+            "stripe": side.outcome,
+            "customer_deleted": side.customer_deleted,
+            "customer_delete_error": side.customer_delete_error,
+        }),
+        cause: format!("taken_down:{}", b.business_id),
     }
 }
 

@@ -119,7 +119,9 @@ pub(super) async fn run(
             out.finish();
         }
         BusinessCommand::Takedown { id, reason } => {
-            let summary = service.takedown(&id, reason.as_deref()).await?;
+            let summary = service
+                .takedown(&id, reason.as_deref(), crate::billing::Initiator::Cli)
+                .await?;
             if json {
                 print_json(&summary);
             } else {

@@ -255,7 +255,9 @@ async fn walk_through(
     .await?;
 
     say.step("taking Tiny Tool down");
-    let summary = service.takedown(&ids[4], Some("demo")).await?;
+    let summary = service
+        .takedown(&ids[4], Some("demo"), crate::billing::Initiator::Cli)
+        .await?;
     say.say(format!(
         "takedown {}: stripe {}, customer deleted: {}",
         summary.status,

@@ -86,7 +86,10 @@ pub async fn run(
         };
     }
     // Clean up whatever happened above.
-    match service.takedown(&id, Some("smoke test")).await {
+    match service
+        .takedown(&id, Some("smoke test"), crate::billing::Initiator::Cli)
+        .await
+    {
         Ok(s) => {
             let ok = s.status == "success" && (s.stripe == "cancelled" || s.stripe == "skipped");
             check(

@@ -191,7 +191,10 @@ pub async fn takedown(
     let id = business_id(path)?;
     let Query(p) =
         query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
-    let summary = state.service.takedown(&id, p.reason.as_deref()).await?;
+    let summary = state
+        .service
+        .takedown(&id, p.reason.as_deref(), crate::billing::Initiator::Api)
+        .await?;
     let status = if summary.status == "not_found" {
         StatusCode::NOT_FOUND
     } else {

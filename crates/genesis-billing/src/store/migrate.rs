@@ -7,11 +7,15 @@ use sqlx::{AnyConnection, AnyPool, Row};
 
 use super::{now, Backend, StoreError};
 
-/// A migration's SQL: the same on both backends, or for SQLite only (PostgreSQL records the version and
-/// runs nothing, so both keep one numbering and the newer-schema check).
+/// A migration's SQL: the same on both backends, for SQLite only (PostgreSQL records the version and
+/// runs nothing, so both keep one numbering and the newer-schema check), or one text per backend.
 enum Sql {
     Portable(&'static str),
     SqliteOnly(&'static str),
+    PerBackend {
+        sqlite: &'static str,
+        postgres: &'static str,
+    },
 }
 
 impl Sql {
@@ -20,6 +24,8 @@ impl Sql {
         match (self, backend) {
             (Self::Portable(sql), _) | (Self::SqliteOnly(sql), Backend::Sqlite) => Some(sql),
             (Self::SqliteOnly(_), Backend::Postgres) => None,
+            (Self::PerBackend { sqlite, .. }, Backend::Sqlite) => Some(sqlite),
+            (Self::PerBackend { postgres, .. }, Backend::Postgres) => Some(postgres),
         }
     }
 }
@@ -79,6 +85,14 @@ const MIGRATIONS: &[(i64, &str, Sql)] = &[
         Sql::SqliteOnly(include_str!(
             "../../migrations/0010_business_tally_table.sql"
         )),
+    ),
+    (
+        11,
+        "outbound_event",
+        Sql::PerBackend {
+            sqlite: include_str!("../../migrations/0011_outbound_event.sqlite.sql"),
+            postgres: include_str!("../../migrations/0011_outbound_event.postgres.sql"),
+        },
     ),
 ];
 

@@ -9,6 +9,7 @@ mod coordination;
 mod database_url;
 mod health;
 mod migrate;
+mod outbox;
 mod reconcile_scratch;
 mod sqlite_inbox;
 mod webhook_event;
@@ -16,6 +17,10 @@ mod webhook_event;
 pub use coordination::{BusinessLease, Holder, HolderState, JobLease, UnfinishedBusiness};
 pub use database_url::DatabaseUrl;
 pub use health::ProbeFailure;
+pub use outbox::{
+    now_ms, BadCursor, Cursor, Delivery, NewOutbound, OutboundBacklog, OutboundEvent,
+    OutboundFilter, Replay, BACKLOG_COUNT_CAP, UPDATE_TYPES,
+};
 pub use reconcile_scratch::StripeRow;
 pub use webhook_event::{
     EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, Reasons, StatusChange, StoredEvent,
@@ -171,11 +176,15 @@ impl BusinessPages {
 /// The billing outcome of a created subscription.
 #[derive(Debug, Clone)]
 pub struct SubscriptionRecord<'a> {
+    pub customer_id: Option<&'a str>,
     pub subscription_id: &'a str,
     pub status: &'a str,
     pub lookup_key: &'a str,
     pub price_id: &'a str,
     pub monthly_price_cents: i64,
+    /// The price's own amount and interval, for the `billing.provisioned` event.
+    pub amount_cents: i64,
+    pub interval: &'a str,
     pub currency: &'a str,
     pub state_at: i64,
 }
@@ -207,6 +216,8 @@ pub struct Store {
     inbox: Option<std::sync::Arc<sqlite_inbox::SqliteInbox>>,
     /// Tells whether a SQLite file changed; `None` on PostgreSQL and in-memory SQLite.
     marker: Option<std::sync::Arc<change_marker::SqliteMarker>>,
+    /// Wakes the event delivery worker after this process wrote to the outbox.
+    outbox: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// A business's billing after its subscription's status becomes `$3`: a subscription that expired unpaid
@@ -495,6 +506,7 @@ impl Store {
             backend,
             inbox,
             marker,
+            outbox: std::sync::Arc::default(),
         })
     }
 
@@ -850,12 +862,13 @@ impl Store {
         Ok(())
     }
 
-    /// Stores a new subscription and marks billing provisioned.
+    /// Stores a new subscription and marks billing provisioned, with its `billing.provisioned` event.
     pub async fn set_subscription(
         &self,
         id: &str,
         s: &SubscriptionRecord<'_>,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE business SET stripe_subscription_id = $2, subscription_status = $3, price_lookup_key = $4, \
              stripe_price_id = $5, monthly_price_cents = $6, currency = $7, stripe_state_at = $8, \
@@ -870,8 +883,38 @@ impl Store {
         .bind(s.currency)
         .bind(s.state_at)
         .bind(now())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let customer: Option<String> = match s.customer_id {
+            Some(c) => Some(c.to_owned()),
+            None => sqlx::query("SELECT stripe_customer_id FROM business WHERE business_id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?
+                .flatten(),
+        };
+        outbox::emit_on(
+            &mut tx,
+            &NewOutbound {
+                business_id: id.to_owned(),
+                update_type: "billing.provisioned",
+                data: serde_json::json!({
+                    "customer_id": customer,
+                    "subscription_id": s.subscription_id,
+                    "subscription_status": s.status,
+                    "price_lookup_key": s.lookup_key,
+                    "amount_cents": s.amount_cents,
+                    "currency": s.currency,
+                    "interval": s.interval,
+                }),
+                cause: format!("provisioned:{}", s.subscription_id),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        self.outbox_written();
         Ok(())
     }
 
@@ -893,6 +936,7 @@ impl Store {
             .bind(1i64)
             .execute(&self.pool)
             .await?;
+        self.outbox_written();
         Ok(done.rows_affected() == 1)
     }
 
@@ -925,18 +969,21 @@ impl Store {
             .bind(now())
             .execute(&self.pool)
             .await?;
+        // A move to `failed` writes `billing.failed` (trigger).
+        self.outbox_written();
         Ok(())
     }
 
     /// Marks billing of an active business `skipped` with `why` because its subscription `subscription`
-    /// was rolled back; returns false when it already was (or the subscription is not its current one),
-    /// so of two concurrent writers only one records it.
+    /// was rolled back, with its `billing.rolled_back` event; returns false when it already was (or the
+    /// subscription is not its current one), so of two concurrent writers only one records it.
     pub async fn set_rolled_back(
         &self,
         id: &str,
         subscription: &str,
         why: &str,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
             "UPDATE business SET billing = 'skipped', failed_step = NULL, billing_error = $3, updated_at = $4 \
              WHERE business_id = $1 AND stripe_subscription_id = $2 AND status = 'active' \
@@ -946,37 +993,71 @@ impl Store {
         .bind(subscription)
         .bind(why)
         .bind(now())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(done.rows_affected() == 1)
+        let changed = done.rows_affected() == 1;
+        if changed {
+            outbox::emit_on(
+                &mut tx,
+                &NewOutbound {
+                    business_id: id.to_owned(),
+                    update_type: "billing.rolled_back",
+                    data: serde_json::json!({ "subscription_id": subscription }),
+                    cause: format!("rolled_back:{subscription}"),
+                },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        self.outbox_written();
+        Ok(changed)
     }
 
-    /// Marks a business taken down; returns false when it already was.
+    /// Marks a business taken down by `initiated_by` (`api`, `cli`, `stripe`, …); returns false when it
+    /// already was.
     pub async fn mark_taken_down(
         &self,
         id: &str,
         reason: &str,
+        initiated_by: &str,
         at: i64,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE business SET status = 'taken_down', takedown_reason = $2, taken_down_at = $3, takedown_outcome = NULL, updated_at = $3 \
-             WHERE business_id = $1 AND status = 'active'",
+            "UPDATE business SET status = 'taken_down', takedown_reason = $2, taken_down_at = $3, takedown_outcome = NULL, \
+             takedown_initiator = $4, updated_at = $3 WHERE business_id = $1 AND status = 'active'",
         )
         .bind(id)
         .bind(reason)
         .bind(at)
+        .bind(initiated_by)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records how a takedown's Stripe side ended; `None` leaves it open for a retry.
+    /// Who took a business down, as `mark_taken_down` recorded it.
+    pub async fn takedown_initiator(&self, id: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query("SELECT takedown_initiator FROM business WHERE business_id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?
+                .flatten(),
+        )
+    }
+
+    /// Records how a takedown's Stripe side ended (`None` leaves it open for a retry), with the takedown's
+    /// `business.taken_down` event, written once per takedown: the first attempt reports it.
     pub async fn set_takedown_outcome(
         &self,
         id: &str,
         outcome: Option<&str>,
         subscription_status: Option<&str>,
+        event: &NewOutbound,
     ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE business SET takedown_outcome = $2, subscription_status = COALESCE($3, subscription_status), updated_at = $4 \
              WHERE business_id = $1",
@@ -985,8 +1066,11 @@ impl Store {
         .bind(outcome)
         .bind(subscription_status)
         .bind(now())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        outbox::emit_on(&mut tx, event).await?;
+        tx.commit().await?;
+        self.outbox_written();
         Ok(())
     }
 
@@ -1005,6 +1089,25 @@ impl Store {
             .bind(now())
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Appends a history line and its event to the meta-agent in one transaction.
+    pub async fn record_history(&self, entry: &HistoryEntry) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO billing_event (id, business_id, kind, detail, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(&entry.business_id)
+            .bind(&entry.kind)
+            .bind(&entry.detail)
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        if let Some(event) = &entry.outbound {
+            outbox::emit_on(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        self.outbox_written();
         Ok(())
     }
 

@@ -122,6 +122,7 @@ static CHANGE_NOW: LazyLock<String> = LazyLock::new(|| positional(&change_status
 static CHANGE_HELD: LazyLock<String> = LazyLock::new(|| positional(&change_status_sql(true)));
 static STATE: LazyLock<String> = LazyLock::new(|| positional(BUSINESS_STATE));
 static HISTORY: LazyLock<String> = LazyLock::new(|| positional(RECORD_HISTORY));
+static OUTBOUND: LazyLock<String> = LazyLock::new(|| positional(super::outbox::INSERT_OUTBOUND));
 static LOOKUPS: LazyLock<Vec<String>> =
     LazyLock::new(|| BUSINESS_BY.iter().map(|sql| positional(sql)).collect());
 
@@ -252,9 +253,10 @@ fn write_batch(
             }
         }
         let mut history = tx.prepare_cached(&HISTORY)?;
+        let mut outbound = tx.prepare_cached(&OUTBOUND)?;
         for r in &results {
             if let Some(h) = &r.history {
-                history.execute(params![
+                let written = history.execute(params![
                     uuid::Uuid::new_v4().to_string(),
                     h.business_id,
                     h.kind,
@@ -263,6 +265,16 @@ fn write_batch(
                     r.event_id,
                     owner
                 ])?;
+                if let (1, Some(e)) = (written, &h.outbound) {
+                    outbound.execute(params![
+                        super::outbox::new_event_id(),
+                        e.business_id,
+                        e.update_type,
+                        e.data_text(),
+                        received,
+                        e.cause
+                    ])?;
+                }
             }
         }
         let mut change_held = tx.prepare_cached(&CHANGE_HELD)?;

@@ -79,6 +79,8 @@ pub struct HistoryEntry {
     pub business_id: String,
     pub kind: String,
     pub detail: String,
+    /// The event to the meta-agent this line reports, written with it.
+    pub outbound: Option<super::NewOutbound>,
 }
 
 /// Adds a `HistoryEntry` for an event the writer holds. Parameters: id, business, kind, detail, now, event
@@ -498,6 +500,23 @@ impl Store {
         results: Vec<EventResult>,
         reasons: Reasons,
     ) -> Result<InboxWrite, StoreError> {
+        let written = self
+            .write_inbox_parts(events, owner, lease_new, until, results, reasons)
+            .await;
+        // A status or history line written may have written an event to the meta-agent.
+        self.outbox_written();
+        written
+    }
+
+    async fn write_inbox_parts(
+        &self,
+        events: &[NewEvent],
+        owner: &str,
+        lease_new: bool,
+        until: i64,
+        results: Vec<EventResult>,
+        reasons: Reasons,
+    ) -> Result<InboxWrite, StoreError> {
         if events.len() + results.len() <= 1 {
             return self
                 .write_inbox_batch(events, owner, lease_new, until, results, reasons)
@@ -700,7 +719,7 @@ impl Store {
             let Some(h) = &r.history else {
                 continue;
             };
-            sqlx::query(RECORD_HISTORY)
+            let written = sqlx::query(RECORD_HISTORY)
                 .bind(uuid::Uuid::new_v4().to_string())
                 .bind(&h.business_id)
                 .bind(&h.kind)
@@ -710,6 +729,9 @@ impl Store {
                 .bind(owner)
                 .execute(&mut *tx)
                 .await?;
+            if let (1, Some(event)) = (written.rows_affected(), &h.outbound) {
+                super::outbox::emit_on(&mut tx, event).await?;
+            }
         }
         let change_status = change_status_sql(true);
         for r in &mut results {

@@ -406,6 +406,9 @@ async fn concurrent_scrapes_all_see_a_change_another_replica_just_made() {
         .set_subscription(
             &id,
             &genesis_billing::store::SubscriptionRecord {
+                customer_id: None,
+                amount_cents: 500,
+                interval: "month",
                 subscription_id: "sub_from_the_other_replica",
                 status: "active",
                 lookup_key: "saas_monthly",

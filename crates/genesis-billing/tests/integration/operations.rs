@@ -237,7 +237,11 @@ async fn the_mrr_gauge_goes_down_on_cancellation() {
             .value("genesis_billing_mrr_usd", &["saas", "usd"]),
         10.0
     );
-    world.service.takedown(&ids[0], None).await.unwrap();
+    world
+        .service
+        .takedown(&ids[0], None, genesis_billing::billing::Initiator::Cli)
+        .await
+        .unwrap();
     assert_eq!(
         world
             .metrics

@@ -28,7 +28,11 @@ async fn takedown_cancels_immediately_deletes_the_customer_and_is_idempotent() {
     let b = world.saas("Doomed").await;
     let s = world
         .service
-        .takedown(&b.business_id, Some("test"))
+        .takedown(
+            &b.business_id,
+            Some("test"),
+            genesis_billing::billing::Initiator::Cli,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -49,7 +53,15 @@ async fn takedown_cancels_immediately_deletes_the_customer_and_is_idempotent() {
     assert_eq!(record.takedown_outcome.as_deref(), Some("cancelled"));
 
     let before = world.stripe_requests();
-    let again = world.service.takedown(&b.business_id, None).await.unwrap();
+    let again = world
+        .service
+        .takedown(
+            &b.business_id,
+            None,
+            genesis_billing::billing::Initiator::Cli,
+        )
+        .await
+        .unwrap();
     assert_eq!(
         (again.status.as_str(), again.stripe.as_str()),
         ("already_taken_down", "already_taken_down")
@@ -67,7 +79,11 @@ async fn an_unknown_business_is_not_found_and_nothing_is_called() {
     let before = world.stripe_requests();
     let s = world
         .service
-        .takedown("no-such-business", None)
+        .takedown(
+            "no-such-business",
+            None,
+            genesis_billing::billing::Initiator::Cli,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -85,7 +101,15 @@ async fn a_subscription_already_cancelled_in_stripe_counts_as_cancelled() {
     world
         .delete_in_stripe(&format!("/v1/subscriptions/{sub}"))
         .await;
-    let s = world.service.takedown(&b.business_id, None).await.unwrap();
+    let s = world
+        .service
+        .takedown(
+            &b.business_id,
+            None,
+            genesis_billing::billing::Initiator::Cli,
+        )
+        .await
+        .unwrap();
     assert_eq!(
         (s.status.as_str(), s.stripe.as_str()),
         ("success", "cancelled")
@@ -102,7 +126,15 @@ async fn a_stripe_failure_is_reported_recorded_and_finished_by_resume() {
         1.0,
         Some("DELETE /v1/subscriptions"),
     )]);
-    let s = world.service.takedown(&b.business_id, None).await.unwrap();
+    let s = world
+        .service
+        .takedown(
+            &b.business_id,
+            None,
+            genesis_billing::billing::Initiator::Cli,
+        )
+        .await
+        .unwrap();
     assert_eq!(s.status, "partial");
     assert!(s.stripe.starts_with("error:"), "{}", s.stripe);
     assert_eq!(sub_status(&world, &b), "incomplete", "still live in Stripe");
@@ -130,7 +162,15 @@ async fn a_customer_delete_failure_after_a_cancel_is_reported_not_hidden() {
         1.0,
         Some("DELETE /v1/customers"),
     )]);
-    let s = world.service.takedown(&b.business_id, None).await.unwrap();
+    let s = world
+        .service
+        .takedown(
+            &b.business_id,
+            None,
+            genesis_billing::billing::Initiator::Cli,
+        )
+        .await
+        .unwrap();
     assert_eq!(
         (s.status.as_str(), s.stripe.as_str(), s.customer_deleted),
         ("partial", "cancelled", Some(false))
@@ -166,7 +206,11 @@ async fn an_imported_legacy_payment_intent_is_cancelled_as_cancelled_legacy() {
         .await
         .unwrap();
     assert_eq!(report.legacy_payment_intents, 1);
-    let s = world.service.takedown("legacy-1", None).await.unwrap();
+    let s = world
+        .service
+        .takedown("legacy-1", None, genesis_billing::billing::Initiator::Cli)
+        .await
+        .unwrap();
     assert_eq!(
         (s.status.as_str(), s.stripe.as_str()),
         ("success", "cancelled_legacy")
@@ -184,7 +228,14 @@ async fn with_payments_disabled_takedown_is_skipped_and_finished_once_payments_r
     let off = world
         .second_service_with(&[("ENABLE_PAYMENTS", "false")])
         .await;
-    let s = off.takedown(&b.business_id, None).await.unwrap();
+    let s = off
+        .takedown(
+            &b.business_id,
+            None,
+            genesis_billing::billing::Initiator::Cli,
+        )
+        .await
+        .unwrap();
     assert_eq!(
         (s.status.as_str(), s.stripe.as_str()),
         ("success", "skipped")

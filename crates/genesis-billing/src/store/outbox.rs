@@ -1,0 +1,655 @@
+//! The outbox of events to the meta-agent (SPEC §1.6). Each row is written in the transaction that makes
+//! the change it reports: by triggers (migration 11) for a subscription's status and a provisioning
+//! failure, whichever path writes them, and by the code (`INSERT_OUTBOUND`, deduplicated by `cause`) for
+//! the rest. Rows are read in commit order and delivered one business at a time, oldest first.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{now, Backend, Store, StoreError};
+use crate::business::rfc3339;
+
+/// An event for the outbox, written by the code with the change it reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOutbound {
+    pub business_id: String,
+    /// One of [`UPDATE_TYPES`].
+    pub update_type: &'static str,
+    pub data: serde_json::Value,
+    /// Names the change: a second write with the same cause (a duplicate webhook, gap fill and reconcile
+    /// finding one change) writes nothing.
+    pub cause: String,
+}
+
+/// Every `update_type` the meta-agent switches on; the names are fixed.
+pub const UPDATE_TYPES: &[&str] = &[
+    "billing.provisioned",
+    "billing.failed",
+    "billing.status_changed",
+    "billing.payment_succeeded",
+    "billing.payment_failed",
+    "billing.action_required",
+    "billing.trial_ending",
+    "business.taken_down",
+    "billing.rolled_back",
+];
+
+/// Adds an event unless one of the same cause exists. Parameters: id, business, update type, data,
+/// created_at, cause.
+pub(super) const INSERT_OUTBOUND: &str =
+    "INSERT INTO outbound_event (id, business_id, update_type, data, created_at, cause) \
+    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (cause) DO NOTHING";
+
+/// A new event id: `gbe_` and 32 hex digits, as the triggers write them.
+pub(super) fn new_event_id() -> String {
+    format!("gbe_{}", uuid::Uuid::new_v4().simple())
+}
+
+impl NewOutbound {
+    pub(super) fn data_text(&self) -> String {
+        self.data.to_string()
+    }
+}
+
+/// Writes `event` on a connection inside the caller's transaction; says whether it was new.
+pub(super) async fn emit_on(
+    conn: &mut sqlx::AnyConnection,
+    event: &NewOutbound,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(INSERT_OUTBOUND)
+        .bind(new_event_id())
+        .bind(&event.business_id)
+        .bind(event.update_type)
+        .bind(event.data_text())
+        .bind(now())
+        .bind(&event.cause)
+        .execute(&mut *conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// How far an event got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Not delivered yet (or nothing pushes events).
+    Pending,
+    Delivered,
+    /// The receiver refused it for good, or retries ran out of time; `events replay` sends it again.
+    Dead,
+}
+
+impl Delivery {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "delivered" => Some(Self::Delivered),
+            "dead" => Some(Self::Dead),
+            _ => None,
+        }
+    }
+}
+
+/// A stored event and how its delivery stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboundEvent {
+    #[serde(skip)]
+    pub seq: i64,
+    #[serde(skip)]
+    pub txid: i64,
+    pub id: String,
+    pub business_id: String,
+    pub update_type: String,
+    /// The event's `data` as JSON text.
+    #[serde(skip)]
+    pub data: String,
+    pub created_at: i64,
+    pub delivery: Delivery,
+    pub attempts: i64,
+    pub next_attempt_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<i64>,
+}
+
+/// The envelope the meta-agent receives, field order fixed.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    id: &'a str,
+    business_id: &'a str,
+    update_type: &'a str,
+    data: serde_json::Value,
+    timestamp: String,
+}
+
+impl OutboundEvent {
+    /// The body pushed and pulled: the same bytes every time it is read (a retry is byte-identical).
+    /// `data` is re-serialised so both backends' JSON text gives one form (keys sorted, no spaces).
+    pub fn body(&self) -> String {
+        let data = serde_json::from_str(&self.data).unwrap_or(serde_json::Value::Null);
+        serde_json::to_string(&Envelope {
+            id: &self.id,
+            business_id: &self.business_id,
+            update_type: &self.update_type,
+            data,
+            timestamp: rfc3339(self.created_at),
+        })
+        .expect("an envelope of strings and JSON serialises")
+    }
+
+    /// The envelope as JSON, for responses that embed events.
+    pub fn envelope(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body()).expect("body is JSON")
+    }
+
+    /// Where a reader that has seen this event continues.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            txid: self.txid,
+            seq: self.seq,
+        }
+    }
+}
+
+/// A position in the stream, in commit order: (writing transaction, sequence). SQLite's transaction is
+/// always 0, its sequence is commit order. Written as `<txid>.<seq>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Cursor {
+    txid: i64,
+    seq: i64,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.txid, self.seq)
+    }
+}
+
+/// A cursor that is not one this service handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cursor must be a `next_cursor` returned by this endpoint")]
+pub struct BadCursor;
+
+impl FromStr for Cursor {
+    type Err = BadCursor;
+
+    fn from_str(s: &str) -> Result<Self, BadCursor> {
+        if s.len() > 41 {
+            return Err(BadCursor);
+        }
+        let (txid, seq) = s.split_once('.').ok_or(BadCursor)?;
+        let number = |p: &str| {
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(BadCursor);
+            }
+            p.parse::<i64>().map_err(|_| BadCursor)
+        };
+        Ok(Self {
+            txid: number(txid)?,
+            seq: number(seq)?,
+        })
+    }
+}
+
+/// Which events a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct OutboundFilter {
+    pub after: Option<Cursor>,
+    pub business_id: Option<String>,
+    pub delivery: Option<Delivery>,
+    /// 1..=1000.
+    pub limit: i64,
+}
+
+/// Where delivery stands, for `/health` and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutboundBacklog {
+    /// Events not delivered yet, counted up to [`BACKLOG_COUNT_CAP`].
+    pub pending: i64,
+    /// When the oldest undelivered event was written.
+    pub oldest_pending_at: Option<i64>,
+    /// Events dead-lettered and not replayed (within the retention).
+    pub dead: i64,
+}
+
+/// Counting stops here: a scrape must stay cheap when nothing pushes and millions of events wait.
+pub const BACKLOG_COUNT_CAP: i64 = 100_000;
+
+/// How `events replay` went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// Queued for delivery again.
+    Queued,
+    NotFound,
+    /// Only a dead-lettered event is replayed; this one is `pending` or `delivered`.
+    NotDead(Delivery),
+}
+
+const COLUMNS: &str =
+    "seq, txid, id, business_id, update_type, data, created_at, delivery, attempts, \
+    next_attempt_ms, last_error, delivered_at";
+
+/// Rows from transactions that may still be running are left for a later read: PostgreSQL assigns `seq`
+/// before commit, so a reader could otherwise pass a row that commits after it. Empty on SQLite, which
+/// commits one writer at a time.
+fn committed_before(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "",
+        Backend::Postgres => " AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+    }
+}
+
+fn from_row(r: &AnyRow) -> Result<OutboundEvent, StoreError> {
+    let delivery: String = r.try_get("delivery")?;
+    let id: String = r.try_get("id")?;
+    Ok(OutboundEvent {
+        seq: r.try_get("seq")?,
+        txid: r.try_get("txid")?,
+        business_id: r.try_get("business_id")?,
+        update_type: r.try_get("update_type")?,
+        data: r.try_get("data")?,
+        created_at: r.try_get("created_at")?,
+        delivery: Delivery::parse(&delivery).ok_or_else(|| StoreError::Corrupt {
+            id: id.clone(),
+            reason: format!("delivery {delivery:?}"),
+        })?,
+        attempts: r.try_get("attempts")?,
+        next_attempt_ms: r.try_get("next_attempt_ms")?,
+        last_error: r.try_get("last_error")?,
+        delivered_at: r.try_get("delivered_at")?,
+        id,
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Rows changed per statement by the bulk operations (redeliver, prune), so none holds the write lock long.
+const BULK_ROWS: i64 = 1000;
+
+impl Store {
+    /// Writes an event in its own transaction (for a change already committed by an earlier statement of
+    /// the same caller only when the event is idempotent by `cause`); says whether it was new.
+    pub async fn emit(&self, event: &NewOutbound) -> Result<bool, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let new = emit_on(&mut conn, event).await?;
+        self.outbox_written();
+        Ok(new)
+    }
+
+    /// Wakes the delivery worker: an event may have been written.
+    pub(crate) fn outbox_written(&self) {
+        self.outbox.notify_one();
+    }
+
+    /// Notified when this process may have written an event (other replicas' events are found by polling).
+    pub fn outbox_signal(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.outbox.clone()
+    }
+
+    /// Events in commit order after `filter.after`, at most `filter.limit`.
+    pub async fn list_outbound(
+        &self,
+        filter: &OutboundFilter,
+    ) -> Result<Vec<OutboundEvent>, StoreError> {
+        let after = filter.after.unwrap_or_default();
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM outbound_event WHERE (txid, seq) > ($1, $2){}",
+            committed_before(self.backend)
+        );
+        if filter.business_id.is_some() {
+            sql.push_str(" AND business_id = $4");
+        }
+        if filter.delivery.is_some() {
+            sql.push_str(if filter.business_id.is_some() {
+                " AND delivery = $5"
+            } else {
+                " AND delivery = $4"
+            });
+        }
+        sql.push_str(" ORDER BY txid, seq LIMIT $3");
+        let mut q = sqlx::query(&sql)
+            .persistent(false)
+            .bind(after.txid)
+            .bind(after.seq)
+            .bind(filter.limit.clamp(1, 1000));
+        if let Some(b) = &filter.business_id {
+            q = q.bind(b);
+        }
+        if let Some(d) = filter.delivery {
+            q = q.bind(d.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// One event by its id.
+    pub async fn outbound_event(&self, id: &str) -> Result<Option<OutboundEvent>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM outbound_event WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Due events at the head of their business's queue (the oldest undelivered one of each business),
+    /// oldest first, at most `limit`, not held by a live lease.
+    pub async fn due_outbound(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboundEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM outbound_event o WHERE o.delivery = 'pending' \
+             AND o.seq = (SELECT MIN(i.seq) FROM outbound_event i WHERE i.business_id = o.business_id AND i.delivery = 'pending') \
+             AND (o.next_attempt_ms IS NULL OR o.next_attempt_ms <= $1) \
+             AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $1){} \
+             ORDER BY o.seq LIMIT $2",
+            committed_before(self.backend)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// The next undelivered event of a business if it is due and free, for a worker that just finished the
+    /// one before it.
+    pub async fn next_outbound_of(
+        &self,
+        business_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<OutboundEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM outbound_event WHERE business_id = $1 AND delivery = 'pending'{} \
+             ORDER BY seq LIMIT 1",
+            committed_before(self.backend)
+        );
+        let row = sqlx::query(&sql)
+            .bind(business_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        let event = row.as_ref().map(from_row).transpose()?;
+        Ok(event.filter(|e| e.next_attempt_ms.is_none_or(|t| t <= now_ms)))
+    }
+
+    /// Takes the lease of a pending event until `until_ms`; false when another worker holds it or it is no
+    /// longer pending.
+    pub async fn claim_outbound(
+        &self,
+        seq: i64,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbound_event SET lease_owner = $2, lease_until_ms = $3 WHERE seq = $1 AND delivery = 'pending' \
+             AND (lease_until_ms IS NULL OR lease_until_ms < $4)",
+        )
+        .bind(seq)
+        .bind(owner)
+        .bind(until_ms)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a 2xx; false when the lease was lost (another worker took the event over).
+    pub async fn outbound_delivered(&self, seq: i64, owner: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbound_event SET delivery = 'delivered', delivered_at = $3, attempts = attempts + 1, \
+             last_error = NULL, next_attempt_ms = NULL, lease_owner = NULL, lease_until_ms = NULL \
+             WHERE seq = $1 AND lease_owner = $2",
+        )
+        .bind(seq)
+        .bind(owner)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a failed attempt to try again at `next_attempt_ms`.
+    pub async fn outbound_retry(
+        &self,
+        seq: i64,
+        owner: &str,
+        next_attempt_ms: i64,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbound_event SET attempts = attempts + 1, next_attempt_ms = $3, last_error = $4, \
+             lease_owner = NULL, lease_until_ms = NULL WHERE seq = $1 AND lease_owner = $2",
+        )
+        .bind(seq)
+        .bind(owner)
+        .bind(next_attempt_ms)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Dead-letters an event: the receiver refused it for good, or retries ran out of time.
+    pub async fn outbound_dead(
+        &self,
+        seq: i64,
+        owner: &str,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbound_event SET delivery = 'dead', attempts = attempts + 1, next_attempt_ms = NULL, \
+             last_error = $3, lease_owner = NULL, lease_until_ms = NULL WHERE seq = $1 AND lease_owner = $2",
+        )
+        .bind(seq)
+        .bind(owner)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Queues a dead-lettered event for delivery again, with a fresh retry window.
+    pub async fn replay_outbound(&self, id: &str) -> Result<Replay, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbound_event SET delivery = 'pending', next_attempt_ms = NULL, last_error = NULL, attempts = 0 \
+             WHERE id = $1 AND delivery = 'dead'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            self.outbox_written();
+            return Ok(Replay::Queued);
+        }
+        Ok(match self.outbound_event(id).await? {
+            None => Replay::NotFound,
+            Some(e) => Replay::NotDead(e.delivery),
+        })
+    }
+
+    /// Queues every delivered or dead-lettered event written at or after `since` (Unix seconds), of one
+    /// business or all, for delivery again, a thousand rows per statement; returns how many.
+    pub async fn redeliver_outbound(
+        &self,
+        since: i64,
+        business_id: Option<&str>,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
+        let mut after = 0i64;
+        loop {
+            // Walks the sequence once: a statement's rows are found from where the last one stopped.
+            let sql = format!(
+                "SELECT seq FROM outbound_event WHERE seq > $1 AND created_at >= $2 AND delivery <> 'pending'{} \
+                 ORDER BY seq LIMIT $3",
+                if business_id.is_some() {
+                    " AND business_id = $4"
+                } else {
+                    ""
+                }
+            );
+            let mut q = sqlx::query(&sql)
+                .persistent(false)
+                .bind(after)
+                .bind(since)
+                .bind(BULK_ROWS);
+            if let Some(b) = business_id {
+                q = q.bind(b);
+            }
+            let seqs: Vec<i64> = q
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
+                break;
+            };
+            let done = sqlx::query(
+                "UPDATE outbound_event SET delivery = 'pending', next_attempt_ms = NULL, last_error = NULL, attempts = 0 \
+                 WHERE seq >= $1 AND seq <= $2 AND created_at >= $3 AND delivery <> 'pending' \
+                 AND ($4 = '' OR business_id = $4)",
+            )
+            .bind(first)
+            .bind(last)
+            .bind(since)
+            .bind(business_id.unwrap_or(""))
+            .execute(&self.pool)
+            .await?;
+            total += done.rows_affected();
+            after = last;
+        }
+        if total > 0 {
+            self.outbox_written();
+        }
+        Ok(total)
+    }
+
+    /// Deletes events written before `before` (Unix seconds), a thousand per statement; returns how many.
+    pub async fn prune_outbound(&self, before: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM outbound_event WHERE seq IN \
+                 (SELECT seq FROM outbound_event WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+            )
+            .bind(before)
+            .bind(BULK_ROWS)
+            .execute(&self.pool)
+            .await?;
+            total += done.rows_affected();
+            if done.rows_affected() < BULK_ROWS as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// How far behind delivery is: bounded reads on the partial indexes.
+    pub async fn outbound_backlog(&self) -> Result<OutboundBacklog, StoreError> {
+        let pending: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM outbound_event WHERE delivery = 'pending' LIMIT $1) AS p",
+        )
+        .bind(BACKLOG_COUNT_CAP)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
+        let oldest: Option<i64> = sqlx::query(
+            "SELECT created_at FROM outbound_event WHERE delivery = 'pending' ORDER BY seq LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?;
+        let dead: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM outbound_event WHERE delivery = 'dead' LIMIT $1) AS d",
+        )
+        .bind(BACKLOG_COUNT_CAP)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?;
+        Ok(OutboundBacklog {
+            pending,
+            oldest_pending_at: oldest,
+            dead,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_reads_back_what_it_wrote_and_refuses_anything_else() {
+        let c = Cursor { txid: 7, seq: 42 };
+        assert_eq!(c.to_string().parse::<Cursor>(), Ok(c));
+        for bad in [
+            "",
+            ".",
+            "1.",
+            ".1",
+            "1",
+            "a.b",
+            "-1.2",
+            "1.-2",
+            "1.2.3",
+            " 1.2",
+            "1.2 ",
+            "99999999999999999999.1",
+            "1.0x10",
+            "１.２",
+        ] {
+            assert_eq!(bad.parse::<Cursor>(), Err(BadCursor), "{bad:?}");
+        }
+        assert_eq!(
+            "1".repeat(100).parse::<Cursor>(),
+            Err(BadCursor),
+            "oversized"
+        );
+    }
+
+    #[test]
+    fn the_body_is_the_fixed_envelope_and_the_same_bytes_every_time() {
+        let e = OutboundEvent {
+            seq: 1,
+            txid: 0,
+            id: "gbe_1".into(),
+            business_id: "b\"1".into(),
+            update_type: "billing.status_changed".into(),
+            data: r#"{"to" : "past_due", "from":"active","subscription_id":"sub_1"}"#.into(),
+            created_at: 1_800_000_000,
+            delivery: Delivery::Pending,
+            attempts: 0,
+            next_attempt_ms: None,
+            last_error: None,
+            delivered_at: None,
+        };
+        let body = e.body();
+        assert_eq!(
+            body,
+            r#"{"id":"gbe_1","business_id":"b\"1","update_type":"billing.status_changed","data":{"from":"active","subscription_id":"sub_1","to":"past_due"},"timestamp":"2027-01-15T08:00:00Z"}"#
+        );
+        assert_eq!(e.body(), body);
+    }
+}
