@@ -344,6 +344,8 @@ pub fn fault(
 /// The HTTP service of a `World`, started in-process on a port of its own.
 pub struct App {
     pub base: String,
+    /// The webhook signing secrets the service accepts.
+    pub webhook_secrets: Vec<String>,
     pub running: Option<genesis_billing::http::Running>,
     pub client: reqwest::Client,
 }
@@ -380,6 +382,7 @@ impl App {
         };
         let running = genesis_billing::http::start_on(state, listener, schedule, false).unwrap();
         Self {
+            webhook_secrets: secrets.to_vec(),
             base: format!("http://{}", running.addr),
             running: Some(running),
             client: reqwest::Client::new(),
