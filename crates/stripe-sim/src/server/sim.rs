@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use crate::faults::FaultConfig;
 use crate::form::{self, Node};
 use crate::resources::lifecycle;
-use crate::resources::{billing_portal, checkout};
+use crate::resources::{billing, billing_portal, checkout};
 use crate::server::{lock, ping, sim_error, App};
 use crate::state::Settings;
 use crate::webhook::WebhookSettings;
@@ -164,6 +164,9 @@ pub async fn handle(
             run_step(app, request_id, |st| {
                 billing_portal::cancel(st, id, sub.as_deref())
             })
+        }
+        ("POST", ["_sim", "invoices", id, "authenticate"]) => {
+            run_step(app, request_id, |st| billing::authenticate_invoice(st, id))
         }
         _ => unrecognized(method, path, request_id),
     }

@@ -969,6 +969,19 @@ async fn every_object_carries_every_field_stripe_always_sends_at_endive() {
             .await,
         "canceled payment intent",
     );
+    keep(
+        sim.post(
+            "/v1/payment_intents",
+            &[
+                ("amount", "900"),
+                ("currency", "usd"),
+                ("payment_method", "pm_card_authenticationRequired"),
+                ("confirm", "true"),
+            ],
+        )
+        .await,
+        "payment intent waiting for authentication",
+    );
     // A price change renders the item's plan again; a cancel fills cancellation_details.
     let item = sub.body["items"]["data"][0]["id"]
         .as_str()
