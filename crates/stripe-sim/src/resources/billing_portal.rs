@@ -356,7 +356,7 @@ pub fn retrieve_configuration(state: &mut State, params: &Node, id: &str) -> Api
     validate(params, &[])?;
     respond(
         state,
-        fetch(state, "billing_portal.configuration", id, "configuration")?,
+        fetch(state, "billing_portal.configuration", id, "id")?,
         params,
     )
 }
@@ -364,7 +364,7 @@ pub fn retrieve_configuration(state: &mut State, params: &Node, id: &str) -> Api
 /// `POST /v1/billing_portal/configurations/{id}`.
 pub fn update_configuration(state: &mut State, params: &Node, id: &str) -> ApiResult<Value> {
     validate(params, &[CONFIG_COMMON, CONFIG_UPDATE_ONLY])?;
-    let old = fetch(state, "billing_portal.configuration", id, "configuration")?.clone();
+    let old = fetch(state, "billing_portal.configuration", id, "id")?.clone();
     let mut new = old.clone();
     if let Some(a) = Params::root(params).bool("active") {
         if !a && old["is_default"] == true {

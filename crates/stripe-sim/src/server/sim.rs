@@ -181,7 +181,17 @@ fn body_param(
 ) -> Result<Option<String>, (u16, Value)> {
     let v = if content_type.starts_with("application/json") {
         match parse_json(body) {
-            Ok(v) => v[key].as_str().map(str::to_owned),
+            Ok(v) => match &v[key] {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                _ => {
+                    return Err(sim_error(
+                        400,
+                        format!("Invalid {key}: expected a string."),
+                        request_id,
+                    ))
+                }
+            },
             Err(e) => return Err(sim_error(400, e, request_id)),
         }
     } else {

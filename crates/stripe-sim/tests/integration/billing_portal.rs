@@ -494,6 +494,28 @@ async fn session_creation_is_validated_like_stripe() {
         "https://app.example/done"
     );
     assert_eq!(flow["subscription_update"], serde_json::Value::Null);
+    // A subscription already set to cancel at the period's end cannot be sent through the cancel flow again.
+    sim.post(
+        &format!("/v1/subscriptions/{sub}"),
+        &[("cancel_at_period_end", "true")],
+    )
+    .await;
+    let twice = sim
+        .post(
+            "/v1/billing_portal/sessions",
+            &[
+                ("customer", &cus),
+                ("configuration", &cancel_cfg),
+                ("flow_data[type]", "subscription_cancel"),
+                ("flow_data[subscription_cancel][subscription]", &sub),
+            ],
+        )
+        .await;
+    assert_eq!(twice.status, 400, "{:?}", twice.body);
+    assert_eq!(
+        twice.body["error"]["param"],
+        "flow_data[subscription_cancel][subscription]"
+    );
 }
 
 #[tokio::test]
@@ -893,6 +915,14 @@ async fn portal_cancellation_follows_the_configuration() {
         )
         .await;
     assert_eq!(r2.status, 400);
+    assert!(
+        r2.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected a string"),
+        "{:?}",
+        r2.body
+    );
     let big = sim
         .client
         .post(format!(
