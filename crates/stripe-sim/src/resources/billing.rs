@@ -409,10 +409,59 @@ pub fn attempt_payment(state: &mut State, id: &str, pm: Option<String>, now: i64
         }
         Err(e) => {
             let snapshot = state.store.get(id).cloned().unwrap_or_default();
-            state.emit("invoice.payment_failed", snapshot, None, now);
+            state.emit("invoice.payment_failed", snapshot.clone(), None, now);
+            // Stripe reports a charge waiting for 3D Secure as a failed attempt and asks for the customer's action.
+            if payment_intent::is_action_required(&e) {
+                state.emit("invoice.payment_action_required", snapshot, None, now);
+            }
             Err(e)
         }
     }
+}
+
+/// What the customer does on the hosted invoice page for a payment waiting for authentication: passes 3D Secure,
+/// the intent succeeds and the invoice is paid (its subscription becomes `active`).
+pub fn authenticate_invoice(state: &mut State, id: &str) -> ApiResult<Value> {
+    let inv = state
+        .store
+        .get_typed("invoice", id)
+        .cloned()
+        .ok_or_else(|| ApiError::no_such("invoice", id, "id"))?;
+    if inv["status"] != "open" {
+        return Err(ApiError::invalid_code(
+            "invoice_not_open",
+            format!(
+                "This invoice has a status of `{}`: only an open invoice can be paid.",
+                inv["status"].as_str().unwrap_or_default()
+            ),
+            None,
+        ));
+    }
+    let pi = state
+        .store
+        .entry(id)
+        .and_then(|e| e.internal["payment_intent"].as_str().map(str::to_owned))
+        .filter(|pi| {
+            state
+                .store
+                .get(pi)
+                .is_some_and(|p| p["status"] == "requires_action")
+        })
+        .ok_or_else(|| {
+            ApiError::invalid_code(
+                "payment_intent_unexpected_state",
+                "This invoice's payment is not waiting for authentication.",
+                None,
+            )
+        })?;
+    let now = state.now_for_customer(inv["customer"].as_str().unwrap_or_default());
+    payment_intent::charge_authenticated(state, &pi, now)?;
+    let pm = state
+        .store
+        .get(&pi)
+        .and_then(|p| p["payment_method"].as_str().map(str::to_owned));
+    mark_paid(state, id, pm.as_deref(), now);
+    Ok(state.store.get(id).cloned().unwrap_or_default())
 }
 
 /// Voids an open invoice and cancels its PaymentIntent.

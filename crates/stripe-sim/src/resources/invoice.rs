@@ -128,7 +128,20 @@ pub fn pay(state: &mut State, params: &Node, id: &str) -> ApiResult<Value> {
     if state.store.get(id).is_some_and(|i| i["status"] == "paid") {
         return respond(state, state.store.get(id).expect("fetched"), params);
     }
-    billing::attempt_payment(state, id, pm, now)?;
+    billing::attempt_payment(state, id, pm, now).map_err(|e| {
+        if crate::resources::payment_intent::is_action_required(&e) {
+            ApiError::new(
+                402,
+                "invalid_request_error",
+                Some("invoice_payment_intent_requires_action"),
+                "This payment requires additional user action before it can be completed successfully. Payment can be completed using the PaymentIntent associated with the invoice.",
+                None,
+            )
+            .with("payment_intent", e.extra.get("payment_intent").cloned().unwrap_or_default())
+        } else {
+            e
+        }
+    })?;
     respond(state, state.store.get(id).expect("fetched"), params)
 }
 

@@ -1,4 +1,5 @@
-//! Time-driven transitions, run in chronological order whenever simulated time passes: incomplete expiry, trial ends, renewals, payment retries and dunning, scheduled cancellations, checkout expiry.
+//! Time-driven transitions, run in chronological order whenever simulated time passes: incomplete expiry, trial-end
+//! warnings, trial ends, renewals, payment retries and dunning, scheduled cancellations, checkout expiry.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -16,9 +17,13 @@ use crate::state::State;
 /// How long Stripe leaves a first invoice unpaid before `incomplete_expired`.
 pub const INCOMPLETE_EXPIRY_SECS: i64 = 23 * 3600;
 
+/// How long before a trial's end Stripe sends `customer.subscription.trial_will_end`.
+pub const TRIAL_WILL_END_SECS: i64 = 3 * 86_400;
+
 #[derive(Debug, Clone, PartialEq)]
 enum Action {
     Expire,
+    TrialWillEnd,
     TrialEnd,
     Renew,
     Retry(String),
@@ -48,11 +53,16 @@ fn next_action(state: &State, id: &str) -> Option<(i64, Action)> {
         )),
         "trialing" => {
             let end = v["trial_end"].as_i64()?;
-            match v["cancel_at"].as_i64() {
-                Some(c) if c <= end => Some((c, Action::Cancel)),
-                _ if v["cancel_at_period_end"] == true => Some((end, Action::Cancel)),
-                _ => Some((end, Action::TrialEnd)),
+            let best = match v["cancel_at"].as_i64() {
+                Some(c) if c <= end => (c, Action::Cancel),
+                _ if v["cancel_at_period_end"] == true => (end, Action::Cancel),
+                _ => (end, Action::TrialEnd),
+            };
+            let warn = end - TRIAL_WILL_END_SECS;
+            if !trial_warned(state, id, end) && warn < best.0 {
+                return Some((warn, Action::TrialWillEnd));
             }
+            Some(best)
         }
         "active" | "past_due" => {
             let end = period_end(v)?;
@@ -139,11 +149,48 @@ pub fn run_due(state: &mut State, clock: Option<&str>, until: i64) {
 fn apply(state: &mut State, id: &str, action: Action, t: i64) {
     match action {
         Action::Expire => expire_incomplete(state, id, t),
+        Action::TrialWillEnd => warn_trial_end(state, id, t),
         Action::TrialEnd => end_trial(state, id, t),
         Action::Renew => renew(state, id, t),
         Action::Retry(inv) => retry(state, id, &inv, t),
         Action::Cancel => cancel_subscription(state, id, t, "cancellation_requested"),
         Action::ExpireCheckout => checkout::expire_session(state, id, t),
+    }
+}
+
+/// Whether `customer.subscription.trial_will_end` went out for the trial ending at `end` (a moved trial end warns again).
+fn trial_warned(state: &State, id: &str, end: i64) -> bool {
+    state
+        .store
+        .entry(id)
+        .is_some_and(|e| e.internal["trial_will_end_for"].as_i64() == Some(end))
+}
+
+fn warn_trial_end(state: &mut State, id: &str, t: i64) {
+    let Some(end) = state.store.get(id).and_then(|s| s["trial_end"].as_i64()) else {
+        return;
+    };
+    if trial_warned(state, id, end) {
+        return;
+    }
+    if let Some(e) = state.store.entry_mut(id) {
+        e.internal["trial_will_end_for"] = json!(end);
+    }
+    let snapshot = state.store.get(id).cloned().unwrap_or_default();
+    state.emit("customer.subscription.trial_will_end", snapshot, None, t);
+}
+
+/// Sends `customer.subscription.trial_will_end` at once when a trial has three days or less left (a short trial, a
+/// trial end moved closer, `trial_end=now`), as Stripe does; longer trials get it from the clock.
+pub fn warn_trial_end_if_near(state: &mut State, id: &str, now: i64) {
+    let Some(sub) = state.store.get(id) else {
+        return;
+    };
+    let Some(end) = sub["trial_end"].as_i64() else {
+        return;
+    };
+    if sub["status"] == "trialing" && end - now <= TRIAL_WILL_END_SECS {
+        warn_trial_end(state, id, now);
     }
 }
 

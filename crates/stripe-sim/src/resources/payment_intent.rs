@@ -74,8 +74,38 @@ pub fn insert(
 }
 
 /// Charges a PaymentIntent with a PaymentMethod; on a decline the intent goes back to `requires_payment_method` and the 402 names it.
+/// A card that needs authentication leaves the intent `requires_action` (no charge yet) and returns a 402 with code
+/// `authentication_required`.
 pub fn charge(state: &mut State, pi: &str, pm: &str, now: i64) -> ApiResult<()> {
-    let failure = payment_method::charge_error(state, pm);
+    charge_with(state, pi, pm, now, false)
+}
+
+/// Completes an intent waiting for authentication, as the customer passing 3D Secure does.
+pub fn charge_authenticated(state: &mut State, pi: &str, now: i64) -> ApiResult<()> {
+    let pm = state
+        .store
+        .get(pi)
+        .and_then(|v| v["payment_method"].as_str().map(str::to_owned))
+        .ok_or_else(|| ApiError::no_such("payment_intent", pi, "payment_intent"))?;
+    charge_with(state, pi, &pm, now, true)
+}
+
+fn charge_with(
+    state: &mut State,
+    pi: &str,
+    pm: &str,
+    now: i64,
+    authenticated: bool,
+) -> ApiResult<()> {
+    let needs_auth = payment_method::behavior(state, pm) == payment_method::Behavior::AuthRequired;
+    if needs_auth && !authenticated {
+        return require_action(state, pi, pm, now);
+    }
+    let failure = if needs_auth {
+        None
+    } else {
+        payment_method::charge_error(state, pm)
+    };
     let pm_json = state.store.get(pm).cloned().unwrap_or(Value::Null);
     let billing_details = pm_json["billing_details"].clone();
     let Some(v) = state.store.get_mut(pi) else {
@@ -100,6 +130,7 @@ pub fn charge(state: &mut State, pi: &str, pm: &str, now: i64) -> ApiResult<()> 
         },
     });
     v["payment_method"] = json!(pm);
+    v["next_action"] = Value::Null;
     let charge_id = new_id("ch_");
     v["latest_charge"] = json!(charge_id);
     let charge = |status: &str, err: Option<&ApiError>| {
@@ -191,6 +222,43 @@ pub fn charge(state: &mut State, pi: &str, pm: &str, now: i64) -> ApiResult<()> 
                 .with("payment_method", pm_json))
         }
     }
+}
+
+/// The intent waits for the customer to authenticate: `requires_action` with a 3D Secure `next_action`.
+fn require_action(state: &mut State, pi: &str, pm: &str, now: i64) -> ApiResult<()> {
+    let err = payment_method::charge_error(state, pm).unwrap_or_else(|| {
+        ApiError::card_declined(
+            "authentication_required",
+            "authentication_required",
+            "Your card was declined. This transaction requires authentication.",
+        )
+    });
+    let Some(v) = state.store.get_mut(pi) else {
+        return Err(ApiError::no_such("payment_intent", pi, "payment_intent"));
+    };
+    v["payment_method"] = json!(pm);
+    v["status"] = json!("requires_action");
+    v["last_payment_error"] = Value::Null;
+    v["next_action"] = json!({
+        "type": "use_stripe_sdk",
+        "use_stripe_sdk": {
+            "type": "three_d_secure_redirect",
+            "source": pm,
+        },
+    });
+    let snapshot = v.clone();
+    state.emit(
+        "payment_intent.requires_action",
+        snapshot.clone(),
+        None,
+        now,
+    );
+    Err(err.with("payment_intent", snapshot))
+}
+
+/// Whether an error is a charge waiting for authentication rather than a decline.
+pub fn is_action_required(e: &ApiError) -> bool {
+    e.code.as_deref() == Some(payment_method::AUTHENTICATION_REQUIRED)
 }
 
 /// Cancels an intent if it still can be (used when its invoice is voided).
@@ -299,7 +367,7 @@ pub fn create(state: &mut State, params: &Node) -> ApiResult<Value> {
                 Some("payment_method"),
             ));
         };
-        charge(state, &id, &pm, now)?;
+        on_session(charge(state, &id, &pm, now), &p)?;
     }
     respond(state, state.store.get(&id).expect("just inserted"), params)
 }
@@ -394,8 +462,23 @@ pub fn confirm(state: &mut State, params: &Node, id: &str) -> ApiResult<Value> {
                 )
             })?,
     };
-    charge(state, id, &pm, now)?;
+    on_session(charge(state, id, &pm, now), &p)?;
     respond(state, state.store.get(id).expect("fetched"), params)
+}
+
+/// A confirmation needing authentication answers the intent in `requires_action` (the client then runs 3D Secure),
+/// unless the payment is off session or `error_on_requires_action` is set.
+fn on_session(r: ApiResult<()>, p: &Params) -> ApiResult<()> {
+    match r {
+        Err(e)
+            if is_action_required(&e)
+                && p.bool("off_session") != Some(true)
+                && p.bool("error_on_requires_action") != Some(true) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 const REASONS: &[&str] = &[

@@ -1,4 +1,4 @@
-//! PaymentMethods: Stripe's test tokens (`pm_card_visa`, `pm_card_chargeCustomerFail`, `pm_card_visa_chargeDeclined`, ...), attach/detach, and what each card does when charged.
+//! PaymentMethods: Stripe's test tokens (`pm_card_visa`, `pm_card_chargeCustomerFail`, `pm_card_visa_chargeDeclined`, `pm_card_authenticationRequired`, ...), attach/detach, and what each card does when charged.
 
 use serde_json::{json, Value};
 
@@ -18,6 +18,8 @@ pub enum Behavior {
     FailOnCharge,
     /// Declined when attached and when charged.
     Decline,
+    /// Attaches; every charge needs the customer to authenticate (3D Secure) before it succeeds.
+    AuthRequired,
 }
 
 /// A Stripe test card.
@@ -35,6 +37,9 @@ const DECLINED: (&str, &str, &str) = (
     "generic_decline",
     "Your card was declined.",
 );
+
+/// The error of a charge that needs authentication; code and decline code as Stripe reports them.
+pub const AUTHENTICATION_REQUIRED: &str = "authentication_required";
 
 const CARDS: &[TestCard] = &[
     TestCard {
@@ -75,6 +80,21 @@ const CARDS: &[TestCard] = &[
         last4: "0341",
         behavior: Behavior::FailOnCharge,
         error: DECLINED,
+    },
+    TestCard {
+        tokens: &[
+            "pm_card_authenticationRequired",
+            "tok_authenticationRequired",
+            "4000002760003184",
+        ],
+        brand: "visa",
+        last4: "3184",
+        behavior: Behavior::AuthRequired,
+        error: (
+            AUTHENTICATION_REQUIRED,
+            AUTHENTICATION_REQUIRED,
+            "Your card was declined. This transaction requires authentication.",
+        ),
     },
     TestCard {
         tokens: &[
@@ -191,6 +211,7 @@ fn create_from_card(state: &mut State, card: &TestCard, now: i64) -> String {
         Behavior::Ok => "ok",
         Behavior::FailOnCharge => "fail",
         Behavior::Decline => "decline",
+        Behavior::AuthRequired => "auth",
     };
     let internal = json!({
         "behavior": behavior,
@@ -211,6 +232,7 @@ pub fn behavior(state: &State, pm: &str) -> Behavior {
     {
         Some("fail") => Behavior::FailOnCharge,
         Some("decline") => Behavior::Decline,
+        Some("auth") => Behavior::AuthRequired,
         _ => Behavior::Ok,
     }
 }

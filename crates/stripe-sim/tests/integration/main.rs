@@ -2,6 +2,8 @@
 
 mod common;
 
+mod authentication_and_trials;
+mod billing_portal;
 mod idempotency_and_faults;
 mod persistence;
 mod subscription_lifecycle;

@@ -316,6 +316,7 @@ pub fn create(state: &mut State, params: &Node) -> ApiResult<Value> {
         s.clone()
     };
     state.emit("customer.subscription.created", snapshot, None, now);
+    crate::resources::lifecycle::warn_trial_end_if_near(state, &id, now);
     finalize_invoice(state, &inv, now);
     if due_now && behavior != "default_incomplete" {
         if let Some(pm) = charge_pm {

@@ -305,10 +305,12 @@ pub fn update(state: &mut State, params: &Node, id: &str) -> ApiResult<Value> {
     update_sub(state, id, now, "customer.subscription.updated", |s| {
         *s = new
     });
+    lifecycle::warn_trial_end_if_near(state, id, now);
     if end_trial_now {
         update_sub(state, id, now, "customer.subscription.updated", |s| {
             s["trial_end"] = json!(now)
         });
+        lifecycle::warn_trial_end_if_near(state, id, now);
         let clock = state.customer_clock(&customer);
         lifecycle::run_due(state, clock.as_deref(), now);
     }
