@@ -375,6 +375,19 @@ pub fn mark_paid(state: &mut State, id: &str, pm: Option<&str>, now: i64) {
 
 /// Attempts to collect an open invoice with a PaymentMethod (or the default one); records the attempt either way.
 pub fn attempt_payment(state: &mut State, id: &str, pm: Option<String>, now: i64) -> ApiResult<()> {
+    attempt_payment_then(state, id, pm, now, |_, _| None)
+}
+
+/// As `attempt_payment`, for Stripe's automatic collection: after a failure, `next_retry` says when Stripe tries
+/// again, and the invoice carries it in the events of the failure (`invoice.payment_failed` tells when the next
+/// attempt is, or that there is none).
+pub fn attempt_payment_then(
+    state: &mut State,
+    id: &str,
+    pm: Option<String>,
+    now: i64,
+    next_retry: impl FnOnce(&mut State, &str) -> Option<i64>,
+) -> ApiResult<()> {
     let inv = state
         .store
         .get(id)
@@ -408,6 +421,8 @@ pub fn attempt_payment(state: &mut State, id: &str, pm: Option<String>, now: i64
             Ok(())
         }
         Err(e) => {
+            let next = next_retry(state, id);
+            invoice_mut(state, id)["next_payment_attempt"] = json!(next);
             let snapshot = state.store.get(id).cloned().unwrap_or_default();
             state.emit("invoice.payment_failed", snapshot.clone(), None, now);
             // Stripe reports a charge waiting for 3D Secure as a failed attempt and asks for the customer's action.

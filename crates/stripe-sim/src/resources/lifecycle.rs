@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::clock::period_boundary;
 use crate::resources::billing::{
-    self, attempt_payment, cancel_subscription, create_invoice, default_pm, finalize_invoice,
+    self, attempt_payment_then, cancel_subscription, create_invoice, default_pm, finalize_invoice,
     update_sub,
 };
 use crate::resources::checkout;
@@ -266,13 +266,13 @@ fn bill_period(state: &mut State, id: &str, period: (i64, i64), t: i64, from_sta
     }
     let sub = state.store.get(id).cloned().unwrap_or_default();
     let pm = default_pm(state, &sub);
-    if attempt_payment(state, &inv, pm, t).is_err() {
+    if attempt_payment_then(state, &inv, pm, t, |st, i| next_retry(st, i, t)).is_err() {
         payment_failed(state, id, &inv, t);
     }
 }
 
-/// After a failed automatic collection: `past_due`, and the next retry (or the dunning outcome when retries are exhausted).
-fn payment_failed(state: &mut State, sub: &str, inv: &str, t: i64) {
+/// When Stripe retries an invoice whose automatic collection just failed (`None`: retries are exhausted).
+fn next_retry(state: &mut State, inv: &str, t: i64) -> Option<i64> {
     let first = {
         let e = state.store.entry_mut(inv).expect("invoice exists");
         if e.internal["first_failed_at"].is_null() {
@@ -285,11 +285,16 @@ fn payment_failed(state: &mut State, sub: &str, inv: &str, t: i64) {
         .get(inv)
         .and_then(|i| i["attempt_count"].as_i64())
         .unwrap_or(1);
-    let next = state
+    state
         .settings
         .retry_days
         .get((attempts - 1).max(0) as usize)
-        .map(|d| first + d * 86_400);
+        .map(|d| first + d * 86_400)
+}
+
+/// After a failed automatic collection: `past_due`, and the next retry (or the dunning outcome when retries are exhausted).
+fn payment_failed(state: &mut State, sub: &str, inv: &str, t: i64) {
+    let next = next_retry(state, inv, t);
     if let Some(v) = state.store.get_mut(inv) {
         v["next_payment_attempt"] = json!(next);
     }
@@ -332,7 +337,7 @@ fn renew(state: &mut State, id: &str, t: i64) {
 fn retry(state: &mut State, sub: &str, inv: &str, t: i64) {
     let s = state.store.get(sub).cloned().unwrap_or_default();
     let pm = default_pm(state, &s);
-    if attempt_payment(state, inv, pm, t).is_err() {
+    if attempt_payment_then(state, inv, pm, t, |st, i| next_retry(st, i, t)).is_err() {
         payment_failed(state, sub, inv, t);
     }
 }

@@ -387,7 +387,16 @@ async fn a_failing_renewal_goes_past_due_then_canceled_after_the_retries() {
     )
     .await;
     assert_eq!(sim.status_of(&sub.id()).await, "past_due");
-    assert!(!sim.events_of("invoice.payment_failed").is_empty());
+    let failed = sim.events_of("invoice.payment_failed");
+    assert!(!failed.is_empty());
+    // The failure's own event says when Stripe retries, as Stripe's does.
+    assert!(
+        failed[0]["data"]["object"]["next_payment_attempt"]
+            .as_i64()
+            .is_some_and(|t| t > renew),
+        "{}",
+        failed[0]
+    );
     let open = sim
         .get(
             "/v1/invoices",
