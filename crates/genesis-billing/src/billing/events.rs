@@ -17,6 +17,8 @@ pub const HANDLED_EVENTS: &[&str] = &[
     "invoice.paid",
     "invoice.payment_succeeded",
     "invoice.payment_failed",
+    "invoice.payment_action_required",
+    "customer.subscription.trial_will_end",
     "checkout.session.completed",
     "checkout.session.expired",
     "customer.deleted",
@@ -128,12 +130,16 @@ pub fn keys_of(kind: &str, f: KeyFields) -> Option<EventKeys> {
     Some(match kind {
         "customer.subscription.created"
         | "customer.subscription.updated"
-        | "customer.subscription.deleted" => EventKeys {
+        | "customer.subscription.deleted"
+        | "customer.subscription.trial_will_end" => EventKeys {
             business_id: f.business_id,
             subscription: f.id,
             customer: f.customer,
         },
-        "invoice.paid" | "invoice.payment_succeeded" | "invoice.payment_failed" => EventKeys {
+        "invoice.paid"
+        | "invoice.payment_succeeded"
+        | "invoice.payment_failed"
+        | "invoice.payment_action_required" => EventKeys {
             business_id: f.parent_business_id,
             subscription: f.parent_subscription,
             customer: f.customer,
@@ -227,6 +233,13 @@ impl BillingService {
             "invoice.payment_failed" => {
                 self.on_invoice(object, "invoice_payment_failed", &keys, writes)
                     .await
+            }
+            "invoice.payment_action_required" => {
+                self.on_invoice(object, "invoice_payment_action_required", &keys, writes)
+                    .await
+            }
+            "customer.subscription.trial_will_end" => {
+                self.on_trial_will_end(object, &keys, writes).await
             }
             "checkout.session.completed" => self.on_checkout_completed(object, &keys).await,
             "checkout.session.expired" => self.on_checkout_expired(object, &keys).await,
@@ -407,6 +420,51 @@ impl BillingService {
         Ok(())
     }
 
+    /// A trial ends in three days: the meta-agent (and the owner, when there is no card) is told once
+    /// per trial end.
+    async fn on_trial_will_end(
+        &self,
+        object: &Value,
+        keys: &EventKeys,
+        writes: Writes,
+    ) -> Result<Applied, BillingError> {
+        let Some(b) = self.business_for(keys).await? else {
+            return Ok(ignored(None, UNKNOWN_BUSINESS));
+        };
+        let (Some(sub), Some(trial_end)) = (object["id"].as_str(), object["trial_end"].as_i64())
+        else {
+            return Ok(ignored(Some(&b), "no trial end"));
+        };
+        if b.stripe_subscription_id.as_deref() != Some(sub) {
+            return Ok(ignored(Some(&b), NOT_CURRENT_SUBSCRIPTION));
+        }
+        let has_payment_method =
+            !object["default_payment_method"].is_null() || !object["default_source"].is_null();
+        let entry = HistoryEntry {
+            business_id: b.business_id.clone(),
+            kind: "trial_will_end".to_owned(),
+            detail: format!("{sub} {}", rfc3339(trial_end)),
+            outbound: Some(NewOutbound {
+                business_id: b.business_id.clone(),
+                update_type: "billing.trial_ending",
+                data: serde_json::json!({
+                    "subscription_id": sub,
+                    "trial_end": rfc3339(trial_end),
+                    "has_payment_method": has_payment_method,
+                }),
+                cause: format!("trial_ending:{sub}:{trial_end}"),
+            }),
+        };
+        if writes == Writes::Deferred {
+            return Ok(Applied::Deferred {
+                business_id: b.business_id,
+                write: Deferred::History(entry),
+            });
+        }
+        self.store.record_history(&entry).await?;
+        Ok(applied(&b))
+    }
+
     async fn on_invoice(
         &self,
         object: &Value,
@@ -510,7 +568,8 @@ impl BillingService {
 }
 
 /// The event to the meta-agent an invoice's history line reports. One per payment (Stripe sends both
-/// `invoice.paid` and `invoice.payment_succeeded` for it) and one per failed attempt.
+/// `invoice.paid` and `invoice.payment_succeeded` for it), one per failed attempt, and one per attempt
+/// that needs the owner to authenticate.
 fn invoice_event(business_id: &str, kind: &str, invoice: &Value) -> Option<NewOutbound> {
     let id = invoice["id"].as_str()?;
     let currency = invoice["currency"].as_str();
@@ -523,6 +582,19 @@ fn invoice_event(business_id: &str, kind: &str, invoice: &Value) -> Option<NewOu
                 "currency": currency,
             }),
             format!("payment_succeeded:{id}"),
+        ),
+        "invoice_payment_action_required" => (
+            "billing.action_required",
+            serde_json::json!({
+                "invoice_id": id,
+                "amount_due_cents": invoice["amount_due"].as_i64(),
+                "currency": currency,
+                "hosted_invoice_url": invoice["hosted_invoice_url"].as_str(),
+            }),
+            format!(
+                "action_required:{id}:{}",
+                invoice["attempt_count"].as_i64().unwrap_or(0)
+            ),
         ),
         "invoice_payment_failed" => {
             let attempt = invoice["attempt_count"].as_i64();
