@@ -43,6 +43,8 @@ ROOTS = [
     ("TestHelpers.TestClock", "resources/TestHelpers/TestClocks.d.ts", "TestClock"),
     ("TestHelpers.DeletedTestClock", "resources/TestHelpers/TestClocks.d.ts", "DeletedTestClock"),
     ("Address", "shared.d.ts", "Address"),
+    ("BillingPortal.Configuration", "resources/BillingPortal/Configurations.d.ts", "Configuration"),
+    ("BillingPortal.Session", "resources/BillingPortal/Sessions.d.ts", "Session"),
 ]
 # Top-level names a field's type may name, to the definition name above (the rest, like `Metadata`, is not checked).
 REFS = {"Address": "Address"}

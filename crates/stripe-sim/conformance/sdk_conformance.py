@@ -3,7 +3,7 @@
 
 Starts the simulator binary on a free port, points the SDK at it, and walks every resource the simulator
 claims to support, including the SDK's error classes, auto-pagination, search, test clocks, checkout
-completion and verification of a real webhook delivery with stripe.Webhook.construct_event.
+completion, the billing portal and verification of a real webhook delivery with stripe.Webhook.construct_event.
 
 Usage: sdk_conformance.py [PATH_TO_STRIPE_SIM]   (or STRIPE_SIM_BIN; default target/debug/stripe-sim)
 Exits non-zero with a message naming the first failed check.
@@ -335,6 +335,51 @@ def _():
     expect(len(pms.data) == 1, "payment method attached")
     other = stripe.checkout.Session.create(mode="setup", customer=c.id, currency="usd", success_url="https://example.com/ok")
     expect(stripe.checkout.Session.expire(other.id).status == "expired", "expire")
+
+
+@check("billing portal: configurations create/retrieve/modify/list, sessions with flows, portal steps")
+def _():
+    cfg = stripe.billing_portal.Configuration.create(
+        business_profile={"headline": "Conformance"},
+        default_return_url="https://example.com/account",
+        features={
+            "invoice_history": {"enabled": True},
+            "payment_method_update": {"enabled": True},
+            "subscription_cancel": {"enabled": True, "mode": "immediately", "proration_behavior": "none"},
+            "customer_update": {"enabled": True, "allowed_updates": ["email", "address"]},
+        },
+        metadata={"business_id": "conf-portal"},
+    )
+    expect(cfg.id.startswith("bpc_") and cfg.object == "billing_portal.configuration", "configuration shape")
+    expect(cfg.features.subscription_cancel.mode == "immediately" and cfg.is_default is False, "configuration features")
+    got = stripe.billing_portal.Configuration.retrieve(cfg.id)
+    expect(got.default_return_url == "https://example.com/account", "retrieve")
+    mod = stripe.billing_portal.Configuration.modify(cfg.id, name="Conformance portal")
+    expect(mod.name == "Conformance portal", "modify")
+    listed = [x.id for x in stripe.billing_portal.Configuration.list(active=True, limit=1).auto_paging_iter()]
+    expect(cfg.id in listed, "list active, auto-paging")
+    expect_error(stripe.InvalidRequestError, lambda: stripe.billing_portal.Configuration.create(features={"subscription_cancel": {"enabled": True, "mode": "someday"}}), param="features[subscription_cancel][mode]")
+    c = stripe.Customer.create(payment_method="pm_card_visa", invoice_settings={"default_payment_method": "pm_card_visa"})
+    s = stripe.Subscription.create(customer=c.id, items=[{"price": CTX["price"].id}])
+    session = stripe.billing_portal.Session.create(
+        customer=c.id, configuration=cfg.id, locale="en",
+        flow_data={"type": "subscription_cancel", "subscription_cancel": {"subscription": s.id},
+                   "after_completion": {"type": "redirect", "redirect": {"return_url": "https://example.com/done"}}},
+    )
+    expect(session.id.startswith("bps_") and session.url.startswith(CTX["sim"].base), f"session url {session.url}")
+    expect(session.flow.subscription_cancel.subscription == s.id and session.return_url == "https://example.com/account", "session flow")
+    expect_error(stripe.InvalidRequestError, lambda: stripe.billing_portal.Session.create(customer="cus_missing"), code="resource_missing", param="customer")
+    expect_error(stripe.InvalidRequestError, lambda: stripe.billing_portal.Session.create(customer=c.id, configuration="bpc_missing"), param="configuration")
+    default = stripe.billing_portal.Session.create(customer=c.id)
+    expect(stripe.billing_portal.Configuration.retrieve(default.configuration).is_default is True, "default configuration")
+    with urllib.request.urlopen(session.url, timeout=10) as r:
+        expect(r.status == 200 and "text/html" in r.headers.get("Content-Type", ""), "portal page")
+    status, body = CTX["sim"].control("POST", f"/_sim/billing_portal/sessions/{session.id}/payment_method", {"payment_method": "pm_card_mastercard"})
+    expect(status == 200 and body["payment_method"]["card"]["last4"] == "4444", f"card update gave {status} {body}")
+    expect(stripe.Customer.retrieve(c.id).invoice_settings.default_payment_method == body["payment_method"]["id"], "new default card")
+    status, body = CTX["sim"].control("POST", f"/_sim/billing_portal/sessions/{session.id}/cancel", {})
+    expect(status == 200 and body["status"] == "canceled", f"cancel gave {status} {body}")
+    expect(stripe.Subscription.retrieve(s.id).status == "canceled", "canceled in the portal")
 
 
 @check("events: list by type with created[gte], retrieve, auto-paging")

@@ -1,8 +1,8 @@
 //! The `/v1` route table: method and path segments to a resource handler.
 
 use crate::resources::{
-    checkout, customer, event, invoice, payment_intent, payment_method, plain, price, product,
-    subscription, test_clock, webhook_endpoint, with_id, Handler,
+    billing_portal, checkout, customer, event, invoice, payment_intent, payment_method, plain,
+    price, product, subscription, test_clock, webhook_endpoint, with_id, Handler,
 };
 
 /// The handler for a Stripe API route, or `None` for "Unrecognized request URL".
@@ -74,6 +74,20 @@ pub fn route(method: &str, path: &str) -> Option<Handler> {
             with_id(checkout::line_items, id)
         }
         ("POST", ["v1", "checkout", "sessions", id, "expire"]) => with_id(checkout::expire, id),
+
+        ("GET", ["v1", "billing_portal", "configurations"]) => {
+            plain(billing_portal::list_configurations)
+        }
+        ("POST", ["v1", "billing_portal", "configurations"]) => {
+            plain(billing_portal::create_configuration)
+        }
+        ("GET", ["v1", "billing_portal", "configurations", id]) => {
+            with_id(billing_portal::retrieve_configuration, id)
+        }
+        ("POST", ["v1", "billing_portal", "configurations", id]) => {
+            with_id(billing_portal::update_configuration, id)
+        }
+        ("POST", ["v1", "billing_portal", "sessions"]) => plain(billing_portal::create_session),
 
         ("GET", ["v1", "events"]) => plain(event::list_all),
         ("GET", ["v1", "events", id]) => with_id(event::retrieve, id),

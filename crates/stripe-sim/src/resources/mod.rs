@@ -1,6 +1,7 @@
 //! Stripe resources, one module each, plus what they share: retrieval with Stripe's 404s, list pagination, and `expand[]`.
 
 pub mod billing;
+pub mod billing_portal;
 pub mod checkout;
 pub mod customer;
 pub mod event;
@@ -52,6 +53,7 @@ fn noun(kind: &str) -> &str {
     match kind {
         "checkout.session" => "checkout.session",
         "test_helpers.test_clock" => "test_clock",
+        "billing_portal.configuration" => "configuration",
         other => other,
     }
 }

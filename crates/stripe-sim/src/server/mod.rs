@@ -303,6 +303,19 @@ pub async fn handle(
     let version = header(&headers, "stripe-version")
         .unwrap_or(API_VERSION)
         .to_owned();
+    // A portal session's URL is opened by the customer's browser, which has no API key: the session id is the secret.
+    if let ("GET", ["", "_sim", "billing_portal", "sessions", id]) = (
+        method.as_str(),
+        path.split('/').collect::<Vec<_>>().as_slice(),
+    ) {
+        let (status, html) = crate::resources::billing_portal::page(&lock(&app.state), id);
+        let mut r = respond(status, html, &request_id, &version, &[]);
+        r.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        return Ok(r);
+    }
     let api_key = match authenticate(&headers) {
         Ok(k) => k,
         Err(e) => return Ok(error_response(&e, &request_id, &version)),

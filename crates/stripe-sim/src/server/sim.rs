@@ -1,11 +1,11 @@
-//! Simulator-only controls under `/_sim/` (JSON in and out): faults, rate limit, webhook delivery behaviour, dunning settings, global time, checkout completion.
+//! Simulator-only controls under `/_sim/` (JSON in and out): faults, rate limit, webhook delivery behaviour, dunning settings, global time, and what a customer does on Stripe's pages (checkout completion, the billing portal, invoice authentication).
 
 use serde_json::{json, Value};
 
 use crate::faults::FaultConfig;
 use crate::form::{self, Node};
-use crate::resources::checkout;
 use crate::resources::lifecycle;
+use crate::resources::{billing_portal, checkout};
 use crate::server::{lock, ping, sim_error, App};
 use crate::state::Settings;
 use crate::webhook::WebhookSettings;
@@ -139,38 +139,75 @@ pub async fn handle(
             (200, advance_global(app, secs))
         }
         ("POST", ["_sim", "checkout", "sessions", id, "complete"]) => {
-            let pm = if content_type.starts_with("application/json") {
-                match parse_json(body) {
-                    Ok(v) => v["payment_method"].as_str().map(str::to_owned),
-                    Err(e) => return bad(e),
-                }
-            } else {
-                match form::parse(body) {
-                    Ok(n) => n
-                        .get("payment_method")
-                        .and_then(Node::as_str)
-                        .map(str::to_owned),
-                    Err(e) => return (e.status, e.to_json(request_id)),
-                }
+            let pm = match body_param(body, content_type, "payment_method", request_id) {
+                Ok(v) => v,
+                Err(e) => return e,
             };
-            let pm = pm
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "pm_card_visa".to_owned());
-            let mut st = lock(&app.state);
-            st.request = Some(crate::state::RequestInfo {
-                id: request_id.to_owned(),
-                idempotency_key: None,
-            });
-            let r = checkout::complete(&mut st, id, &pm);
-            st.request = None;
-            st.dirty = true;
-            app.after_change(&mut st);
-            match r {
-                Ok(v) => (200, v),
-                Err(e) => (e.status, e.to_json(request_id)),
-            }
+            let pm = pm.unwrap_or_else(|| "pm_card_visa".to_owned());
+            run_step(app, request_id, |st| checkout::complete(st, id, &pm))
+        }
+        ("POST", ["_sim", "billing_portal", "sessions", id, "payment_method"]) => {
+            let pm = match body_param(body, content_type, "payment_method", request_id) {
+                Ok(Some(v)) => v,
+                Ok(None) => return bad("Missing required param: payment_method.".into()),
+                Err(e) => return e,
+            };
+            run_step(app, request_id, |st| {
+                billing_portal::update_payment_method(st, id, &pm)
+            })
+        }
+        ("POST", ["_sim", "billing_portal", "sessions", id, "cancel"]) => {
+            let sub = match body_param(body, content_type, "subscription", request_id) {
+                Ok(v) => v,
+                Err(e) => return e,
+            };
+            run_step(app, request_id, |st| {
+                billing_portal::cancel(st, id, sub.as_deref())
+            })
         }
         _ => unrecognized(method, path, request_id),
+    }
+}
+
+/// A string parameter of a `/_sim` step, from a JSON or a form body; `None` when absent or empty.
+fn body_param(
+    body: &[u8],
+    content_type: &str,
+    key: &str,
+    request_id: &str,
+) -> Result<Option<String>, (u16, Value)> {
+    let v = if content_type.starts_with("application/json") {
+        match parse_json(body) {
+            Ok(v) => v[key].as_str().map(str::to_owned),
+            Err(e) => return Err(sim_error(400, e, request_id)),
+        }
+    } else {
+        match form::parse(body) {
+            Ok(n) => n.get(key).and_then(Node::as_str).map(str::to_owned),
+            Err(e) => return Err((e.status, e.to_json(request_id))),
+        }
+    };
+    Ok(v.filter(|s| !s.is_empty()))
+}
+
+/// Runs a `/_sim` step that acts as a customer would, under the state lock, delivering the events it emits.
+fn run_step(
+    app: &App,
+    request_id: &str,
+    f: impl FnOnce(&mut crate::state::State) -> crate::error::ApiResult<Value>,
+) -> (u16, Value) {
+    let mut st = lock(&app.state);
+    st.request = Some(crate::state::RequestInfo {
+        id: request_id.to_owned(),
+        idempotency_key: None,
+    });
+    let r = f(&mut st);
+    st.request = None;
+    st.dirty = true;
+    app.after_change(&mut st);
+    match r {
+        Ok(v) => (200, v),
+        Err(e) => (e.status, e.to_json(request_id)),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod billing_portal;
 mod idempotency_and_faults;
 mod persistence;
 mod subscription_lifecycle;

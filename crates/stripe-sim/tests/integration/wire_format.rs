@@ -725,6 +725,8 @@ fn definition_of(v: &serde_json::Value) -> Option<&'static str> {
         ("webhook_endpoint", true) => "DeletedWebhookEndpoint",
         ("test_helpers.test_clock", false) => "TestHelpers.TestClock",
         ("test_helpers.test_clock", true) => "TestHelpers.DeletedTestClock",
+        ("billing_portal.configuration", _) => "BillingPortal.Configuration",
+        ("billing_portal.session", _) => "BillingPortal.Session",
         ("list", _) => "ApiList",
         ("search_result", _) => "ApiSearchResult",
         _ => return None,
@@ -1057,6 +1059,110 @@ async fn every_object_carries_every_field_stripe_always_sends_at_endive() {
             );
         }
     }
+    // The billing portal: a configuration with every feature, sessions with each kind of flow.
+    let portal = keep(
+        sim.post(
+            "/v1/billing_portal/configurations",
+            &[
+                ("features[invoice_history][enabled]", "true"),
+                ("features[payment_method_update][enabled]", "true"),
+                ("features[customer_update][enabled]", "true"),
+                ("features[customer_update][allowed_updates][]", "email"),
+                ("features[subscription_cancel][enabled]", "true"),
+                (
+                    "features[subscription_cancel][cancellation_reason][enabled]",
+                    "true",
+                ),
+                (
+                    "features[subscription_cancel][cancellation_reason][options][]",
+                    "too_expensive",
+                ),
+                ("features[subscription_update][enabled]", "true"),
+                (
+                    "features[subscription_update][default_allowed_updates][]",
+                    "price",
+                ),
+                (
+                    "features[subscription_update][products][0][product]",
+                    &product.id(),
+                ),
+                (
+                    "features[subscription_update][products][0][prices][]",
+                    &price.id(),
+                ),
+                ("login_page[enabled]", "true"),
+            ],
+        )
+        .await,
+        "portal configuration",
+    );
+    keep(
+        sim.post(
+            &format!("/v1/billing_portal/configurations/{}", portal.id()),
+            &[("name", "Everything")],
+        )
+        .await,
+        "portal configuration update",
+    );
+    let live_sub = sub.id();
+    for flow in [
+        vec![("flow_data[type]", "payment_method_update")],
+        vec![
+            ("flow_data[type]", "subscription_cancel"),
+            ("flow_data[subscription_cancel][subscription]", &live_sub),
+            ("flow_data[after_completion][type]", "hosted_confirmation"),
+            (
+                "flow_data[after_completion][hosted_confirmation][custom_message]",
+                "Bye",
+            ),
+        ],
+        vec![
+            ("flow_data[type]", "subscription_update"),
+            ("flow_data[subscription_update][subscription]", &live_sub),
+            ("flow_data[after_completion][type]", "redirect"),
+            (
+                "flow_data[after_completion][redirect][return_url]",
+                "https://example.com/back",
+            ),
+        ],
+        vec![
+            ("flow_data[type]", "subscription_update_confirm"),
+            (
+                "flow_data[subscription_update_confirm][subscription]",
+                &live_sub,
+            ),
+            (
+                "flow_data[subscription_update_confirm][items][0][id]",
+                &item,
+            ),
+            (
+                "flow_data[subscription_update_confirm][items][0][price]",
+                &yearly.id(),
+            ),
+            (
+                "flow_data[subscription_update_confirm][items][0][quantity]",
+                "2",
+            ),
+        ],
+    ] {
+        let cus_id = cus.id();
+        let portal_id = portal.id();
+        let mut p = vec![
+            ("customer", cus_id.as_str()),
+            ("configuration", portal_id.as_str()),
+        ];
+        p.extend(flow);
+        p.push(("expand[]", "configuration"));
+        keep(
+            sim.post("/v1/billing_portal/sessions", &p).await,
+            "portal session",
+        );
+    }
+    keep(
+        sim.post("/v1/billing_portal/sessions", &[("customer", &cus.id())])
+            .await,
+        "portal session on the default configuration",
+    );
     for path in [
         "/v1/customers",
         "/v1/products",
@@ -1068,6 +1174,7 @@ async fn every_object_carries_every_field_stripe_always_sends_at_endive() {
         "/v1/checkout/sessions",
         "/v1/webhook_endpoints",
         "/v1/test_helpers/test_clocks",
+        "/v1/billing_portal/configurations",
     ] {
         keep(sim.get(path, &[("limit", "100")]).await, path);
     }
