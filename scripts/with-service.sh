@@ -34,6 +34,8 @@ export DATABASE_URL="sqlite://$work/billing.db"
 export GENESIS_ADMIN_TOKEN=$GB_TOKEN
 export STRIPE_WEBHOOK_SECRET="whsec_ci_with_service"
 export GENESIS_BILLING_STRIPE_RATE_LIMIT=0
+export GENESIS_BILLING_LINK_SECRET="ci-link-secret-with-service"
+export GENESIS_BILLING_PUBLIC_URL="https://billing.example.test"
 "$bin_dir/genesis-billing" prices sync >/dev/null
 "$bin_dir/genesis-billing" serve --listen 127.0.0.1:0 >"$work/serve.out" 2>"$work/serve.err" &
 serve_pid=$!

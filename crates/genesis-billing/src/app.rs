@@ -19,6 +19,7 @@ use crate::config::{Settings, StripeMode};
 use crate::http::AppState;
 use crate::jobs::Schedule;
 use crate::metrics::Metrics;
+use crate::owners::Owners;
 use crate::store::{Backend, Store};
 use crate::stripe::rate_limit::{BudgetError, SharedBudget};
 use crate::stripe::{ClientConfig, StripeClient};
@@ -114,7 +115,8 @@ pub fn app_state(settings: &Settings, service: Arc<BillingService>) -> Arc<AppSt
             settings.stripe_mode_label(),
             settings.key_mode == Some(StripeMode::Test),
         )
-        .with_serve_settings(&settings.serve),
+        .with_serve_settings(&settings.serve)
+        .with_owners(Arc::new(Owners::from_settings(settings))),
     )
 }
 

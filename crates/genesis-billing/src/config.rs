@@ -128,7 +128,28 @@ pub struct Settings {
     pub serve: ServeSettings,
     /// Problems that do not stop start-up (unknown `GENESIS_BILLING_*` variables), for the caller to log.
     pub warnings: Vec<String>,
+    /// Manage links and the Billing Portal owners reach through them.
+    pub owners: OwnerSettings,
 }
+
+/// Manage links (`GET /billing/manage?token=…`) and the Billing Portal configuration behind them.
+#[derive(Debug, Clone)]
+pub struct OwnerSettings {
+    /// `GENESIS_BILLING_LINK_SECRET`: the first signs, any verifies; empty means no links.
+    pub link_secrets: Vec<SecretString>,
+    /// How long a new link works.
+    pub link_ttl_secs: u64,
+    /// Whether owners may cancel in the portal.
+    pub portal_allow_cancel: bool,
+    /// Whether `GENESIS_BILLING_PUBLIC_URL` was given (links are never made on the placeholder default).
+    pub public_url_set: bool,
+}
+
+/// Default lifetime of a manage link: 7 days.
+pub const DEFAULT_LINK_TTL_SECS: u64 = 7 * 86_400;
+
+/// Shortest link secret accepted: it is all that stands between a guessed link and an owner's portal.
+pub const MIN_LINK_SECRET_LEN: usize = 16;
 
 /// Limits of `serve`'s listeners; a client that breaks them is cut off, and other clients keep being served.
 #[derive(Debug, Clone)]
@@ -214,6 +235,9 @@ struct FileConfig {
     shutdown_grace_secs: Option<u64>,
     ops_listen: Option<String>,
     metrics_token: Option<String>,
+    link_secrets: Option<Vec<String>>,
+    link_ttl_secs: Option<u64>,
+    portal_allow_cancel: Option<bool>,
 }
 
 /// Where environment variables come from; tests pass a list instead of touching the process environment.
@@ -286,6 +310,10 @@ pub const KNOWN_GENESIS_BILLING_VARS: &[&str] = &[
     "GENESIS_BILLING_OPS_LISTEN",
     "GENESIS_BILLING_METRICS_TOKEN",
     "GENESIS_BILLING_METRICS_TOKEN_FILE",
+    "GENESIS_BILLING_LINK_SECRET",
+    "GENESIS_BILLING_LINK_SECRET_FILE",
+    "GENESIS_BILLING_LINK_TTL_SECS",
+    "GENESIS_BILLING_PORTAL_ALLOW_CANCEL",
     // Read by scripts/bench to find the binary, so it is in the service's environment there.
     "GENESIS_BILLING_BIN",
 ];
@@ -682,6 +710,38 @@ impl Settings {
             file.db_statement_timeout_ms,
             30_000,
         )?;
+        let owners = OwnerSettings {
+            link_secrets: secret_list(
+                env,
+                "GENESIS_BILLING_LINK_SECRET",
+                file.link_secrets,
+                "link_secrets",
+                "link secret",
+                MIN_LINK_SECRET_LEN,
+            )?,
+            // At most 90 days: a link in an old email should not open the portal forever.
+            link_ttl_secs: bounded(
+                env,
+                "GENESIS_BILLING_LINK_TTL_SECS",
+                file.link_ttl_secs,
+                DEFAULT_LINK_TTL_SECS,
+                1..=90 * 86_400,
+            )?,
+            portal_allow_cancel: setting(
+                env,
+                None,
+                "GENESIS_BILLING_PORTAL_ALLOW_CANCEL",
+                file.portal_allow_cancel,
+            )?
+            .unwrap_or(false),
+            public_url_set: false,
+        };
+        let public_url = setting(env, None, "GENESIS_BILLING_PUBLIC_URL", file.public_url)?;
+        let owners = OwnerSettings {
+            public_url_set: public_url.is_some(),
+            ..owners
+        };
+
         if serve.ops_listen == Some(listen) && listen.port() != 0 {
             return Err(invalid(
                 "GENESIS_BILLING_OPS_LISTEN",
@@ -731,9 +791,9 @@ impl Settings {
                 file.gap_fill_interval_secs,
                 300,
             )?,
-            public_url: setting(env, None, "GENESIS_BILLING_PUBLIC_URL", file.public_url)?
-                .unwrap_or_else(|| "https://example.com".to_owned()),
+            public_url: public_url.unwrap_or_else(|| "https://example.com".to_owned()),
             warnings: unknown_variables(env),
+            owners,
         })
     }
 
@@ -1065,6 +1125,7 @@ mod tests {
         for (file_key, var) in [
             ("webhook_secrets", "STRIPE_WEBHOOK_SECRET"),
             ("admin_tokens", "GENESIS_ADMIN_TOKEN"),
+            ("link_secrets", "GENESIS_BILLING_LINK_SECRET"),
         ] {
             for bad in [
                 "".to_owned(),
@@ -1098,13 +1159,14 @@ mod tests {
         for (file_key, var) in [
             ("webhook_secrets", "STRIPE_WEBHOOK_SECRET"),
             ("admin_tokens", "GENESIS_ADMIN_TOKEN"),
+            ("link_secrets", "GENESIS_BILLING_LINK_SECRET"),
         ] {
             for (source, loaded) in each_source(dir.path(), file_key, var, value) {
                 let s = loaded.unwrap_or_else(|e| panic!("{source}: {e}"));
-                let list = if file_key == "admin_tokens" {
-                    s.admin_tokens
-                } else {
-                    s.webhook_secrets
+                let list = match file_key {
+                    "admin_tokens" => s.admin_tokens,
+                    "link_secrets" => s.owners.link_secrets,
+                    _ => s.webhook_secrets,
                 };
                 let got: Vec<&str> = list.iter().map(|t| t.expose_secret()).collect();
                 assert_eq!(
@@ -1206,6 +1268,35 @@ mod tests {
         ])
         .unwrap_err();
         assert!(err.to_string().contains("must differ"), "{err}");
+    }
+
+    #[test]
+    fn manage_links_have_a_seven_day_default_a_bounded_ttl_and_know_whether_a_public_url_was_given()
+    {
+        let s = load(&[]).unwrap().owners;
+        assert!(s.link_secrets.is_empty() && !s.public_url_set && !s.portal_allow_cancel);
+        assert_eq!(s.link_ttl_secs, 604_800);
+        let s = load(&[
+            ("GENESIS_BILLING_PUBLIC_URL", "https://billing.example.org"),
+            ("GENESIS_BILLING_LINK_TTL_SECS", "7776000"),
+        ])
+        .unwrap()
+        .owners;
+        assert!(s.public_url_set);
+        assert_eq!(s.link_ttl_secs, 7_776_000);
+        for bad in ["0", "7776001", "-1", "week"] {
+            let err = load(&[("GENESIS_BILLING_LINK_TTL_SECS", bad)]).unwrap_err();
+            assert!(
+                err.to_string().contains("GENESIS_BILLING_LINK_TTL_SECS"),
+                "{bad}: {err}"
+            );
+        }
+        let err = load(&[("GENESIS_BILLING_PORTAL_ALLOW_CANCEL", "maybe")]).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("GENESIS_BILLING_PORTAL_ALLOW_CANCEL"));
+        let s = load(&[("GENESIS_BILLING_LINK_SECRET", "link-SECRET-0123456789")]).unwrap();
+        assert!(!format!("{s:?}").contains("link-SECRET"));
     }
 
     #[test]
@@ -1385,6 +1476,33 @@ mod tests {
                 default: "",
                 secret: true,
                 read: |s| joined(&s.webhook_secrets),
+            },
+            Case {
+                env: "GENESIS_BILLING_LINK_SECRET",
+                file_key: "link_secrets",
+                flag: None,
+                toml: List,
+                values: tokens,
+                default: "",
+                secret: true,
+                read: |s| joined(&s.owners.link_secrets),
+            },
+            num(
+                "GENESIS_BILLING_LINK_TTL_SECS",
+                "link_ttl_secs",
+                ["-", "3600", "86400"],
+                "604800",
+                |s| s.owners.link_ttl_secs.to_string(),
+            ),
+            Case {
+                env: "GENESIS_BILLING_PORTAL_ALLOW_CANCEL",
+                file_key: "portal_allow_cancel",
+                flag: None,
+                toml: Bool,
+                values: ["-", "true", "false"],
+                default: "false",
+                secret: false,
+                read: |s| s.owners.portal_allow_cancel.to_string(),
             },
             Case {
                 env: "GENESIS_BILLING_PUBLIC_URL",

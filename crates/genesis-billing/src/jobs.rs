@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::RwLock;
 
 use crate::billing::{BillingError, BillingService, StripeError};
+use crate::owners::Owners;
 use crate::webhook::Inbox;
 
 /// How often the background check asks Stripe once everything is fine (and 30 s while it is not).
@@ -86,6 +87,35 @@ pub struct Checks {
     pub catalog: RwLock<CatalogHealth>,
     /// Stripe's reachability as the last check found it.
     pub stripe: std::sync::Mutex<StripeHealth>,
+    /// Our Billing Portal configuration as the last check left it (a fixed code, see `PortalHealth`).
+    pub portal: std::sync::Mutex<PortalHealth>,
+}
+
+/// What `/health` says about the Billing Portal configuration manage links open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortalHealth {
+    Unchecked,
+    /// Found, created or updated to match the settings.
+    Ready,
+    /// Manage links are not configured (no link secret or public URL): nothing to keep.
+    NotConfigured,
+    /// Payments are off.
+    Disabled,
+    /// The last attempt failed this way (retried).
+    Failed(StripeHealth),
+}
+
+impl PortalHealth {
+    /// The fixed code `/health` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unchecked => "unchecked",
+            Self::Ready => "ready",
+            Self::NotConfigured => "not_configured",
+            Self::Disabled => "disabled",
+            Self::Failed(s) => s.as_str(),
+        }
+    }
 }
 
 impl Default for Checks {
@@ -93,6 +123,7 @@ impl Default for Checks {
         Self {
             catalog: RwLock::new(CatalogHealth::Unchecked),
             stripe: std::sync::Mutex::new(StripeHealth::Unchecked),
+            portal: std::sync::Mutex::new(PortalHealth::Unchecked),
         }
     }
 }
@@ -222,6 +253,50 @@ pub fn spawn(
         }));
     }
     tasks
+}
+
+/// How often our portal configuration is checked again once it is right (someone may change it in the
+/// dashboard), and how soon a failed attempt is retried.
+const PORTAL_RECHECK: Duration = Duration::from_secs(3600);
+const PORTAL_RETRY: Duration = Duration::from_secs(30);
+
+/// Finds or creates our Billing Portal configuration at start-up and keeps it matching the settings, like
+/// the catalog check: a failure is logged, shown in `/health` and retried; serve runs regardless.
+pub fn spawn_portal_check(
+    service: Arc<BillingService>,
+    owners: Arc<Owners>,
+    checks: Arc<Checks>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let set = |h: PortalHealth| *checks.portal.lock().unwrap_or_else(|p| p.into_inner()) = h;
+        if owners.configured().is_err() {
+            return set(PortalHealth::NotConfigured);
+        }
+        let Ok(stripe) = service.stripe() else {
+            return set(PortalHealth::Disabled);
+        };
+        loop {
+            let checked = tokio::time::timeout(STRIPE_CHECK_TIMEOUT, owners.recheck_portal(stripe));
+            let health = match checked.await {
+                Ok(Ok(_)) => PortalHealth::Ready,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "Billing Portal configuration check failed; retrying");
+                    PortalHealth::Failed(StripeHealth::of(&e))
+                }
+                Err(_) => {
+                    tracing::warn!("Billing Portal configuration check did not finish within {STRIPE_CHECK_TIMEOUT:?}");
+                    PortalHealth::Failed(StripeHealth::Timeout)
+                }
+            };
+            set(health);
+            tokio::time::sleep(if health == PortalHealth::Ready {
+                PORTAL_RECHECK
+            } else {
+                PORTAL_RETRY
+            })
+            .await;
+        }
+    })
 }
 
 /// Every `every`, while payments are on, runs `work` on one replica of the fleet: a job lease (see

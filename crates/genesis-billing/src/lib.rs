@@ -6,6 +6,7 @@
 //! - [`app`]: the composition root: settings in, store + Stripe client + billing service + inbox out;
 //! - [`http`]: `serve` — the admin API, health and metrics; [`jobs`]: `serve`'s background loops;
 //! - [`webhook`]: the signed Stripe webhook inbox;
+//! - [`owners`]: what a business's owner gets: signed manage links and the Billing Portal behind them;
 //! - [`billing`]: the domain — provisioning, takedown, payment collection, price sync, import — and the
 //!   facade every entry point goes through;
 //! - [`config`]: settings from flags, file and environment, with secrets wrapped from the moment they are read;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod owners;
 pub mod revenue;
 pub mod store;
 pub mod stripe;
@@ -43,26 +45,28 @@ mod layout {
             "cli",
             &[
                 "app", "http", "jobs", "billing", "webhook", "config", "metrics", "business",
-                "catalog", "revenue",
+                "catalog", "revenue", "owners",
             ],
         ),
         (
             "app",
             &[
                 "http", "jobs", "billing", "webhook", "store", "stripe", "config", "metrics",
-                "business", "catalog", "revenue",
+                "business", "catalog", "revenue", "owners",
             ],
         ),
         (
             "http",
             &[
-                "jobs", "billing", "webhook", "config", "metrics", "business", "catalog", "revenue",
+                "jobs", "billing", "webhook", "config", "metrics", "business", "catalog",
+                "revenue", "owners",
             ],
         ),
         (
             "jobs",
             &[
                 "billing", "webhook", "config", "metrics", "business", "catalog", "revenue",
+                "owners",
             ],
         ),
         // The domain and the inbox.
@@ -76,6 +80,13 @@ mod layout {
             "billing",
             &[
                 "store", "stripe", "metrics", "business", "catalog", "revenue",
+            ],
+        ),
+        // Owners' manage links and portal: beside the domain, below the entry points.
+        (
+            "owners",
+            &[
+                "store", "stripe", "config", "metrics", "business", "catalog", "revenue",
             ],
         ),
         // Settings, then the two adapters to the outside world.

@@ -1,4 +1,4 @@
-//! `business create | show | list | takedown | resume | checkout-link`.
+//! `business create | show | list | takedown | resume | checkout-link | manage-link`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,12 +15,14 @@ use crate::billing::BillingError;
 use crate::billing::{BusinessFilter, BusinessPages, PAGE};
 use crate::business::{Billing, Lifecycle, NewBusiness};
 use crate::metrics::Metrics;
+use crate::owners::Owners;
 
 pub(super) async fn run(
     service: &Arc<BillingService>,
     cmd: BusinessCommand,
     json: bool,
     metrics: &Arc<Metrics>,
+    owners: &Owners,
 ) -> Result<ExitCode, Failure> {
     match cmd {
         BusinessCommand::Create(args) if args.count > 1 => {
@@ -191,8 +193,53 @@ pub(super) async fn run(
             }
             Err(e) => return Err(e.into()),
         },
+        BusinessCommand::ManageLink { id } => return manage_link(service, owners, &id, json).await,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `business manage-link ID`: a missing link secret or public URL is a configuration error (exit 2).
+async fn manage_link(
+    service: &BillingService,
+    owners: &Owners,
+    id: &str,
+    json: bool,
+) -> Result<ExitCode, Failure> {
+    owners
+        .configured()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let refusal = match service
+        .business(id)
+        .await
+        .context("while reading the record")?
+    {
+        None => ("not_found", format!("no business {id}")),
+        Some(b) if b.status != Lifecycle::Active => {
+            ("taken_down", format!("business {id} is taken down"))
+        }
+        Some(_) => {
+            let link = owners
+                .manage_link(id, crate::owners::now())
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            if json {
+                print_json(&serde_json::json!({
+                    "business_id": id,
+                    "url": link.url,
+                    "expires_at": link.expires_at,
+                }));
+            } else {
+                println!("{}", link.url);
+                eprintln!("expires {}", crate::business::rfc3339(link.expires_at));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
+    if json {
+        print_json(&serde_json::json!({"error": refusal.0, "business_id": id}));
+    } else {
+        eprintln!("{}", refusal.1);
+    }
+    Ok(ExitCode::from(1))
 }
 
 /// `business create --count N`: N businesses provisioned concurrently through the shared rate limiter.

@@ -158,6 +158,8 @@ enum BusinessCommand {
     Resume,
     /// A Stripe Checkout link for the business owner to add a payment method.
     CheckoutLink { id: String },
+    /// A signed manage link for the owner: it opens a fresh Billing Portal (or Checkout) session each time.
+    ManageLink { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -347,7 +349,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 println!("database {} is up to date", settings.database_url);
             }
         }
-        Command::Business(cmd) => return business::run(&service, cmd, json, metrics).await,
+        Command::Business(cmd) => {
+            let owners = crate::owners::Owners::from_settings(settings);
+            return business::run(&service, cmd, json, metrics, &owners).await;
+        }
         Command::Prices(cmd) => prices::run(&service, cmd, json).await?,
         Command::Import { file } => {
             let bytes = read_limited(&file, crate::billing::MAX_IMPORT_BYTES)?;

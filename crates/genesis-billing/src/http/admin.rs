@@ -26,7 +26,7 @@ struct CreateBody {
     email: Option<String>,
 }
 
-fn business_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(super) fn business_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(id) = path.map_err(|_| ApiError::bad_request("invalid business id in the path"))?;
     if !is_business_id(&id) {
         return Err(ApiError::not_found(format!(

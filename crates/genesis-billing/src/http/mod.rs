@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod error;
+mod manage;
 mod ops;
 pub mod server;
 
@@ -22,6 +23,7 @@ use crate::billing::BillingService;
 use crate::config::ServeSettings;
 use crate::jobs::Checks;
 use crate::jobs::Schedule;
+use crate::owners::Owners;
 use crate::webhook::Inbox;
 use error::{ApiError, REQUEST_ID};
 use server::{Gate, Limits};
@@ -49,12 +51,16 @@ pub struct AppState {
     metrics_token_digest: Option<[u8; 32]>,
     /// Where `/health` and `/metrics` are served when not on the main listener.
     pub ops_listen: Option<SocketAddr>,
+    /// Owners' manage links and the Billing Portal behind them.
+    pub owners: Arc<Owners>,
 }
 
 struct Gates {
     webhook: Gate,
     admin: Gate,
     ops: Gate,
+    /// Owners opening manage links (public: its own budget, so it cannot starve the admin API).
+    manage: Gate,
 }
 
 impl Gates {
@@ -63,6 +69,7 @@ impl Gates {
             webhook: Gate::new("webhook", s.max_in_flight_webhook),
             admin: Gate::new("admin", s.max_in_flight_admin),
             ops: Gate::new("ops", s.max_in_flight_ops),
+            manage: Gate::new("manage", s.max_in_flight_admin),
         }
     }
 }
@@ -101,7 +108,14 @@ impl AppState {
             gates: Gates::of(&ServeSettings::default()),
             metrics_token_digest: None,
             ops_listen: None,
+            owners: Arc::new(Owners::disabled()),
         }
+    }
+
+    /// Manage links and the portal, from the settings.
+    pub fn with_owners(mut self, owners: Arc<Owners>) -> Self {
+        self.owners = owners;
+        self
     }
 
     /// Applies `serve`'s limits, ops listener and metrics token.
@@ -152,6 +166,7 @@ fn router_for(state: Arc<AppState>, role: Role) -> Router {
             get(admin::show).delete(admin::takedown),
         )
         .route("/v1/businesses/{id}/checkout", post(admin::checkout))
+        .route("/v1/businesses/{id}/manage-link", post(manage::create_link))
         .route("/v1/revenue", get(admin::revenue))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_gate))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
@@ -178,6 +193,12 @@ fn router_for(state: Arc<AppState>, role: Role) -> Router {
                 ))
                 .layer(DefaultBodyLimit::disable()),
         );
+    // Owners' pages: no bearer token (a manage link's signed token is its credential).
+    let owner_pages = Router::new()
+        .route("/billing/manage", get(manage::open))
+        .route("/billing/manage/done", get(manage::done))
+        .route_layer(middleware::from_fn_with_state(state.clone(), manage_gate));
+    let public = public.merge(owner_pages);
     let routes = match role {
         Role::All => admin.merge(public).merge(ops),
         Role::Public => admin.merge(public),
@@ -263,6 +284,13 @@ fn error_with_header(
 
 async fn admin_gate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     match state.gates.admin.try_enter() {
+        Some(_slot) => next.run(request).await,
+        None => overloaded(),
+    }
+}
+
+async fn manage_gate(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match state.gates.manage.try_enter() {
         Some(_slot) => next.run(request).await,
         None => overloaded(),
     }
@@ -433,6 +461,11 @@ pub fn start_listeners(
         state.inbox.clone(),
         state.checks.clone(),
         schedule,
+    ));
+    background.push(crate::jobs::spawn_portal_check(
+        state.service.clone(),
+        state.owners.clone(),
+        state.checks.clone(),
     ));
     Ok(Running {
         addr,

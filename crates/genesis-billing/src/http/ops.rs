@@ -159,6 +159,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         "database_kind": state.service.database_kind(),
         "catalog": catalog,
         "webhook_secret_configured": state.inbox.has_secret(),
+        "billing_portal": state.checks.portal.lock().unwrap_or_else(|p| p.into_inner()).as_str(),
         "version": env!("CARGO_PKG_VERSION"),
     });
     let status = if db_ok {

@@ -18,11 +18,11 @@ pub fn id_of(v: &Value) -> Option<String> {
     }
 }
 
-fn str_field(v: &Value, k: &str) -> Option<String> {
+pub(super) fn str_field(v: &Value, k: &str) -> Option<String> {
     v.get(k).and_then(Value::as_str).map(str::to_owned)
 }
 
-fn metadata(v: &Value) -> BTreeMap<String, String> {
+pub(super) fn metadata(v: &Value) -> BTreeMap<String, String> {
     v.get("metadata")
         .and_then(Value::as_object)
         .map(|m| {
@@ -33,7 +33,7 @@ fn metadata(v: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn need_id(v: &Value) -> Result<String, StripeError> {
+pub(super) fn need_id(v: &Value) -> Result<String, StripeError> {
     str_field(v, "id").ok_or_else(|| StripeError::Decode("object without an id".into()))
 }
 
@@ -151,7 +151,7 @@ pub struct Page<T> {
     pub has_more: bool,
 }
 
-fn page<T>(
+pub(super) fn page<T>(
     raw: Value,
     parse: impl Fn(Value) -> Result<T, StripeError>,
 ) -> Result<Page<T>, StripeError> {

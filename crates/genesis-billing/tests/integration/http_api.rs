@@ -317,6 +317,7 @@ async fn health_reports_every_field_and_no_secret() {
     assert_eq!(v["database_kind"], "sqlite");
     assert_eq!(v["catalog"], "verified");
     assert_eq!(v["webhook_secret_configured"], true);
+    assert_eq!(v["billing_portal"], "not_configured", "no link secret here");
     assert!(v["version"].is_string());
     let text = v.to_string();
     for secret in [common::KEY, "whsec_health_secret", ADMIN_TOKEN] {
@@ -376,8 +377,11 @@ async fn the_openapi_document_is_served_and_names_every_admin_route() {
         "/v1/businesses",
         "/v1/businesses/{id}",
         "/v1/businesses/{id}/checkout",
+        "/v1/businesses/{id}/manage-link",
         "/v1/revenue",
         "/health",
+        "/billing/manage",
+        "/billing/manage/done",
     ] {
         assert!(doc["paths"][path].is_object(), "{path}");
     }

@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod crash;
 mod http_api;
+mod manage_link;
 mod operations;
 mod outbox_events;
 mod payment_collection;

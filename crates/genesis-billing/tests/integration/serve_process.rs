@@ -12,6 +12,7 @@ use serde_json::json;
 const KEY: &str = "sk_test_SERVEKEYqwertyDONOTLEAK";
 const WEBHOOK_SECRET: &str = "whsec_SERVESECRETzxcvDONOTLEAK";
 const ADMIN: &str = "admin-SERVETOKENasdfDONOTLEAK";
+const LINK_SECRET: &str = "link-SERVELINKSECRETqwertDONOTLEAK";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_keeps_every_secret_out_of_responses_logs_and_metrics_and_stops_on_sigterm() {
@@ -28,6 +29,14 @@ async fn serve_keeps_every_secret_out_of_responses_logs_and_metrics_and_stops_on
         ),
         ("GENESIS_ADMIN_TOKEN", ADMIN.to_owned()),
         ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
+        (
+            "GENESIS_BILLING_LINK_SECRET",
+            format!("{LINK_SECRET},link-rotated-old-secret-0123"),
+        ),
+        (
+            "GENESIS_BILLING_PUBLIC_URL",
+            "https://billing.example.test".to_owned(),
+        ),
     ];
     common::run_ok(&env, &["prices", "sync"]);
     let mut child = common::bin(&env)
@@ -55,6 +64,38 @@ async fn serve_keeps_every_secret_out_of_responses_logs_and_metrics_and_stops_on
     let business: serde_json::Value = created.json().await.unwrap();
     bodies.push(business.to_string());
     let id = business["business_id"].as_str().unwrap();
+    // A manage link handed out and opened (and a forged one): the token must not reach the logs.
+    let link: serde_json::Value = client
+        .post(format!("{base}/v1/businesses/{id}/manage-link"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = link["url"]
+        .as_str()
+        .unwrap()
+        .split_once("?token=")
+        .unwrap()
+        .1
+        .to_owned();
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let forged = format!("{}AAAA", &token[..token.len() - 4]);
+    for (t, expected) in [(&token, 303), (&forged, 403)] {
+        let r = no_redirect
+            .get(format!("{base}/billing/manage?token={t}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), expected);
+        bodies.push(format!("{:?}", r.headers()));
+        bodies.push(r.text().await.unwrap());
+    }
     for (method, path, token) in [
         (
             reqwest::Method::GET,
@@ -126,7 +167,18 @@ async fn serve_keeps_every_secret_out_of_responses_logs_and_metrics_and_stops_on
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
     assert!(logs.contains("served"), "request logs are on: {logs}");
 
-    for secret in [KEY, WEBHOOK_SECRET, ADMIN, "whsec_rotated_old"] {
+    // The token's signature part: the credential of the link.
+    for fragment in [&token[token.len() - 20..], &forged[forged.len() - 20..]] {
+        assert!(!logs.contains(fragment), "a manage-link token in the logs");
+    }
+    for secret in [
+        KEY,
+        WEBHOOK_SECRET,
+        ADMIN,
+        "whsec_rotated_old",
+        LINK_SECRET,
+        "link-rotated-old-secret-0123",
+    ] {
         let fragment = &secret[secret.len() - 12..];
         assert!(!logs.contains(fragment), "{secret} in the logs");
         for b in &bodies {
