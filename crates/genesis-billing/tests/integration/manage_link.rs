@@ -420,6 +420,7 @@ async fn app_with_secrets(world: &World, secrets: &[&str]) -> App {
     let running = genesis_billing::http::start_on(state, listener, schedule, false).unwrap();
     App {
         base: format!("http://{}", running.addr),
+        webhook_secrets: Vec::new(),
         running: Some(running),
         client: reqwest::Client::new(),
     }
