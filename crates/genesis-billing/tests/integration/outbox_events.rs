@@ -109,7 +109,16 @@ async fn deliver(app: &common::App, event: &Value) -> u16 {
 
 #[tokio::test]
 async fn a_whole_lifecycle_writes_each_change_once_in_order() {
-    let (world, app) = wired(World::new().await).await;
+    lifecycle(World::new().await).await;
+}
+
+#[tokio::test]
+async fn a_whole_lifecycle_writes_each_change_once_in_order_on_postgres() {
+    lifecycle(World::postgres().await).await;
+}
+
+async fn lifecycle(world: World) {
+    let (world, app) = wired(world).await;
     let id = app.create("Acme", "saas").await;
     let session = app.checkout(&id).await;
     assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);

@@ -24,6 +24,8 @@ pub struct World {
     pub service: Arc<BillingService>,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// The PostgreSQL database of a `World::postgres`, dropped with it.
+    pub postgres: Option<postgres::TestDatabase>,
 }
 
 pub fn db_url(dir: &tempfile::TempDir) -> String {
@@ -86,9 +88,26 @@ impl World {
     }
 
     pub async fn with(config: stripe_sim::SimConfig, env: &[(&str, &str)]) -> Self {
+        Self::on(config, env, None).await
+    }
+
+    /// A simulator without rate limit and a service on a PostgreSQL database of its own.
+    pub async fn postgres() -> Self {
+        let db = postgres::TestDatabase::create("gb_world").await;
+        Self::on(unlimited(), &[], Some(db)).await
+    }
+
+    async fn on(
+        config: stripe_sim::SimConfig,
+        env: &[(&str, &str)],
+        postgres: Option<postgres::TestDatabase>,
+    ) -> Self {
         let sim = stripe_sim::start(config).await.expect("simulator starts");
         let dir = tempfile::tempdir().expect("temp dir");
-        let settings = settings_for(&sim.base_url(), &db_url(&dir), env);
+        let url = postgres
+            .as_ref()
+            .map_or_else(|| db_url(&dir), |db| db.url.clone());
+        let settings = settings_for(&sim.base_url(), &url, env);
         let metrics = Arc::new(Metrics::new());
         let service = Arc::new(
             build_service(&settings, metrics.clone())
@@ -105,6 +124,7 @@ impl World {
             service,
             metrics,
             settings,
+            postgres,
         }
     }
 
