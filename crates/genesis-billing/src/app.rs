@@ -114,7 +114,8 @@ pub fn app_state(settings: &Settings, service: Arc<BillingService>) -> Arc<AppSt
             settings.stripe_mode_label(),
             settings.key_mode == Some(StripeMode::Test),
         )
-        .with_serve_settings(&settings.serve),
+        .with_serve_settings(&settings.serve)
+        .with_outbound(&settings.outbound),
     )
 }
 

@@ -8,6 +8,7 @@
 //! - [`webhook`]: the signed Stripe webhook inbox;
 //! - [`billing`]: the domain — provisioning, takedown, payment collection, price sync, import — and the
 //!   facade every entry point goes through;
+//! - [`outbound`]: pushing the outbox of events to the meta-agent (signed, retried, in order per business);
 //! - [`config`]: settings from flags, file and environment, with secrets wrapped from the moment they are read;
 //! - [`store`]: durable records in SQLite or PostgreSQL, behind one interface;
 //! - [`stripe`]: our own thin Stripe client (retries, rate limit, idempotency keys, typed calls);
@@ -23,6 +24,7 @@ pub mod config;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod outbound;
 pub mod revenue;
 pub mod store;
 pub mod stripe;
@@ -43,26 +45,28 @@ mod layout {
             "cli",
             &[
                 "app", "http", "jobs", "billing", "webhook", "config", "metrics", "business",
-                "catalog", "revenue",
+                "catalog", "revenue", "outbound",
             ],
         ),
         (
             "app",
             &[
                 "http", "jobs", "billing", "webhook", "store", "stripe", "config", "metrics",
-                "business", "catalog", "revenue",
+                "business", "catalog", "revenue", "outbound",
             ],
         ),
         (
             "http",
             &[
-                "jobs", "billing", "webhook", "config", "metrics", "business", "catalog", "revenue",
+                "jobs", "billing", "webhook", "config", "metrics", "business", "catalog",
+                "revenue", "outbound",
             ],
         ),
         (
             "jobs",
             &[
                 "billing", "webhook", "config", "metrics", "business", "catalog", "revenue",
+                "outbound",
             ],
         ),
         // The domain and the inbox.
@@ -78,11 +82,15 @@ mod layout {
                 "store", "stripe", "metrics", "business", "catalog", "revenue",
             ],
         ),
-        // Settings, then the two adapters to the outside world.
+        // Settings, then the adapters to the outside world: the outbox's sender (settings and validation
+        // in `outbound::destination`, which config reads), the store, the Stripe client.
         (
             "config",
-            &["store", "stripe", "metrics", "business", "catalog"],
+            &[
+                "store", "stripe", "metrics", "business", "catalog", "outbound",
+            ],
         ),
+        ("outbound", &["store", "metrics", "business", "catalog"]),
         ("store", &["metrics", "business", "catalog", "revenue"]),
         ("stripe", &["metrics"]),
         // Leaves.

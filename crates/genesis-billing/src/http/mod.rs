@@ -22,6 +22,7 @@ use crate::billing::BillingService;
 use crate::config::ServeSettings;
 use crate::jobs::Checks;
 use crate::jobs::Schedule;
+use crate::outbound::OutboundSettings;
 use crate::webhook::Inbox;
 use error::{ApiError, REQUEST_ID};
 use server::{Gate, Limits};
@@ -49,6 +50,8 @@ pub struct AppState {
     metrics_token_digest: Option<[u8; 32]>,
     /// Where `/health` and `/metrics` are served when not on the main listener.
     pub ops_listen: Option<SocketAddr>,
+    /// Event delivery to the meta-agent (`serve` starts its worker; `/health` and `/metrics` report it).
+    pub outbound: Arc<OutboundSettings>,
 }
 
 struct Gates {
@@ -101,7 +104,14 @@ impl AppState {
             gates: Gates::of(&ServeSettings::default()),
             metrics_token_digest: None,
             ops_listen: None,
+            outbound: Arc::new(OutboundSettings::default()),
         }
+    }
+
+    /// Applies the event delivery settings.
+    pub fn with_outbound(mut self, s: &OutboundSettings) -> Self {
+        self.outbound = Arc::new(s.clone());
+        self
     }
 
     /// Applies `serve`'s limits, ops listener and metrics token.
@@ -404,6 +414,7 @@ pub fn start_listeners(
     let tx = Arc::new(tx);
     let limits = state.limits.clone();
     let mut background = Vec::new();
+    let outbound_stop = rx.clone();
     if stop_on_signal {
         let tx = tx.clone();
         background.push(tokio::spawn(async move {
@@ -433,6 +444,11 @@ pub fn start_listeners(
         state.inbox.clone(),
         state.checks.clone(),
         schedule,
+    ));
+    background.extend(crate::jobs::spawn_outbound(
+        state.service.clone(),
+        state.outbound.clone(),
+        outbound_stop,
     ));
     Ok(Running {
         addr,
