@@ -1,0 +1,449 @@
+//! Pushing events to the meta-agent (issue 13): the service in-process with the simulator delivering real
+//! signed webhooks, and a real receiver on 127.0.0.1 that verifies every signature with its own code.
+
+use crate::common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::receiver::{verifies, Receiver};
+use common::{eventually, wired, App, World};
+use genesis_billing::store::{Delivery, OutboundEvent, OutboundFilter};
+use reqwest::Method;
+
+const WAIT: Duration = Duration::from_secs(20);
+const SECRET: &str = "dashboard-secret-0123456789";
+
+/// A wired world whose service pushes to `receiver` (signed with `SECRET`, backoff capped at 1 s), with
+/// `extra` settings on top.
+async fn pushing_to(receiver: &Receiver, extra: &[(&str, &str)]) -> (World, App) {
+    let url = receiver.url();
+    let mut env = vec![
+        ("GENESIS_DASHBOARD_URL", url.as_str()),
+        ("GENESIS_DASHBOARD_SECRET", SECRET),
+        ("GENESIS_DASHBOARD_BACKOFF_CAP_SECS", "1"),
+    ];
+    env.extend_from_slice(extra);
+    wired(World::with_env(&env).await).await
+}
+
+/// The stored events of a business, in commit order.
+async fn events_of(world: &World, business: &str) -> Vec<OutboundEvent> {
+    world
+        .service
+        .store()
+        .list_outbound(&OutboundFilter {
+            business_id: Some(business.to_owned()),
+            limit: 1000,
+            ..OutboundFilter::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// Waits until every stored event has been delivered or dead-lettered.
+async fn wait_settled(world: &World) {
+    eventually("every event settled", WAIT, || async {
+        world
+            .service
+            .store()
+            .outbound_backlog()
+            .await
+            .unwrap()
+            .pending
+            == 0
+    })
+    .await;
+}
+
+/// The receiver got exactly the stored events of `business`, each once, in commit order, with the bodies
+/// and headers the store says; every one is recorded delivered.
+async fn assert_delivered_in_order(world: &World, receiver: &Receiver, business: &str) {
+    let stored = events_of(world, business).await;
+    let got = receiver.accepted_of(business);
+    let stored_ids: Vec<&str> = stored.iter().map(|e| e.id.as_str()).collect();
+    let got_ids: Vec<&str> = got.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(
+        got_ids, stored_ids,
+        "{business}: in commit order, each once"
+    );
+    for (e, d) in stored.iter().zip(&got) {
+        assert_eq!(e.delivery, Delivery::Delivered, "{}", e.id);
+        assert_eq!(d.body, e.body(), "the body is the stored event's");
+        assert_eq!(d.envelope["id"], e.id.as_str());
+        assert_eq!(d.envelope["business_id"], business);
+        assert_eq!(d.content_type, "application/json");
+        assert!(
+            d.user_agent.starts_with("genesis-billing/"),
+            "{}",
+            d.user_agent
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provisioning_and_a_checkout_reach_the_meta_agent_signed_in_order_and_each_once() {
+    let receiver = Receiver::start(&[SECRET]).await;
+    let (world, app) = pushing_to(&receiver, &[]).await;
+    let id = app.create("Pays", "saas").await;
+    let session = app.checkout(&id).await;
+    assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
+    world.wait_subscription_status(&id, "active").await;
+    eventually("three events received", WAIT, || async {
+        receiver.accepted_of(&id).len() >= 3
+    })
+    .await;
+    wait_settled(&world).await;
+    let got = receiver.accepted_of(&id);
+    let types: Vec<&str> = got.iter().map(|d| d.update_type()).collect();
+    assert_eq!(
+        types,
+        [
+            "billing.provisioned",
+            "billing.status_changed",
+            "billing.payment_succeeded"
+        ]
+    );
+    assert_eq!(got[1].envelope["data"]["from"], "incomplete");
+    assert_eq!(got[1].envelope["data"]["to"], "active");
+    assert_delivered_in_order(&world, &receiver, &id).await;
+    assert_eq!(receiver.bad_signatures(), 0);
+    assert_eq!(receiver.all().len(), 3, "no request but these three");
+    for d in receiver.all() {
+        let sig = d.signature.as_deref().expect("signed");
+        assert!(verifies(sig, SECRET, d.body.as_bytes()), "{sig}");
+        assert_eq!(sig.matches("v1=").count(), 1);
+        assert!(!d.body.contains(SECRET));
+    }
+    let ids: HashSet<&str> = got.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "three distinct ids");
+    assert_eq!(
+        world.metrics.value(
+            "genesis_billing_outbound_events_total",
+            &["billing.provisioned", "delivered"]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_answering_503_for_a_while_gets_everything_in_order_with_byte_identical_retries()
+{
+    let receiver = Receiver::start(&[SECRET]).await;
+    receiver.fail_next(5);
+    let (world, app) = pushing_to(&receiver, &[]).await;
+    let a = app.create("Retried A", "saas").await;
+    let b = app.create("Retried B", "saas").await;
+    for id in [&a, &b] {
+        let r = app
+            .admin(Method::DELETE, &format!("/v1/businesses/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    eventually("both businesses' events delivered", WAIT, || async {
+        let mut done = true;
+        for id in [&a, &b] {
+            let stored = events_of(&world, id).await;
+            done &= stored.len() >= 2 && stored.iter().all(|e| e.delivery == Delivery::Delivered);
+        }
+        done
+    })
+    .await;
+    wait_settled(&world).await;
+    for id in [&a, &b] {
+        assert_delivered_in_order(&world, &receiver, id).await;
+        let types: Vec<String> = receiver
+            .accepted_of(id)
+            .iter()
+            .map(|d| d.update_type().to_owned())
+            .collect();
+        assert_eq!(
+            types.first().map(String::as_str),
+            Some("billing.provisioned")
+        );
+        assert_eq!(
+            types.last().map(String::as_str),
+            Some("business.taken_down")
+        );
+    }
+    let all = receiver.all();
+    let refused: Vec<_> = all.iter().filter(|d| d.status == 503).collect();
+    assert_eq!(refused.len(), 5, "the first five were answered 503");
+    for r in refused {
+        let accepted = receiver
+            .accepted()
+            .into_iter()
+            .find(|d| d.event_id == r.event_id)
+            .expect("a refused event is accepted later");
+        assert_eq!(accepted.body, r.body, "a retry is byte-identical");
+    }
+    // Per business, nothing of a business was accepted before its earlier events were.
+    for id in [&a, &b] {
+        let order: Vec<&str> = all
+            .iter()
+            .filter(|d| d.path_business == **id)
+            .map(|d| d.event_id.as_str())
+            .collect();
+        let mut seen = Vec::new();
+        for e in order {
+            if seen.last() != Some(&e) && seen.contains(&e) {
+                panic!("{id}: {e} sent again after a later event");
+            }
+            seen.push(e);
+        }
+    }
+    let retried: f64 = [
+        "billing.provisioned",
+        "billing.status_changed",
+        "business.taken_down",
+    ]
+    .iter()
+    .map(|t| {
+        world
+            .metrics
+            .value("genesis_billing_outbound_events_total", &[t, "retried"])
+    })
+    .sum();
+    assert_eq!(retried, 5.0);
+    assert_eq!(receiver.bad_signatures(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_is_down_then_up_loses_nothing() {
+    let receiver = Receiver::start(&[SECRET]).await;
+    receiver.down().await;
+    let (world, app) = pushing_to(&receiver, &[]).await;
+    let a = app.create("Down A", "saas").await;
+    let b = app.create("Down B", "saas").await;
+    eventually("failed attempts recorded", WAIT, || async {
+        let mut failed = true;
+        for id in [&a, &b] {
+            failed &= events_of(&world, id)
+                .await
+                .first()
+                .is_some_and(|e| e.attempts >= 2 && e.delivery == Delivery::Pending);
+        }
+        failed
+    })
+    .await;
+    let stored = events_of(&world, &a).await;
+    assert_eq!(stored[0].last_error.as_deref(), Some("connection failed"));
+    assert!(receiver.all().is_empty());
+    let health: serde_json::Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["events"]["delivery_configured"], true);
+    assert!(
+        health["events"]["pending"].as_i64().unwrap() >= 2,
+        "{health}"
+    );
+    assert_eq!(health["events"]["destination"], receiver.url());
+    receiver.up().await;
+    eventually(
+        "everything delivered once the receiver is back",
+        WAIT,
+        || async { receiver.accepted_of(&a).len() == 1 && receiver.accepted_of(&b).len() == 1 },
+    )
+    .await;
+    wait_settled(&world).await;
+    for id in [&a, &b] {
+        assert_delivered_in_order(&world, &receiver, id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_400_dead_letters_one_event_while_other_businesses_flow_and_its_business_goes_on_after_it(
+) {
+    let receiver = Receiver::start(&[SECRET]).await;
+    let (world, app) = pushing_to(&receiver, &[]).await;
+    let refused = app.create("Refused", "saas").await;
+    receiver.refuse(&refused, "business.taken_down");
+    let r = app
+        .admin(Method::DELETE, &format!("/v1/businesses/{refused}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let other = app.create("Other", "saas").await;
+    eventually("the refused event dead-lettered", WAIT, || async {
+        events_of(&world, &refused)
+            .await
+            .iter()
+            .any(|e| e.delivery == Delivery::Dead)
+    })
+    .await;
+    let dead: Vec<OutboundEvent> = world
+        .service
+        .store()
+        .list_outbound(&OutboundFilter {
+            delivery: Some(Delivery::Dead),
+            limit: 100,
+            ..OutboundFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].update_type, "business.taken_down");
+    assert_eq!(dead[0].attempts, 1, "a 400 is not retried");
+    let error = dead[0].last_error.clone().unwrap();
+    assert!(error.starts_with("HTTP 400: REFUSED?[31m x"), "{error}");
+    assert!(error.len() <= 210, "only an excerpt: {}", error.len());
+    assert!(
+        error.chars().all(|c| c.is_ascii_graphic() || c == ' '),
+        "{error}"
+    );
+    eventually("the other business delivered", WAIT, || async {
+        !receiver.accepted_of(&other).is_empty()
+    })
+    .await;
+    // A later event of the refused business (written as the roll-back writes it) goes out after the
+    // dead letter.
+    world
+        .service
+        .store()
+        .emit(&genesis_billing::store::NewOutbound {
+            business_id: refused.clone(),
+            update_type: "billing.rolled_back",
+            data: serde_json::json!({"subscription_id": "sub_later"}),
+            cause: format!("test:later:{refused}"),
+        })
+        .await
+        .unwrap();
+    eventually("the later event delivered", WAIT, || async {
+        receiver
+            .accepted_of(&refused)
+            .iter()
+            .any(|d| d.update_type() == "billing.rolled_back")
+    })
+    .await;
+    wait_settled(&world).await;
+    let all = receiver.all();
+    let position = |t: &str| {
+        all.iter()
+            .position(|d| d.path_business == refused && d.update_type() == t)
+            .unwrap()
+    };
+    assert!(position("business.taken_down") < position("billing.rolled_back"));
+    assert_eq!(
+        all.iter()
+            .filter(|d| d.update_type() == "business.taken_down" && d.path_business == refused)
+            .count(),
+        1,
+        "a dead letter is not sent again by itself"
+    );
+    assert_eq!(
+        world.metrics.value(
+            "genesis_billing_outbound_events_total",
+            &["business.taken_down", "dead_lettered"]
+        ),
+        1.0
+    );
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("genesis_billing_outbound_events_dead 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("genesis_billing_outbound_events_pending 0\n"));
+    assert!(metrics.contains("genesis_billing_outbound_oldest_undelivered_age_seconds 0\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_secrets_sign_each_event_twice_and_a_receiver_holding_either_one_accepts_it() {
+    const OLD: &str = "dashboard-secret-old-0001";
+    const NEW: &str = "dashboard-secret-new-0002";
+    // The receiver is still on the old secret; a second check below plays one already on the new one.
+    let receiver = Receiver::start(&[OLD]).await;
+    let secrets = format!("{OLD},{NEW}");
+    let (world, app) =
+        pushing_to(&receiver, &[("GENESIS_DASHBOARD_SECRET", secrets.as_str())]).await;
+    let id = app.create("Rotating", "saas").await;
+    eventually("delivered", WAIT, || async {
+        !receiver.accepted_of(&id).is_empty()
+    })
+    .await;
+    wait_settled(&world).await;
+    assert_eq!(receiver.bad_signatures(), 0);
+    for d in receiver.all() {
+        let sig = d.signature.unwrap();
+        assert_eq!(sig.matches("v1=").count(), 2, "{sig}");
+        assert!(verifies(&sig, OLD, d.body.as_bytes()));
+        assert!(verifies(&sig, NEW, d.body.as_bytes()));
+        assert!(!verifies(
+            &sig,
+            "dashboard-secret-other-3",
+            d.body.as_bytes()
+        ));
+        // A changed body fails with either secret.
+        let tampered = d.body.replace("billing.", "billinG.");
+        assert!(!verifies(&sig, OLD, tampered.as_bytes()));
+        assert!(!verifies(&sig, NEW, tampered.as_bytes()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_still_failing_at_the_end_of_the_give_up_window_is_dead_lettered() {
+    let receiver = Receiver::start(&[SECRET]).await;
+    receiver.fail_next(usize::MAX);
+    let (world, app) = pushing_to(
+        &receiver,
+        &[
+            ("GENESIS_DASHBOARD_GIVE_UP_SECS", "2"),
+            ("GENESIS_BILLING_EVENT_RETENTION_DAYS", "1"),
+        ],
+    )
+    .await;
+    let id = app.create("Gives up", "saas").await;
+    eventually("dead-lettered after the window", WAIT, || async {
+        events_of(&world, &id)
+            .await
+            .first()
+            .is_some_and(|e| e.delivery == Delivery::Dead)
+    })
+    .await;
+    let e = events_of(&world, &id).await.remove(0);
+    let error = e.last_error.unwrap();
+    assert!(error.starts_with("gave up after "), "{error}");
+    assert!(error.ends_with("HTTP 503: busy, try later"), "{error}");
+    assert!(e.attempts >= 2, "retried before giving up: {}", e.attempts);
+    let tries = receiver.all().len();
+    assert_eq!(tries as i64, e.attempts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_url_events_are_kept_and_health_says_delivery_is_off() {
+    let world = World::new().await;
+    let (world, app) = wired(world).await;
+    let id = app.create("Unpushed", "saas").await;
+    assert_eq!(events_of(&world, &id).await.len(), 1);
+    let health: serde_json::Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = &health["events"];
+    assert_eq!(events["delivery_configured"], false, "{health}");
+    assert_eq!(events["destination"], serde_json::Value::Null);
+    assert_eq!(events["pending"], 1);
+    assert!(events["oldest_undelivered_age_seconds"].as_i64().unwrap() >= 0);
+    assert_eq!(events["dead_lettered"], 0);
+}
