@@ -447,3 +447,136 @@ async fn without_a_url_events_are_kept_and_health_says_delivery_is_off() {
     assert!(events["oldest_undelivered_age_seconds"].as_i64().unwrap() >= 0);
     assert_eq!(events["dead_lettered"], 0);
 }
+
+/// `serve` as a real process: started with `env`, its base URL read from its first line.
+fn spawn_serve(env: &[(&str, String)]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = common::bin(env)
+        .args(["-vvv", "serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::task::block_in_place(|| stdout.read_line(&mut line)).unwrap();
+    let base = line.trim().rsplit(' ').next().unwrap().to_owned();
+    assert!(base.starts_with("http://127.0.0.1:"), "{line}");
+    (child, base)
+}
+
+/// Everything `child` wrote to stderr, after it ended.
+fn logs_of(child: &mut std::process::Child) -> String {
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
+    logs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_the_dashboard_secret_out_of_logs_health_metrics_and_events_and_survives_sigkill() {
+    const DASH_SECRET: &str = "dash-SERVESECRETqwerDONOTLEAK";
+    const ADMIN: &str = "admin-token-for-event-tests";
+    let receiver = Receiver::start(&[DASH_SECRET]).await;
+    let sim = common::start_sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("STRIPE_API_KEY", common::KEY.to_owned()),
+        ("STRIPE_API_BASE", sim.base_url()),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("serve.db").display()),
+        ),
+        ("GENESIS_ADMIN_TOKEN", ADMIN.to_owned()),
+        ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "10".to_owned()),
+        ("GENESIS_DASHBOARD_URL", receiver.url()),
+        ("GENESIS_DASHBOARD_SECRET", DASH_SECRET.to_owned()),
+        ("GENESIS_DASHBOARD_BACKOFF_CAP_SECS", "1".to_owned()),
+    ];
+    common::run_ok(&env, &["prices", "sync"]);
+    let client = reqwest::Client::new();
+    let create = |base: String, name: &'static str| {
+        let client = client.clone();
+        async move {
+            let r = client
+                .post(format!("{base}/v1/businesses"))
+                .bearer_auth(ADMIN)
+                .json(&serde_json::json!({"name": name, "business_type": "saas"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            let b: serde_json::Value = r.json().await.unwrap();
+            b["business_id"].as_str().unwrap().to_owned()
+        }
+    };
+
+    // The receiver refuses for now; serve is SIGKILLed with the event undelivered.
+    receiver.fail_next(usize::MAX);
+    let (mut first, base) = spawn_serve(&env);
+    let early = create(base.clone(), "Before the kill").await;
+    eventually("a refused attempt", WAIT, || async {
+        receiver.all().iter().any(|d| d.path_business == early)
+    })
+    .await;
+    first.kill().unwrap();
+    tokio::task::block_in_place(|| first.wait()).unwrap();
+    let mut logs = logs_of(&mut first);
+
+    receiver.fail_next(0);
+    let (mut second, base) = spawn_serve(&env);
+    let late = create(base.clone(), "After the restart").await;
+    eventually("both events delivered after the restart", WAIT, || async {
+        receiver.accepted_of(&early).len() == 1 && receiver.accepted_of(&late).len() == 1
+    })
+    .await;
+    let mut responses = Vec::new();
+    let health: serde_json::Value = client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["events"]["delivery_configured"], true, "{health}");
+    assert_eq!(health["events"]["destination"], receiver.url());
+    assert_eq!(health["events"]["pending"], 0, "{health}");
+    assert_eq!(health["events"]["dead_lettered"], 0);
+    assert_eq!(health["events"]["oldest_undelivered_age_seconds"], 0);
+    responses.push(health.to_string());
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("genesis_billing_outbound_events_total{update_type=\"billing.provisioned\",outcome=\"delivered\"} 2\n"),
+        "{metrics}"
+    );
+    responses.push(metrics);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ended = tokio::task::block_in_place(|| second.wait()).unwrap();
+    assert!(ended.success(), "SIGTERM ends serve cleanly: {ended:?}");
+    logs += &logs_of(&mut second);
+    assert!(logs.contains("pushing events to the meta-agent"), "{logs}");
+    assert!(logs.contains("event delivery failed; retrying"), "{logs}");
+
+    assert_eq!(receiver.bad_signatures(), 0);
+    let fragment = &DASH_SECRET[5..];
+    assert!(!logs.contains(fragment), "the secret in the logs");
+    for r in &responses {
+        assert!(!r.contains(fragment), "the secret in a response: {r}");
+    }
+    for d in receiver.all() {
+        assert!(!d.body.contains(fragment), "the secret in an event");
+        assert!(!d.signature.unwrap_or_default().contains(fragment));
+    }
+    sim.shutdown().await;
+}
