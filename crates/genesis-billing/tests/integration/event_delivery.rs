@@ -473,7 +473,8 @@ fn logs_of(child: &mut std::process::Child) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_keeps_the_dashboard_secret_out_of_logs_health_metrics_and_events_and_survives_sigkill() {
+async fn serve_keeps_the_dashboard_secret_out_of_logs_health_metrics_and_events_and_survives_sigkill(
+) {
     const DASH_SECRET: &str = "dash-SERVESECRETqwerDONOTLEAK";
     const ADMIN: &str = "admin-token-for-event-tests";
     let receiver = Receiver::start(&[DASH_SECRET]).await;
@@ -579,4 +580,98 @@ async fn serve_keeps_the_dashboard_secret_out_of_logs_health_metrics_and_events_
         assert!(!d.signature.unwrap_or_default().contains(fragment));
     }
     sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgresql_send_each_event_once_one_at_a_time_in_order_per_business() {
+    use genesis_billing::outbound::{DashboardUrl, OutboundSettings, Worker};
+    use genesis_billing::store::{DatabaseUrl, NewOutbound, Store};
+    use std::sync::Arc;
+
+    let db = common::postgres::TestDatabase::create("gb_outbound").await;
+    let replica = || async {
+        let store = Store::connect(&DatabaseUrl::new(db.url.clone()), 4)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store
+    };
+    let (a, b) = (replica().await, replica().await);
+    let receiver = Receiver::start(&[SECRET]).await;
+    // Slow enough that one replica alone cannot drain the backlog before the other polls.
+    receiver.slow_down(100);
+    receiver.fail_next(6);
+    let settings = Arc::new(OutboundSettings {
+        url: Some(DashboardUrl::parse(&receiver.url(), false).unwrap()),
+        secrets: vec![secrecy::SecretString::from(SECRET)],
+        backoff_cap: Duration::from_secs(1),
+        concurrency: 3,
+        ..OutboundSettings::default()
+    });
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let metrics = [
+        Arc::new(genesis_billing::metrics::Metrics::new()),
+        Arc::new(genesis_billing::metrics::Metrics::new()),
+    ];
+    let mut workers = Vec::new();
+    for (store, m) in [(&a, &metrics[0]), (&b, &metrics[1])] {
+        let w = Worker::new(store.clone(), m.clone(), settings.clone())
+            .unwrap()
+            .unwrap();
+        workers.push(tokio::spawn(Arc::new(w).run(stop.clone())));
+    }
+    // Eight businesses, six events each, written through both replicas in turn.
+    let businesses: Vec<String> = (0..8).map(|i| format!("biz_pg_{i}")).collect();
+    for round in 0..6 {
+        for (i, business) in businesses.iter().enumerate() {
+            let store = if (i + round) % 2 == 0 { &a } else { &b };
+            store
+                .emit(&NewOutbound {
+                    business_id: business.clone(),
+                    update_type: "billing.status_changed",
+                    data: serde_json::json!({"round": round}),
+                    cause: format!("test:{business}:{round}"),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    eventually("48 events delivered", Duration::from_secs(60), || async {
+        a.outbound_backlog().await.unwrap().pending == 0
+    })
+    .await;
+    stop_tx.send_replace(true);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let accepted = receiver.accepted();
+    assert_eq!(accepted.len(), 48, "each event accepted once");
+    assert_eq!(
+        receiver.overlaps(),
+        0,
+        "never two requests of a business at once"
+    );
+    assert_eq!(receiver.bad_signatures(), 0);
+    for business in &businesses {
+        let rounds: Vec<i64> = receiver
+            .accepted_of(business)
+            .iter()
+            .map(|d| d.envelope["data"]["round"].as_i64().unwrap())
+            .collect();
+        assert_eq!(rounds, (0..6).collect::<Vec<_>>(), "{business} in order");
+    }
+    let delivered: Vec<f64> = metrics
+        .iter()
+        .map(|m| {
+            m.value(
+                "genesis_billing_outbound_events_total",
+                &["billing.status_changed", "delivered"],
+            )
+        })
+        .collect();
+    assert_eq!(delivered.iter().sum::<f64>(), 48.0, "{delivered:?}");
+    assert!(
+        delivered.iter().all(|n| *n > 0.0),
+        "both replicas delivered: {delivered:?}"
+    );
 }

@@ -57,6 +57,12 @@ struct Shared {
     script: Script,
     /// Requests whose signature did not verify (answered 401).
     bad_signatures: AtomicUsize,
+    /// Businesses with a request in progress, to see two of one business at once.
+    in_flight: Mutex<Vec<String>>,
+    /// Requests that arrived while another of the same business was in progress.
+    overlaps: AtomicUsize,
+    /// How long each request takes to answer, in milliseconds (a slow receiver).
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// The receiver; dropping it leaves the server running until the test's runtime ends.
@@ -122,6 +128,22 @@ async fn receive(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    {
+        let mut busy = shared.in_flight.lock().unwrap();
+        if busy.contains(&business) {
+            shared.overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+        busy.push(business.clone());
+    }
+    let delay = shared.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    {
+        let mut busy = shared.in_flight.lock().unwrap();
+        let at = busy.iter().position(|b| *b == business).unwrap();
+        busy.swap_remove(at);
+    }
     let signature = header("genesis-signature");
     let envelope: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
     let signed_ok = match &signature {
@@ -184,6 +206,9 @@ impl Receiver {
             deliveries: Mutex::default(),
             script: Script::default(),
             bad_signatures: AtomicUsize::new(0),
+            in_flight: Mutex::default(),
+            overlaps: AtomicUsize::new(0),
+            delay_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -263,6 +288,16 @@ impl Receiver {
             .into_iter()
             .filter(|d| d.path_business == business)
             .collect()
+    }
+
+    /// Answers every request `ms` milliseconds late.
+    pub fn slow_down(&self, ms: u64) {
+        self.shared.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Requests that arrived while another of the same business was still being answered.
+    pub fn overlaps(&self) -> usize {
+        self.shared.overlaps.load(Ordering::SeqCst)
     }
 
     /// Requests whose signature did not verify.
