@@ -675,3 +675,49 @@ async fn two_replicas_on_postgresql_send_each_event_once_one_at_a_time_in_order_
         "both replicas delivered: {delivered:?}"
     );
 }
+
+#[test]
+fn a_bad_dashboard_url_or_secret_stops_serve_with_status_2_and_a_clear_error_that_echoes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("bad.db").display());
+    for (name, value, says) in [
+        (
+            "GENESIS_DASHBOARD_URL",
+            "ftp://dash.example/LEAKPATH",
+            "must start with https://",
+        ),
+        (
+            "GENESIS_DASHBOARD_URL",
+            "https://u:LEAKPW@dash.example/",
+            "user name or password",
+        ),
+        (
+            "GENESIS_DASHBOARD_URL",
+            "http://10.0.0.1/LEAKPATH",
+            "GENESIS_DASHBOARD_ALLOW_HTTP=true",
+        ),
+        (
+            "GENESIS_DASHBOARD_URL",
+            "dash.example/LEAKPATH",
+            "not an absolute URL",
+        ),
+        (
+            "GENESIS_DASHBOARD_SECRET",
+            "LEAKSHORT",
+            "shorter than 16 characters",
+        ),
+        ("GENESIS_DASHBOARD_CONCURRENCY", "0", "expected 1 to 1024"),
+    ] {
+        let out = common::output(
+            &[("DATABASE_URL", db.clone()), (name, value.to_owned())],
+            &["serve", "--listen", "127.0.0.1:0"],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}={value}: {stderr}");
+        assert!(
+            stderr.contains(name) && stderr.contains(says),
+            "{name}: {stderr}"
+        );
+        assert!(!stderr.contains("LEAK"), "{stderr}");
+    }
+}
