@@ -116,7 +116,8 @@ pub fn app_state(settings: &Settings, service: Arc<BillingService>) -> Arc<AppSt
             settings.key_mode == Some(StripeMode::Test),
         )
         .with_serve_settings(&settings.serve)
-        .with_owners(Arc::new(Owners::from_settings(settings))),
+        .with_owners(Arc::new(Owners::from_settings(settings)))
+        .with_outbound(&settings.outbound),
     )
 }
 

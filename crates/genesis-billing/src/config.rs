@@ -10,6 +10,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::outbound::{DashboardUrl, OutboundSettings};
 use crate::store::{DatabaseUrl, StoreOptions};
 use crate::stripe::RetryPolicy;
 
@@ -130,6 +131,8 @@ pub struct Settings {
     pub warnings: Vec<String>,
     /// Manage links and the Billing Portal owners reach through them.
     pub owners: OwnerSettings,
+    /// Pushing events to the meta-agent (`GENESIS_DASHBOARD_*`) and how long events are kept.
+    pub outbound: OutboundSettings,
 }
 
 /// Manage links (`GET /billing/manage?token=…`) and the Billing Portal configuration behind them.
@@ -238,6 +241,15 @@ struct FileConfig {
     link_secrets: Option<Vec<String>>,
     link_ttl_secs: Option<u64>,
     portal_allow_cancel: Option<bool>,
+    // Events to the meta-agent (issue 13).
+    dashboard_url: Option<String>,
+    dashboard_allow_http: Option<bool>,
+    dashboard_secrets: Option<Vec<String>>,
+    dashboard_timeout_secs: Option<u64>,
+    dashboard_backoff_cap_secs: Option<u64>,
+    dashboard_give_up_secs: Option<u64>,
+    dashboard_concurrency: Option<usize>,
+    event_retention_days: Option<u64>,
 }
 
 /// Where environment variables come from; tests pass a list instead of touching the process environment.
@@ -318,13 +330,15 @@ pub const KNOWN_GENESIS_BILLING_VARS: &[&str] = &[
     "GENESIS_BILLING_BIN",
 ];
 
-/// One warning per `GENESIS_BILLING_*` variable nothing reads, naming it (never its value).
+/// One warning per `GENESIS_BILLING_*` or `GENESIS_DASHBOARD_*` variable nothing reads, naming it (never
+/// its value).
 fn unknown_variables(env: &dyn Env) -> Vec<String> {
     let mut names: Vec<String> = env
         .vars()
         .into_iter()
-        .filter(|n| n.starts_with("GENESIS_BILLING_"))
+        .filter(|n| n.starts_with("GENESIS_BILLING_") || n.starts_with("GENESIS_DASHBOARD_"))
         .filter(|n| !KNOWN_GENESIS_BILLING_VARS.contains(&n.as_str()))
+        .filter(|n| !KNOWN_OUTBOUND_VARS.contains(&n.as_str()))
         .collect();
     names.sort();
     names.dedup();
@@ -540,6 +554,7 @@ impl Settings {
             None => FileConfig::default(),
         };
         let serve = serve_settings(&file, env)?;
+        let outbound = outbound_settings(&file, env)?;
 
         // The key: flag, the three variables in order (first one set wins), then the config file.
         let key = resolve(
@@ -794,6 +809,7 @@ impl Settings {
             public_url: public_url.unwrap_or_else(|| "https://example.com".to_owned()),
             warnings: unknown_variables(env),
             owners,
+            outbound,
         })
     }
 
@@ -910,6 +926,106 @@ fn serve_settings(file: &FileConfig, env: &dyn Env) -> Result<ServeSettings, Con
         )?,
         ops_listen,
         metrics_token,
+    })
+}
+
+// --- Events to the meta-agent (issue 13) ------------------------------------------------------------------
+
+/// The variables `outbound_settings` reads (the `GENESIS_DASHBOARD_*` family and the event retention).
+pub const KNOWN_OUTBOUND_VARS: &[&str] = &[
+    "GENESIS_DASHBOARD_URL",
+    "GENESIS_DASHBOARD_ALLOW_HTTP",
+    "GENESIS_DASHBOARD_SECRET",
+    "GENESIS_DASHBOARD_SECRET_FILE",
+    "GENESIS_DASHBOARD_TIMEOUT_SECS",
+    "GENESIS_DASHBOARD_BACKOFF_CAP_SECS",
+    "GENESIS_DASHBOARD_GIVE_UP_SECS",
+    "GENESIS_DASHBOARD_CONCURRENCY",
+    "GENESIS_BILLING_EVENT_RETENTION_DAYS",
+];
+
+/// Shortest dashboard signing secret accepted, as for webhook secrets.
+pub const MIN_DASHBOARD_SECRET_LEN: usize = 16;
+
+/// Where and how events are pushed, each value in a sane range; a bad URL is described, never echoed.
+fn outbound_settings(file: &FileConfig, env: &dyn Env) -> Result<OutboundSettings, ConfigError> {
+    let d = OutboundSettings::default();
+    let allow_http = setting(
+        env,
+        None,
+        "GENESIS_DASHBOARD_ALLOW_HTTP",
+        file.dashboard_allow_http,
+    )?
+    .unwrap_or(false);
+    // An empty value means "not set", as the first version read it.
+    let url = match setting(
+        env,
+        None,
+        "GENESIS_DASHBOARD_URL",
+        file.dashboard_url.clone(),
+    )? {
+        Some(raw) if !raw.trim().is_empty() => Some(
+            DashboardUrl::parse(&raw, allow_http)
+                .map_err(|problem| invalid("GENESIS_DASHBOARD_URL", problem.to_string()))?,
+        ),
+        _ => None,
+    };
+    let secrets = secret_list(
+        env,
+        "GENESIS_DASHBOARD_SECRET",
+        file.dashboard_secrets.clone(),
+        "dashboard_secrets",
+        "dashboard secret",
+        MIN_DASHBOARD_SECRET_LEN,
+    )?;
+    let secs = |name, file: Option<u64>, default: Duration, range| {
+        bounded(env, name, file, default.as_secs(), range).map(Duration::from_secs)
+    };
+    let give_up = secs(
+        "GENESIS_DASHBOARD_GIVE_UP_SECS",
+        file.dashboard_give_up_secs,
+        d.give_up,
+        1..=30 * 86_400,
+    )?;
+    let retention_days = bounded(
+        env,
+        "GENESIS_BILLING_EVENT_RETENTION_DAYS",
+        file.event_retention_days,
+        d.retention_days,
+        1..=3650,
+    )?;
+    // An event deleted while still being retried would be lost without ever being dead-lettered.
+    if retention_days * 86_400 <= give_up.as_secs() {
+        return Err(invalid(
+            "GENESIS_BILLING_EVENT_RETENTION_DAYS",
+            "must be longer than GENESIS_DASHBOARD_GIVE_UP_SECS",
+        ));
+    }
+    Ok(OutboundSettings {
+        url,
+        allow_http,
+        secrets,
+        timeout: secs(
+            "GENESIS_DASHBOARD_TIMEOUT_SECS",
+            file.dashboard_timeout_secs,
+            d.timeout,
+            1..=120,
+        )?,
+        backoff_cap: secs(
+            "GENESIS_DASHBOARD_BACKOFF_CAP_SECS",
+            file.dashboard_backoff_cap_secs,
+            d.backoff_cap,
+            1..=86_400,
+        )?,
+        give_up,
+        concurrency: bounded(
+            env,
+            "GENESIS_DASHBOARD_CONCURRENCY",
+            file.dashboard_concurrency,
+            d.concurrency,
+            1..=1024,
+        )?,
+        retention_days,
     })
 }
 
@@ -1326,6 +1442,142 @@ mod tests {
         assert!(load(&[("GENESIS_BILLING_METRICS_TOKEN", "  ")]).is_err());
     }
 
+    #[test]
+    fn a_bad_dashboard_url_stops_start_up_naming_the_variable_never_the_url() {
+        for (raw, problem) in [
+            ("/relative/path", "not an absolute URL"),
+            ("ftp://dash.example/", "https://"),
+            (
+                "https://user:SECRETPW@dash.example/",
+                "user name or password",
+            ),
+            ("http://10.0.0.1/SECRETPATH", "GENESIS_DASHBOARD_ALLOW_HTTP"),
+            ("https://dash.example/#SECRETFRAG", "fragment"),
+        ] {
+            let err = load(&[("GENESIS_DASHBOARD_URL", raw)]).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("GENESIS_DASHBOARD_URL"), "{msg}");
+            assert!(msg.contains(problem), "{raw}: {msg}");
+            assert!(!msg.contains("SECRET"), "{msg}");
+        }
+        let huge = format!("https://dash.example/{}", "x".repeat(5000));
+        assert!(load(&[("GENESIS_DASHBOARD_URL", huge.as_str())]).is_err());
+        let allowed = load(&[
+            ("GENESIS_DASHBOARD_URL", "http://10.0.0.1/"),
+            ("GENESIS_DASHBOARD_ALLOW_HTTP", "true"),
+        ])
+        .unwrap();
+        assert_eq!(allowed.outbound.url.unwrap().origin(), "http://10.0.0.1");
+        let loopback = load(&[("GENESIS_DASHBOARD_URL", "http://127.0.0.1:9/")]).unwrap();
+        assert!(loopback.outbound.url.is_some());
+        assert!(load(&[("GENESIS_DASHBOARD_URL", "  ")])
+            .unwrap()
+            .outbound
+            .url
+            .is_none());
+        assert!(load(&[("GENESIS_DASHBOARD_ALLOW_HTTP", "maybe")]).is_err());
+    }
+
+    #[test]
+    fn dashboard_secrets_pass_the_same_checks_as_other_secrets_without_being_echoed() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "GOODSECRETGOODSECRET42";
+        for bad in [
+            "",
+            "LEAK15CHARSLEAK",
+            "LEAKY LEAKY LEAKY LEAKY",
+            &format!("{good},"),
+        ] {
+            for (source, loaded) in each_source(
+                dir.path(),
+                "dashboard_secrets",
+                "GENESIS_DASHBOARD_SECRET",
+                bad,
+            ) {
+                let Err(err) = loaded else {
+                    panic!("{bad:?} from the {source} was accepted");
+                };
+                let msg = err.to_string();
+                assert!(msg.to_lowercase().contains("dashboard"), "{source}: {msg}");
+                assert!(
+                    !msg.contains("LEAK") && !msg.contains(good),
+                    "{source}: {msg}"
+                );
+            }
+        }
+        let value = "old-dashboard-secret-1, new-dashboard-secret-2";
+        for (source, loaded) in each_source(
+            dir.path(),
+            "dashboard_secrets",
+            "GENESIS_DASHBOARD_SECRET",
+            value,
+        ) {
+            let s = loaded.unwrap_or_else(|e| panic!("{source}: {e}"));
+            assert_eq!(
+                joined(&s.outbound.secrets),
+                "old-dashboard-secret-1,new-dashboard-secret-2"
+            );
+            assert!(!format!("{s:?}").contains("dashboard-secret"), "{source}");
+        }
+    }
+
+    #[test]
+    fn delivery_limits_have_defaults_and_ranges_and_retention_outlasts_the_give_up_window() {
+        let o = load(&[]).unwrap().outbound;
+        assert_eq!(
+            (
+                o.url.is_none(),
+                o.timeout.as_secs(),
+                o.backoff_cap.as_secs(),
+                o.give_up.as_secs(),
+                o.concurrency,
+                o.retention_days
+            ),
+            (true, 5, 3600, 259_200, 16, 30)
+        );
+        for (name, bad) in [
+            ("GENESIS_DASHBOARD_TIMEOUT_SECS", "0"),
+            ("GENESIS_DASHBOARD_TIMEOUT_SECS", "121"),
+            ("GENESIS_DASHBOARD_BACKOFF_CAP_SECS", "0"),
+            ("GENESIS_DASHBOARD_GIVE_UP_SECS", "0"),
+            ("GENESIS_DASHBOARD_GIVE_UP_SECS", "-1"),
+            ("GENESIS_DASHBOARD_CONCURRENCY", "0"),
+            ("GENESIS_DASHBOARD_CONCURRENCY", "lots"),
+            ("GENESIS_BILLING_EVENT_RETENTION_DAYS", "0"),
+            ("GENESIS_BILLING_EVENT_RETENTION_DAYS", "3"),
+        ] {
+            let err = load(&[(name, bad)]).unwrap_err();
+            assert!(err.to_string().contains(name), "{name}={bad}: {err}");
+        }
+        let err = load(&[
+            ("GENESIS_DASHBOARD_GIVE_UP_SECS", "864000"),
+            ("GENESIS_BILLING_EVENT_RETENTION_DAYS", "10"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("longer than GENESIS_DASHBOARD_GIVE_UP_SECS"),
+            "{err}"
+        );
+        assert!(load(&[
+            ("GENESIS_DASHBOARD_GIVE_UP_SECS", "60"),
+            ("GENESIS_BILLING_EVENT_RETENTION_DAYS", "1"),
+        ])
+        .is_ok());
+    }
+
+    #[test]
+    fn an_unknown_genesis_dashboard_variable_is_warned_about_by_name() {
+        let s = load(&[
+            ("GENESIS_DASHBOARD_SECERT", "VALUE-SECRET-44"),
+            ("GENESIS_DASHBOARD_URL", "https://dash.example/"),
+        ])
+        .unwrap();
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(s.warnings[0].contains("GENESIS_DASHBOARD_SECERT"));
+        assert!(!s.warnings[0].contains("VALUE-SECRET"));
+    }
+
     /// How a value is written in the TOML config file.
     #[derive(Clone, Copy)]
     enum Toml {
@@ -1671,6 +1923,78 @@ mod tests {
                         .unwrap_or_default()
                 },
             },
+            // Events to the meta-agent (issue 13).
+            Case {
+                env: "GENESIS_DASHBOARD_URL",
+                file_key: "dashboard_url",
+                flag: None,
+                toml: Str,
+                values: ["-", "https://env.test/", "https://file.test/"],
+                default: "",
+                secret: false,
+                read: |s| {
+                    s.outbound
+                        .url
+                        .as_ref()
+                        .map(|u| u.as_str().to_owned())
+                        .unwrap_or_default()
+                },
+            },
+            Case {
+                env: "GENESIS_DASHBOARD_ALLOW_HTTP",
+                file_key: "dashboard_allow_http",
+                flag: None,
+                toml: Bool,
+                values: ["-", "true", "false"],
+                default: "false",
+                secret: false,
+                read: |s| s.outbound.allow_http.to_string(),
+            },
+            Case {
+                env: "GENESIS_DASHBOARD_SECRET",
+                file_key: "dashboard_secrets",
+                flag: None,
+                toml: List,
+                values: tokens,
+                default: "",
+                secret: true,
+                read: |s| joined(&s.outbound.secrets),
+            },
+            num(
+                "GENESIS_DASHBOARD_TIMEOUT_SECS",
+                "dashboard_timeout_secs",
+                ["-", "6", "7"],
+                "5",
+                |s| s.outbound.timeout.as_secs().to_string(),
+            ),
+            num(
+                "GENESIS_DASHBOARD_BACKOFF_CAP_SECS",
+                "dashboard_backoff_cap_secs",
+                ["-", "60", "120"],
+                "3600",
+                |s| s.outbound.backoff_cap.as_secs().to_string(),
+            ),
+            num(
+                "GENESIS_DASHBOARD_GIVE_UP_SECS",
+                "dashboard_give_up_secs",
+                ["-", "600", "700"],
+                "259200",
+                |s| s.outbound.give_up.as_secs().to_string(),
+            ),
+            num(
+                "GENESIS_DASHBOARD_CONCURRENCY",
+                "dashboard_concurrency",
+                ["-", "2", "3"],
+                "16",
+                |s| s.outbound.concurrency.to_string(),
+            ),
+            num(
+                "GENESIS_BILLING_EVENT_RETENTION_DAYS",
+                "event_retention_days",
+                ["-", "40", "50"],
+                "30",
+                |s| s.outbound.retention_days.to_string(),
+            ),
         ]
     }
 

@@ -324,3 +324,40 @@ where
         }
     })
 }
+
+/// How often events past their retention are deleted (every replica: the delete is idempotent and cheap).
+const EVENT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// The first prune waits this long after start, off the start-up path.
+const EVENT_PRUNE_FIRST: Duration = Duration::from_secs(30);
+
+/// Starts the outbox's jobs: retention pruning always, and the delivery worker when a URL is configured.
+/// The worker stops claiming when `stop` turns true (SIGTERM); see `outbound::worker`.
+pub fn spawn_outbound(
+    service: Arc<BillingService>,
+    settings: Arc<crate::outbound::OutboundSettings>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let store = service.store().clone();
+    let retention = settings.retention();
+    tasks.push(tokio::spawn(async move {
+        tokio::time::sleep(EVENT_PRUNE_FIRST).await;
+        loop {
+            match crate::outbound::worker::prune(&store, retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "deleted events past their retention"),
+                Err(e) => tracing::warn!(error = %e, "cannot delete events past their retention"),
+            }
+            tokio::time::sleep(EVENT_PRUNE_EVERY).await;
+        }
+    }));
+    match crate::outbound::Worker::new(service.store().clone(), service.metrics().clone(), settings)
+    {
+        Ok(Some(worker)) => tasks.push(tokio::spawn(Arc::new(worker).run(stop))),
+        Ok(None) => {
+            tracing::info!("GENESIS_DASHBOARD_URL is not set: events are kept but not pushed");
+        }
+        Err(e) => tracing::error!(error = %e, "cannot build the HTTP client for event delivery"),
+    }
+    tasks
+}

@@ -9,6 +9,7 @@
 //! - [`owners`]: what a business's owner gets: signed manage links and the Billing Portal behind them;
 //! - [`billing`]: the domain — provisioning, takedown, payment collection, price sync, import — and the
 //!   facade every entry point goes through;
+//! - [`outbound`]: pushing the outbox of events to the meta-agent (signed, retried, in order per business);
 //! - [`config`]: settings from flags, file and environment, with secrets wrapped from the moment they are read;
 //! - [`store`]: durable records in SQLite or PostgreSQL, behind one interface;
 //! - [`stripe`]: our own thin Stripe client (retries, rate limit, idempotency keys, typed calls);
@@ -24,6 +25,7 @@ pub mod config;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod outbound;
 pub mod owners;
 pub mod revenue;
 pub mod store;
@@ -45,28 +47,28 @@ mod layout {
             "cli",
             &[
                 "app", "http", "jobs", "billing", "webhook", "config", "metrics", "business",
-                "catalog", "revenue", "owners",
+                "catalog", "revenue", "owners", "outbound",
             ],
         ),
         (
             "app",
             &[
                 "http", "jobs", "billing", "webhook", "store", "stripe", "config", "metrics",
-                "business", "catalog", "revenue", "owners",
+                "business", "catalog", "revenue", "owners", "outbound",
             ],
         ),
         (
             "http",
             &[
                 "jobs", "billing", "webhook", "config", "metrics", "business", "catalog",
-                "revenue", "owners",
+                "revenue", "owners", "outbound",
             ],
         ),
         (
             "jobs",
             &[
                 "billing", "webhook", "config", "metrics", "business", "catalog", "revenue",
-                "owners",
+                "owners", "outbound",
             ],
         ),
         // The domain and the inbox.
@@ -89,11 +91,15 @@ mod layout {
                 "store", "stripe", "config", "metrics", "business", "catalog", "revenue",
             ],
         ),
-        // Settings, then the two adapters to the outside world.
+        // Settings, then the adapters to the outside world: the outbox's sender (settings and validation
+        // in `outbound::destination`, which config reads), the store, the Stripe client.
         (
             "config",
-            &["store", "stripe", "metrics", "business", "catalog"],
+            &[
+                "store", "stripe", "metrics", "business", "catalog", "outbound",
+            ],
         ),
+        ("outbound", &["store", "metrics", "business", "catalog"]),
         ("store", &["metrics", "business", "catalog", "revenue"]),
         ("stripe", &["metrics"]),
         // Leaves.

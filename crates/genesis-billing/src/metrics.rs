@@ -58,6 +58,10 @@ const FAMILIES: &[FamilyDef] = &[
     FamilyDef { name: "genesis_billing_reconcile_drift_total", kind: Kind::Counter, help: "Drift found and fixed by reconciliation, by field.", labels: &["field", "action"] },
     FamilyDef { name: "genesis_billing_build_info", kind: Kind::Gauge, help: "Build information.", labels: &["version"] },
     FamilyDef { name: "genesis_billing_provision_failures_total", kind: Kind::Counter, help: "Provisioning failures by step (customer, subscription).", labels: &["step"] },
+    FamilyDef { name: "genesis_billing_outbound_events_total", kind: Kind::Counter, help: "Attempts to push events to the meta-agent, by update type and outcome (delivered, retried, dead_lettered).", labels: &["update_type", "outcome"] },
+    FamilyDef { name: "genesis_billing_outbound_oldest_undelivered_age_seconds", kind: Kind::Gauge, help: "Age of the oldest event not yet delivered to the meta-agent (0 when none; set at scrape when delivery is configured).", labels: &[] },
+    FamilyDef { name: "genesis_billing_outbound_events_pending", kind: Kind::Gauge, help: "Events not yet delivered to the meta-agent (counted up to 100000).", labels: &[] },
+    FamilyDef { name: "genesis_billing_outbound_events_dead", kind: Kind::Gauge, help: "Events dead-lettered and not replayed (counted up to 100000).", labels: &[] },
 ];
 
 /// Writes a closed set of label values as their `as_str` spelling.
@@ -123,7 +127,19 @@ pub enum DriftAction {
     Fixed,
 }
 
+/// `outcome` of `genesis_billing_outbound_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboundOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// The attempt failed and another follows after a backoff.
+    Retried,
+    /// Refused for good, or out of time.
+    DeadLettered,
+}
+
 label_values! {
+    OutboundOutcome { Delivered => "delivered", Retried => "retried", DeadLettered => "dead_lettered" }
     SubscriptionOutcome { Success => "success", Failed => "failed", Cancelled => "cancelled" }
     TakedownStatus {
         Success => "success", Partial => "partial", NotFound => "not_found",
@@ -219,6 +235,13 @@ struct StepLabels {
     step: String,
 }
 
+/// Labels `{update_type, outcome}` of pushed events (`update_type` is one of the fixed names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutboundLabels {
+    update_type: &'static str,
+    outcome: OutboundOutcome,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -270,6 +293,10 @@ pub struct Metrics {
     webhook_apply_lag: Histogram,
     drift: Family<DriftLabels, Counter>,
     provision_failures: Family<StepLabels, Counter>,
+    outbound_events: Family<OutboundLabels, Counter>,
+    outbound_oldest_age: Gauge,
+    outbound_pending: Gauge,
+    outbound_dead: Gauge,
     /// Stripe attempts over every label set (for summaries; a family cannot be summed cheaply).
     stripe_attempts: AtomicU64,
 }
@@ -305,6 +332,10 @@ impl Metrics {
             webhook_apply_lag: Histogram::new(LAG_BUCKETS.iter().copied()),
             drift: Family::default(),
             provision_failures: Family::default(),
+            outbound_events: Family::default(),
+            outbound_oldest_age: Gauge::default(),
+            outbound_pending: Gauge::default(),
+            outbound_dead: Gauge::default(),
             stripe_attempts: AtomicU64::new(0),
         };
         let build_info = Family::<VersionLabels, Gauge>::default();
@@ -339,6 +370,10 @@ impl Metrics {
         add(&|r, n, h| r.register(n, h, m.drift.clone()));
         add(&|r, n, h| r.register(n, h, build_info.clone()));
         add(&|r, n, h| r.register(n, h, m.provision_failures.clone()));
+        add(&|r, n, h| r.register(n, h, m.outbound_events.clone()));
+        add(&|r, n, h| r.register(n, h, m.outbound_oldest_age.clone()));
+        add(&|r, n, h| r.register(n, h, m.outbound_pending.clone()));
+        add(&|r, n, h| r.register(n, h, m.outbound_dead.clone()));
         assert!(defs.next().is_none(), "every FAMILIES entry is registered");
         Self { registry, ..m }
     }
@@ -458,6 +493,23 @@ impl Metrics {
                 step: step.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts one attempt to push an event to the meta-agent.
+    pub fn outbound_event(&self, update_type: &'static str, outcome: OutboundOutcome) {
+        self.outbound_events
+            .get_or_create(&OutboundLabels {
+                update_type,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Sets the delivery backlog gauges (pending count, oldest undelivered age in seconds, dead letters).
+    pub fn set_outbound_backlog(&self, pending: i64, oldest_age_secs: i64, dead: i64) {
+        self.outbound_pending.set(pending);
+        self.outbound_oldest_age.set(oldest_age_secs);
+        self.outbound_dead.set(dead);
     }
 
     /// Stripe attempts made so far, over every operation and outcome.
@@ -727,6 +779,8 @@ mod tests {
         m.webhook_apply_lag(2.0);
         m.drift("status", DriftAction::Fixed);
         m.provision_failure("customer");
+        m.outbound_event("billing.provisioned", OutboundOutcome::DeadLettered);
+        m.set_outbound_backlog(3, 75, 2);
         m
     }
 
@@ -750,6 +804,10 @@ mod tests {
             "genesis_billing_reconcile_drift_total{field=\"status\",action=\"fixed\"} 1",
             &format!("genesis_billing_build_info{{version=\"{version}\"}} 1"),
             "genesis_billing_provision_failures_total{step=\"customer\"} 1",
+            "genesis_billing_outbound_events_total{update_type=\"billing.provisioned\",outcome=\"dead_lettered\"} 1",
+            "genesis_billing_outbound_oldest_undelivered_age_seconds 75",
+            "genesis_billing_outbound_events_pending 3",
+            "genesis_billing_outbound_events_dead 2",
         ];
         let lines: Vec<&str> = text.lines().collect();
         let mut at = 0;
@@ -816,6 +874,9 @@ mod tests {
             expected += &format!("# HELP {0} {1}\n# TYPE {0} {kind}\n", def.name, def.help);
             if def.name == "genesis_billing_stripe_rate_limited_total" {
                 expected += "genesis_billing_stripe_rate_limited_total 0\n";
+            }
+            if def.kind == Kind::Gauge && def.name.starts_with("genesis_billing_outbound_") {
+                expected += &format!("{} 0\n", def.name);
             }
             if def.name == "genesis_billing_build_info" {
                 expected += &format!(

@@ -23,6 +23,7 @@ use crate::billing::BillingService;
 use crate::config::ServeSettings;
 use crate::jobs::Checks;
 use crate::jobs::Schedule;
+use crate::outbound::OutboundSettings;
 use crate::owners::Owners;
 use crate::webhook::Inbox;
 use error::{ApiError, REQUEST_ID};
@@ -53,6 +54,8 @@ pub struct AppState {
     pub ops_listen: Option<SocketAddr>,
     /// Owners' manage links and the Billing Portal behind them.
     pub owners: Arc<Owners>,
+    /// Event delivery to the meta-agent (`serve` starts its worker; `/health` and `/metrics` report it).
+    pub outbound: Arc<OutboundSettings>,
 }
 
 struct Gates {
@@ -109,12 +112,19 @@ impl AppState {
             metrics_token_digest: None,
             ops_listen: None,
             owners: Arc::new(Owners::disabled()),
+            outbound: Arc::new(OutboundSettings::default()),
         }
     }
 
     /// Manage links and the portal, from the settings.
     pub fn with_owners(mut self, owners: Arc<Owners>) -> Self {
         self.owners = owners;
+        self
+    }
+
+    /// Applies the event delivery settings.
+    pub fn with_outbound(mut self, s: &OutboundSettings) -> Self {
+        self.outbound = Arc::new(s.clone());
         self
     }
 
@@ -432,6 +442,7 @@ pub fn start_listeners(
     let tx = Arc::new(tx);
     let limits = state.limits.clone();
     let mut background = Vec::new();
+    let outbound_stop = rx.clone();
     if stop_on_signal {
         let tx = tx.clone();
         background.push(tokio::spawn(async move {
@@ -466,6 +477,11 @@ pub fn start_listeners(
         state.service.clone(),
         state.owners.clone(),
         state.checks.clone(),
+    ));
+    background.extend(crate::jobs::spawn_outbound(
+        state.service.clone(),
+        state.outbound.clone(),
+        outbound_stop,
     ));
     Ok(Running {
         addr,

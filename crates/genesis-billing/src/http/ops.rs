@@ -134,7 +134,7 @@ async fn probe_database(service: Arc<BillingService>, tx: watch::Sender<Stage>) 
 /// `GET /health` (SPEC §5). 503 only when the database is not usable: Stripe problems degrade, not kill.
 /// Every value is a fixed code (README); details go to the log. Answers within 2 s.
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
-    let database = database_health(&state).await;
+    let (database, events) = tokio::join!(database_health(&state), events_health(&state));
     let catalog = match &*state.checks.catalog.read().await {
         CatalogHealth::Unchecked => "unchecked".to_owned(),
         CatalogHealth::Verified => "verified".to_owned(),
@@ -160,6 +160,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
         "catalog": catalog,
         "webhook_secret_configured": state.inbox.has_secret(),
         "billing_portal": state.checks.portal.lock().unwrap_or_else(|p| p.into_inner()).as_str(),
+        "events": events,
         "version": env!("CARGO_PKG_VERSION"),
     });
     let status = if db_ok {
@@ -170,10 +171,45 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// How long `/health` waits for the outbox's counts (alongside the database probe, within the 2 s).
+const EVENTS_DEADLINE: Duration = Duration::from_millis(1000);
+
+/// `/health`'s `events`: whether delivery is configured (and where: scheme and host only) and how far
+/// behind it is; the counts are null when the database does not answer in time.
+async fn events_health(state: &AppState) -> serde_json::Value {
+    let url = state.outbound.url.as_ref();
+    let backlog =
+        tokio::time::timeout(EVENTS_DEADLINE, state.service.store().outbound_backlog()).await;
+    let backlog = match backlog {
+        Ok(Ok(b)) => Some(b),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "health: cannot read the event outbox");
+            None
+        }
+        Err(_) => None,
+    };
+    serde_json::json!({
+        "delivery_configured": url.is_some(),
+        "destination": url.map(|u| u.origin()),
+        "pending": backlog.map(|b| b.pending),
+        "oldest_undelivered_age_seconds": backlog.map(|b| crate::outbound::worker::oldest_age(&b)),
+        "dead_lettered": backlog.map(|b| b.dead),
+    })
+}
+
 /// `GET /metrics` in the Prometheus text format; gauges are recomputed from the records at each scrape.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Err(e) = state.service.refresh_gauges().await {
         tracing::warn!(error = %e, "cannot refresh gauges");
+    }
+    // The delivery backlog only where something delivers: elsewhere nothing is behind.
+    if state.outbound.url.is_some() {
+        let store = state.service.store();
+        if let Err(e) =
+            crate::outbound::worker::refresh_gauges(store, state.service.metrics()).await
+        {
+            tracing::warn!(error = %e, "cannot refresh the event delivery gauges");
+        }
     }
     (
         [(

@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod crash;
+mod event_delivery;
 mod http_api;
 mod manage_link;
 mod operations;
