@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod crash;
+mod event_stream;
 mod http_api;
 mod operations;
 mod payment_collection;
