@@ -307,7 +307,7 @@ impl EventStream {
     fn finish(mut self, next_cursor: &str, more: bool) {
         if self.json {
             let tail = format!(
-                "\"next_cursor\": {}, \"more\": {more}\n}}",
+                "\"next_cursor\": {},\n  \"more\": {more}\n}}",
                 serde_json::Value::String(next_cursor.to_owned())
             );
             if self.written == 0 {
