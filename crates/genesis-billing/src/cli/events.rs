@@ -12,6 +12,7 @@ use crate::billing::{
 };
 use crate::business::{is_business_id, rfc3339};
 
+/// `events …`: what an operator does with the stream.
 #[derive(Debug, Subcommand)]
 pub(super) enum EventsCommand {
     /// Events in commit order from the start (or after --after), with their delivery state; prints the
@@ -44,6 +45,7 @@ pub(super) enum EventsCommand {
     },
 }
 
+/// Runs one `events` command; exit 1 when a replay finds nothing to send.
 pub(super) async fn run(
     service: &BillingService,
     cmd: EventsCommand,

@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::billing::{events_filter, DEFAULT_EVENTS_PAGE};
 
+/// The query of `GET /v1/events`; any other parameter is a 400, as on `GET /v1/businesses`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsParams {
