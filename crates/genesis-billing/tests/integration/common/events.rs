@@ -26,8 +26,8 @@ impl World {
         }
     }
 
-    /// Waits until every event the simulator emitted of a type we handle is stored and finished, so no
-    /// change (and no outbound event) is still on its way.
+    /// Waits until every event the simulator emitted of a type we handle is stored and finished (a failed
+    /// one is retried, so it is not finished), so no change (and no outbound event) is still on its way.
     pub async fn wait_webhooks_applied(&self) {
         eventually(
             "every emitted webhook event to be applied",
@@ -51,7 +51,7 @@ impl World {
                     .all(|e| {
                         stored
                             .get(e["id"].as_str().unwrap_or(""))
-                            .is_some_and(|s| s != "pending")
+                            .is_some_and(|s| ["applied", "ignored", "dead"].contains(&s.as_str()))
                     })
             },
         )
