@@ -3,6 +3,7 @@
 //! `BillingService` owns the store, the Stripe client and the catalog; every entry point of the CLI and the
 //! HTTP service goes through it.
 
+mod event_stream;
 mod events;
 mod import;
 mod payment;
@@ -29,6 +30,10 @@ use crate::stripe::{Price, StripeClient};
 pub use crate::store::{BusinessFilter, BusinessPages, JobLease, ProbeFailure, StoredEvent, PAGE};
 pub use crate::stripe::StripeError;
 
+pub use event_stream::{
+    events_filter, BadCursor, Cursor, Delivery, OutboundEvent, OutboundFilter, Replay,
+    DEFAULT_EVENTS_PAGE, MAX_EVENTS_PAGE, UPDATE_TYPES,
+};
 pub use events::{
     event_keys, keys_of, not_ours, reason, Applied, Deferred, EventKeys, KeyFields, Writes,
     CONNECTED_ACCOUNT, HANDLED_EVENTS, LIVEMODE_MISMATCH, NOT_CURRENT_SUBSCRIPTION,

@@ -3,6 +3,7 @@
 mod business;
 #[cfg(feature = "simulator")]
 pub mod demo;
+mod events;
 mod operations;
 mod output;
 mod prices;
@@ -106,6 +107,9 @@ enum Command {
     },
     /// Staging check: a throwaway business through create, checkout link and takedown. Refuses live keys.
     Smoke,
+    /// The stream of events to the meta-agent: list, replay a dead-lettered one, redeliver.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -380,6 +384,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         } => return operations::cancel_all(service, confirm, concurrency, json).await,
         Command::Smoke => return smoke::run(settings, &service, json).await,
         Command::Webhooks(cmd) => return webhooks::run(settings, service, cmd, json).await,
+        Command::Events(cmd) => return events::run(&service, cmd, json).await,
         #[cfg(feature = "simulator")]
         Command::Demo => unreachable!("handled above"),
     }

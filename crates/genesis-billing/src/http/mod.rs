@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod error;
+mod events;
 mod manage;
 mod ops;
 pub mod server;
@@ -178,6 +179,7 @@ fn router_for(state: Arc<AppState>, role: Role) -> Router {
         .route("/v1/businesses/{id}/checkout", post(admin::checkout))
         .route("/v1/businesses/{id}/manage-link", post(manage::create_link))
         .route("/v1/revenue", get(admin::revenue))
+        .route("/v1/events", get(events::list))
         .route_layer(middleware::from_fn_with_state(state.clone(), admin_gate))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .layer(DefaultBodyLimit::max(ADMIN_BODY_LIMIT));

@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod crash;
 mod event_delivery;
+mod event_stream;
 mod http_api;
 mod manage_link;
 mod operations;

@@ -1,6 +1,7 @@
 //! Test helpers: a real simulator on 127.0.0.1, real SQLite files, the real billing service.
 #![allow(dead_code)]
 
+pub mod events;
 pub mod postgres;
 pub mod receiver;
 
