@@ -14,6 +14,7 @@ CREATE TABLE outbound_event (
     txid BIGINT NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
     delivery TEXT NOT NULL DEFAULT 'pending',
     attempts BIGINT NOT NULL DEFAULT 0,
+    retry_from BIGINT,
     next_attempt_ms BIGINT,
     last_error TEXT,
     delivered_at BIGINT,

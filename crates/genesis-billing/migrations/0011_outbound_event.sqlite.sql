@@ -18,6 +18,8 @@ CREATE TABLE outbound_event (
     -- `pending`, `delivered` or `dead`.
     delivery TEXT NOT NULL DEFAULT 'pending',
     attempts BIGINT NOT NULL DEFAULT 0,
+    -- When the current retry window began (a replay or redeliver starts a new one); NULL: `created_at`.
+    retry_from BIGINT,
     next_attempt_ms BIGINT,
     last_error TEXT,
     delivered_at BIGINT,

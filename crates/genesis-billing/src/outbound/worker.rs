@@ -179,7 +179,7 @@ impl Worker {
             Outcome::Retry { error, retry_after } => {
                 let now = now_ms();
                 let deadline = event
-                    .created_at
+                    .retry_from
                     .saturating_mul(1000)
                     .saturating_add(self.settings.give_up.as_millis() as i64);
                 let attempts = event.attempts + 1;

@@ -118,6 +118,9 @@ pub struct OutboundEvent {
     pub created_at: i64,
     pub delivery: Delivery,
     pub attempts: i64,
+    /// When retries started (Unix seconds): `created_at`, or the last replay or redeliver. Delivery gives up
+    /// a window after it.
+    pub retry_from: i64,
     pub next_attempt_ms: Option<i64>,
     pub last_error: Option<String>,
     pub delivered_at: Option<i64>,
@@ -238,7 +241,7 @@ pub enum Replay {
 
 const COLUMNS: &str =
     "seq, txid, id, business_id, update_type, data, created_at, delivery, attempts, \
-    next_attempt_ms, last_error, delivered_at";
+    COALESCE(retry_from, created_at) AS retry_from, next_attempt_ms, last_error, delivered_at";
 
 /// Rows from transactions that may still be running are left for a later read: PostgreSQL assigns `seq`
 /// before commit, so a reader could otherwise pass a row that commits after it. Empty on SQLite, which
@@ -265,6 +268,7 @@ fn from_row(r: &AnyRow) -> Result<OutboundEvent, StoreError> {
             reason: format!("delivery {delivery:?}"),
         })?,
         attempts: r.try_get("attempts")?,
+        retry_from: r.try_get("retry_from")?,
         next_attempt_ms: r.try_get("next_attempt_ms")?,
         last_error: r.try_get("last_error")?,
         delivered_at: r.try_get("delivered_at")?,
@@ -480,10 +484,11 @@ impl Store {
     /// Queues a dead-lettered event for delivery again, with a fresh retry window.
     pub async fn replay_outbound(&self, id: &str) -> Result<Replay, StoreError> {
         let done = sqlx::query(
-            "UPDATE outbound_event SET delivery = 'pending', next_attempt_ms = NULL, last_error = NULL, attempts = 0 \
-             WHERE id = $1 AND delivery = 'dead'",
+            "UPDATE outbound_event SET delivery = 'pending', next_attempt_ms = NULL, last_error = NULL, attempts = 0, \
+             retry_from = $2 WHERE id = $1 AND delivery = 'dead'",
         )
         .bind(id)
+        .bind(now())
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 1 {
@@ -534,14 +539,15 @@ impl Store {
                 break;
             };
             let done = sqlx::query(
-                "UPDATE outbound_event SET delivery = 'pending', next_attempt_ms = NULL, last_error = NULL, attempts = 0 \
-                 WHERE seq >= $1 AND seq <= $2 AND created_at >= $3 AND delivery <> 'pending' \
+                "UPDATE outbound_event SET delivery = 'pending', next_attempt_ms = NULL, last_error = NULL, attempts = 0, \
+                 retry_from = $5 WHERE seq >= $1 AND seq <= $2 AND created_at >= $3 AND delivery <> 'pending' \
                  AND ($4 = '' OR business_id = $4)",
             )
             .bind(first)
             .bind(last)
             .bind(since)
             .bind(business_id.unwrap_or(""))
+            .bind(now())
             .execute(&self.pool)
             .await?;
             total += done.rows_affected();
@@ -648,6 +654,7 @@ mod tests {
             created_at: 1_800_000_000,
             delivery: Delivery::Pending,
             attempts: 0,
+            retry_from: 1_800_000_000,
             next_attempt_ms: None,
             last_error: None,
             delivered_at: None,

@@ -423,6 +423,21 @@ async fn an_event_still_failing_at_the_end_of_the_give_up_window_is_dead_lettere
     assert!(e.attempts >= 2, "retried before giving up: {}", e.attempts);
     let tries = receiver.all().len();
     assert_eq!(tries as i64, e.attempts);
+
+    // Replayed after the window: it gets a window of its own, so one more 503 is retried, not fatal.
+    receiver.fail_next(1);
+    assert_eq!(
+        world.service.replay_outbound(&e.id).await.unwrap(),
+        genesis_billing::store::Replay::Queued
+    );
+    eventually("the replay delivered", WAIT, || async {
+        events_of(&world, &id)
+            .await
+            .first()
+            .is_some_and(|e| e.delivery == Delivery::Delivered)
+    })
+    .await;
+    assert_eq!(receiver.all().len(), tries + 2, "one 503, then delivered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
