@@ -607,3 +607,145 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     .await;
     out.into_iter().map(Option::unwrap).collect()
 }
+
+const PUSH_SECRET: &str = "dashboard-secret-for-replicas";
+
+/// A signed `customer.subscription.updated` for the simulator's subscription `sub`, as of `status` at `created`.
+fn status_event(id: &str, sub: &Value, status: &str, created: i64) -> String {
+    let mut object = sub.clone();
+    object["status"] = json!(status);
+    json!({
+        "id": id, "object": "event", "type": "customer.subscription.updated",
+        "created": created, "data": {"object": object},
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_push_each_event_once_in_order_per_business_and_one_killed_mid_stream_loses_nothing(
+) {
+    let sim = common::start_sim().await;
+    let db = TestDatabase::create("gb_replicas_push").await;
+    let receiver = common::receiver::Receiver::start(&[PUSH_SECRET]).await;
+    // Slow enough that events are still in flight when a replica is killed.
+    receiver.slow_down(40);
+    let url = receiver.url();
+    let env = fleet_env(
+        &sim,
+        &db,
+        &[
+            ("GENESIS_DASHBOARD_URL", url.as_str()),
+            ("GENESIS_DASHBOARD_SECRET", PUSH_SECRET),
+            ("GENESIS_DASHBOARD_TIMEOUT_SECS", "2"),
+            ("GENESIS_DASHBOARD_BACKOFF_CAP_SECS", "1"),
+            ("GENESIS_DASHBOARD_CONCURRENCY", "4"),
+        ],
+    );
+    sync_prices(&env);
+    let logs = tempfile::tempdir().unwrap();
+    let mut a = Replica::start("A", &env, &logs);
+    let b = Replica::start("B", &env, &logs);
+    tokio::join!(a.wait_ready(), b.wait_ready());
+    let store = store_of(&db).await;
+
+    let mut ids = Vec::new();
+    for (i, replica) in [&a, &b].into_iter().cycle().take(8).enumerate() {
+        let (status, body) = replica
+            .create(&format!("Pushed {i}"), "saas")
+            .await
+            .unwrap();
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["business_id"].as_str().unwrap().to_owned());
+    }
+    all_work_finished(&store, "provisioning").await;
+
+    // Stripe's changes reach the replicas in turn: active, then past_due, for every business.
+    let subs = sim_by_business(&sim, "subscription");
+    let start = now() + 1;
+    for (step, status) in ["active", "past_due"].into_iter().enumerate() {
+        for (i, id) in ids.iter().enumerate() {
+            let replica = if (i + step) % 2 == 0 { &a } else { &b };
+            let body = status_event(
+                &format!("evt_push_{step}_{i}"),
+                &subs[id][0],
+                status,
+                start + step as i64,
+            );
+            assert_eq!(replica.deliver(&body).await.0, 200);
+        }
+    }
+    // Killed while the receiver is still working through the stream.
+    eventually("the stream under way", Duration::from_secs(30), || async {
+        !receiver.accepted().is_empty()
+    })
+    .await;
+    assert!(store.outbound_backlog().await.unwrap().pending > 0);
+    a.kill();
+
+    // B alone from here: the recovery, and two takedowns.
+    for (i, id) in ids.iter().enumerate() {
+        let body = status_event(
+            &format!("evt_push_2_{i}"),
+            &subs[id][0],
+            "active",
+            start + 2,
+        );
+        assert_eq!(b.deliver(&body).await.0, 200);
+    }
+    for id in &ids[..2] {
+        let r = b
+            .http
+            .delete(format!("{}/v1/businesses/{id}", b.base))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    eventually(
+        "every event delivered, A's by B",
+        Duration::from_secs(60),
+        || async { store.outbound_backlog().await.unwrap().pending == 0 },
+    )
+    .await;
+
+    assert_eq!(receiver.bad_signatures(), 0);
+    let mut repeats = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let stored = store
+            .list_outbound(&genesis_billing::store::OutboundFilter {
+                business_id: Some(id.clone()),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut expected = vec!["billing.provisioned"];
+        expected.extend(["billing.status_changed"; 3]);
+        if i < 2 {
+            expected.extend(["billing.status_changed", "business.taken_down"]);
+        }
+        let types: Vec<&str> = stored.iter().map(|e| e.update_type.as_str()).collect();
+        assert_eq!(types, expected, "{id}");
+        // What arrived: the stored events in commit order, each with its stored body; a delivery cut short
+        // by the kill may come again, with the same id and body, right after itself.
+        let mut got: Vec<(String, String)> = Vec::new();
+        for d in receiver.accepted_of(id) {
+            if got.last() == Some(&(d.event_id.clone(), d.body.clone())) {
+                repeats += 1;
+                continue;
+            }
+            got.push((d.event_id, d.body));
+        }
+        let want: Vec<(String, String)> = stored.iter().map(|e| (e.id.clone(), e.body())).collect();
+        assert_eq!(got, want, "{id}: each event once, in order");
+    }
+    assert!(
+        repeats <= 4,
+        "only deliveries in flight at the kill repeat: {repeats}"
+    );
+    eprintln!("{repeats} deliveries repeated after the kill");
+    drop(b);
+    drop(store);
+    sim.shutdown().await;
+}
