@@ -6,7 +6,8 @@ use crate::business::{is_business_id, InvalidInput};
 
 // The store's event types that are part of the service's API, so entry points need not name the store.
 pub use crate::store::{
-    BadCursor, Cursor, Delivery, OutboundEvent, OutboundFilter, Replay, UPDATE_TYPES,
+    BadCursor, Cursor, Delivery, OutboundBacklog, OutboundEvent, OutboundFilter, Replay,
+    UPDATE_TYPES,
 };
 
 /// The most events one page returns (the pull API's and the store's cap).
@@ -64,6 +65,11 @@ impl BillingService {
         filter: &OutboundFilter,
     ) -> Result<Vec<OutboundEvent>, BillingError> {
         Ok(self.store.list_outbound(filter).await?)
+    }
+
+    /// How far delivery is behind (bounded counts).
+    pub async fn events_backlog(&self) -> Result<OutboundBacklog, BillingError> {
+        Ok(self.store.outbound_backlog().await?)
     }
 
     /// One event of the stream by its id.

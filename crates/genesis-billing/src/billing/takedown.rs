@@ -272,7 +272,8 @@ impl BillingService {
             match cancelled {
                 Ok(()) => {
                     side.outcome = "cancelled".into();
-                    new_status = Some("canceled");
+                    // A subscription Stripe had already ended keeps the status Stripe gave it.
+                    new_status = (!already_over).then_some("canceled");
                     self.metrics.subscription(SubscriptionOutcome::Cancelled);
                 }
                 Err(e) => self.stripe_failed(b, &mut side, &e).await?,

@@ -1,5 +1,8 @@
 //! `genesis-billing demo`: the whole lifecycle, offline. An in-process Stripe simulator delivers real
-//! signed webhooks to the service running in-process, exactly as Stripe would to `serve`.
+//! signed webhooks to the service running in-process, exactly as Stripe would to `serve`, and the service
+//! pushes its events to a stand-in for the meta-agent (`meta_agent`), as it would to the dashboard.
+
+mod meta_agent;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +21,9 @@ use crate::config::{Flags, Settings};
 use crate::metrics::Metrics;
 
 const DEMO_KEY: &str = "sk_test_genesis_demo_key";
+
+/// Signs the events pushed to the demo's meta-agent.
+const DEMO_DASHBOARD_SECRET: &str = "genesis-demo-dashboard-secret";
 
 const BUSINESSES: &[(&str, &str, Option<&str>)] = &[
     ("Acme Analytics", "saas", Some("owner@acme.example")),
@@ -50,6 +56,7 @@ struct Stage {
     sim: stripe_sim::SimHandle,
     service: Arc<BillingService>,
     running: crate::http::Running,
+    meta_agent: meta_agent::MetaAgent,
 }
 
 /// Runs the demo; the database is a fresh SQLite file in a temporary directory, kept for inspection.
@@ -67,8 +74,16 @@ pub async fn run(json: bool) -> Result<(), Failure> {
         database_url: Some(format!("sqlite://{}", db.display())),
         ..Flags::default()
     };
+    let meta_agent = meta_agent::MetaAgent::start(DEMO_DASHBOARD_SECRET).await?;
     // The caller's environment is ignored on purpose: the demo must never reach a real Stripe account.
-    let mut settings = Settings::load(&flags, &[("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "100")])?;
+    let mut settings = Settings::load(
+        &flags,
+        &[
+            ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "100"),
+            ("GENESIS_DASHBOARD_URL", meta_agent.url.as_str()),
+            ("GENESIS_DASHBOARD_SECRET", DEMO_DASHBOARD_SECRET),
+        ],
+    )?;
     let metrics = Arc::new(Metrics::new());
     let service = Arc::new(build_service(&settings, metrics.clone()).await?);
 
@@ -111,6 +126,7 @@ pub async fn run(json: bool) -> Result<(), Failure> {
         sim,
         service,
         running,
+        meta_agent,
     };
     let result = walk_through(&stage, &say, prices).await;
     let _ = stage.running.shutdown().await;
@@ -268,6 +284,26 @@ async fn walk_through(
             .unwrap_or("-")
     ));
 
+    say.step("what the meta-agent was told (pushed, signed, in order per business)");
+    until("every event to reach the meta-agent", || async {
+        matches!(service.events_backlog().await, Ok(b) if b.pending == 0)
+    })
+    .await?;
+    let names: std::collections::HashMap<&str, &str> = ids
+        .iter()
+        .map(String::as_str)
+        .zip(BUSINESSES.iter().map(|(name, _, _)| *name))
+        .collect();
+    let received = stage.meta_agent.received();
+    for r in &received {
+        say.say(format!(
+            "{:<16} {:<26} {}",
+            names.get(r.business_id.as_str()).unwrap_or(&"?"),
+            r.envelope["update_type"].as_str().unwrap_or("-"),
+            event_summary(&r.envelope["data"])
+        ));
+    }
+
     say.step("records");
     // The demo's fresh database holds only the businesses it created: one bounded page shows them all.
     let all = service
@@ -287,7 +323,35 @@ async fn walk_through(
         "drift_found": found.drift,
         "takedown": summary,
         "mrr": mrr,
+        "events_received": received.iter().map(|r| &r.envelope).collect::<Vec<_>>(),
     }))
+}
+
+/// The part of an event's data worth a glance.
+fn event_summary(data: &serde_json::Value) -> String {
+    let s = |k: &str| data[k].as_str().unwrap_or("-").to_owned();
+    if data.get("from").is_some() {
+        return format!("{} → {}", s("from"), s("to"));
+    }
+    if let Some(initiated_by) = data["initiated_by"].as_str() {
+        return format!("{} by {initiated_by}, Stripe {}", s("reason"), s("stripe"));
+    }
+    if let Some(paid) = data["amount_paid_cents"].as_i64() {
+        return format!("{} {paid} {}", s("invoice_id"), s("currency"));
+    }
+    if let Some(due) = data["amount_due_cents"].as_i64() {
+        return format!(
+            "{} {due} {} (attempt {}, next {})",
+            s("invoice_id"),
+            s("currency"),
+            data["attempt_count"],
+            s("next_payment_attempt")
+        );
+    }
+    if data.get("step").is_some() {
+        return format!("{}: {}", s("step"), s("reason"));
+    }
+    s("subscription_status")
 }
 
 /// The owner adds a card through a Checkout link; returns once the service has applied the completion.
