@@ -290,6 +290,47 @@ async fn the_demo_runs_offline_through_the_whole_lifecycle() {
     assert_eq!(by_name("Tiny Tool")["status"], "taken_down");
     assert!(!v["drift_found"].as_array().unwrap().is_empty());
     assert_eq!(v["mrr"][0]["active_cents"], 500);
+    // The meta-agent heard of every change, in order per business, each once.
+    let received = v["events_received"].as_array().unwrap();
+    let of = |name: &str| -> Vec<String> {
+        let id = by_name(name)["business_id"].clone();
+        received
+            .iter()
+            .filter(|e| e["business_id"] == id)
+            .map(|e| match e["data"]["to"].as_str() {
+                Some(to) => format!("{}>{to}", e["update_type"].as_str().unwrap()),
+                None => e["update_type"].as_str().unwrap().to_owned(),
+            })
+            .collect()
+    };
+    let acme = of("Acme Analytics");
+    assert_eq!(acme.len(), 7, "{acme:?}");
+    assert_eq!(acme[0], "billing.provisioned");
+    // Checkout: the service records the payment's status itself while Stripe's invoice.paid is on its
+    // way, so these two come in either order.
+    let mut checkout = acme[1..3].to_vec();
+    checkout.sort();
+    assert_eq!(
+        checkout,
+        ["billing.payment_succeeded", "billing.status_changed>active"]
+    );
+    assert_eq!(
+        acme[3..],
+        [
+            "billing.payment_failed",
+            "billing.status_changed>past_due",
+            "billing.payment_succeeded",
+            "billing.status_changed>active",
+        ]
+    );
+    assert_eq!(
+        of("Blue Basket").last().map(String::as_str),
+        Some("business.taken_down")
+    );
+    let mut ids: Vec<&str> = received.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), received.len(), "each event once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
