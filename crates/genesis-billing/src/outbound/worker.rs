@@ -4,16 +4,23 @@
 //! it goes on with the business's next event at once; after a retryable failure the business waits out its
 //! backoff while the others go on. Up to `concurrency` businesses are in flight. It wakes when this process
 //! writes an event (`Store::outbox_signal`) and polls for the rest (other replicas' writes, ended backoffs).
+//!
+//! Outcomes are written by one recorder task, a batch of whatever attempts ended meanwhile per transaction,
+//! together with the lease of each business's next event (`Store::settle_outbound`): one disk sync for many
+//! events instead of three statements each.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::metrics::{Metrics, OutboundOutcome};
-use crate::store::{now_ms, OutboundBacklog, OutboundEvent, Store, StoreError, UPDATE_TYPES};
+use crate::store::{
+    now_ms, OutboundBacklog, OutboundEvent, Settle, SettleOutcome, Settled, Store, StoreError,
+    UPDATE_TYPES,
+};
 
 use super::deliver::{backoff, Deliverer, Outcome};
 use super::destination::OutboundSettings;
@@ -21,6 +28,15 @@ use super::destination::OutboundSettings;
 /// How often the outbox is read without being woken: bounds the delay for other replicas' events and for
 /// retries whose backoff ended.
 pub const POLL: Duration = Duration::from_millis(500);
+
+/// Most outcomes the recorder writes in one transaction.
+const SETTLE_BATCH: usize = 128;
+
+/// One outcome for the recorder, and where its result goes.
+struct Job {
+    settle: Settle,
+    reply: oneshot::Sender<Result<Settled, StoreError>>,
+}
 
 /// Delivers the outbox of one process.
 pub struct Worker {
@@ -30,6 +46,9 @@ pub struct Worker {
     settings: Arc<OutboundSettings>,
     /// This process's lease name.
     owner: String,
+    /// To the recorder; bounded by the tasks that can wait on it (one job each).
+    jobs: mpsc::Sender<Job>,
+    recorder: std::sync::Mutex<Option<mpsc::Receiver<Job>>>,
 }
 
 impl Worker {
@@ -42,12 +61,15 @@ impl Worker {
         let Some(url) = settings.url.clone() else {
             return Ok(None);
         };
+        let (jobs, recorder) = mpsc::channel(settings.concurrency.max(1));
         Ok(Some(Self {
             store,
             metrics,
             deliverer: Deliverer::new(&settings, url)?,
             settings,
             owner: format!("outbound_{}", uuid::Uuid::new_v4().simple()),
+            jobs,
+            recorder: std::sync::Mutex::new(Some(recorder)),
         }))
     }
 
@@ -62,6 +84,16 @@ impl Worker {
             "pushing events to the meta-agent"
         );
         let signal = self.store.outbox_signal();
+        let Some(jobs) = self
+            .recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            tracing::error!("an event delivery worker runs only once");
+            return;
+        };
+        let recorder = tokio::spawn(self.clone().record_batches(jobs));
         let mut tasks: JoinSet<()> = JoinSet::new();
         // The business each task drains: one task per business, so its events stay in order.
         let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
@@ -92,6 +124,36 @@ impl Worker {
         }
         tracing::info!(in_flight = tasks.len(), "event delivery stopping");
         while tasks.join_next().await.is_some() {}
+        recorder.abort();
+    }
+
+    /// Writes outcomes as they come, each batch of what is waiting in one transaction.
+    async fn record_batches(self: Arc<Self>, mut jobs: mpsc::Receiver<Job>) {
+        let mut batch = Vec::with_capacity(SETTLE_BATCH);
+        while jobs.recv_many(&mut batch, SETTLE_BATCH).await > 0 {
+            let settles: Vec<Settle> = batch.iter().map(|j| j.settle.clone()).collect();
+            let now = now_ms();
+            let until = now + self.settings.lease().as_millis() as i64;
+            match self
+                .store
+                .settle_outbound(&self.owner, &settles, now, until)
+                .await
+            {
+                Ok(settled) => {
+                    for (job, s) in batch.drain(..).zip(settled) {
+                        let _ = job.reply.send(Ok(s));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, events = batch.len(), "cannot record event deliveries; their leases run out and they are sent again");
+                    for job in batch.drain(..) {
+                        let _ = job.reply.send(Err(StoreError::Worker(
+                            "the outcome could not be written".into(),
+                        )));
+                    }
+                }
+            }
+        }
     }
 
     /// Claims due heads of businesses not already being drained here and starts a task for each.
@@ -146,35 +208,27 @@ impl Worker {
     async fn drain(&self, mut event: OutboundEvent, stop: watch::Receiver<bool>) {
         loop {
             let outcome = self.deliverer.deliver(&event).await;
-            let advanced = self.record(&event, outcome).await;
-            if !advanced || *stop.borrow() {
-                return;
-            }
-            match self
-                .store
-                .next_outbound_of(&event.business_id, now_ms())
-                .await
-            {
-                Ok(Some(next)) if self.claim(&next).await => event = next,
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the event outbox");
-                    return;
-                }
+            let go_on = !*stop.borrow();
+            match self.record(&event, outcome, go_on).await {
+                Some(next) if !*stop.borrow() => event = next,
+                _ => return,
             }
         }
     }
 
-    /// Writes the outcome of one attempt; true when the business may go on to its next event.
-    async fn record(&self, event: &OutboundEvent, outcome: Outcome) -> bool {
+    /// Writes the outcome of one attempt; returns the business's next event, leased, when it goes on and
+    /// `next` is wanted.
+    async fn record(
+        &self,
+        event: &OutboundEvent,
+        outcome: Outcome,
+        next: bool,
+    ) -> Option<OutboundEvent> {
         let label = update_type_label(&event.update_type);
-        let written: Result<(bool, OutboundOutcome), StoreError> = match outcome {
+        let (settle, metric) = match outcome {
             Outcome::Delivered => {
                 tracing::debug!(business_id = %event.business_id, event_id = %event.id, update_type = label, "event delivered");
-                self.store
-                    .outbound_delivered(event.seq, &self.owner)
-                    .await
-                    .map(|ok| (ok, OutboundOutcome::Delivered))
+                (SettleOutcome::Delivered, OutboundOutcome::Delivered)
             }
             Outcome::Retry { error, retry_after } => {
                 let now = now_ms();
@@ -189,10 +243,7 @@ impl Worker {
                         self.settings.give_up.as_secs()
                     );
                     tracing::warn!(business_id = %event.business_id, event_id = %event.id, update_type = label, %error, "event dead-lettered");
-                    self.store
-                        .outbound_dead(event.seq, &self.owner, &error)
-                        .await
-                        .map(|ok| (ok, OutboundOutcome::DeadLettered))
+                    (SettleOutcome::Dead { error }, OutboundOutcome::DeadLettered)
                 } else {
                     let wait = backoff(
                         event.attempts,
@@ -202,33 +253,43 @@ impl Worker {
                     );
                     let next = now.saturating_add(wait.as_millis() as i64).min(deadline);
                     tracing::info!(business_id = %event.business_id, event_id = %event.id, update_type = label, attempts, retry_in_ms = next - now, %error, "event delivery failed; retrying");
-                    self.store
-                        .outbound_retry(event.seq, &self.owner, next, &error)
-                        .await
-                        .map(|ok| (ok, OutboundOutcome::Retried))
+                    (
+                        SettleOutcome::Retry {
+                            next_attempt_ms: next,
+                            error,
+                        },
+                        OutboundOutcome::Retried,
+                    )
                 }
             }
             Outcome::Dead { error } => {
                 tracing::warn!(business_id = %event.business_id, event_id = %event.id, update_type = label, %error, "event refused by the receiver; dead-lettered");
-                self.store
-                    .outbound_dead(event.seq, &self.owner, &error)
-                    .await
-                    .map(|ok| (ok, OutboundOutcome::DeadLettered))
+                (SettleOutcome::Dead { error }, OutboundOutcome::DeadLettered)
             }
         };
-        match written {
-            Ok((true, outcome)) => {
-                self.metrics.outbound_event(label, outcome);
-                outcome != OutboundOutcome::Retried
+        let (reply, written) = oneshot::channel();
+        let job = Job {
+            settle: Settle {
+                seq: event.seq,
+                business_id: event.business_id.clone(),
+                outcome: settle,
+                claim_next: next,
+            },
+            reply,
+        };
+        if self.jobs.send(job).await.is_err() {
+            return None;
+        }
+        match written.await {
+            Ok(Ok(Settled { held: true, next })) => {
+                self.metrics.outbound_event(label, metric);
+                next
             }
-            Ok((false, _)) => {
+            Ok(Ok(Settled { held: false, .. })) => {
                 tracing::warn!(event_id = %event.id, "the event's lease ran out before its outcome was written; another attempt follows");
-                false
+                None
             }
-            Err(e) => {
-                tracing::warn!(error = %e, event_id = %event.id, "cannot record an event delivery; the lease runs out and it is sent again");
-                false
-            }
+            Ok(Err(_)) | Err(_) => None,
         }
     }
 }

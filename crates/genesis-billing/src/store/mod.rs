@@ -19,7 +19,7 @@ pub use database_url::DatabaseUrl;
 pub use health::ProbeFailure;
 pub use outbox::{
     now_ms, BadCursor, Cursor, Delivery, NewOutbound, OutboundBacklog, OutboundEvent,
-    OutboundFilter, Replay, BACKLOG_COUNT_CAP, UPDATE_TYPES,
+    OutboundFilter, Replay, Settle, SettleOutcome, Settled, BACKLOG_COUNT_CAP, UPDATE_TYPES,
 };
 pub use reconcile_scratch::StripeRow;
 pub use webhook_event::{

@@ -205,6 +205,34 @@ impl FromStr for Cursor {
     }
 }
 
+/// How one delivery attempt ended, for [`Store::settle_outbound`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleOutcome {
+    Delivered,
+    /// Failed; try again at `next_attempt_ms`.
+    Retry { next_attempt_ms: i64, error: String },
+    /// Refused for good, or out of time.
+    Dead { error: String },
+}
+
+/// One attempt to record: the event, its business, how it ended, and whether to lease the business's next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settle {
+    pub seq: i64,
+    pub business_id: String,
+    pub outcome: SettleOutcome,
+    pub claim_next: bool,
+}
+
+/// What [`Store::settle_outbound`] did for one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// The attempt's lease was still held, so its outcome was written.
+    pub held: bool,
+    /// The business's next event, now leased to the caller.
+    pub next: Option<OutboundEvent>,
+}
+
 /// Which events a listing returns.
 #[derive(Debug, Clone, Default)]
 pub struct OutboundFilter {
@@ -384,26 +412,6 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
-    /// The next undelivered event of a business if it is due and free, for a worker that just finished the
-    /// one before it.
-    pub async fn next_outbound_of(
-        &self,
-        business_id: &str,
-        now_ms: i64,
-    ) -> Result<Option<OutboundEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {COLUMNS} FROM outbound_event WHERE business_id = $1 AND delivery = 'pending'{} \
-             ORDER BY seq LIMIT 1",
-            committed_before(self.backend)
-        );
-        let row = sqlx::query(&sql)
-            .bind(business_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        let event = row.as_ref().map(from_row).transpose()?;
-        Ok(event.filter(|e| e.next_attempt_ms.is_none_or(|t| t <= now_ms)))
-    }
-
     /// Takes the lease of a pending event until `until_ms`; false when another worker holds it or it is no
     /// longer pending.
     pub async fn claim_outbound(
@@ -426,6 +434,85 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Records the outcomes of several attempts in one transaction (one disk sync for many events), and for
+    /// each attempt that lets its business go on, leases that business's next event if it is due and free.
+    /// Per attempt: whether its lease was still held, and the next event now leased to `owner`.
+    pub async fn settle_outbound(
+        &self,
+        owner: &str,
+        attempts: &[Settle],
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<Settled>, StoreError> {
+        let next_sql = format!(
+            "SELECT {COLUMNS} FROM outbound_event WHERE business_id = $1 AND delivery = 'pending'{} \
+             ORDER BY seq LIMIT 1",
+            committed_before(self.backend)
+        );
+        let mut tx = self.pool.begin().await?;
+        let mut settled = Vec::with_capacity(attempts.len());
+        for a in attempts {
+            let q = match &a.outcome {
+                SettleOutcome::Delivered => sqlx::query(
+                    "UPDATE outbound_event SET delivery = 'delivered', delivered_at = $3, attempts = attempts + 1, \
+                     last_error = NULL, next_attempt_ms = NULL, lease_owner = NULL, lease_until_ms = NULL \
+                     WHERE seq = $1 AND lease_owner = $2",
+                )
+                .bind(a.seq)
+                .bind(owner)
+                .bind(now()),
+                SettleOutcome::Retry {
+                    next_attempt_ms,
+                    error,
+                } => sqlx::query(
+                    "UPDATE outbound_event SET attempts = attempts + 1, next_attempt_ms = $3, last_error = $4, \
+                     lease_owner = NULL, lease_until_ms = NULL WHERE seq = $1 AND lease_owner = $2",
+                )
+                .bind(a.seq)
+                .bind(owner)
+                .bind(*next_attempt_ms)
+                .bind(error.as_str()),
+                SettleOutcome::Dead { error } => sqlx::query(
+                    "UPDATE outbound_event SET delivery = 'dead', attempts = attempts + 1, next_attempt_ms = NULL, \
+                     last_error = $3, lease_owner = NULL, lease_until_ms = NULL WHERE seq = $1 AND lease_owner = $2",
+                )
+                .bind(a.seq)
+                .bind(owner)
+                .bind(error.as_str()),
+            };
+            let held = q.execute(&mut *tx).await?.rows_affected() == 1;
+            let goes_on = held && !matches!(a.outcome, SettleOutcome::Retry { .. });
+            let mut next = None;
+            if goes_on && a.claim_next {
+                let row = sqlx::query(&next_sql)
+                    .bind(&a.business_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let due = row
+                    .as_ref()
+                    .map(from_row)
+                    .transpose()?
+                    .filter(|e| e.next_attempt_ms.is_none_or(|t| t <= now_ms));
+                if let Some(e) = due {
+                    let claimed = sqlx::query(
+                        "UPDATE outbound_event SET lease_owner = $2, lease_until_ms = $3 WHERE seq = $1 \
+                         AND delivery = 'pending' AND (lease_until_ms IS NULL OR lease_until_ms < $4)",
+                    )
+                    .bind(e.seq)
+                    .bind(owner)
+                    .bind(until_ms)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                    next = (claimed.rows_affected() == 1).then_some(e);
+                }
+            }
+            settled.push(Settled { held, next });
+        }
+        tx.commit().await?;
+        Ok(settled)
+    }
+
     /// Records a 2xx; false when the lease was lost (another worker took the event over).
     pub async fn outbound_delivered(&self, seq: i64, owner: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
@@ -436,27 +523,6 @@ impl Store {
         .bind(seq)
         .bind(owner)
         .bind(now())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Records a failed attempt to try again at `next_attempt_ms`.
-    pub async fn outbound_retry(
-        &self,
-        seq: i64,
-        owner: &str,
-        next_attempt_ms: i64,
-        error: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE outbound_event SET attempts = attempts + 1, next_attempt_ms = $3, last_error = $4, \
-             lease_owner = NULL, lease_until_ms = NULL WHERE seq = $1 AND lease_owner = $2",
-        )
-        .bind(seq)
-        .bind(owner)
-        .bind(next_attempt_ms)
-        .bind(error)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
