@@ -130,6 +130,8 @@ pub struct Settings {
     pub warnings: Vec<String>,
     /// Manage links and the Billing Portal owners reach through them.
     pub owners: OwnerSettings,
+    /// Notices to owners by email, and what an `unpaid` subscription does to its business.
+    pub notices: NoticeSettings,
 }
 
 /// Manage links (`GET /billing/manage?token=…`) and the Billing Portal configuration behind them.
@@ -238,6 +240,13 @@ struct FileConfig {
     link_secrets: Option<Vec<String>>,
     link_ttl_secs: Option<u64>,
     portal_allow_cancel: Option<bool>,
+    smtp_url: Option<String>,
+    notice_from: Option<String>,
+    notice_templates: Option<PathBuf>,
+    notice_disable: Option<Vec<String>>,
+    notice_retry_window_secs: Option<u64>,
+    notice_retry_base_ms: Option<u64>,
+    billing_unpaid_policy: Option<String>,
 }
 
 /// Where environment variables come from; tests pass a list instead of touching the process environment.
@@ -314,6 +323,7 @@ pub const KNOWN_GENESIS_BILLING_VARS: &[&str] = &[
     "GENESIS_BILLING_LINK_SECRET_FILE",
     "GENESIS_BILLING_LINK_TTL_SECS",
     "GENESIS_BILLING_PORTAL_ALLOW_CANCEL",
+    "GENESIS_BILLING_UNPAID_POLICY",
     // Read by scripts/bench to find the binary, so it is in the service's environment there.
     "GENESIS_BILLING_BIN",
 ];
@@ -742,6 +752,20 @@ impl Settings {
             ..owners
         };
 
+        let notices = notice_settings(
+            NoticeFile {
+                smtp_url: file.smtp_url,
+                from: file.notice_from,
+                templates: file.notice_templates,
+                disable: file.notice_disable,
+                retry_window_secs: file.notice_retry_window_secs,
+                retry_base_ms: file.notice_retry_base_ms,
+                unpaid_policy: file.billing_unpaid_policy,
+            },
+            env,
+            &owners,
+        )?;
+
         if serve.ops_listen == Some(listen) && listen.port() != 0 {
             return Err(invalid(
                 "GENESIS_BILLING_OPS_LISTEN",
@@ -794,6 +818,7 @@ impl Settings {
             public_url: public_url.unwrap_or_else(|| "https://example.com".to_owned()),
             warnings: unknown_variables(env),
             owners,
+            notices,
         })
     }
 
@@ -929,6 +954,242 @@ fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
             ),
             None => "invalid TOML".to_owned(),
         },
+    })
+}
+
+/// Every notice kind, as `GENESIS_NOTICE_DISABLE` names them.
+pub const NOTICE_KINDS: &[&str] = &[
+    "payment_failed",
+    "action_required",
+    "trial_ending",
+    "billing_ended",
+    "rolled_back",
+];
+
+/// What a subscription Stripe marks `unpaid` (its retries exhausted) does to its business.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnpaidPolicy {
+    /// Take the business down (reason `unpaid`, initiated by Stripe): the default.
+    Takedown,
+    /// Keep it up; Stripe keeps the invoice open.
+    Keep,
+}
+
+/// How to reach the SMTP server, parsed from `GENESIS_SMTP_URL`. The user and password are secrets, and
+/// `Debug` shows neither.
+#[derive(Clone)]
+pub struct SmtpEndpoint {
+    /// `smtps://`: TLS from the first byte; otherwise STARTTLS when offered (required with credentials,
+    /// unless the host is a loopback relay).
+    pub implicit_tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(SecretString, SecretString)>,
+}
+
+impl std::fmt::Debug for SmtpEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}://{}{}:{}",
+            if self.implicit_tls { "smtps" } else { "smtp" },
+            if self.credentials.is_some() { "***@" } else { "" },
+            self.host,
+            self.port
+        )
+    }
+}
+
+impl SmtpEndpoint {
+    /// Whether the host is this machine (a local relay may take credentials without TLS).
+    pub fn is_loopback(&self) -> bool {
+        let h = self.host.trim_start_matches('[').trim_end_matches(']');
+        h.eq_ignore_ascii_case("localhost")
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Parses `smtp://[user[:password]@]host[:port]` or `smtps://…`. Errors never repeat the URL.
+    pub fn parse(url: &SecretString, var: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| invalid(var, why.to_owned());
+        let u = url::Url::parse(url.expose_secret().trim())
+            .map_err(|_| bad("expected smtp://[user:password@]host[:port] or smtps://…"))?;
+        let implicit_tls = match u.scheme() {
+            "smtp" => false,
+            "smtps" => true,
+            _ => return Err(bad("the scheme must be smtp:// or smtps://")),
+        };
+        let host = u
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host"))?
+            .to_owned();
+        if !(u.path().is_empty() || u.path() == "/") || u.query().is_some() || u.fragment().is_some() {
+            return Err(bad("only scheme, credentials, host and port are allowed"));
+        }
+        let port = u.port().unwrap_or(if implicit_tls { 465 } else { 587 });
+        let decode = |s: &str| {
+            percent_decode(s).ok_or_else(|| bad("the user or password is not valid percent-encoded UTF-8"))
+        };
+        let credentials = match (u.username(), u.password()) {
+            ("", None) => None,
+            ("", Some(_)) => return Err(bad("a password needs a user")),
+            (user, password) => Some((
+                SecretString::from(decode(user)?),
+                SecretString::from(decode(password.unwrap_or(""))?),
+            )),
+        };
+        Ok(Self {
+            implicit_tls,
+            host,
+            port,
+            credentials,
+        })
+    }
+}
+
+/// Percent-decodes a URL component; `None` when it is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Owner notices (issue 14) and the unpaid policy.
+#[derive(Debug, Clone)]
+pub struct NoticeSettings {
+    /// `None` while notices are not configured (no `GENESIS_SMTP_URL` and `GENESIS_NOTICE_FROM`).
+    pub smtp: Option<SmtpEndpoint>,
+    /// The validated `From` address.
+    pub from: Option<String>,
+    /// A directory whose `{kind}.subject`, `{kind}.txt` and `{kind}.html` override the built-in templates.
+    pub templates: Option<PathBuf>,
+    /// Kinds turned off (each one of [`NOTICE_KINDS`]).
+    pub disabled: Vec<String>,
+    /// A temporary SMTP failure is retried for this long, then the notice is `failed`.
+    pub retry_window_secs: u64,
+    /// The first retry's delay (doubled each time, at most 30 minutes).
+    pub retry_base_ms: u64,
+    pub unpaid_policy: UnpaidPolicy,
+}
+
+impl NoticeSettings {
+    /// Whether notices are sent at all.
+    pub fn configured(&self) -> bool {
+        self.smtp.is_some() && self.from.is_some()
+    }
+}
+
+/// The notice settings' config file keys.
+struct NoticeFile {
+    smtp_url: Option<String>,
+    from: Option<String>,
+    templates: Option<PathBuf>,
+    disable: Option<Vec<String>>,
+    retry_window_secs: Option<u64>,
+    retry_base_ms: Option<u64>,
+    unpaid_policy: Option<String>,
+}
+
+fn notice_settings(
+    file: NoticeFile,
+    env: &dyn Env,
+    owners: &OwnerSettings,
+) -> Result<NoticeSettings, ConfigError> {
+    const URL_VAR: &str = "GENESIS_SMTP_URL";
+    let url = resolve(
+        None,
+        || secret_var(env, URL_VAR),
+        file.smtp_url
+            .map(|u| (SecretString::from(u), "smtp_url in the config file".to_owned())),
+    )?;
+    let smtp = url
+        .map(|(u, source)| SmtpEndpoint::parse(&u, &source))
+        .transpose()?;
+    let from = setting(env, None, "GENESIS_NOTICE_FROM", file.from)?;
+    if let Some(f) = &from {
+        f.trim()
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|_| invalid("GENESIS_NOTICE_FROM", "expected an email address such as billing@example.com or \"Billing <billing@example.com>\""))?;
+    }
+    let from = from.map(|f| f.trim().to_owned());
+    match (&smtp, &from) {
+        (Some(_), None) => {
+            return Err(invalid(
+                "GENESIS_NOTICE_FROM",
+                "notices need a From address when GENESIS_SMTP_URL is set",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "GENESIS_SMTP_URL",
+                "notices need an SMTP server when GENESIS_NOTICE_FROM is set",
+            ))
+        }
+        _ => {}
+    }
+    if smtp.is_some() && (owners.link_secrets.is_empty() || !owners.public_url_set) {
+        return Err(invalid(
+            "GENESIS_SMTP_URL",
+            "notices carry a manage link: set GENESIS_BILLING_LINK_SECRET and GENESIS_BILLING_PUBLIC_URL too",
+        ));
+    }
+    let disabled = match setting(env, None, "GENESIS_NOTICE_DISABLE", None::<String>)? {
+        Some(v) => v.split(',').map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect(),
+        None => file.disable.unwrap_or_default(),
+    };
+    for k in &disabled {
+        if !NOTICE_KINDS.contains(&k.as_str()) {
+            return Err(invalid(
+                "GENESIS_NOTICE_DISABLE",
+                format!("unknown notice kind {:?}; expected some of {}", k.chars().take(40).collect::<String>(), NOTICE_KINDS.join(", ")),
+            ));
+        }
+    }
+    let unpaid_policy = match setting(env, None, "GENESIS_BILLING_UNPAID_POLICY", file.unpaid_policy)?
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("takedown") => UnpaidPolicy::Takedown,
+        Some("keep") => UnpaidPolicy::Keep,
+        Some(_) => {
+            return Err(invalid(
+                "GENESIS_BILLING_UNPAID_POLICY",
+                "expected takedown or keep",
+            ))
+        }
+    };
+    Ok(NoticeSettings {
+        smtp,
+        from,
+        templates: setting(env, None, "GENESIS_NOTICE_TEMPLATES", file.templates)?,
+        disabled,
+        retry_window_secs: bounded(
+            env,
+            "GENESIS_NOTICE_RETRY_WINDOW_SECS",
+            file.retry_window_secs,
+            86_400,
+            60..=30 * 86_400,
+        )?,
+        retry_base_ms: bounded(
+            env,
+            "GENESIS_NOTICE_RETRY_BASE_MS",
+            file.retry_base_ms,
+            30_000,
+            10..=60_000,
+        )?,
+        unpaid_policy,
     })
 }
 

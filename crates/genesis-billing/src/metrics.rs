@@ -58,6 +58,7 @@ const FAMILIES: &[FamilyDef] = &[
     FamilyDef { name: "genesis_billing_reconcile_drift_total", kind: Kind::Counter, help: "Drift found and fixed by reconciliation, by field.", labels: &["field", "action"] },
     FamilyDef { name: "genesis_billing_build_info", kind: Kind::Gauge, help: "Build information.", labels: &["version"] },
     FamilyDef { name: "genesis_billing_provision_failures_total", kind: Kind::Counter, help: "Provisioning failures by step (customer, subscription).", labels: &["step"] },
+    FamilyDef { name: "genesis_billing_notices_total", kind: Kind::Counter, help: "Owner notices by kind and outcome (sent, retried, failed, skipped).", labels: &["kind", "outcome"] },
 ];
 
 /// Writes a closed set of label values as their `as_str` spelling.
@@ -123,7 +124,21 @@ pub enum DriftAction {
     Fixed,
 }
 
+/// `outcome` of `genesis_billing_notices_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NoticeOutcome {
+    /// The SMTP server accepted it.
+    Sent,
+    /// A temporary failure; tried again later.
+    Retried,
+    /// Refused for good, or retries ran out.
+    Failed,
+    /// Not sent: no address, notices off, or its kind turned off.
+    Skipped,
+}
+
 label_values! {
+    NoticeOutcome { Sent => "sent", Retried => "retried", Failed => "failed", Skipped => "skipped" }
     SubscriptionOutcome { Success => "success", Failed => "failed", Cancelled => "cancelled" }
     TakedownStatus {
         Success => "success", Partial => "partial", NotFound => "not_found",
@@ -213,6 +228,13 @@ struct VersionLabels {
     version: String,
 }
 
+/// Labels `{kind, outcome}` of owner notices.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct NoticeLabels {
+    kind: String,
+    outcome: NoticeOutcome,
+}
+
 /// Labels `{step}` of provisioning failures.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StepLabels {
@@ -270,6 +292,7 @@ pub struct Metrics {
     webhook_apply_lag: Histogram,
     drift: Family<DriftLabels, Counter>,
     provision_failures: Family<StepLabels, Counter>,
+    notices: Family<NoticeLabels, Counter>,
     /// Stripe attempts over every label set (for summaries; a family cannot be summed cheaply).
     stripe_attempts: AtomicU64,
 }
@@ -305,6 +328,7 @@ impl Metrics {
             webhook_apply_lag: Histogram::new(LAG_BUCKETS.iter().copied()),
             drift: Family::default(),
             provision_failures: Family::default(),
+            notices: Family::default(),
             stripe_attempts: AtomicU64::new(0),
         };
         let build_info = Family::<VersionLabels, Gauge>::default();
@@ -339,6 +363,7 @@ impl Metrics {
         add(&|r, n, h| r.register(n, h, m.drift.clone()));
         add(&|r, n, h| r.register(n, h, build_info.clone()));
         add(&|r, n, h| r.register(n, h, m.provision_failures.clone()));
+        add(&|r, n, h| r.register(n, h, m.notices.clone()));
         assert!(defs.next().is_none(), "every FAMILIES entry is registered");
         Self { registry, ..m }
     }
@@ -456,6 +481,16 @@ impl Metrics {
         self.provision_failures
             .get_or_create(&StepLabels {
                 step: step.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an owner notice's outcome.
+    pub fn notice(&self, kind: &str, outcome: NoticeOutcome) {
+        self.notices
+            .get_or_create(&NoticeLabels {
+                kind: kind.to_owned(),
+                outcome,
             })
             .inc();
     }

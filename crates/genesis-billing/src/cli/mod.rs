@@ -3,6 +3,7 @@
 mod business;
 #[cfg(feature = "simulator")]
 pub mod demo;
+mod notices;
 mod operations;
 mod output;
 mod prices;
@@ -103,7 +104,13 @@ enum Command {
         /// Cancellations in flight at once (all go through the rate limiter).
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
         concurrency: u32,
+        /// Tell each affected owner by email that billing stopped (once per cancelled subscription).
+        #[arg(long)]
+        notify: bool,
     },
+    /// Notices to owners by email.
+    #[command(subcommand)]
+    Notices(notices::NoticesCommand),
     /// Staging check: a throwaway business through create, checkout link and takedown. Refuses live keys.
     Smoke,
 }
@@ -377,7 +384,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::CancelAll {
             confirm,
             concurrency,
-        } => return operations::cancel_all(service, confirm, concurrency, json).await,
+            notify,
+        } => {
+            return operations::cancel_all(settings, service, confirm, concurrency, notify, json)
+                .await
+        }
+        Command::Notices(cmd) => return notices::run(settings, &service, cmd, json).await,
         Command::Smoke => return smoke::run(settings, &service, json).await,
         Command::Webhooks(cmd) => return webhooks::run(settings, service, cmd, json).await,
         #[cfg(feature = "simulator")]

@@ -53,6 +53,8 @@ pub struct AppState {
     pub ops_listen: Option<SocketAddr>,
     /// Owners' manage links and the Billing Portal behind them.
     pub owners: Arc<Owners>,
+    /// Owner notices by email, planned and sent by a background job when set.
+    pub notices: Option<Arc<crate::owners::notice::Notices>>,
 }
 
 struct Gates {
@@ -109,7 +111,14 @@ impl AppState {
             metrics_token_digest: None,
             ops_listen: None,
             owners: Arc::new(Owners::disabled()),
+            notices: None,
         }
+    }
+
+    /// Owner notices (planned from the outbox and sent by `serve`).
+    pub fn with_notices(mut self, notices: Option<Arc<crate::owners::notice::Notices>>) -> Self {
+        self.notices = notices;
+        self
     }
 
     /// Manage links and the portal, from the settings.
@@ -467,6 +476,12 @@ pub fn start_listeners(
         state.owners.clone(),
         state.checks.clone(),
     ));
+    if let Some(notices) = &state.notices {
+        background.push(crate::jobs::spawn_notices(
+            state.service.clone(),
+            notices.clone(),
+        ));
+    }
     Ok(Running {
         addr,
         ops_addr,

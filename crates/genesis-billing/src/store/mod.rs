@@ -9,6 +9,7 @@ mod coordination;
 mod database_url;
 mod health;
 mod migrate;
+mod notice;
 mod outbox;
 mod reconcile_scratch;
 mod sqlite_inbox;
@@ -21,6 +22,7 @@ pub use outbox::{
     now_ms, BadCursor, Cursor, Delivery, NewOutbound, OutboundBacklog, OutboundEvent,
     OutboundFilter, Replay, BACKLOG_COUNT_CAP, UPDATE_TYPES,
 };
+pub use notice::{notice_message_id, NewNotice, Notice, NoticeFilter, NoticeState, Resend};
 pub use reconcile_scratch::StripeRow;
 pub use webhook_event::{
     EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, Reasons, StatusChange, StoredEvent,
