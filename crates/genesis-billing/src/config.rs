@@ -246,6 +246,7 @@ struct FileConfig {
     notice_disable: Option<Vec<String>>,
     notice_retry_window_secs: Option<u64>,
     notice_retry_base_ms: Option<u64>,
+    notice_payment_failed_hold_ms: Option<u64>,
     billing_unpaid_policy: Option<String>,
 }
 
@@ -760,6 +761,7 @@ impl Settings {
                 disable: file.notice_disable,
                 retry_window_secs: file.notice_retry_window_secs,
                 retry_base_ms: file.notice_retry_base_ms,
+                payment_failed_hold_ms: file.notice_payment_failed_hold_ms,
                 unpaid_policy: file.billing_unpaid_policy,
             },
             env,
@@ -993,7 +995,11 @@ impl std::fmt::Debug for SmtpEndpoint {
             f,
             "{}://{}{}:{}",
             if self.implicit_tls { "smtps" } else { "smtp" },
-            if self.credentials.is_some() { "***@" } else { "" },
+            if self.credentials.is_some() {
+                "***@"
+            } else {
+                ""
+            },
             self.host,
             self.port
         )
@@ -1024,12 +1030,16 @@ impl SmtpEndpoint {
             .filter(|h| !h.is_empty())
             .ok_or_else(|| bad("no host"))?
             .to_owned();
-        if !(u.path().is_empty() || u.path() == "/") || u.query().is_some() || u.fragment().is_some() {
+        if !(u.path().is_empty() || u.path() == "/")
+            || u.query().is_some()
+            || u.fragment().is_some()
+        {
             return Err(bad("only scheme, credentials, host and port are allowed"));
         }
         let port = u.port().unwrap_or(if implicit_tls { 465 } else { 587 });
         let decode = |s: &str| {
-            percent_decode(s).ok_or_else(|| bad("the user or password is not valid percent-encoded UTF-8"))
+            percent_decode(s)
+                .ok_or_else(|| bad("the user or password is not valid percent-encoded UTF-8"))
         };
         let credentials = match (u.username(), u.password()) {
             ("", None) => None,
@@ -1081,6 +1091,9 @@ pub struct NoticeSettings {
     pub retry_window_secs: u64,
     /// The first retry's delay (doubled each time, at most 30 minutes).
     pub retry_base_ms: u64,
+    /// How long a payment-failed notice waits for an action-required one of the same invoice, which
+    /// replaces it (Stripe sends both for a charge that needs 3-D Secure).
+    pub payment_failed_hold_ms: u64,
     pub unpaid_policy: UnpaidPolicy,
 }
 
@@ -1099,6 +1112,7 @@ struct NoticeFile {
     disable: Option<Vec<String>>,
     retry_window_secs: Option<u64>,
     retry_base_ms: Option<u64>,
+    payment_failed_hold_ms: Option<u64>,
     unpaid_policy: Option<String>,
 }
 
@@ -1111,8 +1125,12 @@ fn notice_settings(
     let url = resolve(
         None,
         || secret_var(env, URL_VAR),
-        file.smtp_url
-            .map(|u| (SecretString::from(u), "smtp_url in the config file".to_owned())),
+        file.smtp_url.map(|u| {
+            (
+                SecretString::from(u),
+                "smtp_url in the config file".to_owned(),
+            )
+        }),
     )?;
     let smtp = url
         .map(|(u, source)| SmtpEndpoint::parse(&u, &source))
@@ -1146,20 +1164,33 @@ fn notice_settings(
         ));
     }
     let disabled = match setting(env, None, "GENESIS_NOTICE_DISABLE", None::<String>)? {
-        Some(v) => v.split(',').map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()).collect(),
+        Some(v) => v
+            .split(',')
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect(),
         None => file.disable.unwrap_or_default(),
     };
     for k in &disabled {
         if !NOTICE_KINDS.contains(&k.as_str()) {
             return Err(invalid(
                 "GENESIS_NOTICE_DISABLE",
-                format!("unknown notice kind {:?}; expected some of {}", k.chars().take(40).collect::<String>(), NOTICE_KINDS.join(", ")),
+                format!(
+                    "unknown notice kind {:?}; expected some of {}",
+                    k.chars().take(40).collect::<String>(),
+                    NOTICE_KINDS.join(", ")
+                ),
             ));
         }
     }
-    let unpaid_policy = match setting(env, None, "GENESIS_BILLING_UNPAID_POLICY", file.unpaid_policy)?
-        .as_deref()
-        .map(str::trim)
+    let unpaid_policy = match setting(
+        env,
+        None,
+        "GENESIS_BILLING_UNPAID_POLICY",
+        file.unpaid_policy,
+    )?
+    .as_deref()
+    .map(str::trim)
     {
         None | Some("takedown") => UnpaidPolicy::Takedown,
         Some("keep") => UnpaidPolicy::Keep,
@@ -1188,6 +1219,13 @@ fn notice_settings(
             file.retry_base_ms,
             30_000,
             10..=60_000,
+        )?,
+        payment_failed_hold_ms: bounded(
+            env,
+            "GENESIS_NOTICE_PAYMENT_FAILED_HOLD_MS",
+            file.payment_failed_hold_ms,
+            30_000,
+            0..=600_000,
         )?,
         unpaid_policy,
     })

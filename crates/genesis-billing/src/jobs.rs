@@ -381,7 +381,9 @@ async fn take_down_unpaid(service: &BillingService) -> usize {
                 tracing::warn!(business_id = %id, status = %s.status, "business taken down: its subscription is unpaid");
                 done += 1;
             }
-            Err(e) => tracing::warn!(business_id = %id, error = %e, "taking down an unpaid business failed"),
+            Err(e) => {
+                tracing::warn!(business_id = %id, error = %e, "taking down an unpaid business failed")
+            }
         }
     }
     done

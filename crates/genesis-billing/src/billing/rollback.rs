@@ -165,6 +165,7 @@ impl BillingService {
                 state: NoticeState::Held,
                 reason: None,
                 data: serde_json::json!({ "subscription_id": s.subscription_id }),
+                delay_ms: 0,
             })
             .await?;
         Ok(())

@@ -67,7 +67,9 @@ pub(super) async fn run(
             limit,
         } => {
             if before.as_deref().is_some_and(|b| !is_notice_id(b)) {
-                return Err(Failure::Usage("--before must be a notice id (gbn_…)".into()));
+                return Err(Failure::Usage(
+                    "--before must be a notice id (gbn_…)".into(),
+                ));
             }
             if business
                 .as_deref()
@@ -198,7 +200,17 @@ pub(super) async fn send_rollback_notices(
         let planned = n.plan().await.context("while planning notices")?;
         let round = n.send_due().await.context("while sending notices")?;
         if planned == 0 && round.sent + round.failed + round.skipped + round.retried == 0 {
-            break;
+            // Nothing for us: done, unless another sender (serve) is sending one or a retry is close.
+            let soon = crate::owners::notice::now_ms() + 5_000;
+            let due = service
+                .store()
+                .count_due_notices("rolled_back", soon)
+                .await
+                .context("while counting notices")?;
+            if due == 0 || !n.configured() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     let mut out = RollbackNotices::default();

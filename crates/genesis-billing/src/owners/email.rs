@@ -70,7 +70,10 @@ mod tests {
         )
         .unwrap();
         let text = String::from_utf8(m.formatted()).unwrap();
-        assert!(text.contains("Message-ID: <abc@notices.genesis-billing>"), "{text}");
+        assert!(
+            text.contains("Message-ID: <abc@notices.genesis-billing>"),
+            "{text}"
+        );
         assert!(text.contains("multipart/alternative"));
         assert!(text.contains("text/plain") && text.contains("text/html"));
         assert!(text.contains("To: owner@example.com"));
@@ -78,7 +81,12 @@ mod tests {
 
     #[test]
     fn a_hostile_recipient_is_refused() {
-        for to in ["", "not an address", "a@b.c\r\nBcc: x@evil.example", "<a@b>, c@d"] {
+        for to in [
+            "",
+            "not an address",
+            "a@b.c\r\nBcc: x@evil.example",
+            "<a@b>, c@d",
+        ] {
             assert!(
                 matches!(
                     build("b@example.org", to, "<x@y>", &rendered("s")),

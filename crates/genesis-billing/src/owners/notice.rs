@@ -23,11 +23,13 @@ use crate::business::{rfc3339, Business};
 use crate::config::{NoticeSettings, Settings};
 use crate::metrics::{Metrics, NoticeOutcome};
 use crate::store::{
-    notice_message_id, now_ms, NewNotice, Notice, NoticeState, OutboundEvent, OutboundFilter,
-    Store, StoreError,
+    notice_message_id, NewNotice, Notice, NoticeState, OutboundEvent, OutboundFilter, Store,
+    StoreError,
 };
 
-pub use crate::store::{Notice as StoredNotice, NoticeFilter, NoticeState as State, Resend};
+pub use crate::store::{
+    now_ms, Notice as StoredNotice, NoticeFilter, NoticeState as State, Resend,
+};
 
 /// Outbox events read per page.
 const PAGE: i64 = 200;
@@ -48,7 +50,9 @@ pub enum Planned {
         data: Value,
     },
     /// A roll-back's held notice to decide now.
-    ReleaseHeld { cause: String },
+    ReleaseHeld {
+        cause: String,
+    },
     Nothing,
 }
 
@@ -63,7 +67,9 @@ pub fn plan_for(event: &OutboundEvent) -> Planned {
     let kind = match event.update_type.as_str() {
         "billing.payment_failed" => "payment_failed",
         "billing.action_required" => "action_required",
-        "billing.trial_ending" if data["has_payment_method"] == Value::Bool(false) => "trial_ending",
+        "billing.trial_ending" if data["has_payment_method"] == Value::Bool(false) => {
+            "trial_ending"
+        }
         "business.taken_down" if data["initiated_by"] == "stripe" => "billing_ended",
         "billing.rolled_back" => {
             return match data["subscription_id"].as_str() {
@@ -137,6 +143,11 @@ impl Notices {
         })
     }
 
+    /// Whether notices are sent at all (SMTP server and From address configured).
+    pub fn configured(&self) -> bool {
+        self.mailer.is_some() && self.settings.configured()
+    }
+
     /// What an `unpaid` subscription does to its business.
     pub fn unpaid_policy(&self) -> crate::config::UnpaidPolicy {
         self.settings.unpaid_policy
@@ -158,7 +169,13 @@ impl Notices {
             .map(str::trim)
             .filter(|e| !e.is_empty())
             .map(str::to_owned);
-        let skip = |why: &str| (NoticeState::Skipped, recipient.clone(), Some(why.to_owned()));
+        let skip = |why: &str| {
+            (
+                NoticeState::Skipped,
+                recipient.clone(),
+                Some(why.to_owned()),
+            )
+        };
         if !self.settings.configured() {
             return skip("notices are not configured (GENESIS_SMTP_URL and GENESIS_NOTICE_FROM)");
         }
@@ -221,7 +238,45 @@ impl Notices {
             }
             Planned::Notice { kind, cause, data } => {
                 let business = self.store.get_business(&event.business_id).await?;
-                let (state, recipient, reason) = self.decide(kind, business.as_ref());
+                let (mut state, recipient, mut reason) = self.decide(kind, business.as_ref());
+                const COVERED: &str =
+                    "the payment needs the owner's authentication: the action-required notice covers it";
+                // Stripe reports a charge waiting for 3-D Secure as a failed payment and as an action
+                // required, one after the other: the owner gets the one that says what to do.
+                if kind == "action_required" {
+                    if let Some(invoice) = data["invoice_id"].as_str() {
+                        let n = self
+                            .store
+                            .supersede_notices(
+                                &event.business_id,
+                                "payment_failed",
+                                invoice,
+                                COVERED,
+                            )
+                            .await?;
+                        for _ in 0..n {
+                            self.metrics
+                                .notice("payment_failed", NoticeOutcome::Skipped);
+                        }
+                    }
+                }
+                // The same two events out of order: the action-required notice is there already.
+                if kind == "payment_failed" && state == NoticeState::Pending {
+                    if let Some(invoice) = data["invoice_id"].as_str() {
+                        if self
+                            .store
+                            .has_notice_about(&event.business_id, "action_required", invoice)
+                            .await?
+                        {
+                            state = NoticeState::Skipped;
+                            reason = Some(COVERED.to_owned());
+                        }
+                    }
+                }
+                let delay_ms = match kind {
+                    "payment_failed" => self.settings.payment_failed_hold_ms as i64,
+                    _ => 0,
+                };
                 let new = self
                     .store
                     .insert_notice(&NewNotice {
@@ -233,6 +288,7 @@ impl Notices {
                         state,
                         reason: reason.clone(),
                         data,
+                        delay_ms,
                     })
                     .await?;
                 if new {
@@ -275,7 +331,11 @@ impl Notices {
         let business = self.store.get_business(&n.business_id).await?;
         let (Some(business), Some(to)) = (business, n.recipient.as_deref()) else {
             self.store
-                .notice_skipped(&n.id, &self.holder, "the business or its email address is gone")
+                .notice_skipped(
+                    &n.id,
+                    &self.holder,
+                    "the business or its email address is gone",
+                )
                 .await?;
             self.metrics.notice(&n.kind, NoticeOutcome::Skipped);
             round.skipped += 1;
@@ -338,13 +398,10 @@ impl Notices {
         }
         values.insert(
             "next_attempt",
-            match data["next_payment_attempt"].as_i64() {
-                Some(t) => rfc3339(t),
-                None => "none scheduled".to_owned(),
-            },
+            instant(&data["next_payment_attempt"]).unwrap_or_else(|| "none scheduled".to_owned()),
         );
-        if let Some(t) = data["trial_end"].as_i64() {
-            values.insert("trial_end", rfc3339(t));
+        if let Some(t) = instant(&data["trial_end"]) {
+            values.insert("trial_end", t);
         }
         if let Some(url) = data["hosted_invoice_url"]
             .as_str()
@@ -372,6 +429,15 @@ impl Notices {
         let rendered = self.templates.render(&n.kind, &values);
         let from = self.settings.from.as_deref().unwrap_or_default();
         email::build(from, to, &n.message_id, &rendered).map_err(|e| e.to_string())
+    }
+}
+
+/// An instant as the outbox writes it (RFC 3339 text, or unix seconds), for owners to read.
+fn instant(v: &Value) -> Option<String> {
+    match v {
+        Value::Number(n) => n.as_i64().map(rfc3339),
+        Value::String(s) => Some(s.chars().take(40).collect()),
+        _ => None,
     }
 }
 
@@ -437,21 +503,36 @@ mod tests {
             _ => None,
         };
         assert_eq!(kind("billing.payment_failed", "{}"), Some("payment_failed"));
-        assert_eq!(kind("billing.action_required", "{}"), Some("action_required"));
+        assert_eq!(
+            kind("billing.action_required", "{}"),
+            Some("action_required")
+        );
         assert_eq!(
             kind("billing.trial_ending", r#"{"has_payment_method":false}"#),
             Some("trial_ending")
         );
-        assert_eq!(kind("billing.trial_ending", r#"{"has_payment_method":true}"#), None);
         assert_eq!(
-            kind("business.taken_down", r#"{"initiated_by":"stripe","reason":"unpaid"}"#),
+            kind("billing.trial_ending", r#"{"has_payment_method":true}"#),
+            None
+        );
+        assert_eq!(
+            kind(
+                "business.taken_down",
+                r#"{"initiated_by":"stripe","reason":"unpaid"}"#
+            ),
             Some("billing_ended")
         );
-        assert_eq!(kind("business.taken_down", r#"{"initiated_by":"api"}"#), None);
+        assert_eq!(
+            kind("business.taken_down", r#"{"initiated_by":"api"}"#),
+            None
+        );
         assert_eq!(kind("billing.status_changed", "{}"), None);
         assert_eq!(kind("billing.payment_succeeded", "not json"), None);
         assert_eq!(
-            plan_for(&event("billing.rolled_back", r#"{"subscription_id":"sub_9"}"#)),
+            plan_for(&event(
+                "billing.rolled_back",
+                r#"{"subscription_id":"sub_9"}"#
+            )),
             Planned::ReleaseHeld {
                 cause: "rollback:sub_9".into()
             }

@@ -225,14 +225,20 @@ mod tests {
         HashMap::from([
             ("business_name", name.to_owned()),
             ("amount", "USD 5.00".to_owned()),
-            ("manage_url", "https://b.example/billing/manage?token=v1.x&y=\"z\"".to_owned()),
+            (
+                "manage_url",
+                "https://b.example/billing/manage?token=v1.x&y=\"z\"".to_owned(),
+            ),
         ])
     }
 
     #[test]
     fn a_business_name_with_html_arrives_as_text_and_cannot_break_the_subject() {
         let t = Templates::builtin();
-        let r = t.render("payment_failed", &values("<script>alert(1)</script>\r\nBcc: x@evil"));
+        let r = t.render(
+            "payment_failed",
+            &values("<script>alert(1)</script>\r\nBcc: x@evil"),
+        );
         assert!(!r.html.contains("<script>"), "{}", r.html);
         assert!(r.html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(r.html.contains("token=v1.x&amp;y=&quot;z&quot;"));
@@ -247,13 +253,24 @@ mod tests {
     #[test]
     fn operator_templates_replace_the_built_in_ones_part_by_part() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("payment_failed.subject"), "Pay {{amount}} now\n").unwrap();
-        std::fs::write(dir.path().join("rolled_back.html"), "<b>{{business_name}}</b>").unwrap();
+        std::fs::write(
+            dir.path().join("payment_failed.subject"),
+            "Pay {{amount}} now\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("rolled_back.html"),
+            "<b>{{business_name}}</b>",
+        )
+        .unwrap();
         let t = Templates::load(Some(dir.path())).unwrap();
         let r = t.render("payment_failed", &values("A&B"));
         assert_eq!(r.subject, "Pay USD 5.00 now");
         assert!(r.text.contains("A&B"), "text is not escaped");
-        assert_eq!(t.render("rolled_back", &values("A&B")).html, "<b>A&amp;B</b>");
+        assert_eq!(
+            t.render("rolled_back", &values("A&B")).html,
+            "<b>A&amp;B</b>"
+        );
         std::fs::write(dir.path().join("trial_ending.txt"), "x".repeat(70_000)).unwrap();
         let err = Templates::load(Some(dir.path())).unwrap_err();
         assert!(err.to_string().contains("trial_ending.txt"), "{err}");

@@ -18,11 +18,11 @@ mod webhook_event;
 pub use coordination::{BusinessLease, Holder, HolderState, JobLease, UnfinishedBusiness};
 pub use database_url::DatabaseUrl;
 pub use health::ProbeFailure;
+pub use notice::{notice_message_id, NewNotice, Notice, NoticeFilter, NoticeState, Resend};
 pub use outbox::{
     now_ms, BadCursor, Cursor, Delivery, NewOutbound, OutboundBacklog, OutboundEvent,
     OutboundFilter, Replay, BACKLOG_COUNT_CAP, UPDATE_TYPES,
 };
-pub use notice::{notice_message_id, NewNotice, Notice, NoticeFilter, NoticeState, Resend};
 pub use reconcile_scratch::StripeRow;
 pub use webhook_event::{
     EventResult, HistoryEntry, InboxWrite, Inserted, NewEvent, Reasons, StatusChange, StoredEvent,

@@ -56,6 +56,8 @@ pub struct NewNotice {
     pub reason: Option<String>,
     pub data: serde_json::Value,
     pub message_id: String,
+    /// How long after now it becomes due.
+    pub delay_ms: i64,
 }
 
 /// A stored notice.
@@ -100,7 +102,8 @@ pub enum Resend {
     NotFailed(NoticeState),
 }
 
-const COLUMNS: &str = "id, cause, business_id, kind, recipient, state, reason, data, message_id, attempts, \
+const COLUMNS: &str =
+    "id, cause, business_id, kind, recipient, state, reason, data, message_id, attempts, \
     next_attempt_ms, window_start_ms, last_error, created_at, updated_at, sent_at";
 
 fn from_row(r: &AnyRow) -> Result<Notice, StoreError> {
@@ -151,7 +154,7 @@ impl Store {
         let done = sqlx::query(
             "INSERT INTO owner_notice (id, cause, business_id, kind, recipient, state, reason, data, message_id, \
              next_attempt_ms, window_start_ms, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $11) ON CONFLICT (cause) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, $11, $11) ON CONFLICT (cause) DO NOTHING",
         )
         .bind(new_notice_id(at))
         .bind(&n.cause)
@@ -162,8 +165,9 @@ impl Store {
         .bind(&n.reason)
         .bind(n.data.to_string())
         .bind(&n.message_id)
-        .bind(at)
+        .bind(at + n.delay_ms.max(0))
         .bind(now())
+        .bind(at)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -303,7 +307,12 @@ impl Store {
     }
 
     /// Records a notice that cannot be sent after all (e.g. its business has no email any more).
-    pub async fn notice_skipped(&self, id: &str, owner: &str, reason: &str) -> Result<(), StoreError> {
+    pub async fn notice_skipped(
+        &self,
+        id: &str,
+        owner: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE owner_notice SET state = 'skipped', reason = $3, next_attempt_ms = NULL, updated_at = $4, \
              lease_owner = NULL, lease_until_ms = NULL WHERE id = $1 AND lease_owner = $2",
@@ -407,4 +416,68 @@ impl Store {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
     }
+
+    /// Pending notices of `kind` due by `until_ms` (leased ones included: another sender has them).
+    pub async fn count_due_notices(&self, kind: &str, until_ms: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query(
+            "SELECT COUNT(*) FROM owner_notice WHERE kind = $1 AND state = 'pending' AND next_attempt_ms <= $2",
+        )
+        .bind(kind)
+        .bind(until_ms)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get(0)?)
+    }
+
+    /// Skips the unsent notices of `kind` of a business about invoice `invoice_id` (a later notice of the
+    /// same attempt covers them); returns how many. A notice a sender holds right now is left alone.
+    pub async fn supersede_notices(
+        &self,
+        business_id: &str,
+        kind: &str,
+        invoice_id: &str,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        let needle = invoice_needle(invoice_id);
+        let at = now_ms();
+        let done = sqlx::query(
+            "UPDATE owner_notice SET state = 'skipped', reason = $4, next_attempt_ms = NULL, updated_at = $5 \
+             WHERE business_id = $1 AND kind = $2 AND state = 'pending' AND data LIKE $3 \
+             AND (lease_until_ms IS NULL OR lease_until_ms < $6)",
+        )
+        .bind(business_id)
+        .bind(kind)
+        .bind(needle)
+        .bind(reason)
+        .bind(now())
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Whether business `business_id` has a notice of `kind` about invoice `invoice_id`.
+    pub async fn has_notice_about(
+        &self,
+        business_id: &str,
+        kind: &str,
+        invoice_id: &str,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM owner_notice WHERE business_id = $1 AND kind = $2 AND data LIKE $3 LIMIT 1",
+        )
+        .bind(business_id)
+        .bind(kind)
+        .bind(invoice_needle(invoice_id))
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
+    }
+}
+
+/// A LIKE pattern matching notice data about `invoice_id`: `data` is compact JSON written by
+/// `insert_notice`, so the pair appears exactly like this.
+fn invoice_needle(invoice_id: &str) -> String {
+    let pair = serde_json::json!({ "invoice_id": invoice_id }).to_string();
+    format!("%{}%", pair.trim_start_matches('{').trim_end_matches('}'))
 }

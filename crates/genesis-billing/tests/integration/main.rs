@@ -8,6 +8,7 @@ mod cli;
 mod crash;
 mod http_api;
 mod manage_link;
+mod notices;
 mod operations;
 mod outbox_events;
 mod payment_collection;
