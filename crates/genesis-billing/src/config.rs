@@ -1970,6 +1970,56 @@ mod tests {
                         .unwrap_or_default()
                 },
             },
+            Case {
+                env: "GENESIS_BILLING_UNPAID_POLICY",
+                file_key: "billing_unpaid_policy",
+                flag: None,
+                toml: Str,
+                values: ["-", "keep", "takedown"],
+                default: "takedown",
+                secret: false,
+                read: |s| match s.notices.unpaid_policy {
+                    UnpaidPolicy::Takedown => "takedown".into(),
+                    UnpaidPolicy::Keep => "keep".into(),
+                },
+            },
+            Case {
+                env: "GENESIS_NOTICE_TEMPLATES",
+                file_key: "notice_templates",
+                flag: None,
+                toml: Str,
+                values: ["-", "env-templates", "file-templates"],
+                default: "",
+                secret: false,
+                read: |s| {
+                    s.notices
+                        .templates
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                },
+            },
+            num(
+                "GENESIS_NOTICE_RETRY_WINDOW_SECS",
+                "notice_retry_window_secs",
+                ["-", "3600", "7200"],
+                "86400",
+                |s| s.notices.retry_window_secs.to_string(),
+            ),
+            num(
+                "GENESIS_NOTICE_RETRY_BASE_MS",
+                "notice_retry_base_ms",
+                ["-", "1000", "2000"],
+                "30000",
+                |s| s.notices.retry_base_ms.to_string(),
+            ),
+            num(
+                "GENESIS_NOTICE_PAYMENT_FAILED_HOLD_MS",
+                "notice_payment_failed_hold_ms",
+                ["-", "0", "5000"],
+                "30000",
+                |s| s.notices.payment_failed_hold_ms.to_string(),
+            ),
         ]
     }
 
@@ -2130,5 +2180,130 @@ mod tests {
         };
         let err = Settings::load(&flags, &[("BILLING_ROLLOUT_PERCENT", "lots")]).unwrap_err();
         assert!(err.to_string().contains("BILLING_ROLLOUT_PERCENT"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod notice_tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::load(&Flags::default(), &env)
+    }
+
+    const LINKS: [(&str, &str); 2] = [
+        (
+            "GENESIS_BILLING_LINK_SECRET",
+            "a-link-secret-of-enough-length",
+        ),
+        ("GENESIS_BILLING_PUBLIC_URL", "https://billing.example.org"),
+    ];
+
+    #[test]
+    fn an_smtp_url_is_parsed_and_its_credentials_never_show() {
+        let url = SecretString::from("smtp://us%40er:p%3Ass-SECRET@mail.example.org");
+        let e = SmtpEndpoint::parse(&url, "GENESIS_SMTP_URL").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.implicit_tls),
+            ("mail.example.org", 587, false)
+        );
+        let (user, pass) = e.credentials.as_ref().unwrap();
+        assert_eq!(user.expose_secret(), "us@er");
+        assert_eq!(pass.expose_secret(), "p:ss-SECRET");
+        assert_eq!(format!("{e:?}"), "smtp://***@mail.example.org:587");
+        assert!(!e.is_loopback());
+        let tls = SmtpEndpoint::parse(&SecretString::from("smtps://[::1]"), "X").unwrap();
+        assert_eq!(
+            (tls.port, tls.implicit_tls, tls.is_loopback()),
+            (465, true, true)
+        );
+        for bad in [
+            "http://mail.example.org",
+            "smtp://",
+            "smtp://:pw-SECRET@mail.example.org",
+            "smtp://mail.example.org/path",
+            "smtp://mail.example.org?x=1",
+            "not a url pw-SECRET",
+            "smtp://u:%ff%fe-SECRET@mail.example.org",
+        ] {
+            let err = SmtpEndpoint::parse(&SecretString::from(bad), "GENESIS_SMTP_URL")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("GENESIS_SMTP_URL"), "{bad}: {err}");
+            assert!(!err.contains("SECRET"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn notices_need_both_settings_and_a_manage_link_and_validate_what_they_name() {
+        let s = load(&[]).unwrap().notices;
+        assert!(!s.configured());
+        assert_eq!(s.unpaid_policy, UnpaidPolicy::Takedown);
+        assert_eq!(s.retry_base_ms, 30_000, "the first retry within a minute");
+        let ok = [
+            LINKS[0],
+            LINKS[1],
+            ("GENESIS_SMTP_URL", "smtp://127.0.0.1:2525"),
+            ("GENESIS_NOTICE_FROM", "Billing <billing@example.org>"),
+            ("GENESIS_NOTICE_DISABLE", " trial_ending, rolled_back "),
+            ("GENESIS_BILLING_UNPAID_POLICY", "keep"),
+        ];
+        let s = load(&ok).unwrap().notices;
+        assert!(s.configured());
+        assert_eq!(s.disabled, ["trial_ending", "rolled_back"]);
+        assert_eq!(s.unpaid_policy, UnpaidPolicy::Keep);
+        let without_links = load(&ok[2..]).unwrap_err().to_string();
+        assert!(
+            without_links.contains("GENESIS_BILLING_LINK_SECRET"),
+            "{without_links}"
+        );
+        let without_from = load(&[LINKS[0], LINKS[1], ok[2]]).unwrap_err().to_string();
+        assert!(
+            without_from.contains("GENESIS_NOTICE_FROM"),
+            "{without_from}"
+        );
+        let mut hostile = ok;
+        hostile[3] = ("GENESIS_NOTICE_FROM", "a@b.example\r\nBcc: x@evil.example");
+        assert!(load(&hostile).is_err());
+        hostile = ok;
+        hostile[4] = ("GENESIS_NOTICE_DISABLE", "payment_failed,everything");
+        assert!(load(&hostile)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown notice kind"));
+        let huge = "x".repeat(100_000);
+        hostile = ok;
+        hostile[4] = ("GENESIS_NOTICE_DISABLE", &huge);
+        assert!(
+            load(&hostile).unwrap_err().to_string().len() < 400,
+            "the error stays short"
+        );
+        let both = load(&[
+            ("GENESIS_SMTP_URL", "smtp://h"),
+            ("GENESIS_SMTP_URL_FILE", "/nonexistent"),
+        ])
+        .unwrap_err();
+        assert!(matches!(both, ConfigError::BothValueAndFile(_)), "{both}");
+    }
+
+    #[test]
+    fn the_smtp_url_may_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("smtp");
+        std::fs::write(&path, "smtps://u:file-SECRET@mail.example.org:2465\n").unwrap();
+        let s = load(&[
+            LINKS[0],
+            LINKS[1],
+            ("GENESIS_SMTP_URL_FILE", path.to_str().unwrap()),
+            ("GENESIS_NOTICE_FROM", "billing@example.org"),
+        ])
+        .unwrap();
+        let e = s.notices.smtp.as_ref().unwrap();
+        assert_eq!((e.port, e.implicit_tls), (2465, true));
+        assert!(!format!("{s:?}").contains("file-SECRET"));
     }
 }

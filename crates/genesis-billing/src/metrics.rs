@@ -762,6 +762,7 @@ mod tests {
         m.webhook_apply_lag(2.0);
         m.drift("status", DriftAction::Fixed);
         m.provision_failure("customer");
+        m.notice("payment_failed", NoticeOutcome::Retried);
         m
     }
 
@@ -785,6 +786,7 @@ mod tests {
             "genesis_billing_reconcile_drift_total{field=\"status\",action=\"fixed\"} 1",
             &format!("genesis_billing_build_info{{version=\"{version}\"}} 1"),
             "genesis_billing_provision_failures_total{step=\"customer\"} 1",
+            "genesis_billing_notices_total{kind=\"payment_failed\",outcome=\"retried\"} 1",
         ];
         let lines: Vec<&str> = text.lines().collect();
         let mut at = 0;

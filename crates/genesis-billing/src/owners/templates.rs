@@ -113,6 +113,12 @@ impl Templates {
         let Some(dir) = dir else {
             return Ok(t);
         };
+        if !dir.is_dir() {
+            return Err(TemplateError {
+                path: dir.display().to_string(),
+                reason: "not a readable directory (GENESIS_NOTICE_TEMPLATES)".into(),
+            });
+        }
         for kind in crate::config::NOTICE_KINDS {
             let entry = t.by_kind.get_mut(*kind).expect("every kind is built in");
             for (ext, part) in [

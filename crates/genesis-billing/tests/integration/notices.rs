@@ -750,3 +750,96 @@ async fn a_wrong_smtp_password_is_refused_and_never_recorded() {
     assert!(!world.service.metrics().render().contains(SMTP_PASSWORD));
     assert!(sink.messages().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgresql_racing_over_one_outbox_send_each_cause_once() {
+    let sink = Sink::start(&[]);
+    let db = common::postgres::TestDatabase::create("notices").await;
+    let sim = common::start_sim().await;
+    let env = notice_env(&sink, false, &[]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let settings = common::settings_for(&sim.base_url(), &db.url, &env);
+    let replica = || async {
+        let metrics = std::sync::Arc::new(genesis_billing::metrics::Metrics::new());
+        let service = genesis_billing::app::build_service(&settings, metrics.clone())
+            .await
+            .map_err(|_| "build")
+            .unwrap();
+        let notices = genesis_billing::owners::notice::Notices::new(
+            &settings,
+            service.store().clone(),
+            std::sync::Arc::new(genesis_billing::owners::Owners::from_settings(&settings)),
+            metrics,
+        )
+        .unwrap();
+        (service, notices)
+    };
+    let (a, notices_a) = replica().await;
+    let (_b, notices_b) = replica().await;
+    let (business, _) = a
+        .create_business(
+            genesis_billing::business::NewBusiness {
+                name: "Replicated".into(),
+                business_type: "saas".into(),
+                email: Some(OWNER.into()),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    // 20 failed payments, each written twice (a duplicate webhook, gap fill): one event per cause.
+    for i in 0..20 {
+        for _ in 0..2 {
+            a.store()
+                .emit(&genesis_billing::store::NewOutbound {
+                    business_id: business.business_id.clone(),
+                    update_type: "billing.payment_failed",
+                    data: json!({"invoice_id": format!("in_{i}"), "amount_due_cents": 500, "currency": "usd"}),
+                    cause: format!("payment_failed:in_{i}:1"),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    // Both replicas plan and send at once, several rounds, as their jobs would.
+    for _ in 0..3 {
+        let (x, y) = tokio::join!(notices_a.plan(), notices_b.plan());
+        x.unwrap();
+        y.unwrap();
+    }
+    eventually("every notice sent", WAIT, || async {
+        let (x, y) = tokio::join!(notices_a.send_due(), notices_b.send_due());
+        x.unwrap();
+        y.unwrap();
+        notices_of_store(a.store(), &business.business_id)
+            .await
+            .iter()
+            .all(|n| n.state.as_str() == "sent")
+    })
+    .await;
+    let all = notices_of_store(a.store(), &business.business_id).await;
+    assert_eq!(all.len(), 20);
+    let mails = sink.wait_for(20).await;
+    let mut ids: Vec<&str> = mails
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "one email per cause");
+    assert_eq!(sink.messages().len(), 20);
+}
+
+async fn notices_of_store(
+    store: &genesis_billing::store::Store,
+    id: &str,
+) -> Vec<genesis_billing::store::Notice> {
+    store
+        .list_notices(&genesis_billing::store::NoticeFilter {
+            business_id: Some(id.to_owned()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
