@@ -843,3 +843,70 @@ async fn notices_of_store(
         .await
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smtp_password_is_in_no_log_line_of_a_roll_back_whose_server_refuses_it() {
+    let sink = Sink::start(&["--auth", &format!("{SMTP_USER}:the-right-one")]);
+    let env = notice_env(&sink, true, &[]);
+    // serve runs with the same settings: whichever process sends, the server refuses the password.
+    let (world, app) = world(&env).await;
+    let id = create(&app, "Logged", Some(OWNER)).await;
+    let session = app.checkout(&id).await;
+    assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
+    world.wait_subscription_status(&id, "active").await;
+    let mut cli_env = world.cli_env();
+    cli_env.extend(env.into_iter().map(|(k, v)| (leak(k), v)));
+    cli_env.push(("RUST_LOG", "trace".to_owned()));
+    let out = output(
+        &cli_env,
+        &[
+            "-vvv",
+            "--log-format",
+            "json",
+            "--json",
+            "cancel-all",
+            "--confirm",
+            "--notify",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["notices"]["failed"], 1, "{stdout}");
+    assert!(!stderr.contains(SMTP_PASSWORD) && !stdout.contains(SMTP_PASSWORD));
+    let n = notices_of(&world, &id).await.remove(0);
+    assert!(n.last_error.unwrap().contains("535"));
+    assert!(sink.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_roll_back_interrupted_after_stripe_cancelled_still_tells_the_owner_once() {
+    let sink = Sink::start(&[]);
+    let env = notice_env(&sink, false, &[]);
+    let (world, app) = world(&env).await;
+    let id = create(&app, "Interrupted", Some(OWNER)).await;
+    let session = app.checkout(&id).await;
+    assert_eq!(world.complete_checkout(&session, "pm_card_visa").await, 200);
+    world.wait_subscription_status(&id, "active").await;
+    // A `cancel-all --notify` killed right after Stripe cancelled: its notice is held, nothing recorded.
+    let page = world.service.rollback_page(None).await.unwrap();
+    let s = page.live.into_iter().find(|s| s.business_id == id).unwrap();
+    world.service.hold_rollback_notice(&s).await.unwrap();
+    world
+        .service
+        .cancel_in_stripe_for_rollback(&s)
+        .await
+        .unwrap();
+    // The deleted webhook records the roll-back; its event releases the notice.
+    let mail = sink.wait_for(1).await.remove(0);
+    assert_eq!(mail["subject"], "Billing stopped for Interrupted");
+    // The run again: nothing more.
+    let mut cli_env = world.cli_env();
+    cli_env.extend(env.into_iter().map(|(k, v)| (leak(k), v)));
+    let again = common::run_json(&cli_env, &["--json", "cancel-all", "--confirm", "--notify"]);
+    assert_eq!(again["cancelled"], 0, "{again}");
+    wait_planner_caught_up(&world).await;
+    assert_eq!(sink.messages().len(), 1);
+    assert_eq!(notices_of(&world, &id).await.len(), 1);
+}
