@@ -549,6 +549,42 @@ async fn a_temporary_refusal_is_retried_and_a_permanent_one_is_failed_listed_and
         .map(|n| n["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![f.id.as_str()]);
+    // Pages, newest first, and bad input refused.
+    let first = common::run_json(&cli_env, &["--json", "notices", "list", "--limit", "2"]);
+    assert_eq!(first["notices"].as_array().unwrap().len(), 2);
+    let next = first["next_before"].as_str().unwrap().to_owned();
+    let second = common::run_json(
+        &cli_env,
+        &[
+            "--json", "notices", "list", "--limit", "2", "--before", &next,
+        ],
+    );
+    assert_eq!(second["notices"].as_array().unwrap().len(), 1);
+    assert_eq!(second["next_before"], Value::Null);
+    let mine = common::run_json(
+        &cli_env,
+        &["--json", "notices", "list", "--business", &silent],
+    );
+    assert_eq!(mine["notices"][0]["state"], "skipped");
+    for bad in [
+        vec!["notices", "list", "--business", "<script>"],
+        vec![
+            "notices",
+            "list",
+            "--before",
+            "'; DROP TABLE owner_notice; --",
+        ],
+        vec!["notices", "list", "--limit", "100000"],
+    ] {
+        assert_eq!(output(&cli_env, &bad).status.code(), Some(2), "{bad:?}");
+    }
+    let long = format!("gbn_{}", "a".repeat(10_000));
+    assert_eq!(
+        output(&cli_env, &["notices", "resend", &long])
+            .status
+            .code(),
+        Some(2)
+    );
     let sent = wait_notice(&world, &retried, "trial_ending", "sent").await;
     let not_failed = output(&cli_env, &["notices", "resend", &sent.id]);
     assert_eq!(not_failed.status.code(), Some(1));
@@ -909,4 +945,27 @@ async fn a_roll_back_interrupted_after_stripe_cancelled_still_tells_the_owner_on
     wait_planner_caught_up(&world).await;
     assert_eq!(sink.messages().len(), 1);
     assert_eq!(notices_of(&world, &id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_kind_turned_off_is_recorded_skipped_and_not_sent() {
+    let sink = Sink::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = trial_catalog(dir.path(), 7);
+    let env = notice_env(
+        &sink,
+        false,
+        &[
+            ("GENESIS_BILLING_CATALOG", catalog),
+            ("GENESIS_NOTICE_DISABLE", "trial_ending".to_owned()),
+        ],
+    );
+    let (world, app) = world(&env).await;
+    let id = create(&app, "Quiet", Some(OWNER)).await;
+    advance(&world, 5 * 86_400).await;
+    let n = wait_notice(&world, &id, "trial_ending", "skipped").await;
+    assert!(n.reason.unwrap().contains("GENESIS_NOTICE_DISABLE"));
+    assert_eq!(n.recipient.as_deref(), Some(OWNER));
+    wait_planner_caught_up(&world).await;
+    assert!(sink.messages().is_empty());
 }
