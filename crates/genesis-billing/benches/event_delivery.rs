@@ -122,7 +122,10 @@ async fn main() {
                     return;
                 }
                 let r = client
-                    .post(format!("{url}/api/businesses/base-{}/events", i % businesses))
+                    .post(format!(
+                        "{url}/api/businesses/base-{}/events",
+                        i % businesses
+                    ))
                     .header("content-type", "application/json")
                     .body(body.clone())
                     .send()

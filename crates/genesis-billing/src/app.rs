@@ -19,6 +19,7 @@ use crate::config::{Settings, StripeMode};
 use crate::http::AppState;
 use crate::jobs::Schedule;
 use crate::metrics::Metrics;
+use crate::owners::notice::Notices;
 use crate::owners::Owners;
 use crate::store::{Backend, Store};
 use crate::stripe::rate_limit::{BudgetError, SharedBudget};
@@ -107,6 +108,8 @@ pub fn inbox(settings: &Settings, service: Arc<BillingService>) -> Inbox {
 /// The HTTP layer's shared state for these settings.
 pub fn app_state(settings: &Settings, service: Arc<BillingService>) -> Arc<AppState> {
     let inbox = Arc::new(inbox(settings, service.clone()));
+    let owners = Arc::new(Owners::from_settings(settings));
+    let notices = notices(settings, &service, owners.clone());
     Arc::new(
         AppState::new(
             service,
@@ -116,9 +119,31 @@ pub fn app_state(settings: &Settings, service: Arc<BillingService>) -> Arc<AppSt
             settings.key_mode == Some(StripeMode::Test),
         )
         .with_serve_settings(&settings.serve)
-        .with_owners(Arc::new(Owners::from_settings(settings)))
-        .with_outbound(&settings.outbound),
+        .with_owners(owners)
+        .with_outbound(&settings.outbound)
+        .with_notices(notices),
     )
+}
+
+/// Owner notices for these settings. [`App::build`] has checked they build (templates readable, TLS set
+/// up); should one fail later anyway, notices are planned and recorded skipped rather than lost.
+pub fn notices(
+    settings: &Settings,
+    service: &BillingService,
+    owners: Arc<Owners>,
+) -> Option<Arc<Notices>> {
+    match Notices::new(
+        settings,
+        service.store().clone(),
+        owners,
+        service.metrics().clone(),
+    ) {
+        Ok(n) => Some(Arc::new(n)),
+        Err(e) => {
+            tracing::error!(error = %e, "owner notices are off");
+            None
+        }
+    }
 }
 
 /// The background jobs' intervals from the settings (0 disables gap fill and reconciliation).
@@ -148,6 +173,14 @@ impl App {
     pub async fn build(settings: Settings) -> Result<Self, BuildError> {
         let metrics = Arc::new(Metrics::new());
         let service = Arc::new(build_service(&settings, metrics.clone()).await?);
+        // A template directory that cannot be read, or TLS that cannot be set up, is a settings problem.
+        Notices::new(
+            &settings,
+            service.store().clone(),
+            Arc::new(Owners::disabled()),
+            metrics.clone(),
+        )
+        .map_err(BuildError::Settings)?;
         Ok(Self {
             settings,
             metrics,

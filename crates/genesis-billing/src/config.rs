@@ -133,6 +133,8 @@ pub struct Settings {
     pub owners: OwnerSettings,
     /// Pushing events to the meta-agent (`GENESIS_DASHBOARD_*`) and how long events are kept.
     pub outbound: OutboundSettings,
+    /// Notices to owners by email, and what an `unpaid` subscription does to its business.
+    pub notices: NoticeSettings,
 }
 
 /// Manage links (`GET /billing/manage?token=…`) and the Billing Portal configuration behind them.
@@ -250,6 +252,14 @@ struct FileConfig {
     dashboard_give_up_secs: Option<u64>,
     dashboard_concurrency: Option<usize>,
     event_retention_days: Option<u64>,
+    smtp_url: Option<String>,
+    notice_from: Option<String>,
+    notice_templates: Option<PathBuf>,
+    notice_disable: Option<Vec<String>>,
+    notice_retry_window_secs: Option<u64>,
+    notice_retry_base_ms: Option<u64>,
+    notice_payment_failed_hold_ms: Option<u64>,
+    billing_unpaid_policy: Option<String>,
 }
 
 /// Where environment variables come from; tests pass a list instead of touching the process environment.
@@ -326,6 +336,7 @@ pub const KNOWN_GENESIS_BILLING_VARS: &[&str] = &[
     "GENESIS_BILLING_LINK_SECRET_FILE",
     "GENESIS_BILLING_LINK_TTL_SECS",
     "GENESIS_BILLING_PORTAL_ALLOW_CANCEL",
+    "GENESIS_BILLING_UNPAID_POLICY",
     // Read by scripts/bench to find the binary, so it is in the service's environment there.
     "GENESIS_BILLING_BIN",
 ];
@@ -757,6 +768,21 @@ impl Settings {
             ..owners
         };
 
+        let notices = notice_settings(
+            NoticeFile {
+                smtp_url: file.smtp_url,
+                from: file.notice_from,
+                templates: file.notice_templates,
+                disable: file.notice_disable,
+                retry_window_secs: file.notice_retry_window_secs,
+                retry_base_ms: file.notice_retry_base_ms,
+                payment_failed_hold_ms: file.notice_payment_failed_hold_ms,
+                unpaid_policy: file.billing_unpaid_policy,
+            },
+            env,
+            &owners,
+        )?;
+
         if serve.ops_listen == Some(listen) && listen.port() != 0 {
             return Err(invalid(
                 "GENESIS_BILLING_OPS_LISTEN",
@@ -810,6 +836,7 @@ impl Settings {
             warnings: unknown_variables(env),
             owners,
             outbound,
+            notices,
         })
     }
 
@@ -1045,6 +1072,278 @@ fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
             ),
             None => "invalid TOML".to_owned(),
         },
+    })
+}
+
+/// Every notice kind, as `GENESIS_NOTICE_DISABLE` names them.
+pub const NOTICE_KINDS: &[&str] = &[
+    "payment_failed",
+    "action_required",
+    "trial_ending",
+    "billing_ended",
+    "rolled_back",
+];
+
+/// What a subscription Stripe marks `unpaid` (its retries exhausted) does to its business.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnpaidPolicy {
+    /// Take the business down (reason `unpaid`, initiated by Stripe): the default.
+    Takedown,
+    /// Keep it up; Stripe keeps the invoice open.
+    Keep,
+}
+
+/// How to reach the SMTP server, parsed from `GENESIS_SMTP_URL`. The user and password are secrets, and
+/// `Debug` shows neither.
+#[derive(Clone)]
+pub struct SmtpEndpoint {
+    /// `smtps://`: TLS from the first byte; otherwise STARTTLS when offered (required with credentials,
+    /// unless the host is a loopback relay).
+    pub implicit_tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub credentials: Option<(SecretString, SecretString)>,
+}
+
+impl std::fmt::Debug for SmtpEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}://{}{}:{}",
+            if self.implicit_tls { "smtps" } else { "smtp" },
+            if self.credentials.is_some() {
+                "***@"
+            } else {
+                ""
+            },
+            self.host,
+            self.port
+        )
+    }
+}
+
+impl SmtpEndpoint {
+    /// Whether the host is this machine (a local relay may take credentials without TLS).
+    pub fn is_loopback(&self) -> bool {
+        let h = self.host.trim_start_matches('[').trim_end_matches(']');
+        h.eq_ignore_ascii_case("localhost")
+            || h.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// Parses `smtp://[user[:password]@]host[:port]` or `smtps://…`. Errors never repeat the URL.
+    pub fn parse(url: &SecretString, var: &str) -> Result<Self, ConfigError> {
+        let bad = |why: &str| invalid(var, why.to_owned());
+        let u = url::Url::parse(url.expose_secret().trim())
+            .map_err(|_| bad("expected smtp://[user:password@]host[:port] or smtps://…"))?;
+        let implicit_tls = match u.scheme() {
+            "smtp" => false,
+            "smtps" => true,
+            _ => return Err(bad("the scheme must be smtp:// or smtps://")),
+        };
+        let host = u
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("no host"))?
+            .to_owned();
+        if !(u.path().is_empty() || u.path() == "/")
+            || u.query().is_some()
+            || u.fragment().is_some()
+        {
+            return Err(bad("only scheme, credentials, host and port are allowed"));
+        }
+        let port = u.port().unwrap_or(if implicit_tls { 465 } else { 587 });
+        let decode = |s: &str| {
+            percent_decode(s)
+                .ok_or_else(|| bad("the user or password is not valid percent-encoded UTF-8"))
+        };
+        let credentials = match (u.username(), u.password()) {
+            ("", None) => None,
+            ("", Some(_)) => return Err(bad("a password needs a user")),
+            (user, password) => Some((
+                SecretString::from(decode(user)?),
+                SecretString::from(decode(password.unwrap_or(""))?),
+            )),
+        };
+        Ok(Self {
+            implicit_tls,
+            host,
+            port,
+            credentials,
+        })
+    }
+}
+
+/// Percent-decodes a URL component; `None` when it is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Owner notices (issue 14) and the unpaid policy.
+#[derive(Debug, Clone)]
+pub struct NoticeSettings {
+    /// `None` while notices are not configured (no `GENESIS_SMTP_URL` and `GENESIS_NOTICE_FROM`).
+    pub smtp: Option<SmtpEndpoint>,
+    /// The validated `From` address.
+    pub from: Option<String>,
+    /// A directory whose `{kind}.subject`, `{kind}.txt` and `{kind}.html` override the built-in templates.
+    pub templates: Option<PathBuf>,
+    /// Kinds turned off (each one of [`NOTICE_KINDS`]).
+    pub disabled: Vec<String>,
+    /// A temporary SMTP failure is retried for this long, then the notice is `failed`.
+    pub retry_window_secs: u64,
+    /// The first retry's delay (doubled each time, at most 30 minutes).
+    pub retry_base_ms: u64,
+    /// How long a payment-failed notice waits for an action-required one of the same invoice, which
+    /// replaces it (Stripe sends both for a charge that needs 3-D Secure).
+    pub payment_failed_hold_ms: u64,
+    pub unpaid_policy: UnpaidPolicy,
+}
+
+impl NoticeSettings {
+    /// Whether notices are sent at all.
+    pub fn configured(&self) -> bool {
+        self.smtp.is_some() && self.from.is_some()
+    }
+}
+
+/// The notice settings' config file keys.
+struct NoticeFile {
+    smtp_url: Option<String>,
+    from: Option<String>,
+    templates: Option<PathBuf>,
+    disable: Option<Vec<String>>,
+    retry_window_secs: Option<u64>,
+    retry_base_ms: Option<u64>,
+    payment_failed_hold_ms: Option<u64>,
+    unpaid_policy: Option<String>,
+}
+
+fn notice_settings(
+    file: NoticeFile,
+    env: &dyn Env,
+    owners: &OwnerSettings,
+) -> Result<NoticeSettings, ConfigError> {
+    const URL_VAR: &str = "GENESIS_SMTP_URL";
+    let url = resolve(
+        None,
+        || secret_var(env, URL_VAR),
+        file.smtp_url.map(|u| {
+            (
+                SecretString::from(u),
+                "smtp_url in the config file".to_owned(),
+            )
+        }),
+    )?;
+    let smtp = url
+        .map(|(u, source)| SmtpEndpoint::parse(&u, &source))
+        .transpose()?;
+    let from = setting(env, None, "GENESIS_NOTICE_FROM", file.from)?;
+    if let Some(f) = &from {
+        f.trim()
+            .parse::<lettre::message::Mailbox>()
+            .map_err(|_| invalid("GENESIS_NOTICE_FROM", "expected an email address such as billing@example.com or \"Billing <billing@example.com>\""))?;
+    }
+    let from = from.map(|f| f.trim().to_owned());
+    match (&smtp, &from) {
+        (Some(_), None) => {
+            return Err(invalid(
+                "GENESIS_NOTICE_FROM",
+                "notices need a From address when GENESIS_SMTP_URL is set",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "GENESIS_SMTP_URL",
+                "notices need an SMTP server when GENESIS_NOTICE_FROM is set",
+            ))
+        }
+        _ => {}
+    }
+    if smtp.is_some() && (owners.link_secrets.is_empty() || !owners.public_url_set) {
+        return Err(invalid(
+            "GENESIS_SMTP_URL",
+            "notices carry a manage link: set GENESIS_BILLING_LINK_SECRET and GENESIS_BILLING_PUBLIC_URL too",
+        ));
+    }
+    let disabled = match setting(env, None, "GENESIS_NOTICE_DISABLE", None::<String>)? {
+        Some(v) => v
+            .split(',')
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .collect(),
+        None => file.disable.unwrap_or_default(),
+    };
+    for k in &disabled {
+        if !NOTICE_KINDS.contains(&k.as_str()) {
+            return Err(invalid(
+                "GENESIS_NOTICE_DISABLE",
+                format!(
+                    "unknown notice kind {:?}; expected some of {}",
+                    k.chars().take(40).collect::<String>(),
+                    NOTICE_KINDS.join(", ")
+                ),
+            ));
+        }
+    }
+    let unpaid_policy = match setting(
+        env,
+        None,
+        "GENESIS_BILLING_UNPAID_POLICY",
+        file.unpaid_policy,
+    )?
+    .as_deref()
+    .map(str::trim)
+    {
+        None | Some("takedown") => UnpaidPolicy::Takedown,
+        Some("keep") => UnpaidPolicy::Keep,
+        Some(_) => {
+            return Err(invalid(
+                "GENESIS_BILLING_UNPAID_POLICY",
+                "expected takedown or keep",
+            ))
+        }
+    };
+    Ok(NoticeSettings {
+        smtp,
+        from,
+        templates: setting(env, None, "GENESIS_NOTICE_TEMPLATES", file.templates)?,
+        disabled,
+        retry_window_secs: bounded(
+            env,
+            "GENESIS_NOTICE_RETRY_WINDOW_SECS",
+            file.retry_window_secs,
+            86_400,
+            60..=30 * 86_400,
+        )?,
+        retry_base_ms: bounded(
+            env,
+            "GENESIS_NOTICE_RETRY_BASE_MS",
+            file.retry_base_ms,
+            30_000,
+            10..=60_000,
+        )?,
+        payment_failed_hold_ms: bounded(
+            env,
+            "GENESIS_NOTICE_PAYMENT_FAILED_HOLD_MS",
+            file.payment_failed_hold_ms,
+            30_000,
+            0..=600_000,
+        )?,
+        unpaid_policy,
     })
 }
 
@@ -1995,6 +2294,56 @@ mod tests {
                 "30",
                 |s| s.outbound.retention_days.to_string(),
             ),
+            Case {
+                env: "GENESIS_BILLING_UNPAID_POLICY",
+                file_key: "billing_unpaid_policy",
+                flag: None,
+                toml: Str,
+                values: ["-", "keep", "takedown"],
+                default: "takedown",
+                secret: false,
+                read: |s| match s.notices.unpaid_policy {
+                    UnpaidPolicy::Takedown => "takedown".into(),
+                    UnpaidPolicy::Keep => "keep".into(),
+                },
+            },
+            Case {
+                env: "GENESIS_NOTICE_TEMPLATES",
+                file_key: "notice_templates",
+                flag: None,
+                toml: Str,
+                values: ["-", "env-templates", "file-templates"],
+                default: "",
+                secret: false,
+                read: |s| {
+                    s.notices
+                        .templates
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                },
+            },
+            num(
+                "GENESIS_NOTICE_RETRY_WINDOW_SECS",
+                "notice_retry_window_secs",
+                ["-", "3600", "7200"],
+                "86400",
+                |s| s.notices.retry_window_secs.to_string(),
+            ),
+            num(
+                "GENESIS_NOTICE_RETRY_BASE_MS",
+                "notice_retry_base_ms",
+                ["-", "1000", "2000"],
+                "30000",
+                |s| s.notices.retry_base_ms.to_string(),
+            ),
+            num(
+                "GENESIS_NOTICE_PAYMENT_FAILED_HOLD_MS",
+                "notice_payment_failed_hold_ms",
+                ["-", "0", "5000"],
+                "30000",
+                |s| s.notices.payment_failed_hold_ms.to_string(),
+            ),
         ]
     }
 
@@ -2155,5 +2504,130 @@ mod tests {
         };
         let err = Settings::load(&flags, &[("BILLING_ROLLOUT_PERCENT", "lots")]).unwrap_err();
         assert!(err.to_string().contains("BILLING_ROLLOUT_PERCENT"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod notice_tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::load(&Flags::default(), &env)
+    }
+
+    const LINKS: [(&str, &str); 2] = [
+        (
+            "GENESIS_BILLING_LINK_SECRET",
+            "a-link-secret-of-enough-length",
+        ),
+        ("GENESIS_BILLING_PUBLIC_URL", "https://billing.example.org"),
+    ];
+
+    #[test]
+    fn an_smtp_url_is_parsed_and_its_credentials_never_show() {
+        let url = SecretString::from("smtp://us%40er:p%3Ass-SECRET@mail.example.org");
+        let e = SmtpEndpoint::parse(&url, "GENESIS_SMTP_URL").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.implicit_tls),
+            ("mail.example.org", 587, false)
+        );
+        let (user, pass) = e.credentials.as_ref().unwrap();
+        assert_eq!(user.expose_secret(), "us@er");
+        assert_eq!(pass.expose_secret(), "p:ss-SECRET");
+        assert_eq!(format!("{e:?}"), "smtp://***@mail.example.org:587");
+        assert!(!e.is_loopback());
+        let tls = SmtpEndpoint::parse(&SecretString::from("smtps://[::1]"), "X").unwrap();
+        assert_eq!(
+            (tls.port, tls.implicit_tls, tls.is_loopback()),
+            (465, true, true)
+        );
+        for bad in [
+            "http://mail.example.org",
+            "smtp://",
+            "smtp://:pw-SECRET@mail.example.org",
+            "smtp://mail.example.org/path",
+            "smtp://mail.example.org?x=1",
+            "not a url pw-SECRET",
+            "smtp://u:%ff%fe-SECRET@mail.example.org",
+        ] {
+            let err = SmtpEndpoint::parse(&SecretString::from(bad), "GENESIS_SMTP_URL")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("GENESIS_SMTP_URL"), "{bad}: {err}");
+            assert!(!err.contains("SECRET"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn notices_need_both_settings_and_a_manage_link_and_validate_what_they_name() {
+        let s = load(&[]).unwrap().notices;
+        assert!(!s.configured());
+        assert_eq!(s.unpaid_policy, UnpaidPolicy::Takedown);
+        assert_eq!(s.retry_base_ms, 30_000, "the first retry within a minute");
+        let ok = [
+            LINKS[0],
+            LINKS[1],
+            ("GENESIS_SMTP_URL", "smtp://127.0.0.1:2525"),
+            ("GENESIS_NOTICE_FROM", "Billing <billing@example.org>"),
+            ("GENESIS_NOTICE_DISABLE", " trial_ending, rolled_back "),
+            ("GENESIS_BILLING_UNPAID_POLICY", "keep"),
+        ];
+        let s = load(&ok).unwrap().notices;
+        assert!(s.configured());
+        assert_eq!(s.disabled, ["trial_ending", "rolled_back"]);
+        assert_eq!(s.unpaid_policy, UnpaidPolicy::Keep);
+        let without_links = load(&ok[2..]).unwrap_err().to_string();
+        assert!(
+            without_links.contains("GENESIS_BILLING_LINK_SECRET"),
+            "{without_links}"
+        );
+        let without_from = load(&[LINKS[0], LINKS[1], ok[2]]).unwrap_err().to_string();
+        assert!(
+            without_from.contains("GENESIS_NOTICE_FROM"),
+            "{without_from}"
+        );
+        let mut hostile = ok;
+        hostile[3] = ("GENESIS_NOTICE_FROM", "a@b.example\r\nBcc: x@evil.example");
+        assert!(load(&hostile).is_err());
+        hostile = ok;
+        hostile[4] = ("GENESIS_NOTICE_DISABLE", "payment_failed,everything");
+        assert!(load(&hostile)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown notice kind"));
+        let huge = "x".repeat(100_000);
+        hostile = ok;
+        hostile[4] = ("GENESIS_NOTICE_DISABLE", &huge);
+        assert!(
+            load(&hostile).unwrap_err().to_string().len() < 400,
+            "the error stays short"
+        );
+        let both = load(&[
+            ("GENESIS_SMTP_URL", "smtp://h"),
+            ("GENESIS_SMTP_URL_FILE", "/nonexistent"),
+        ])
+        .unwrap_err();
+        assert!(matches!(both, ConfigError::BothValueAndFile(_)), "{both}");
+    }
+
+    #[test]
+    fn the_smtp_url_may_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("smtp");
+        std::fs::write(&path, "smtps://u:file-SECRET@mail.example.org:2465\n").unwrap();
+        let s = load(&[
+            LINKS[0],
+            LINKS[1],
+            ("GENESIS_SMTP_URL_FILE", path.to_str().unwrap()),
+            ("GENESIS_NOTICE_FROM", "billing@example.org"),
+        ])
+        .unwrap();
+        let e = s.notices.smtp.as_ref().unwrap();
+        assert_eq!((e.port, e.implicit_tls), (2465, true));
+        assert!(!format!("{s:?}").contains("file-SECRET"));
     }
 }

@@ -361,3 +361,67 @@ pub fn spawn_outbound(
     }
     tasks
 }
+
+/// How often the notice job looks for new outbox events, due notices and unpaid businesses. It polls:
+/// the outbox's wake-up signal belongs to the event delivery worker.
+const NOTICE_POLL: Duration = Duration::from_secs(1);
+/// Unpaid businesses taken down per round.
+const UNPAID_BATCH: i64 = 20;
+
+/// Plans owner notices from the outbox, sends the due ones, and applies the unpaid policy. Every replica
+/// runs it: a notice's cause is unique and each send is leased, and a takedown is idempotent.
+pub fn spawn_notices(
+    service: Arc<BillingService>,
+    notices: Arc<crate::owners::notice::Notices>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let mut busy = false;
+            match notices.plan().await {
+                Ok(n) => busy |= n > 0,
+                Err(e) => tracing::warn!(error = %e, "planning owner notices failed"),
+            }
+            match notices.send_due().await {
+                Ok(r) => busy |= r.sent + r.retried + r.failed + r.skipped > 0,
+                Err(e) => tracing::warn!(error = %e, "sending owner notices failed"),
+            }
+            if notices.unpaid_policy() == crate::config::UnpaidPolicy::Takedown
+                && service.payments_enabled()
+            {
+                busy |= take_down_unpaid(&service).await > 0;
+            }
+            if !busy {
+                tokio::time::sleep(NOTICE_POLL).await;
+            }
+        }
+    })
+}
+
+/// Takes down businesses whose subscription Stripe marked `unpaid` (policy `takedown`): reason `unpaid`,
+/// initiated by Stripe. Done here, over the store, so it holds whichever path recorded the status
+/// (webhook, gap fill, reconcile). Returns how many were taken down.
+async fn take_down_unpaid(service: &BillingService) -> usize {
+    let ids = match service.store().unpaid_active(UNPAID_BATCH).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing unpaid businesses failed");
+            return 0;
+        }
+    };
+    let mut done = 0;
+    for id in ids {
+        match service
+            .takedown(&id, Some("unpaid"), crate::billing::Initiator::Stripe)
+            .await
+        {
+            Ok(s) => {
+                tracing::warn!(business_id = %id, status = %s.status, "business taken down: its subscription is unpaid");
+                done += 1;
+            }
+            Err(e) => {
+                tracing::warn!(business_id = %id, error = %e, "taking down an unpaid business failed")
+            }
+        }
+    }
+    done
+}

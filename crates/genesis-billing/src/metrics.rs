@@ -62,6 +62,7 @@ const FAMILIES: &[FamilyDef] = &[
     FamilyDef { name: "genesis_billing_outbound_oldest_undelivered_age_seconds", kind: Kind::Gauge, help: "Age of the oldest event not yet delivered to the meta-agent (0 when none; set at scrape when delivery is configured).", labels: &[] },
     FamilyDef { name: "genesis_billing_outbound_events_pending", kind: Kind::Gauge, help: "Events not yet delivered to the meta-agent (counted up to 100000).", labels: &[] },
     FamilyDef { name: "genesis_billing_outbound_events_dead", kind: Kind::Gauge, help: "Events dead-lettered and not replayed (counted up to 100000).", labels: &[] },
+    FamilyDef { name: "genesis_billing_notices_total", kind: Kind::Counter, help: "Owner notices by kind and outcome (sent, retried, failed, skipped).", labels: &["kind", "outcome"] },
 ];
 
 /// Writes a closed set of label values as their `as_str` spelling.
@@ -138,8 +139,22 @@ pub enum OutboundOutcome {
     DeadLettered,
 }
 
+/// `outcome` of `genesis_billing_notices_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NoticeOutcome {
+    /// The SMTP server accepted it.
+    Sent,
+    /// A temporary failure; tried again later.
+    Retried,
+    /// Refused for good, or retries ran out.
+    Failed,
+    /// Not sent: no address, notices off, or its kind turned off.
+    Skipped,
+}
+
 label_values! {
     OutboundOutcome { Delivered => "delivered", Retried => "retried", DeadLettered => "dead_lettered" }
+    NoticeOutcome { Sent => "sent", Retried => "retried", Failed => "failed", Skipped => "skipped" }
     SubscriptionOutcome { Success => "success", Failed => "failed", Cancelled => "cancelled" }
     TakedownStatus {
         Success => "success", Partial => "partial", NotFound => "not_found",
@@ -229,6 +244,13 @@ struct VersionLabels {
     version: String,
 }
 
+/// Labels `{kind, outcome}` of owner notices.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct NoticeLabels {
+    kind: String,
+    outcome: NoticeOutcome,
+}
+
 /// Labels `{step}` of provisioning failures.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StepLabels {
@@ -297,6 +319,7 @@ pub struct Metrics {
     outbound_oldest_age: Gauge,
     outbound_pending: Gauge,
     outbound_dead: Gauge,
+    notices: Family<NoticeLabels, Counter>,
     /// Stripe attempts over every label set (for summaries; a family cannot be summed cheaply).
     stripe_attempts: AtomicU64,
 }
@@ -336,6 +359,7 @@ impl Metrics {
             outbound_oldest_age: Gauge::default(),
             outbound_pending: Gauge::default(),
             outbound_dead: Gauge::default(),
+            notices: Family::default(),
             stripe_attempts: AtomicU64::new(0),
         };
         let build_info = Family::<VersionLabels, Gauge>::default();
@@ -374,6 +398,7 @@ impl Metrics {
         add(&|r, n, h| r.register(n, h, m.outbound_oldest_age.clone()));
         add(&|r, n, h| r.register(n, h, m.outbound_pending.clone()));
         add(&|r, n, h| r.register(n, h, m.outbound_dead.clone()));
+        add(&|r, n, h| r.register(n, h, m.notices.clone()));
         assert!(defs.next().is_none(), "every FAMILIES entry is registered");
         Self { registry, ..m }
     }
@@ -500,6 +525,16 @@ impl Metrics {
         self.outbound_events
             .get_or_create(&OutboundLabels {
                 update_type,
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Counts an owner notice's outcome.
+    pub fn notice(&self, kind: &str, outcome: NoticeOutcome) {
+        self.notices
+            .get_or_create(&NoticeLabels {
+                kind: kind.to_owned(),
                 outcome,
             })
             .inc();
@@ -781,6 +816,7 @@ mod tests {
         m.provision_failure("customer");
         m.outbound_event("billing.provisioned", OutboundOutcome::DeadLettered);
         m.set_outbound_backlog(3, 75, 2);
+        m.notice("payment_failed", NoticeOutcome::Retried);
         m
     }
 
@@ -808,6 +844,7 @@ mod tests {
             "genesis_billing_outbound_oldest_undelivered_age_seconds 75",
             "genesis_billing_outbound_events_pending 3",
             "genesis_billing_outbound_events_dead 2",
+            "genesis_billing_notices_total{kind=\"payment_failed\",outcome=\"retried\"} 1",
         ];
         let lines: Vec<&str> = text.lines().collect();
         let mut at = 0;

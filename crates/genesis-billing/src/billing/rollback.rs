@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{BillingError, BillingService};
 use crate::business::{is_live_subscription, Billing, Business, Lifecycle};
 use crate::metrics::SubscriptionOutcome;
-use crate::store::now;
+use crate::store::{notice_message_id, now, NewNotice, NoticeState};
 
 /// Why billing of a rolled-back business is `skipped`.
 pub const ROLLED_BACK: &str = "rolled back by cancel-all";
@@ -143,6 +143,31 @@ impl BillingService {
                 .finish_intent(&key, Ok(&s.subscription_id))
                 .await?;
         }
+        Ok(())
+    }
+
+    /// `cancel-all --notify`: writes the owner's notice for this subscription, held until the roll-back's
+    /// record of the cancellation (its `billing.rolled_back` event) releases it. Written before Stripe is
+    /// called, so an interrupted run still tells the owner once the cancellation is recorded, by whichever
+    /// path records it; its cause is the subscription, so reruns write nothing new.
+    pub async fn hold_rollback_notice(&self, s: &LiveSubscription) -> Result<(), BillingError> {
+        if self.store.get_business(&s.business_id).await?.is_none() {
+            return Ok(());
+        }
+        let cause = format!("rollback:{}", s.subscription_id);
+        self.store
+            .insert_notice(&NewNotice {
+                message_id: notice_message_id(&cause),
+                cause,
+                business_id: s.business_id.clone(),
+                kind: "rolled_back",
+                recipient: None,
+                state: NoticeState::Held,
+                reason: None,
+                data: serde_json::json!({ "subscription_id": s.subscription_id }),
+                delay_ms: 0,
+            })
+            .await?;
         Ok(())
     }
 

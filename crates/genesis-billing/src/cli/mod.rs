@@ -4,6 +4,7 @@ mod business;
 #[cfg(feature = "simulator")]
 pub mod demo;
 mod events;
+mod notices;
 mod operations;
 mod output;
 mod prices;
@@ -104,7 +105,13 @@ enum Command {
         /// Cancellations in flight at once (all go through the rate limiter).
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
         concurrency: u32,
+        /// Tell each affected owner by email that billing stopped (once per cancelled subscription).
+        #[arg(long)]
+        notify: bool,
     },
+    /// Notices to owners by email.
+    #[command(subcommand)]
+    Notices(notices::NoticesCommand),
     /// Staging check: a throwaway business through create, checkout link and takedown. Refuses live keys.
     Smoke,
     /// The stream of events to the meta-agent: list, replay a dead-lettered one, redeliver.
@@ -381,7 +388,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::CancelAll {
             confirm,
             concurrency,
-        } => return operations::cancel_all(service, confirm, concurrency, json).await,
+            notify,
+        } => {
+            return operations::cancel_all(settings, service, confirm, concurrency, notify, json)
+                .await
+        }
+        Command::Notices(cmd) => return notices::run(settings, &service, cmd, json).await,
         Command::Smoke => return smoke::run(settings, &service, json).await,
         Command::Webhooks(cmd) => return webhooks::run(settings, service, cmd, json).await,
         Command::Events(cmd) => return events::run(&service, cmd, json).await,

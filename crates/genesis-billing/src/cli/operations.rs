@@ -81,9 +81,11 @@ pub(super) async fn reconcile(
 }
 
 pub(super) async fn cancel_all(
+    settings: &Settings,
     service: Arc<BillingService>,
     confirm: bool,
     concurrency: u32,
+    notify: bool,
     json: bool,
 ) -> Result<ExitCode, Failure> {
     if !confirm {
@@ -110,7 +112,13 @@ pub(super) async fn cancel_all(
             Err(e) => break Err(e),
         };
         for s in &page.records_to_update {
-            if let Err(e) = service.record_rollback(s).await {
+            let held = match notify {
+                true => service.hold_rollback_notice(s).await,
+                false => Ok(()),
+            };
+            if let Err(e) = held {
+                tally.error(&s.subscription_id, &e.to_string());
+            } else if let Err(e) = service.record_rollback(s).await {
                 tally.error(&s.subscription_id, &e.to_string());
             } else {
                 tally.records_updated += 1;
@@ -126,10 +134,15 @@ pub(super) async fn cancel_all(
             }
             let (service, bar) = (service.clone(), bar.clone());
             tasks.spawn(async move {
-                let result = service
-                    .cancel_for_rollback(&s)
-                    .await
-                    .map_err(|e| (s.subscription_id.clone(), e.to_string()));
+                let held = match notify {
+                    true => service.hold_rollback_notice(&s).await,
+                    false => Ok(()),
+                };
+                let result = match held {
+                    Ok(()) => service.cancel_for_rollback(&s).await,
+                    Err(e) => Err(e),
+                }
+                .map_err(|e| (s.subscription_id.clone(), e.to_string()));
                 bar.inc(1);
                 result
             });
@@ -147,6 +160,10 @@ pub(super) async fn cancel_all(
     // A failed listing stops the run; what was already cancelled is recorded, and a rerun goes on.
     listed?;
     let cancelled = tally.live.saturating_sub(tally.cancels_failed);
+    let notices = match notify {
+        true => Some(super::notices::send_rollback_notices(settings, &service).await?),
+        false => None,
+    };
     if json {
         print_json(&serde_json::json!({
             "cancelled": cancelled,
@@ -154,12 +171,19 @@ pub(super) async fn cancel_all(
             "records_updated": tally.records_updated,
             "failed": tally.failed,
             "errors": tally.errors,
+            "notices": notices,
         }));
     } else {
         println!(
             "cancelled {cancelled} of {} live subscriptions ({} records of already cancelled ones updated)",
             tally.live, tally.records_updated
         );
+        if let Some(n) = &notices {
+            println!(
+                "owner notices: {} sent, {} skipped, {} failed, {} left for serve to retry",
+                n.sent, n.skipped, n.failed, n.pending
+            );
+        }
         for (id, e) in &tally.errors {
             eprintln!("error: {id}: {e}");
         }

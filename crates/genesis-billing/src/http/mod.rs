@@ -57,6 +57,8 @@ pub struct AppState {
     pub owners: Arc<Owners>,
     /// Event delivery to the meta-agent (`serve` starts its worker; `/health` and `/metrics` report it).
     pub outbound: Arc<OutboundSettings>,
+    /// Owner notices by email, planned and sent by a background job when set.
+    pub notices: Option<Arc<crate::owners::notice::Notices>>,
 }
 
 struct Gates {
@@ -114,7 +116,14 @@ impl AppState {
             ops_listen: None,
             owners: Arc::new(Owners::disabled()),
             outbound: Arc::new(OutboundSettings::default()),
+            notices: None,
         }
+    }
+
+    /// Owner notices (planned from the outbox and sent by `serve`).
+    pub fn with_notices(mut self, notices: Option<Arc<crate::owners::notice::Notices>>) -> Self {
+        self.notices = notices;
+        self
     }
 
     /// Manage links and the portal, from the settings.
@@ -485,6 +494,12 @@ pub fn start_listeners(
         state.outbound.clone(),
         outbound_stop,
     ));
+    if let Some(notices) = &state.notices {
+        background.push(crate::jobs::spawn_notices(
+            state.service.clone(),
+            notices.clone(),
+        ));
+    }
     Ok(Running {
         addr,
         ops_addr,

@@ -4,9 +4,16 @@
 //! ([`link`]). Opening it creates a fresh session on our Billing Portal configuration ([`portal`]), or a
 //! Checkout session when the subscription needs a first payment, and redirects there: portal URLs are
 //! short-lived, so none is ever stored or sent.
+//!
+//! Notices by email ([`notice`]) tell the owner once per cause when a payment fails, needs authentication,
+//! a trial ends without a card, billing ends, or a roll-back stops it.
 
+pub mod email;
 pub mod link;
+pub mod notice;
 pub mod portal;
+pub mod smtp;
+pub mod templates;
 
 use crate::business::{Billing, Business};
 use crate::config::Settings;

@@ -94,6 +94,11 @@ const MIGRATIONS: &[(i64, &str, Sql)] = &[
             postgres: include_str!("../../migrations/0011_outbound_event.postgres.sql"),
         },
     ),
+    (
+        12,
+        "owner_notice",
+        Sql::Portable(include_str!("../../migrations/0012_owner_notice.sql")),
+    ),
 ];
 
 /// Applies the migrations not applied yet, each in its own transaction that holds the database's

@@ -9,6 +9,7 @@ mod coordination;
 mod database_url;
 mod health;
 mod migrate;
+mod notice;
 mod outbox;
 mod reconcile_scratch;
 mod sqlite_inbox;
@@ -17,6 +18,7 @@ mod webhook_event;
 pub use coordination::{BusinessLease, Holder, HolderState, JobLease, UnfinishedBusiness};
 pub use database_url::DatabaseUrl;
 pub use health::ProbeFailure;
+pub use notice::{notice_message_id, NewNotice, Notice, NoticeFilter, NoticeState, Resend};
 pub use outbox::{
     now_ms, BadCursor, Cursor, Delivery, NewOutbound, OutboundBacklog, OutboundEvent,
     OutboundFilter, Replay, Settle, SettleOutcome, Settled, BACKLOG_COUNT_CAP, UPDATE_TYPES,

@@ -210,9 +210,14 @@ impl FromStr for Cursor {
 pub enum SettleOutcome {
     Delivered,
     /// Failed; try again at `next_attempt_ms`.
-    Retry { next_attempt_ms: i64, error: String },
+    Retry {
+        next_attempt_ms: i64,
+        error: String,
+    },
     /// Refused for good, or out of time.
-    Dead { error: String },
+    Dead {
+        error: String,
+    },
 }
 
 /// One attempt to record: the event, its business, how it ended, and whether to lease the business's next.

@@ -10,6 +10,7 @@ mod event_delivery;
 mod event_stream;
 mod http_api;
 mod manage_link;
+mod notices;
 mod operations;
 mod outbox_events;
 mod payment_collection;

@@ -382,6 +382,23 @@ impl App {
         secrets: &[String],
         listener: Option<tokio::net::TcpListener>,
     ) -> Self {
+        let schedule = genesis_billing::jobs::Schedule {
+            resume: Duration::from_secs(3600),
+            webhook_retry: Duration::from_millis(200),
+            gap_fill: None,
+            reconcile: None,
+        };
+        Self::start_with(world, tokens, secrets, listener, schedule).await
+    }
+
+    /// As `start`, with the background jobs on `schedule`.
+    pub async fn start_with(
+        world: &World,
+        tokens: &[&str],
+        secrets: &[String],
+        listener: Option<tokio::net::TcpListener>,
+        schedule: genesis_billing::jobs::Schedule,
+    ) -> Self {
         let mut settings = world.settings.clone();
         settings.admin_tokens = tokens
             .iter()
@@ -395,12 +412,6 @@ impl App {
         let listener = match listener {
             Some(l) => l,
             None => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        };
-        let schedule = genesis_billing::jobs::Schedule {
-            resume: Duration::from_secs(3600),
-            webhook_retry: Duration::from_millis(200),
-            gap_fill: None,
-            reconcile: None,
         };
         let running = genesis_billing::http::start_on(state, listener, schedule, false).unwrap();
         Self {
@@ -449,6 +460,11 @@ impl App {
 
 /// A service whose webhook endpoint is registered in the simulator, receiving real signed deliveries.
 pub async fn wired(world: World) -> (World, App) {
+    wired_with(world, None).await
+}
+
+/// As `wired`, with failed webhook applies retried in the background only after `retry` when given.
+pub async fn wired_with(world: World, retry: Option<Duration>) -> (World, App) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/stripe/webhook", listener.local_addr().unwrap());
     let mut form: Vec<(&str, &str)> = vec![("url", url.as_str())];
@@ -460,7 +476,18 @@ pub async fn wired(world: World) -> (World, App) {
         .await;
     assert_eq!(status, 200, "{endpoint}");
     let secret = endpoint["secret"].as_str().unwrap().to_owned();
-    let app = App::start(&world, &[ADMIN_TOKEN], &[secret], Some(listener)).await;
+    let app = match retry {
+        None => App::start(&world, &[ADMIN_TOKEN], &[secret], Some(listener)).await,
+        Some(webhook_retry) => {
+            let schedule = genesis_billing::jobs::Schedule {
+                resume: Duration::from_secs(3600),
+                webhook_retry,
+                gap_fill: None,
+                reconcile: None,
+            };
+            App::start_with(&world, &[ADMIN_TOKEN], &[secret], Some(listener), schedule).await
+        }
+    };
     world
         .sim_control(
             "/_sim/webhooks",
