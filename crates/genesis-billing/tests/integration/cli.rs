@@ -331,6 +331,14 @@ async fn the_demo_runs_offline_through_the_whole_lifecycle() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), received.len(), "each event once");
+    // The failed renewal reached the owner once, by email, and was fixed through its manage link.
+    let emails = v["owner_emails"].as_array().unwrap();
+    assert_eq!(emails.len(), 1, "{emails:?}");
+    assert_eq!(emails[0]["to"][0], "owner@acme.example");
+    assert!(
+        emails[0]["subject"].as_str().unwrap().contains("Payment failed"),
+        "{emails:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

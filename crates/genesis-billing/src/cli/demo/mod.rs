@@ -3,6 +3,7 @@
 //! pushes its events to a stand-in for the meta-agent (`meta_agent`), as it would to the dashboard.
 
 mod meta_agent;
+mod owner_inbox;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ const DEMO_KEY: &str = "sk_test_genesis_demo_key";
 
 /// Signs the events pushed to the demo's meta-agent.
 const DEMO_DASHBOARD_SECRET: &str = "genesis-demo-dashboard-secret";
+
+/// Signs the owners' manage links in the demo.
+const DEMO_LINK_SECRET: &str = "genesis-demo-manage-link-secret";
 
 const BUSINESSES: &[(&str, &str, Option<&str>)] = &[
     ("Acme Analytics", "saas", Some("owner@acme.example")),
@@ -57,6 +61,7 @@ struct Stage {
     service: Arc<BillingService>,
     running: crate::http::Running,
     meta_agent: meta_agent::MetaAgent,
+    owner_inbox: owner_inbox::OwnerInbox,
 }
 
 /// Runs the demo; the database is a fresh SQLite file in a temporary directory, kept for inspection.
@@ -75,6 +80,12 @@ pub async fn run(json: bool) -> Result<(), Failure> {
         ..Flags::default()
     };
     let meta_agent = meta_agent::MetaAgent::start(DEMO_DASHBOARD_SECRET).await?;
+    let owner_inbox = owner_inbox::OwnerInbox::start().await?;
+    // Bound first: the manage links in the owners' emails point at it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("while binding the demo service")?;
+    let base = format!("http://{}", listener.local_addr().context("while binding")?);
     // The caller's environment is ignored on purpose: the demo must never reach a real Stripe account.
     let mut settings = Settings::load(
         &flags,
@@ -82,6 +93,12 @@ pub async fn run(json: bool) -> Result<(), Failure> {
             ("GENESIS_BILLING_STRIPE_RETRY_BASE_MS", "100"),
             ("GENESIS_DASHBOARD_URL", meta_agent.url.as_str()),
             ("GENESIS_DASHBOARD_SECRET", DEMO_DASHBOARD_SECRET),
+            ("GENESIS_SMTP_URL", owner_inbox.url.as_str()),
+            ("GENESIS_NOTICE_FROM", "billing@genesis.example"),
+            ("GENESIS_BILLING_LINK_SECRET", DEMO_LINK_SECRET),
+            ("GENESIS_BILLING_PUBLIC_URL", base.as_str()),
+            // No 3-D Secure in the demo: a failed payment's email need not wait for an action-required one.
+            ("GENESIS_NOTICE_PAYMENT_FAILED_HOLD_MS", "0"),
         ],
     )?;
     let metrics = Arc::new(Metrics::new());
@@ -99,13 +116,7 @@ pub async fn run(json: bool) -> Result<(), Failure> {
     }
 
     say.step("the service starts and registers its webhook endpoint with Stripe");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("while binding the demo service")?;
-    let url = format!(
-        "http://{}/stripe/webhook",
-        listener.local_addr().context("while binding")?
-    );
+    let url = format!("{base}/stripe/webhook");
     let (endpoint, secret) = service.register_webhook_endpoint(&url).await?;
     settings.webhook_secrets = vec![secret];
     let schedule = crate::jobs::Schedule {
@@ -127,6 +138,7 @@ pub async fn run(json: bool) -> Result<(), Failure> {
         service,
         running,
         meta_agent,
+        owner_inbox,
     };
     let result = walk_through(&stage, &say, prices).await;
     let _ = stage.running.shutdown().await;
@@ -217,13 +229,31 @@ async fn walk_through(
     })
     .await?;
     say.say("webhook invoice.payment_failed + customer.subscription.updated → past_due");
-    add_card(stage, say, &ids[0], "pm_card_visa").await?;
+    until(
+        "the payment-failed email in Acme's owner's inbox",
+        || async { !stage.owner_inbox.mails().is_empty() },
+    )
+    .await?;
+    let mail = stage.owner_inbox.mails().remove(0);
+    let link = mail
+        .manage_link()
+        .context("the payment-failed email carries no manage link")?;
+    say.say(format!(
+        "email to {}: \"{}\"",
+        mail.to.join(", "),
+        mail.header("Subject").unwrap_or("-")
+    ));
+    say.say(format!(
+        "manage link: {}…",
+        &link[..link.find("token=").map_or(link.len(), |i| i + 12)]
+    ));
+    fix_card_through_link(stage, say, &link).await?;
     advance_clock(stage, 3 * 86_400 + 3600).await?;
     until("Stripe's retry with the new card to make it active", || {
         status_is(service, &ids[0], "active")
     })
     .await?;
-    say.say("the owner adds a working card; Stripe's next retry pays → active again");
+    say.say("Stripe's next retry pays with the new card → active again");
     until("Daily Digest's unpaid subscription to expire", || {
         status_is(service, &ids[2], "incomplete_expired")
     })
@@ -324,7 +354,49 @@ async fn walk_through(
         "takedown": summary,
         "mrr": mrr,
         "events_received": received.iter().map(|r| &r.envelope).collect::<Vec<_>>(),
+        "owner_emails": stage.owner_inbox.mails().iter().map(|m| json!({
+            "to": m.to,
+            "subject": m.header("Subject"),
+            "message_id": m.header("Message-ID"),
+        })).collect::<Vec<_>>(),
     }))
+}
+
+/// The owner follows the manage link from the email: genesis-billing opens a fresh Billing Portal session
+/// on its card form (303), where the owner enters a working card.
+async fn fix_card_through_link(stage: &Stage, say: &Narrator, link: &str) -> Result<(), Failure> {
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("while building the demo's browser")?;
+    let opened = browser
+        .get(link)
+        .send()
+        .await
+        .context("while opening the manage link")?;
+    let portal = opened
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .filter(|_| opened.status() == reqwest::StatusCode::SEE_OTHER)
+        .with_context(|| format!("the manage link answered {}", opened.status()))?
+        .to_owned();
+    let session = portal.rsplit('/').next().unwrap_or_default().to_owned();
+    say.say(format!(
+        "the owner opens it: 303 → Billing Portal session {session} (card update)"
+    ));
+    sim_request(
+        &stage.sim.base_url(),
+        reqwest::Method::POST,
+        &format!("/_sim/billing_portal/sessions/{session}/payment_method"),
+        Some((
+            "application/x-www-form-urlencoded",
+            "payment_method=pm_card_visa".to_owned(),
+        )),
+    )
+    .await?;
+    say.say("in the portal the owner enters a working card");
+    Ok(())
 }
 
 /// The part of an event's data worth a glance.
