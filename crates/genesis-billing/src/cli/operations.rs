@@ -91,6 +91,14 @@ pub(super) async fn cancel_all(
     if !confirm {
         return cancel_all_dry_run(&service, json).await;
     }
+    // Telling the owners needs a mail server here: a run without one would record their notices as
+    // skipped for the whole fleet.
+    if notify && !settings.notices.configured() {
+        return Err(Failure::Usage(
+            "--notify needs owner notices configured (GENESIS_SMTP_URL and GENESIS_NOTICE_FROM)"
+                .into(),
+        ));
+    }
     // One roll-back at a time across the fleet: a job lease (see store::coordination), renewed while we
     // run and released at the end. A second run waits for the first; a run that was killed holds it for
     // at most 10 s (the lease is short because it is renewed), so a rerun after a crash starts quickly.

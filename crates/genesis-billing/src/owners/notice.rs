@@ -33,6 +33,8 @@ pub use crate::store::{
 
 /// Outbox events read per page.
 const PAGE: i64 = 200;
+/// Pages planned per round before sending gets its turn.
+const PAGES_PER_ROUND: usize = 5;
 /// Notices sent per round.
 const SEND_BATCH: i64 = 50;
 /// A sender's hold on a notice (longer than one SMTP exchange).
@@ -193,8 +195,14 @@ impl Notices {
 
     /// Plans the notices of every outbox event after the cursor; returns how many were new.
     pub async fn plan(&self) -> Result<usize, StoreError> {
+        // The cursor is the fleet's: a process without a mail server (an operator's CLI, a replica whose
+        // settings lag) must not decide for the others that every notice is skipped.
+        if !self.configured() {
+            return Ok(0);
+        }
         let mut planned = 0;
-        loop {
+        // A few pages per round, so a large backlog does not hold up sending.
+        for _ in 0..PAGES_PER_ROUND {
             let after = self.store.notice_cursor().await?;
             let page = self
                 .store
@@ -204,15 +212,34 @@ impl Notices {
                     ..OutboundFilter::default()
                 })
                 .await?;
+            let mut done = None;
             for event in &page {
-                planned += self.plan_one(event).await?;
-                // Moved per event: a failure stops here, and the next pass starts at the failed event.
-                self.store.advance_notice_cursor(event.cursor()).await?;
+                match self.plan_one(event).await {
+                    Ok(n) => planned += n,
+                    // A record that cannot be read would stop every later notice: say so and go on.
+                    Err(e @ StoreError::Corrupt { .. }) => {
+                        tracing::error!(event_id = %event.id, error = %e, "cannot plan a notice for this event; skipped");
+                        self.metrics.notice("unplannable", NoticeOutcome::Failed);
+                    }
+                    Err(e) => {
+                        // Planning is idempotent by cause: the next round starts after the last event done.
+                        if let Some(c) = done {
+                            self.store.advance_notice_cursor(c).await?;
+                        }
+                        return Err(e);
+                    }
+                }
+                done = Some(event.cursor());
+            }
+            // Moved once per page (one write), not once per event.
+            if let Some(c) = done {
+                self.store.advance_notice_cursor(c).await?;
             }
             if (page.len() as i64) < PAGE {
-                return Ok(planned);
+                break;
             }
         }
+        Ok(planned)
     }
 
     async fn plan_one(&self, event: &OutboundEvent) -> Result<usize, StoreError> {

@@ -15,6 +15,8 @@ use crate::config::SmtpEndpoint;
 
 /// One SMTP exchange's bound (connect, TLS, every command).
 const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// A whole send (connect, TLS, every command): half the notice's lease.
+const SEND_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How a send went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,8 +38,9 @@ impl SendError {
 /// The SMTP server notices go to.
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
-    /// Removed from any error text, in case a server echoes it.
+    /// Removed from any error text, in case a server echoes them.
     password: Option<SecretString>,
+    user: Option<SecretString>,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -63,22 +66,36 @@ impl Mailer {
             .tls(tls)
             .timeout(Some(SMTP_TIMEOUT));
         let mut password = None;
-        if let Some((user, pass)) = &endpoint.credentials {
+        let mut user = None;
+        if let Some((user_name, pass)) = &endpoint.credentials {
             builder = builder.credentials(Credentials::new(
-                user.expose_secret().to_owned(),
+                user_name.expose_secret().to_owned(),
                 pass.expose_secret().to_owned(),
             ));
             password = Some(pass.clone());
+            user = Some(user_name.clone());
         }
         Ok(Self {
             transport: builder.build(),
             password,
+            user,
         })
     }
 
     /// Sends one message; the server accepted it when this returns `Ok`.
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
-        match self.transport.send(message).await {
+        // SMTP_TIMEOUT bounds each command; a slow server could still stretch a whole send past the
+        // notice's lease, and another replica would send it again.
+        let sent = match tokio::time::timeout(SEND_DEADLINE, self.transport.send(message)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                return Err(SendError::Temporary(format!(
+                    "the SMTP server took more than {} s",
+                    SEND_DEADLINE.as_secs()
+                )))
+            }
+        };
+        match sent {
             Ok(_) => Ok(()),
             Err(e) => {
                 let text = self.sanitize(&e.to_string());
@@ -97,10 +114,10 @@ impl Mailer {
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        if let Some(p) = &self.password {
-            let p = p.expose_secret();
-            if !p.is_empty() {
-                t = t.replace(p, "***");
+        for secret in [&self.password, &self.user].into_iter().flatten() {
+            let s = secret.expose_secret();
+            if !s.is_empty() {
+                t = t.replace(s, "***");
             }
         }
         t.chars().take(300).collect()

@@ -251,8 +251,9 @@ impl Store {
         until_ms: i64,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
+            // The due time is re-checked: another replica may have tried it since it was read as due.
             "UPDATE owner_notice SET lease_owner = $2, lease_until_ms = $3 WHERE id = $1 AND state = 'pending' \
-             AND (lease_until_ms IS NULL OR lease_until_ms < $4)",
+             AND (lease_until_ms IS NULL OR lease_until_ms < $4) AND (next_attempt_ms IS NULL OR next_attempt_ms <= $4)",
         )
         .bind(id)
         .bind(owner)

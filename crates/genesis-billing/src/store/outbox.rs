@@ -277,12 +277,20 @@ const COLUMNS: &str =
     COALESCE(retry_from, created_at) AS retry_from, next_attempt_ms, last_error, delivered_at";
 
 /// Rows from transactions that may still be running are left for a later read: PostgreSQL assigns `seq`
-/// before commit, so a reader could otherwise pass a row that commits after it. Empty on SQLite, which
-/// commits one writer at a time.
+/// before commit, so a reader could otherwise pass a row that commits after it. The horizon is the oldest
+/// transaction of this snapshot still running, leaving out those `pg_stat_activity` shows belong to
+/// another database of the server (their xids are cluster-wide; an unknown one counts as ours). Empty on
+/// SQLite, which commits one writer at a time.
 fn committed_before(backend: Backend) -> &'static str {
     match backend {
         Backend::Sqlite => "",
-        Backend::Postgres => " AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+        Backend::Postgres => {
+            " AND txid < (SELECT COALESCE((SELECT MIN(x::text::bigint) FROM pg_snapshot_xip(snap.s) AS x \
+             WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.backend_xid IS NOT NULL \
+             AND a.datname IS DISTINCT FROM current_database() \
+             AND a.backend_xid::text::bigint = x::text::bigint % 4294967296)), \
+             pg_snapshot_xmax(snap.s)::text::bigint) FROM (SELECT pg_current_snapshot() AS s) AS snap)"
+        }
     }
 }
 
@@ -427,8 +435,10 @@ impl Store {
         until_ms: i64,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
+            // The due time is re-checked: another replica may have tried it since it was read as due, and
+            // its backoff then holds.
             "UPDATE outbound_event SET lease_owner = $2, lease_until_ms = $3 WHERE seq = $1 AND delivery = 'pending' \
-             AND (lease_until_ms IS NULL OR lease_until_ms < $4)",
+             AND (lease_until_ms IS NULL OR lease_until_ms < $4) AND (next_attempt_ms IS NULL OR next_attempt_ms <= $4)",
         )
         .bind(seq)
         .bind(owner)
@@ -635,8 +645,10 @@ impl Store {
         let mut total = 0;
         loop {
             let done = sqlx::query(
+                // An undelivered event replayed or redelivered late keeps its retry window.
                 "DELETE FROM outbound_event WHERE seq IN \
-                 (SELECT seq FROM outbound_event WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+                 (SELECT seq FROM outbound_event WHERE created_at < $1 \
+                  AND (delivery <> 'pending' OR COALESCE(retry_from, created_at) < $1) ORDER BY created_at LIMIT $2)",
             )
             .bind(before)
             .bind(BULK_ROWS)

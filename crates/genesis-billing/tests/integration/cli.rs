@@ -336,7 +336,10 @@ async fn the_demo_runs_offline_through_the_whole_lifecycle() {
     assert_eq!(emails.len(), 1, "{emails:?}");
     assert_eq!(emails[0]["to"][0], "owner@acme.example");
     assert!(
-        emails[0]["subject"].as_str().unwrap().contains("Payment failed"),
+        emails[0]["subject"]
+            .as_str()
+            .unwrap()
+            .contains("Payment failed"),
         "{emails:?}"
     );
 }
