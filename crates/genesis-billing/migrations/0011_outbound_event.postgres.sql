@@ -15,7 +15,7 @@ CREATE TABLE outbound_event (
     delivery TEXT NOT NULL DEFAULT 'pending',
     attempts BIGINT NOT NULL DEFAULT 0,
     retry_from BIGINT,
-    next_attempt_ms BIGINT,
+    next_attempt_ms BIGINT NOT NULL DEFAULT 0,
     last_error TEXT,
     delivered_at BIGINT,
     lease_owner TEXT,
@@ -23,6 +23,7 @@ CREATE TABLE outbound_event (
 );
 CREATE INDEX outbound_event_pending ON outbound_event (business_id, seq) WHERE delivery = 'pending';
 CREATE INDEX outbound_event_pending_seq ON outbound_event (seq) WHERE delivery = 'pending';
+CREATE INDEX outbound_event_due ON outbound_event (next_attempt_ms, seq) WHERE delivery = 'pending';
 CREATE INDEX outbound_event_dead ON outbound_event (seq) WHERE delivery = 'dead';
 CREATE INDEX outbound_event_business ON outbound_event (business_id, seq);
 CREATE INDEX outbound_event_created ON outbound_event (created_at);
@@ -34,17 +35,21 @@ BEGIN
        AND OLD.subscription_status IS NOT NULL
        AND NEW.subscription_status IS DISTINCT FROM OLD.subscription_status
        AND NEW.stripe_subscription_id IS NOT DISTINCT FROM OLD.stripe_subscription_id THEN
-        INSERT INTO outbound_event (id, business_id, update_type, data, created_at)
+        INSERT INTO outbound_event (id, business_id, update_type, data, created_at, next_attempt_ms)
         VALUES ('gbe_' || replace(gen_random_uuid()::text, '-', ''), NEW.business_id, 'billing.status_changed',
                 json_build_object('subscription_id', NEW.stripe_subscription_id, 'from', OLD.subscription_status,
                                   'to', NEW.subscription_status)::text,
-                extract(epoch FROM now())::bigint);
+                extract(epoch FROM now())::bigint,
+                CASE WHEN EXISTS (SELECT 1 FROM outbound_event p WHERE p.business_id = NEW.business_id
+                                  AND p.delivery = 'pending') THEN 9000000000000000000 ELSE 0 END);
     END IF;
     IF NEW.billing = 'failed' AND (TG_OP = 'INSERT' OR OLD.billing IS DISTINCT FROM 'failed') THEN
-        INSERT INTO outbound_event (id, business_id, update_type, data, created_at)
+        INSERT INTO outbound_event (id, business_id, update_type, data, created_at, next_attempt_ms)
         VALUES ('gbe_' || replace(gen_random_uuid()::text, '-', ''), NEW.business_id, 'billing.failed',
                 json_build_object('step', NEW.failed_step, 'reason', NEW.billing_error)::text,
-                extract(epoch FROM now())::bigint);
+                extract(epoch FROM now())::bigint,
+                CASE WHEN EXISTS (SELECT 1 FROM outbound_event p WHERE p.business_id = NEW.business_id
+                                  AND p.delivery = 'pending') THEN 9000000000000000000 ELSE 0 END);
     END IF;
     RETURN NULL;
 END

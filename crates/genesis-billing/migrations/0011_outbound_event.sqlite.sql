@@ -20,7 +20,10 @@ CREATE TABLE outbound_event (
     attempts BIGINT NOT NULL DEFAULT 0,
     -- When the current retry window began (a replay or redeliver starts a new one); NULL: `created_at`.
     retry_from BIGINT,
-    next_attempt_ms BIGINT,
+    -- When the event may be sent: 0 now, a time after a failed attempt, or 9e18 while an earlier event of
+    -- its business is undelivered (the oldest pending event of each business is the only one not blocked,
+    -- so the delivery worker finds due events on an index instead of walking every pending row).
+    next_attempt_ms BIGINT NOT NULL DEFAULT 0,
     last_error TEXT,
     delivered_at BIGINT,
     lease_owner TEXT,
@@ -28,6 +31,7 @@ CREATE TABLE outbound_event (
 );
 CREATE INDEX outbound_event_pending ON outbound_event (business_id, seq) WHERE delivery = 'pending';
 CREATE INDEX outbound_event_pending_seq ON outbound_event (seq) WHERE delivery = 'pending';
+CREATE INDEX outbound_event_due ON outbound_event (next_attempt_ms, seq) WHERE delivery = 'pending';
 CREATE INDEX outbound_event_dead ON outbound_event (seq) WHERE delivery = 'dead';
 CREATE INDEX outbound_event_business ON outbound_event (business_id, seq);
 CREATE INDEX outbound_event_created ON outbound_event (created_at);
@@ -39,28 +43,34 @@ WHEN OLD.subscription_status IS NOT NULL
  AND NEW.subscription_status IS NOT OLD.subscription_status
  AND NEW.stripe_subscription_id IS OLD.stripe_subscription_id
 BEGIN
-    INSERT INTO outbound_event (id, business_id, update_type, data, created_at)
+    INSERT INTO outbound_event (id, business_id, update_type, data, created_at, next_attempt_ms)
     VALUES ('gbe_' || lower(hex(randomblob(16))), NEW.business_id, 'billing.status_changed',
             json_object('subscription_id', NEW.stripe_subscription_id, 'from', OLD.subscription_status,
                         'to', NEW.subscription_status),
-            CAST(strftime('%s', 'now') AS INTEGER));
+            CAST(strftime('%s', 'now') AS INTEGER),
+            CASE WHEN EXISTS (SELECT 1 FROM outbound_event p WHERE p.business_id = NEW.business_id
+                              AND p.delivery = 'pending') THEN 9000000000000000000 ELSE 0 END);
 END;
 
 -- Provisioning was recorded failed (once per failure, not once per retry that fails again).
 CREATE TRIGGER outbound_billing_failed AFTER UPDATE OF billing ON business
 WHEN NEW.billing = 'failed' AND OLD.billing IS NOT 'failed'
 BEGIN
-    INSERT INTO outbound_event (id, business_id, update_type, data, created_at)
+    INSERT INTO outbound_event (id, business_id, update_type, data, created_at, next_attempt_ms)
     VALUES ('gbe_' || lower(hex(randomblob(16))), NEW.business_id, 'billing.failed',
             json_object('step', NEW.failed_step, 'reason', NEW.billing_error),
-            CAST(strftime('%s', 'now') AS INTEGER));
+            CAST(strftime('%s', 'now') AS INTEGER),
+            CASE WHEN EXISTS (SELECT 1 FROM outbound_event p WHERE p.business_id = NEW.business_id
+                              AND p.delivery = 'pending') THEN 9000000000000000000 ELSE 0 END);
 END;
 
 CREATE TRIGGER outbound_billing_failed_new AFTER INSERT ON business
 WHEN NEW.billing = 'failed'
 BEGIN
-    INSERT INTO outbound_event (id, business_id, update_type, data, created_at)
+    INSERT INTO outbound_event (id, business_id, update_type, data, created_at, next_attempt_ms)
     VALUES ('gbe_' || lower(hex(randomblob(16))), NEW.business_id, 'billing.failed',
             json_object('step', NEW.failed_step, 'reason', NEW.billing_error),
-            CAST(strftime('%s', 'now') AS INTEGER));
+            CAST(strftime('%s', 'now') AS INTEGER),
+            CASE WHEN EXISTS (SELECT 1 FROM outbound_event p WHERE p.business_id = NEW.business_id
+                              AND p.delivery = 'pending') THEN 9000000000000000000 ELSE 0 END);
 END;

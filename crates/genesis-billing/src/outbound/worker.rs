@@ -29,6 +29,10 @@ use super::destination::OutboundSettings;
 /// retries whose backoff ended.
 pub const POLL: Duration = Duration::from_millis(500);
 
+/// How often stranded blocked events are looked for (a rare PostgreSQL race, or a pruned head): the
+/// longest such an event waits.
+const SWEEP: Duration = Duration::from_secs(300);
+
 /// Most outcomes the recorder writes in one transaction.
 const SETTLE_BATCH: usize = 128;
 
@@ -95,12 +99,26 @@ impl Worker {
         };
         let recorder = tokio::spawn(self.clone().record_batches(jobs));
         let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut swept: Option<std::time::Instant> = None;
         // The business each task drains: one task per business, so its events stay in order.
         let mut busy: HashMap<tokio::task::Id, String> = HashMap::new();
         let mut watching = true;
         loop {
             if *stop.borrow() {
                 break;
+            }
+            if swept.is_none_or(|t| t.elapsed() >= SWEEP) {
+                swept = Some(std::time::Instant::now());
+                match self.store.unblock_stranded().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        events = n,
+                        "unblocked events stranded behind a vanished one"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot check the outbox for stranded events")
+                    }
+                }
             }
             let free = self.settings.concurrency.saturating_sub(tasks.len());
             if free > 0 {

@@ -21,7 +21,8 @@ pub use health::ProbeFailure;
 pub use notice::{notice_message_id, NewNotice, Notice, NoticeFilter, NoticeState, Resend};
 pub use outbox::{
     now_ms, BadCursor, Cursor, Delivery, NewOutbound, OutboundBacklog, OutboundEvent,
-    OutboundFilter, Replay, Settle, SettleOutcome, Settled, BACKLOG_COUNT_CAP, UPDATE_TYPES,
+    OutboundFilter, Replay, Settle, SettleOutcome, Settled, BACKLOG_COUNT_CAP, BLOCKED,
+    UPDATE_TYPES,
 };
 pub use reconcile_scratch::StripeRow;
 pub use webhook_event::{

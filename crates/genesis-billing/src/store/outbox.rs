@@ -38,11 +38,22 @@ pub const UPDATE_TYPES: &[&str] = &[
     "billing.rolled_back",
 ];
 
-/// Adds an event unless one of the same cause exists. Parameters: id, business, update type, data,
-/// created_at, cause.
-pub(super) const INSERT_OUTBOUND: &str =
-    "INSERT INTO outbound_event (id, business_id, update_type, data, created_at, cause) \
-    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (cause) DO NOTHING";
+/// `next_attempt_ms` of an event waiting behind an earlier undelivered event of its business (as the
+/// migration 11 triggers write it).
+pub const BLOCKED: i64 = 9_000_000_000_000_000_000;
+
+/// Adds an event unless one of the same cause exists, blocked behind its business's undelivered events.
+/// Parameters: id, business, update type, data, created_at, cause.
+pub(super) const INSERT_OUTBOUND: &str = "INSERT INTO outbound_event (id, business_id, update_type, data, created_at, cause, next_attempt_ms) \
+    VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN EXISTS (SELECT 1 FROM outbound_event p WHERE p.business_id = $2 \
+    AND p.delivery = 'pending') THEN 9000000000000000000 ELSE 0 END) ON CONFLICT (cause) DO NOTHING";
+
+/// Lets the oldest undelivered event of the business of event `$1` be sent, once the one before it left
+/// the queue.
+const UNBLOCK_NEXT: &str =
+    "UPDATE outbound_event SET next_attempt_ms = 0 WHERE next_attempt_ms = 9000000000000000000 \
+    AND seq = (SELECT MIN(p.seq) FROM outbound_event p WHERE p.delivery = 'pending' \
+    AND p.business_id = (SELECT e.business_id FROM outbound_event e WHERE e.seq = $1))";
 
 /// A new event id: `gbe_` and 32 hex digits, as the triggers write them.
 pub(super) fn new_event_id() -> String {
@@ -310,7 +321,8 @@ fn from_row(r: &AnyRow) -> Result<OutboundEvent, StoreError> {
         })?,
         attempts: r.try_get("attempts")?,
         retry_from: r.try_get("retry_from")?,
-        next_attempt_ms: r.try_get("next_attempt_ms")?,
+        next_attempt_ms: Some(r.try_get::<i64, _>("next_attempt_ms")?)
+            .filter(|&t| t != 0 && t != BLOCKED),
         last_error: r.try_get("last_error")?,
         delivered_at: r.try_get("delivered_at")?,
         id,
@@ -412,9 +424,9 @@ impl Store {
         let sql = format!(
             "SELECT {COLUMNS} FROM outbound_event o WHERE o.delivery = 'pending' \
              AND o.seq = (SELECT MIN(i.seq) FROM outbound_event i WHERE i.business_id = o.business_id AND i.delivery = 'pending') \
-             AND (o.next_attempt_ms IS NULL OR o.next_attempt_ms <= $1) \
+             AND o.next_attempt_ms <= $1 \
              AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $1){} \
-             ORDER BY o.seq LIMIT $2",
+             ORDER BY o.next_attempt_ms, o.seq LIMIT $2",
             committed_before(self.backend)
         );
         let rows = sqlx::query(&sql)
@@ -438,7 +450,7 @@ impl Store {
             // The due time is re-checked: another replica may have tried it since it was read as due, and
             // its backoff then holds.
             "UPDATE outbound_event SET lease_owner = $2, lease_until_ms = $3 WHERE seq = $1 AND delivery = 'pending' \
-             AND (lease_until_ms IS NULL OR lease_until_ms < $4) AND (next_attempt_ms IS NULL OR next_attempt_ms <= $4)",
+             AND (lease_until_ms IS NULL OR lease_until_ms < $4) AND next_attempt_ms <= $4",
         )
         .bind(seq)
         .bind(owner)
@@ -470,7 +482,7 @@ impl Store {
             let q = match &a.outcome {
                 SettleOutcome::Delivered => sqlx::query(
                     "UPDATE outbound_event SET delivery = 'delivered', delivered_at = $3, attempts = attempts + 1, \
-                     last_error = NULL, next_attempt_ms = NULL, lease_owner = NULL, lease_until_ms = NULL \
+                     last_error = NULL, next_attempt_ms = 0, lease_owner = NULL, lease_until_ms = NULL \
                      WHERE seq = $1 AND lease_owner = $2",
                 )
                 .bind(a.seq)
@@ -488,7 +500,7 @@ impl Store {
                 .bind(*next_attempt_ms)
                 .bind(error.as_str()),
                 SettleOutcome::Dead { error } => sqlx::query(
-                    "UPDATE outbound_event SET delivery = 'dead', attempts = attempts + 1, next_attempt_ms = NULL, \
+                    "UPDATE outbound_event SET delivery = 'dead', attempts = attempts + 1, next_attempt_ms = 0, \
                      last_error = $3, lease_owner = NULL, lease_until_ms = NULL WHERE seq = $1 AND lease_owner = $2",
                 )
                 .bind(a.seq)
@@ -497,6 +509,12 @@ impl Store {
             };
             let held = q.execute(&mut *tx).await?.rows_affected() == 1;
             let goes_on = held && !matches!(a.outcome, SettleOutcome::Retry { .. });
+            if goes_on {
+                sqlx::query(UNBLOCK_NEXT)
+                    .bind(a.seq)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let mut next = None;
             if goes_on && a.claim_next {
                 let row = sqlx::query(&next_sql)
@@ -532,7 +550,7 @@ impl Store {
     pub async fn outbound_delivered(&self, seq: i64, owner: &str) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE outbound_event SET delivery = 'delivered', delivered_at = $3, attempts = attempts + 1, \
-             last_error = NULL, next_attempt_ms = NULL, lease_owner = NULL, lease_until_ms = NULL \
+             last_error = NULL, next_attempt_ms = 0, lease_owner = NULL, lease_until_ms = NULL \
              WHERE seq = $1 AND lease_owner = $2",
         )
         .bind(seq)
@@ -540,7 +558,14 @@ impl Store {
         .bind(now())
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            sqlx::query(UNBLOCK_NEXT)
+                .bind(seq)
+                .execute(&self.pool)
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Dead-letters an event: the receiver refused it for good, or retries ran out of time.
@@ -551,7 +576,7 @@ impl Store {
         error: &str,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE outbound_event SET delivery = 'dead', attempts = attempts + 1, next_attempt_ms = NULL, \
+            "UPDATE outbound_event SET delivery = 'dead', attempts = attempts + 1, next_attempt_ms = 0, \
              last_error = $3, lease_owner = NULL, lease_until_ms = NULL WHERE seq = $1 AND lease_owner = $2",
         )
         .bind(seq)
@@ -559,13 +584,56 @@ impl Store {
         .bind(error)
         .execute(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 1 {
+            sqlx::query(UNBLOCK_NEXT)
+                .bind(seq)
+                .execute(&self.pool)
+                .await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Unblocks the oldest undelivered event of each business whose earlier event left the queue without
+    /// unblocking it (pruned, or on PostgreSQL written while the one before it was being settled): a
+    /// safety net walked a thousand blocked events per statement. Returns how many it unblocked.
+    pub async fn unblock_stranded(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        let mut after = 0i64;
+        loop {
+            let sql = format!(
+                "SELECT o.seq FROM outbound_event o WHERE o.delivery = 'pending' AND o.next_attempt_ms = {BLOCKED} \
+                 AND o.seq > $1 ORDER BY o.next_attempt_ms, o.seq LIMIT $2"
+            );
+            let seqs: Vec<i64> = sqlx::query(&sql)
+                .bind(after)
+                .bind(BULK_ROWS)
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            let Some(&last) = seqs.last() else {
+                return Ok(total);
+            };
+            let done = sqlx::query(&format!(
+                "UPDATE outbound_event SET next_attempt_ms = 0 WHERE seq >= $1 AND seq <= $2 \
+                 AND delivery = 'pending' AND next_attempt_ms = {BLOCKED} AND NOT EXISTS (SELECT 1 FROM outbound_event p \
+                 WHERE p.business_id = outbound_event.business_id AND p.delivery = 'pending' AND p.seq < outbound_event.seq)"
+            ))
+            .bind(seqs[0])
+            .bind(last)
+            .execute(&self.pool)
+            .await?;
+            total += done.rows_affected();
+            after = last;
+        }
     }
 
     /// Queues a dead-lettered event for delivery again, with a fresh retry window.
     pub async fn replay_outbound(&self, id: &str) -> Result<Replay, StoreError> {
         let done = sqlx::query(
-            "UPDATE outbound_event SET delivery = 'pending', next_attempt_ms = NULL, last_error = NULL, attempts = 0, \
+            "UPDATE outbound_event SET delivery = 'pending', next_attempt_ms = 0, last_error = NULL, attempts = 0, \
              retry_from = $2 WHERE id = $1 AND delivery = 'dead'",
         )
         .bind(id)
@@ -620,7 +688,7 @@ impl Store {
                 break;
             };
             let done = sqlx::query(
-                "UPDATE outbound_event SET delivery = 'pending', next_attempt_ms = NULL, last_error = NULL, attempts = 0, \
+                "UPDATE outbound_event SET delivery = 'pending', next_attempt_ms = 0, last_error = NULL, attempts = 0, \
                  retry_from = $5 WHERE seq >= $1 AND seq <= $2 AND created_at >= $3 AND delivery <> 'pending' \
                  AND ($4 = '' OR business_id = $4)",
             )

@@ -287,10 +287,12 @@ async fn non_pending(store: &Store) -> usize {
     n
 }
 
-/// Takes an event's delivery lease as a delivery worker would and finishes it: `dead` with `error`, or
-/// delivered when `error` is `None`.
+/// Takes an event's delivery lease and finishes it: `dead` with `error`, or delivered when `error` is
+/// `None`. A worker only claims the oldest undelivered event of a business; to force any event's state the
+/// claim is made as of a time past every wait, including a place behind an earlier event
+/// (`store::BLOCKED`).
 async fn finish_delivery(store: &Store, e: &OutboundEvent, error: Option<&str>) {
-    let t = now_ms();
+    let t = genesis_billing::store::BLOCKED;
     assert!(store
         .claim_outbound(e.seq, "test-worker", t, t + 60_000)
         .await

@@ -378,3 +378,94 @@ async fn a_provisioning_failure_is_reported_once_however_often_it_is_retried() {
     let types: Vec<&str> = events.iter().map(|e| e.update_type.as_str()).collect();
     assert_eq!(types, ["billing.failed", "billing.provisioned"]);
 }
+
+/// Only the oldest undelivered event of each business is found due (the others wait behind it on an
+/// index, not in a walk of every pending row); settling it lets the next one go; one stranded behind a
+/// vanished event is freed by the sweep.
+async fn only_heads_are_due(store: &Store, raw_url: &str) {
+    use genesis_billing::store::{Settle, SettleOutcome};
+    use sqlx::Connection as _;
+    let event = |business: &str, cause: &str| genesis_billing::store::NewOutbound {
+        business_id: business.to_owned(),
+        update_type: "billing.status_changed",
+        data: json!({"cause": cause}),
+        cause: cause.to_owned(),
+    };
+    for (b, c) in [
+        ("hx", "h1"),
+        ("hx", "h2"),
+        ("hy", "h3"),
+        ("hz", "h4"),
+        ("hz", "h5"),
+    ] {
+        assert!(store.emit(&event(b, c)).await.unwrap());
+    }
+    let now = genesis_billing::store::now_ms();
+    let causes = |events: &[OutboundEvent]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| data(e)["cause"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let due = store.due_outbound(now, 10).await.unwrap();
+    assert_eq!(causes(&due), ["h1", "h3", "h4"]);
+
+    assert!(store
+        .claim_outbound(due[0].seq, "w", now, now + 60_000)
+        .await
+        .unwrap());
+    let settled = store
+        .settle_outbound(
+            "w",
+            &[Settle {
+                seq: due[0].seq,
+                business_id: "hx".into(),
+                outcome: SettleOutcome::Delivered,
+                claim_next: true,
+            }],
+            now,
+            now + 60_000,
+        )
+        .await
+        .unwrap();
+    assert!(settled[0].held);
+    assert_eq!(causes(&[settled[0].next.clone().unwrap()]), ["h2"]);
+
+    // h4 vanishes without settling (as if pruned): h5 is stranded until the sweep frees it.
+    let h4 = due[2].id.clone();
+    let mut raw = sqlx::AnyConnection::connect(raw_url).await.unwrap();
+    sqlx::query("DELETE FROM outbound_event WHERE id = $1")
+        .bind(&h4)
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let due = store.due_outbound(now, 10).await.unwrap();
+    assert_eq!(causes(&due), ["h3"], "h2 is leased, h5 stranded");
+    assert_eq!(store.unblock_stranded().await.unwrap(), 1);
+    assert_eq!(store.unblock_stranded().await.unwrap(), 0);
+    let due = store.due_outbound(now, 10).await.unwrap();
+    assert_eq!(causes(&due), ["h3", "h5"]);
+}
+
+#[tokio::test]
+async fn only_the_oldest_undelivered_event_of_a_business_is_due_on_sqlite() {
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("heads.db").display());
+    let store = Store::connect(&genesis_billing::store::DatabaseUrl::new(url.clone()), 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    only_heads_are_due(&store, &url).await;
+}
+
+#[tokio::test]
+async fn only_the_oldest_undelivered_event_of_a_business_is_due_on_postgres() {
+    sqlx::any::install_default_drivers();
+    let db = common::postgres::TestDatabase::create("gb_heads").await;
+    let store = Store::connect(&genesis_billing::store::DatabaseUrl::new(db.url.clone()), 2)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    only_heads_are_due(&store, &db.url).await;
+}
