@@ -57,3 +57,8 @@ $$;
 
 CREATE TRIGGER outbound_business AFTER INSERT OR UPDATE ON business
     FOR EACH ROW EXECUTE FUNCTION genesis_outbound_business();
+
+-- Every event is inserted, updated a few times and deleted at retention: vacuum and analyze the table after
+-- 1 % of it changed rather than 20 %, so dead rows and stale statistics never slow the delivery worker's
+-- reads.
+ALTER TABLE outbound_event SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_analyze_scale_factor = 0.01);
