@@ -185,8 +185,10 @@ pub(super) struct RollbackNotices {
     pub sent: i64,
     pub skipped: i64,
     pub failed: i64,
-    /// Waiting for a retry (or for a cancellation to be recorded); `serve` finishes them.
+    /// Waiting for a retry; `serve` finishes them.
     pub pending: i64,
+    /// Waiting for their cancellation to be recorded (a cancel Stripe refused stays here).
+    pub held: i64,
 }
 
 /// Plans and sends the roll-back's notices for up to a minute, then counts them.
@@ -224,6 +226,7 @@ pub(super) async fn send_rollback_notices(
             "sent" => out.sent += count,
             "skipped" => out.skipped += count,
             "failed" => out.failed += count,
+            "held" => out.held += count,
             _ => out.pending += count,
         }
     }

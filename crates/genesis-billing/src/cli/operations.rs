@@ -188,8 +188,8 @@ pub(super) async fn cancel_all(
         );
         if let Some(n) = &notices {
             println!(
-                "owner notices: {} sent, {} skipped, {} failed, {} left for serve to retry",
-                n.sent, n.skipped, n.failed, n.pending
+                "owner notices: {} sent, {} skipped, {} failed, {} left for serve to retry, {} waiting for their cancellation to be recorded",
+                n.sent, n.skipped, n.failed, n.pending, n.held
             );
         }
         for (id, e) in &tally.errors {
