@@ -375,6 +375,11 @@ pub fn spawn_notices(
     notices: Arc<crate::owners::notice::Notices>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        if !notices.configured() {
+            tracing::info!(
+                "owner notices are not configured (GENESIS_SMTP_URL and GENESIS_NOTICE_FROM): none are planned or sent here"
+            );
+        }
         loop {
             let mut busy = false;
             match notices.plan().await {
