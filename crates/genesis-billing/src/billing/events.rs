@@ -438,8 +438,14 @@ impl BillingService {
         if b.stripe_subscription_id.as_deref() != Some(sub) {
             return Ok(ignored(Some(&b), NOT_CURRENT_SUBSCRIPTION));
         }
-        let has_payment_method =
+        let mut has_payment_method =
             !object["default_payment_method"].is_null() || !object["default_source"].is_null();
+        // Stripe also charges the customer's default card: look there before telling an owner none is on file.
+        if let (false, Some(customer)) = (has_payment_method, object["customer"].as_str()) {
+            let c = self.stripe()?.retrieve_customer(customer).await?;
+            has_payment_method = !c.raw["invoice_settings"]["default_payment_method"].is_null()
+                || !c.raw["default_source"].is_null();
+        }
         let entry = HistoryEntry {
             business_id: b.business_id.clone(),
             kind: "trial_will_end".to_owned(),

@@ -441,6 +441,74 @@ async fn a_renewal_that_needs_authentication_mails_the_hosted_invoice_link_once(
 }
 
 #[tokio::test]
+async fn a_trial_ending_with_a_card_on_the_customer_mails_nobody() {
+    let sink = Sink::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = trial_catalog(dir.path(), 7);
+    let env = notice_env(&sink, false, &[("GENESIS_BILLING_CATALOG", catalog)]);
+    let (world, app) = world(&env).await;
+    let id = create(&app, "Carded", Some(OWNER)).await;
+    // The card is the customer's default (Stripe charges it), not the subscription's.
+    let customer = world.record(&id).await.stripe_customer_id.unwrap();
+    let (status, pm) = world
+        .sim_call(
+            reqwest::Method::POST,
+            "/v1/payment_methods/pm_card_visa/attach",
+            &[("customer", customer.as_str())],
+        )
+        .await;
+    assert_eq!(status, 200, "{pm}");
+    let (status, c) = world
+        .sim_call(
+            reqwest::Method::POST,
+            &format!("/v1/customers/{customer}"),
+            &[(
+                "invoice_settings[default_payment_method]",
+                pm["id"].as_str().unwrap(),
+            )],
+        )
+        .await;
+    assert_eq!(status, 200, "{c}");
+    advance(&world, 5 * 86_400).await;
+    let store = world.service.store().clone();
+    let business = id.clone();
+    common::eventually("billing.trial_ending", Duration::from_secs(20), move || {
+        let (store, business) = (store.clone(), business.clone());
+        async move {
+            store
+                .list_outbound(&genesis_billing::store::OutboundFilter {
+                    business_id: Some(business),
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .iter()
+                .any(|e| e.update_type == "billing.trial_ending")
+        }
+    })
+    .await;
+    let events = world
+        .service
+        .store()
+        .list_outbound(&genesis_billing::store::OutboundFilter {
+            business_id: Some(id.clone()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ending = events
+        .iter()
+        .find(|e| e.update_type == "billing.trial_ending")
+        .unwrap();
+    let data: serde_json::Value = serde_json::from_str(&ending.data).unwrap();
+    assert_eq!(data["has_payment_method"], true, "{data}");
+    wait_planner_caught_up(&world).await;
+    assert!(sink.messages().is_empty(), "{:?}", sink.messages());
+}
+
+#[tokio::test]
 async fn a_trial_ending_without_a_card_mails_once_and_a_name_with_html_arrives_as_text() {
     let sink = Sink::start(&[]);
     let dir = tempfile::tempdir().unwrap();
