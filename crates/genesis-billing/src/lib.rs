@@ -76,6 +76,7 @@ mod layout {
             "webhook",
             &[
                 "billing", "store", "config", "metrics", "business", "catalog", "revenue",
+                "outbound",
             ],
         ),
         (

@@ -50,6 +50,11 @@ pub(super) const INSERT_OUTBOUND: &str = "INSERT INTO outbound_event (id, busine
 
 /// Lets the oldest undelivered event of the business of event `$1` be sent, once the one before it left
 /// the queue.
+/// Leases pending event `$1` to `$2` until `$3` if it is free and due at `$4`. The due time is re-checked:
+/// another replica may have tried it since it was read as due, and its backoff then holds.
+const CLAIM: &str = "UPDATE outbound_event SET lease_owner = $2, lease_until_ms = $3 WHERE seq = $1 AND delivery = 'pending' \
+    AND (lease_until_ms IS NULL OR lease_until_ms < $4) AND next_attempt_ms <= $4";
+
 const UNBLOCK_NEXT: &str =
     "UPDATE outbound_event SET next_attempt_ms = 0 WHERE next_attempt_ms = 9000000000000000000 \
     AND seq = (SELECT MIN(p.seq) FROM outbound_event p WHERE p.delivery = 'pending' \
@@ -446,18 +451,13 @@ impl Store {
         now_ms: i64,
         until_ms: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            // The due time is re-checked: another replica may have tried it since it was read as due, and
-            // its backoff then holds.
-            "UPDATE outbound_event SET lease_owner = $2, lease_until_ms = $3 WHERE seq = $1 AND delivery = 'pending' \
-             AND (lease_until_ms IS NULL OR lease_until_ms < $4) AND next_attempt_ms <= $4",
-        )
-        .bind(seq)
-        .bind(owner)
-        .bind(until_ms)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query(CLAIM)
+            .bind(seq)
+            .bind(owner)
+            .bind(until_ms)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -521,22 +521,14 @@ impl Store {
                     .bind(&a.business_id)
                     .fetch_optional(&mut *tx)
                     .await?;
-                let due = row
-                    .as_ref()
-                    .map(from_row)
-                    .transpose()?
-                    .filter(|e| e.next_attempt_ms.is_none_or(|t| t <= now_ms));
-                if let Some(e) = due {
-                    let claimed = sqlx::query(
-                        "UPDATE outbound_event SET lease_owner = $2, lease_until_ms = $3 WHERE seq = $1 \
-                         AND delivery = 'pending' AND (lease_until_ms IS NULL OR lease_until_ms < $4)",
-                    )
-                    .bind(e.seq)
-                    .bind(owner)
-                    .bind(until_ms)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await?;
+                if let Some(e) = row.as_ref().map(from_row).transpose()? {
+                    let claimed = sqlx::query(CLAIM)
+                        .bind(e.seq)
+                        .bind(owner)
+                        .bind(until_ms)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
                     next = (claimed.rows_affected() == 1).then_some(e);
                 }
             }
@@ -548,24 +540,7 @@ impl Store {
 
     /// Records a 2xx; false when the lease was lost (another worker took the event over).
     pub async fn outbound_delivered(&self, seq: i64, owner: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE outbound_event SET delivery = 'delivered', delivered_at = $3, attempts = attempts + 1, \
-             last_error = NULL, next_attempt_ms = 0, lease_owner = NULL, lease_until_ms = NULL \
-             WHERE seq = $1 AND lease_owner = $2",
-        )
-        .bind(seq)
-        .bind(owner)
-        .bind(now())
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 1 {
-            sqlx::query(UNBLOCK_NEXT)
-                .bind(seq)
-                .execute(&self.pool)
-                .await?;
-            return Ok(true);
-        }
-        Ok(false)
+        self.settle_one(seq, owner, SettleOutcome::Delivered).await
     }
 
     /// Dead-letters an event: the receiver refused it for good, or retries ran out of time.
@@ -575,23 +550,27 @@ impl Store {
         owner: &str,
         error: &str,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE outbound_event SET delivery = 'dead', attempts = attempts + 1, next_attempt_ms = 0, \
-             last_error = $3, lease_owner = NULL, lease_until_ms = NULL WHERE seq = $1 AND lease_owner = $2",
-        )
-        .bind(seq)
-        .bind(owner)
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 1 {
-            sqlx::query(UNBLOCK_NEXT)
-                .bind(seq)
-                .execute(&self.pool)
-                .await?;
-            return Ok(true);
-        }
-        Ok(false)
+        let error = error.to_owned();
+        self.settle_one(seq, owner, SettleOutcome::Dead { error })
+            .await
+    }
+
+    /// `settle_outbound` for one attempt, without leasing the next event.
+    async fn settle_one(
+        &self,
+        seq: i64,
+        owner: &str,
+        outcome: SettleOutcome,
+    ) -> Result<bool, StoreError> {
+        let attempt = Settle {
+            seq,
+            business_id: String::new(),
+            outcome,
+            claim_next: false,
+        };
+        let now = now_ms();
+        let settled = self.settle_outbound(owner, &[attempt], now, now).await?;
+        Ok(settled.first().is_some_and(|s| s.held))
     }
 
     /// Unblocks the oldest undelivered event of each business whose earlier event left the queue without
