@@ -29,16 +29,7 @@ async fn pushing_to(receiver: &Receiver, extra: &[(&str, &str)]) -> (World, App)
 
 /// The stored events of a business, in commit order.
 async fn events_of(world: &World, business: &str) -> Vec<OutboundEvent> {
-    world
-        .service
-        .store()
-        .list_outbound(&OutboundFilter {
-            business_id: Some(business.to_owned()),
-            limit: 1000,
-            ..OutboundFilter::default()
-        })
-        .await
-        .unwrap()
+    common::events::outbox_of(world.service.store(), Some(business)).await
 }
 
 /// Waits until every stored event has been delivered or dead-lettered.

@@ -475,29 +475,14 @@ async fn a_trial_ending_with_a_card_on_the_customer_mails_nobody() {
     common::eventually("billing.trial_ending", Duration::from_secs(20), move || {
         let (store, business) = (store.clone(), business.clone());
         async move {
-            store
-                .list_outbound(&genesis_billing::store::OutboundFilter {
-                    business_id: Some(business),
-                    limit: 100,
-                    ..Default::default()
-                })
+            common::events::outbox_of(&store, Some(&business))
                 .await
-                .unwrap()
                 .iter()
                 .any(|e| e.update_type == "billing.trial_ending")
         }
     })
     .await;
-    let events = world
-        .service
-        .store()
-        .list_outbound(&genesis_billing::store::OutboundFilter {
-            business_id: Some(id.clone()),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let events = common::events::outbox_of(world.service.store(), Some(&id)).await;
     let ending = events
         .iter()
         .find(|e| e.update_type == "billing.trial_ending")

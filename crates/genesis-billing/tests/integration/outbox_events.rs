@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use genesis_billing::store::{OutboundEvent, OutboundFilter, Store};
+use genesis_billing::store::{OutboundEvent, Store};
 use genesis_billing::webhook::signature::sign;
 use serde_json::{json, Value};
 use stripe_sim::FaultKind;
@@ -13,22 +13,9 @@ use crate::common::{self, eventually, fault, wired, World};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Every event of a business in commit order, paged as a consumer would.
+/// Every event of a business in commit order.
 async fn events_of(store: &Store, business: &str) -> Vec<OutboundEvent> {
-    let mut all = Vec::new();
-    let mut filter = OutboundFilter {
-        business_id: Some(business.to_owned()),
-        limit: 2,
-        ..OutboundFilter::default()
-    };
-    loop {
-        let page = store.list_outbound(&filter).await.unwrap();
-        let Some(last) = page.last() else {
-            return all;
-        };
-        filter.after = Some(last.cursor());
-        all.extend(page);
-    }
+    common::events::outbox_of(store, Some(business)).await
 }
 
 fn of_type<'a>(events: &'a [OutboundEvent], t: &str) -> Vec<&'a OutboundEvent> {

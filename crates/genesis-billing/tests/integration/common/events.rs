@@ -3,27 +3,33 @@
 
 use std::time::Duration;
 
-use genesis_billing::store::{OutboundEvent, OutboundFilter};
+use genesis_billing::store::{OutboundEvent, OutboundFilter, Store};
 use serde_json::Value;
 
 use super::{eventually, App, World};
 
-impl World {
-    /// Every event in the outbox, in commit order, read a page at a time.
-    pub async fn outbox(&self) -> Vec<OutboundEvent> {
-        let mut all = Vec::new();
-        let mut filter = OutboundFilter {
-            limit: 1000,
-            ..OutboundFilter::default()
+/// The outbox's events (of one business, or all), in commit order, read a page at a time as a consumer would.
+pub async fn outbox_of(store: &Store, business: Option<&str>) -> Vec<OutboundEvent> {
+    let mut all = Vec::new();
+    let mut filter = OutboundFilter {
+        business_id: business.map(str::to_owned),
+        limit: 100,
+        ..OutboundFilter::default()
+    };
+    loop {
+        let page = store.list_outbound(&filter).await.unwrap();
+        let Some(last) = page.last() else {
+            return all;
         };
-        loop {
-            let page = self.service.store().list_outbound(&filter).await.unwrap();
-            let Some(last) = page.last() else {
-                return all;
-            };
-            filter.after = Some(last.cursor());
-            all.extend(page);
-        }
+        filter.after = Some(last.cursor());
+        all.extend(page);
+    }
+}
+
+impl World {
+    /// Every event in the outbox, in commit order.
+    pub async fn outbox(&self) -> Vec<OutboundEvent> {
+        outbox_of(self.service.store(), None).await
     }
 
     /// Waits until every event the simulator emitted of a type we handle is stored and finished (a failed
